@@ -1,0 +1,255 @@
+//! Bytes → [`Message`]. Our own line/header pass (unfolding, compact names,
+//! size and Content-Length rules), then rsip's URI and header model.
+
+use crate::frame;
+use crate::headers::{self, is_token_char};
+use crate::message::{HeaderAccess, Message, Method, Request, Response};
+use crate::rsip;
+use bytes::Bytes;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// UDP: a message is a datagram; Content-Length may be omitted.
+    Datagram,
+    /// TCP: the framer already cut exactly one message.
+    Stream,
+}
+
+/// Why a message was refused. If `answer` is set, the message was a request
+/// whose dialog-identifying headers were readable: answer it with `status`.
+/// Otherwise it must be dropped (and counted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {reason}")]
+pub struct ParseError {
+    pub status: u16,
+    pub reason: String,
+    /// The headers we could read, when they are enough to answer.
+    pub answer: Option<Box<rsip::Headers>>,
+}
+
+impl ParseError {
+    fn drop(reason: impl Into<String>) -> Self {
+        ParseError {
+            status: 400,
+            reason: reason.into(),
+            answer: None,
+        }
+    }
+}
+
+/// Long names for the compact forms of RFC 3261 §7.3.3 and extensions.
+fn canonical_name(name: &str) -> Option<&'static str> {
+    if name.len() != 1 {
+        return None;
+    }
+    Some(match name.as_bytes()[0].to_ascii_lowercase() {
+        b'a' => "Accept-Contact",
+        b'b' => "Referred-By",
+        b'c' => "Content-Type",
+        b'd' => "Request-Disposition",
+        b'e' => "Content-Encoding",
+        b'f' => "From",
+        b'i' => "Call-ID",
+        b'j' => "Reject-Contact",
+        b'k' => "Supported",
+        b'l' => "Content-Length",
+        b'm' => "Contact",
+        b'o' => "Event",
+        b'r' => "Refer-To",
+        b's' => "Subject",
+        b't' => "To",
+        b'u' => "Allow-Events",
+        b'v' => "Via",
+        b'x' => "Session-Expires",
+        b'y' => "Identity",
+        _ => return None,
+    })
+}
+
+/// Parse one message. For [`TransportKind::Stream`] the input must be exactly
+/// one framed message (see [`crate::frame_stream`]).
+pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Message, ParseError> {
+    // Leading CRLFs are tolerated (RFC 3261 §7.5).
+    let skip = input
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    let input = &input[skip..];
+    if input.is_empty() {
+        return Err(ParseError::drop("empty message"));
+    }
+    let head_len = frame::header_end(input).unwrap_or(input.len());
+    let head = String::from_utf8_lossy(&input[..head_len]);
+    let mut lines = unfold(&head);
+    if lines.is_empty() {
+        return Err(ParseError::drop("no start line"));
+    }
+    let start = lines.remove(0);
+
+    let mut hs = rsip::Headers::default();
+    let mut bad_header: Option<String> = None;
+    for line in &lines {
+        match line.split_once(':') {
+            Some((name, value)) => {
+                let name = name.trim();
+                if name.is_empty() || !name.bytes().all(is_token_char) {
+                    bad_header.get_or_insert_with(|| format!("Malformed header name {name:?}"));
+                    continue;
+                }
+                let name = canonical_name(name).unwrap_or(name);
+                hs.push(rsip::headers::make_header(name, value.trim().to_string()));
+            }
+            None => {
+                bad_header.get_or_insert_with(|| "Header line without a colon".to_string());
+            }
+        }
+    }
+
+    let is_response = start.len() >= 4 && start[..4].eq_ignore_ascii_case("SIP/");
+    let answerable = !is_response
+        && ["Via", "From", "To", "Call-ID", "CSeq"]
+            .iter()
+            .all(|n| hs.iter().any(|h| h.name().eq_ignore_ascii_case(n)))
+        && hs
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("Via"))
+            .and_then(|v| headers::split_list(v.value()).first().and_then(|f| headers::Via::parse(f)))
+            .is_some();
+    let refuse = |status: u16, reason: String, hs: &rsip::Headers| ParseError {
+        status,
+        reason,
+        answer: if answerable {
+            Some(Box::new(hs.clone()))
+        } else {
+            None
+        },
+    };
+
+    // Size and body framing.
+    if input.len() > max {
+        return Err(refuse(413, "Request Entity Too Large".into(), &hs));
+    }
+    let body_avail = &input[head_len..];
+    let body: Bytes = match frame::content_length(&input[..head_len]) {
+        Err(_) => return Err(refuse(400, "Bad Content-Length".into(), &hs)),
+        Ok(Some(n)) if n > body_avail.len() => {
+            return Err(refuse(400, "Content-Length Larger Than Body".into(), &hs));
+        }
+        Ok(Some(n)) => Bytes::copy_from_slice(&body_avail[..n]),
+        Ok(None) if transport == TransportKind::Stream => {
+            return Err(refuse(400, "Missing Content-Length".into(), &hs));
+        }
+        Ok(None) => {
+            // Datagram without Content-Length: the rest of the packet (§18.3).
+            Bytes::copy_from_slice(body_avail)
+        }
+    };
+
+    if is_response {
+        let mut parts = start.splitn(3, ' ');
+        let _version = parts.next();
+        let code: u16 = parts
+            .next()
+            .and_then(|c| c.trim().parse().ok())
+            .filter(|c| (100..700).contains(c))
+            .ok_or_else(|| ParseError::drop("bad status line"))?;
+        let reason = parts.next().unwrap_or("").trim().to_string();
+        if bad_header.is_some() {
+            return Err(ParseError::drop("malformed header in response"));
+        }
+        let resp = Response {
+            code,
+            reason,
+            headers: hs,
+            body,
+        };
+        if resp.call_id().is_none() || resp.cseq().is_none() || resp.top_via().is_none() {
+            return Err(ParseError::drop("response lacks Via, Call-ID or CSeq"));
+        }
+        return Ok(Message::Response(resp));
+    }
+
+    // Request-Line: Method SP Request-URI SP SIP-Version
+    let parts: Vec<&str> = start.split(' ').filter(|p| !p.is_empty()).collect();
+    if parts.len() != 3 {
+        return Err(refuse(400, "Malformed Request-Line".into(), &hs));
+    }
+    let (method_tok, uri_text, version) = (parts[0], parts[1], parts[2]);
+    if !method_tok.bytes().all(is_token_char) {
+        return Err(refuse(400, "Malformed Method".into(), &hs));
+    }
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return Err(refuse(505, "Version Not Supported".into(), &hs));
+    }
+    if let Some(reason) = bad_header {
+        return Err(refuse(400, reason, &hs));
+    }
+    let method = Method::from_token(method_tok);
+    let scheme = uri_text.split(':').next().unwrap_or("").to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
+        return Err(refuse(416, "Unsupported URI Scheme".into(), &hs));
+    }
+    let uri = match rsip::parse_uri(uri_text) {
+        Ok(u) if u.scheme.is_some() => u,
+        _ => return Err(refuse(400, "Malformed Request-URI".into(), &hs)),
+    };
+    let req = Request {
+        method,
+        uri,
+        uri_text: uri_text.to_string(),
+        headers: hs,
+        body,
+    };
+    validate_request(&req).map_err(|r| refuse(400, r.into(), &req.headers))?;
+    Ok(Message::Request(req))
+}
+
+/// The mandatory headers of RFC 3261 §8.1.1 and their basic syntax.
+fn validate_request(req: &Request) -> Result<(), &'static str> {
+    if req.top_via().is_none() {
+        return Err("Missing or Malformed Via");
+    }
+    let count = |n: &str| req.header_all(n).count();
+    if count("Call-ID") != 1 || req.call_id().is_some_and(|c| c.trim().is_empty()) {
+        return Err("Missing or Duplicate Call-ID");
+    }
+    if count("From") != 1 || req.from_addr().is_none() {
+        return Err("Missing or Malformed From");
+    }
+    if count("To") != 1 || req.to_addr().is_none() {
+        return Err("Missing or Malformed To");
+    }
+    if count("CSeq") != 1 {
+        return Err("Missing or Duplicate CSeq");
+    }
+    match req.cseq() {
+        None => return Err("Malformed CSeq"),
+        Some((_, m)) if m != req.method.as_str() => return Err("CSeq Method Does Not Match"),
+        _ => {}
+    }
+    if let Some(Err(())) = req.max_forwards() {
+        return Err("Malformed Max-Forwards");
+    }
+    Ok(())
+}
+
+/// Split the header section into lines, joining continuation lines
+/// (leading SP/HT) to the previous one with a single space.
+fn unfold(head: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for raw in head.split('\n') {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(prev) = out.last_mut() {
+                prev.push(' ');
+                prev.push_str(line.trim());
+                continue;
+            }
+        }
+        out.push(line.to_string());
+    }
+    out
+}
