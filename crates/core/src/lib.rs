@@ -1,1 +1,21 @@
+//! Sans-I/O presence logic shared by every role.
+//!
+//! What it is: the domain model (publications, bindings, subscriptions,
+//! documents, flows), canonical AoRs and their shard, event packages as a
+//! registry of trait objects, PIDF parsing and composition, watcher
+//! authorisation policy, and Digest authentication (RFC 2617 / RFC 8760) with
+//! stateless nonces. Functions take values and return values.
+//!
+//! What it is not: no sockets, no storage, no clock reads (time is passed in
+//! as unix milliseconds), no async.
+#![forbid(unsafe_code)]
 
+pub mod aor;
+pub mod digest;
+pub mod model;
+pub mod packages;
+pub mod pidf;
+pub mod policy;
+
+pub use aor::{canonical_aor, shard_of, Aor};
+pub use model::*;

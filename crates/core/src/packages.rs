@@ -1,0 +1,178 @@
+//! Event packages as a registry of trait objects (the Kamailio lesson: an
+//! event package is a record of callbacks). The core asks the registry which
+//! packages exist (`Allow-Events`, 489), which bodies a package takes in
+//! PUBLISH (415 + `Accept`), which it can send in NOTIFY (406), and how it
+//! composes publications into one document. `dialog`, `reg` and
+//! `presence.winfo` plug in here without touching the core.
+
+use crate::model::{Binding, Publication};
+use crate::pidf;
+use presence_sip::MediaType;
+use std::sync::Arc;
+
+/// A composed body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Composed {
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+pub trait EventPackage: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Content types accepted in PUBLISH; empty if the package takes no PUBLISH.
+    fn publish_types(&self) -> &'static [&'static str];
+    /// Content types NOTIFY can carry, preferred first.
+    fn notify_types(&self) -> &'static [&'static str];
+    /// Check a PUBLISH body of an accepted content type.
+    fn check_body(&self, body: &[u8]) -> Result<(), String>;
+    /// Compose the state of `aor`: publications (oldest first), else the hard
+    /// state body, else what the registrations say.
+    fn compose(
+        &self,
+        aor: &str,
+        publications: &[Publication],
+        hard_state: Option<&[u8]>,
+        bindings: &[Binding],
+    ) -> Composed;
+    /// What a politely blocked watcher sees.
+    fn neutral(&self, aor: &str) -> Composed;
+
+    /// The NOTIFY content type for an Accept list (`None` = no Accept header:
+    /// the package default). `Err` → 406.
+    fn negotiate(&self, accept: Option<&[MediaType]>) -> Result<&'static str, ()> {
+        let types = self.notify_types();
+        match accept {
+            None => Ok(types[0]),
+            Some(list) if list.is_empty() => Ok(types[0]),
+            Some(list) => types
+                .iter()
+                .copied()
+                .find(|t| list.iter().any(|m| m.matches(t)))
+                .ok_or(()),
+        }
+    }
+}
+
+/// RFC 3856 presence with PIDF (RFC 3863) bodies.
+pub struct PresencePackage;
+
+impl EventPackage for PresencePackage {
+    fn name(&self) -> &'static str {
+        "presence"
+    }
+    fn publish_types(&self) -> &'static [&'static str] {
+        &["application/pidf+xml", "application/cpim-pidf+xml"]
+    }
+    fn notify_types(&self) -> &'static [&'static str] {
+        &["application/pidf+xml", "application/cpim-pidf+xml"]
+    }
+    fn check_body(&self, body: &[u8]) -> Result<(), String> {
+        pidf::parse(body).map(|_| ()).map_err(|e| e.to_string())
+    }
+    fn compose(
+        &self,
+        aor: &str,
+        publications: &[Publication],
+        hard_state: Option<&[u8]>,
+        bindings: &[Binding],
+    ) -> Composed {
+        let docs: Vec<pidf::Pidf> = publications
+            .iter()
+            .filter_map(|p| pidf::parse(&p.body).ok())
+            .collect();
+        let body = if !docs.is_empty() {
+            pidf::compose(aor, &docs)
+        } else if let Some(hard) = hard_state.and_then(|h| pidf::parse(h).ok()) {
+            pidf::compose(aor, &[hard])
+        } else {
+            let contact = bindings.first().map(|b| b.uri.as_str());
+            pidf::basic(aor, "registrar", !bindings.is_empty(), contact)
+        };
+        Composed {
+            content_type: "application/pidf+xml".into(),
+            body: body.into_bytes(),
+        }
+    }
+    fn neutral(&self, aor: &str) -> Composed {
+        Composed {
+            content_type: "application/pidf+xml".into(),
+            body: pidf::basic(aor, "neutral", false, None).into_bytes(),
+        }
+    }
+}
+
+/// The packages this server serves.
+#[derive(Clone)]
+pub struct Registry {
+    packages: Vec<Arc<dyn EventPackage>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            packages: vec![Arc::new(PresencePackage)],
+        }
+    }
+}
+
+impl Registry {
+    pub fn with(packages: Vec<Arc<dyn EventPackage>>) -> Registry {
+        Registry { packages }
+    }
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn EventPackage>> {
+        self.packages.iter().find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+    /// Value of `Allow-Events` (and of the 489 answer).
+    pub fn allow_events(&self) -> String {
+        self.packages.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+    }
+    /// Union of what the packages accept in PUBLISH, for `Accept` on 415.
+    pub fn accept_header(&self, package: &str) -> String {
+        self.get(package)
+            .map(|p| p.publish_types().join(", "))
+            .unwrap_or_default()
+    }
+    pub fn names(&self) -> Vec<&'static str> {
+        self.packages.iter().map(|p| p.name()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        let p = PresencePackage;
+        let mt = |s: &str| MediaType::parse(s).unwrap();
+        assert_eq!(p.negotiate(None), Ok("application/pidf+xml"));
+        assert_eq!(p.negotiate(Some(&[mt("application/xpidf+xml")])), Err(()));
+        assert_eq!(
+            p.negotiate(Some(&[mt("multipart/related"), mt("application/pidf+xml")])),
+            Ok("application/pidf+xml")
+        );
+        assert_eq!(p.negotiate(Some(&[mt("application/*")])), Ok("application/pidf+xml"));
+        assert_eq!(
+            p.negotiate(Some(&[mt("application/cpim-pidf+xml")])),
+            Ok("application/cpim-pidf+xml")
+        );
+    }
+
+    #[test]
+    fn registry_answers() {
+        let r = Registry::default();
+        assert_eq!(r.allow_events(), "presence");
+        assert!(r.get("Presence").is_some());
+        assert!(r.get("foo").is_none());
+    }
+
+    #[test]
+    fn composition_falls_back_to_hard_state_then_registrations() {
+        let p = PresencePackage;
+        let none = p.compose("sip:a@example.com", &[], None, &[]);
+        assert!(String::from_utf8(none.body).unwrap().contains("<basic>closed</basic>"));
+        let hard = br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com"><tuple id="hs"><status><basic>open</basic></status><note>on vacation</note></tuple></presence>"#;
+        let c = p.compose("sip:a@example.com", &[], Some(hard), &[]);
+        assert!(String::from_utf8(c.body).unwrap().contains("on vacation"));
+    }
+}
