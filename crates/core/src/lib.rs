@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aor;
+pub mod commands;
 pub mod digest;
 pub mod model;
 pub mod packages;

@@ -1,0 +1,113 @@
+//! Typed events the edge sends to the shard owner, and its answers. The edge
+//! turns SIP into these; the compositor decides; the edge maps the decision
+//! back to SIP in one place.
+
+use crate::model::{Binding, EndReason, Flow, Subscription, View};
+use bytes::Bytes;
+
+#[derive(Debug, Clone)]
+pub struct ContactSpec {
+    pub uri: String,
+    pub params: String,
+    /// Expires from the contact param or the header (already defaulted).
+    pub expires: u32,
+    pub methods: Option<Vec<String>>,
+    pub q: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RegisterAction {
+    Query,
+    RemoveAll,
+    Update(Vec<ContactSpec>),
+}
+
+#[derive(Debug, Clone)]
+pub struct RegisterCmd {
+    pub aor: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub flow: Flow,
+    pub action: RegisterAction,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishCmd {
+    pub aor: String,
+    pub event: String,
+    pub if_match: Option<String>,
+    pub expires: u32,
+    /// (content type, body) for initial and modify; `None` for refresh/remove.
+    pub body: Option<(String, Bytes)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscribeCmd {
+    pub aor: String,
+    pub event: String,
+    pub event_id: Option<String>,
+    pub watcher: String,
+    /// `Some(to_tag)` for an in-dialog SUBSCRIBE.
+    pub dialog: Option<String>,
+    pub call_id: String,
+    pub remote_tag: String,
+    pub cseq: u32,
+    pub local_uri: String,
+    pub remote_uri: String,
+    pub remote_target: String,
+    pub route_set: Vec<String>,
+    pub flow: Flow,
+    pub expires: u32,
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Command {
+    Register(RegisterCmd),
+    Publish(PublishCmd),
+    Subscribe(SubscribeCmd),
+    /// Where to send a request (MESSAGE) for this AoR.
+    Route { aor: String, method: String },
+    /// The notifier saw a 481 or a final timeout.
+    EndSubscription { id: String, reason: EndReason },
+    SetHardState { aor: String, event: String, body: Option<Bytes> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Registered { bindings: Vec<Binding>, now_ms: u64 },
+    Published { etag: String, expires: u32 },
+    Subscribed { id: String, expires: u32, view: View },
+    Routes(Vec<Binding>),
+    Done,
+    /// A SIP error answer decided by the shard: code, reason, extra headers.
+    Refused { code: u16, reason: String, headers: Vec<(String, String)> },
+}
+
+impl Reply {
+    pub fn refused(code: u16, reason: &str) -> Reply {
+        Reply::Refused {
+            code,
+            reason: reason.to_string(),
+            headers: Vec::new(),
+        }
+    }
+    pub fn refused_with(code: u16, reason: &str, headers: Vec<(String, String)>) -> Reply {
+        Reply::Refused {
+            code,
+            reason: reason.to_string(),
+            headers,
+        }
+    }
+}
+
+/// Work for the notifiers.
+#[derive(Debug, Clone)]
+pub enum NotifyJob {
+    /// The document of (aor, event) changed to `version`: tell every watcher.
+    Changed { aor: String, event: String, version: u64 },
+    /// A subscription was created or refreshed: send it the current state.
+    Refresh { id: String },
+    /// A subscription ended: final NOTIFY (the record is already gone).
+    Terminated { sub: Box<Subscription>, reason: EndReason },
+}

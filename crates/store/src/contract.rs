@@ -1,0 +1,215 @@
+//! Contract suites: the behaviour every Store, request bus and work queue
+//! implementation must show. The in-memory implementations run them in unit
+//! tests; the Redis and NATS implementations run the same functions against
+//! real servers.
+
+use crate::bus::{BusError, Requests, WorkQueue};
+use crate::store::{ExpiryKey, Op, Store};
+use bytes::Bytes;
+use presence_core::{Binding, Flow, Publication, Subscription, Transport, View};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+fn flow() -> Flow {
+    Flow {
+        transport: Transport::Udp,
+        remote: "192.0.2.1:5060".parse().expect("addr"),
+        local: "127.0.0.1:5060".parse().expect("addr"),
+        edge: "edge-1".into(),
+        conn: 0,
+    }
+}
+
+fn publication(aor: &str, etag: &str, expires: u64, modified: u64) -> Publication {
+    Publication {
+        etag: etag.into(),
+        aor: aor.into(),
+        event: "presence".into(),
+        expires_at_ms: expires,
+        content_type: "application/pidf+xml".into(),
+        body: Bytes::from(format!("<doc {etag}/>")),
+        modified_ms: modified,
+        seq: modified,
+    }
+}
+
+fn subscription(id: &str, aor: &str, expires: u64) -> Subscription {
+    Subscription {
+        id: id.into(),
+        aor: aor.into(),
+        event: "presence".into(),
+        event_id: None,
+        watcher: "sip:w@example.com".into(),
+        call_id: format!("call-{id}"),
+        remote_tag: "rt".into(),
+        local_uri: format!("<{aor}>"),
+        remote_uri: "<sip:w@example.com>".into(),
+        remote_target: "sip:w@192.0.2.9".into(),
+        route_set: vec![],
+        flow: flow(),
+        remote_cseq: 1,
+        expires_at_ms: expires,
+        content_type: "application/pidf+xml".into(),
+        view: View::Full,
+    }
+}
+
+/// Storage contract.
+pub async fn store_contract(s: &dyn Store) {
+    let a = "sip:alice@example.com";
+    // Publications: put, read back oldest first, index their expiry.
+    s.commit(7, vec![Op::PutPublication(publication(a, "e2", 5_000, 20)), Op::PutPublication(publication(a, "e1", 3_000, 10))])
+        .await
+        .expect("commit");
+    let pubs = s.publications(a, "presence").await.expect("read");
+    assert_eq!(pubs.iter().map(|p| p.etag.as_str()).collect::<Vec<_>>(), vec!["e1", "e2"]);
+    assert!(s.publications(a, "dialog").await.expect("read").is_empty());
+
+    // Expiry index: nothing due before the deadline, earliest first after.
+    assert!(s.due(7, 2_999, 10).await.expect("due").is_empty());
+    assert!(s.due(8, 10_000, 10).await.expect("due").is_empty(), "other shard");
+    let due = s.due(7, 5_000, 10).await.expect("due");
+    assert_eq!(due.iter().map(|(d, _)| *d).collect::<Vec<_>>(), vec![3_000, 5_000]);
+    assert_eq!(s.due(7, 5_000, 1).await.expect("due").len(), 1, "limit");
+    // Entries stay until a commit handles them.
+    assert_eq!(s.due(7, 5_000, 10).await.expect("due").len(), 2);
+    // Refresh moves the deadline (one entry per record).
+    s.commit(7, vec![Op::PutPublication(publication(a, "e1", 9_000, 10))]).await.expect("commit");
+    let due = s.due(7, 9_000, 10).await.expect("due");
+    assert_eq!(due.iter().map(|(d, _)| *d).collect::<Vec<_>>(), vec![5_000, 9_000]);
+    s.commit(7, vec![Op::DeletePublication { aor: a.into(), event: "presence".into(), etag: "e2".into() }])
+        .await
+        .expect("commit");
+    assert_eq!(s.publications(a, "presence").await.expect("read").len(), 1);
+    assert_eq!(s.due(7, 9_000, 10).await.expect("due").len(), 1);
+    s.commit(7, vec![Op::Unindex(ExpiryKey::Publication { aor: a.into(), event: "presence".into(), etag: "e1".into() })])
+        .await
+        .expect("commit");
+    assert!(s.due(7, u64::MAX, 10).await.expect("due").is_empty());
+
+    // Documents: versions start at 1 and only go up.
+    let doc = |body: &str| Op::PutDocument {
+        aor: a.into(),
+        event: "presence".into(),
+        content_type: "application/pidf+xml".into(),
+        body: Bytes::from(body.to_string()),
+    };
+    assert_eq!(s.commit(7, vec![doc("one")]).await.expect("commit"), vec![1]);
+    assert_eq!(s.commit(7, vec![doc("two"), doc("three")]).await.expect("commit"), vec![2, 3]);
+    let d = s.document(a, "presence").await.expect("read").expect("doc");
+    assert_eq!((d.version, d.body.as_ref()), (3, &b"three"[..]));
+    assert!(s.document(a, "dialog").await.expect("read").is_none());
+
+    // Subscriptions and the watcher list.
+    s.commit(7, vec![Op::PutSubscription(subscription("s1", a, 60_000)), Op::PutSubscription(subscription("s2", a, 30_000))])
+        .await
+        .expect("commit");
+    let mut w: Vec<String> = s.watchers(a, "presence").await.expect("read").into_iter().map(|s| s.id).collect();
+    w.sort();
+    assert_eq!(w, vec!["s1", "s2"]);
+    assert_eq!(s.subscription("s1").await.expect("read").expect("sub").call_id, "call-s1");
+    assert_eq!(s.due(7, 30_000, 10).await.expect("due"), vec![(30_000, ExpiryKey::Subscription { id: "s2".into() })]);
+    s.commit(7, vec![Op::DeleteSubscription { id: "s2".into() }]).await.expect("commit");
+    assert!(s.subscription("s2").await.expect("read").is_none());
+    assert_eq!(s.watchers(a, "presence").await.expect("read").len(), 1);
+    assert!(s.due(7, 30_000, 10).await.expect("due").is_empty());
+
+    // Bindings: replaced as a set, indexed at the earliest expiry.
+    let b = |uri: &str, exp: u64| Binding {
+        aor: a.into(),
+        uri: uri.into(),
+        params: String::new(),
+        expires_at_ms: exp,
+        call_id: "c".into(),
+        cseq: 1,
+        flow: flow(),
+        methods: None,
+        q: None,
+    };
+    s.commit(7, vec![Op::PutBindings { aor: a.into(), bindings: vec![b("sip:a@1", 80_000), b("sip:a@2", 70_000)] }, Op::MarkKnown { aor: a.into() }])
+        .await
+        .expect("commit");
+    assert_eq!(s.bindings(a).await.expect("read").len(), 2);
+    assert!(s.is_known(a).await.expect("read"));
+    assert!(!s.is_known("sip:nobody@example.com").await.expect("read"));
+    assert!(s.due(7, 69_999, 10).await.expect("due").iter().all(|(_, k)| !matches!(k, ExpiryKey::Bindings { .. })));
+    assert!(s.due(7, 70_000, 10).await.expect("due").contains(&(70_000, ExpiryKey::Bindings { aor: a.into() })));
+    s.commit(7, vec![Op::PutBindings { aor: a.into(), bindings: vec![] }]).await.expect("commit");
+    assert!(s.bindings(a).await.expect("read").is_empty());
+
+    // Hard state.
+    s.commit(7, vec![Op::PutHardState { aor: a.into(), event: "presence".into(), body: Bytes::from_static(b"hs") }])
+        .await
+        .expect("commit");
+    assert_eq!(s.hard_state(a, "presence").await.expect("read").as_deref(), Some(&b"hs"[..]));
+    s.commit(7, vec![Op::DeleteHardState { aor: a.into(), event: "presence".into() }]).await.expect("commit");
+    assert!(s.hard_state(a, "presence").await.expect("read").is_none());
+
+    // NOTIFY CSeq counters.
+    assert_eq!(s.next_cseq("s1").await.expect("cseq"), 1);
+    assert_eq!(s.next_cseq("s1").await.expect("cseq"), 2);
+    s.drop_cseq("s1").await.expect("drop");
+    assert_eq!(s.next_cseq("s1").await.expect("cseq"), 1);
+
+    let c = s.counts().await.expect("counts");
+    assert_eq!((c.subscriptions, c.bindings, c.documents), (1, 0, 1));
+}
+
+/// Request/reply contract. Runs under paused tokio time.
+pub async fn requests_contract(bus: &dyn Requests<u32, u32>) {
+    let t = Duration::from_secs(2);
+    assert!(matches!(bus.request("shard.1", 1, t).await, Err(BusError::NoResponders(_))));
+    let (tx, mut rx) = mpsc::channel(16);
+    bus.serve("shard.1", tx.clone()).await.expect("serve");
+    bus.serve("shard.2", tx).await.expect("serve");
+    let server = tokio::spawn(async move {
+        let (mut seen, mut held) = (Vec::new(), Vec::new());
+        while let Some(inc) = rx.recv().await {
+            seen.push(inc.subject.clone());
+            if inc.request == 99 {
+                held.push(inc); // held, never answered: the caller times out
+                continue;
+            }
+            let r = inc.request * 10;
+            inc.reply(r);
+        }
+        seen
+    });
+    assert_eq!(bus.request("shard.1", 4, t).await, Ok(40));
+    assert_eq!(bus.request("shard.2", 5, t).await, Ok(50));
+    assert_eq!(bus.request("shard.2", 99, t).await, Err(BusError::Timeout));
+    bus.unserve("shard.1").await.expect("unserve");
+    assert!(matches!(bus.request("shard.1", 1, t).await, Err(BusError::NoResponders(_))));
+    bus.unserve("shard.2").await.expect("unserve");
+    let seen = server.await.expect("server");
+    assert_eq!(seen, vec!["shard.1", "shard.2", "shard.2"]);
+}
+
+/// Work-queue contract: FIFO, shared by pullers, unacked jobs come back.
+pub async fn queue_contract(q: &dyn WorkQueue<u32>) {
+    for i in 1..=3 {
+        q.push(i).await.expect("push");
+    }
+    assert_eq!(q.depth(), 3);
+    let d1 = q.pull().await.expect("pull");
+    assert_eq!((*d1.job(), d1.redelivered), (1, false));
+    d1.ack();
+    let d2 = q.pull().await.expect("pull");
+    assert_eq!(*d2.job(), 2);
+    drop(d2); // not acked: redelivered
+    let d3 = q.pull().await.expect("pull");
+    assert_eq!(*d3.job(), 3);
+    d3.ack();
+    let again = q.pull().await.expect("pull");
+    assert_eq!((*again.job(), again.redelivered), (2, true));
+    again.ack();
+    assert_eq!(q.depth(), 0);
+    // A puller waiting on an empty queue wakes on push.
+    let waiter = async { q.pull().await.map(|d| { let j = *d.job(); d.ack(); j }) };
+    let pusher = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        q.push(42).await.expect("push");
+    };
+    let (got, ()) = tokio::join!(waiter, pusher);
+    assert_eq!(got, Ok(42));
+}

@@ -1,0 +1,262 @@
+//! In-memory store: the embedded backend of the all-in-one server and of
+//! unit tests. One lock, held only for the few microseconds of a batch.
+
+use crate::store::{Counts, ExpiryKey, Op, Store, StoreResult};
+use async_trait::async_trait;
+use bytes::Bytes;
+use presence_core::{Binding, Document, Publication, Subscription};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct ShardIndex {
+    by_key: HashMap<ExpiryKey, u64>,
+    by_deadline: BTreeSet<(u64, ExpiryKey)>,
+}
+
+impl ShardIndex {
+    fn set(&mut self, key: ExpiryKey, deadline: u64) {
+        if let Some(old) = self.by_key.insert(key.clone(), deadline) {
+            self.by_deadline.remove(&(old, key.clone()));
+        }
+        self.by_deadline.insert((deadline, key));
+    }
+    fn remove(&mut self, key: &ExpiryKey) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.by_deadline.remove(&(old, key.clone()));
+        }
+    }
+}
+
+type Pair = (String, String);
+
+#[derive(Default)]
+struct Inner {
+    /// (aor, event) → etag → publication
+    publications: HashMap<Pair, HashMap<String, Publication>>,
+    bindings: HashMap<String, Vec<Binding>>,
+    subscriptions: HashMap<String, Subscription>,
+    watchers: HashMap<Pair, HashSet<String>>,
+    documents: HashMap<Pair, Document>,
+    hard: HashMap<Pair, Bytes>,
+    known: HashSet<String>,
+    cseq: HashMap<String, u32>,
+    index: HashMap<u32, ShardIndex>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied batch:
+        // ops are applied to owned values; recover the data either way.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn pair(a: &str, e: &str) -> Pair {
+    (a.to_string(), e.to_string())
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn commit(&self, shard: u32, ops: Vec<Op>) -> StoreResult<Vec<u64>> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let mut versions = Vec::new();
+        for op in ops {
+            match op {
+                Op::PutPublication(p) => {
+                    let key = ExpiryKey::Publication {
+                        aor: p.aor.clone(),
+                        event: p.event.clone(),
+                        etag: p.etag.clone(),
+                    };
+                    inner.index.entry(shard).or_default().set(key, p.expires_at_ms);
+                    inner
+                        .publications
+                        .entry(pair(&p.aor, &p.event))
+                        .or_default()
+                        .insert(p.etag.clone(), p);
+                }
+                Op::DeletePublication { aor, event, etag } => {
+                    let k = pair(&aor, &event);
+                    if let Some(m) = inner.publications.get_mut(&k) {
+                        m.remove(&etag);
+                        if m.is_empty() {
+                            inner.publications.remove(&k);
+                        }
+                    }
+                    inner
+                        .index
+                        .entry(shard)
+                        .or_default()
+                        .remove(&ExpiryKey::Publication { aor, event, etag });
+                }
+                Op::PutBindings { aor, bindings } => {
+                    let key = ExpiryKey::Bindings { aor: aor.clone() };
+                    let idx = inner.index.entry(shard).or_default();
+                    match bindings.iter().map(|b| b.expires_at_ms).min() {
+                        Some(d) => idx.set(key, d),
+                        None => idx.remove(&key),
+                    }
+                    if bindings.is_empty() {
+                        inner.bindings.remove(&aor);
+                    } else {
+                        inner.bindings.insert(aor, bindings);
+                    }
+                }
+                Op::PutSubscription(s) => {
+                    inner
+                        .index
+                        .entry(shard)
+                        .or_default()
+                        .set(ExpiryKey::Subscription { id: s.id.clone() }, s.expires_at_ms);
+                    inner
+                        .watchers
+                        .entry(pair(&s.aor, &s.event))
+                        .or_default()
+                        .insert(s.id.clone());
+                    inner.subscriptions.insert(s.id.clone(), s);
+                }
+                Op::DeleteSubscription { id } => {
+                    if let Some(s) = inner.subscriptions.remove(&id) {
+                        let k = pair(&s.aor, &s.event);
+                        if let Some(w) = inner.watchers.get_mut(&k) {
+                            w.remove(&id);
+                            if w.is_empty() {
+                                inner.watchers.remove(&k);
+                            }
+                        }
+                    }
+                    inner
+                        .index
+                        .entry(shard)
+                        .or_default()
+                        .remove(&ExpiryKey::Subscription { id });
+                }
+                Op::PutDocument {
+                    aor,
+                    event,
+                    content_type,
+                    body,
+                } => {
+                    let k = pair(&aor, &event);
+                    let version = inner.documents.get(&k).map(|d| d.version).unwrap_or(0) + 1;
+                    inner.documents.insert(
+                        k,
+                        Document {
+                            aor,
+                            event,
+                            version,
+                            content_type,
+                            body,
+                        },
+                    );
+                    versions.push(version);
+                }
+                Op::PutHardState { aor, event, body } => {
+                    inner.hard.insert(pair(&aor, &event), body);
+                }
+                Op::DeleteHardState { aor, event } => {
+                    inner.hard.remove(&pair(&aor, &event));
+                }
+                Op::MarkKnown { aor } => {
+                    inner.known.insert(aor);
+                }
+                Op::Unindex(key) => inner.index.entry(shard).or_default().remove(&key),
+            }
+        }
+        Ok(versions)
+    }
+
+    async fn publications(&self, aor: &str, event: &str) -> StoreResult<Vec<Publication>> {
+        let g = self.lock();
+        let mut v: Vec<Publication> = g
+            .publications
+            .get(&pair(aor, event))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|p| (p.modified_ms, p.seq));
+        Ok(v)
+    }
+
+    async fn bindings(&self, aor: &str) -> StoreResult<Vec<Binding>> {
+        Ok(self.lock().bindings.get(aor).cloned().unwrap_or_default())
+    }
+
+    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
+        Ok(self.lock().subscriptions.get(id).cloned())
+    }
+
+    async fn watchers(&self, aor: &str, event: &str) -> StoreResult<Vec<Subscription>> {
+        let g = self.lock();
+        let Some(ids) = g.watchers.get(&pair(aor, event)) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids.iter().filter_map(|id| g.subscriptions.get(id).cloned()).collect())
+    }
+
+    async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>> {
+        Ok(self.lock().documents.get(&pair(aor, event)).cloned())
+    }
+
+    async fn hard_state(&self, aor: &str, event: &str) -> StoreResult<Option<Bytes>> {
+        Ok(self.lock().hard.get(&pair(aor, event)).cloned())
+    }
+
+    async fn is_known(&self, aor: &str) -> StoreResult<bool> {
+        Ok(self.lock().known.contains(aor))
+    }
+
+    async fn due(&self, shard: u32, now_ms: u64, limit: usize) -> StoreResult<Vec<(u64, ExpiryKey)>> {
+        let g = self.lock();
+        let Some(idx) = g.index.get(&shard) else {
+            return Ok(Vec::new());
+        };
+        Ok(idx
+            .by_deadline
+            .iter()
+            .take_while(|(d, _)| *d <= now_ms)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn next_cseq(&self, id: &str) -> StoreResult<u32> {
+        let mut g = self.lock();
+        let c = g.cseq.entry(id.to_string()).or_insert(0);
+        *c += 1;
+        Ok(*c)
+    }
+
+    async fn drop_cseq(&self, id: &str) -> StoreResult<()> {
+        self.lock().cseq.remove(id);
+        Ok(())
+    }
+
+    async fn counts(&self) -> StoreResult<Counts> {
+        let g = self.lock();
+        Ok(Counts {
+            publications: g.publications.values().map(|m| m.len() as u64).sum(),
+            subscriptions: g.subscriptions.len() as u64,
+            bindings: g.bindings.values().map(|v| v.len() as u64).sum(),
+            documents: g.documents.len() as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn memory_store_passes_the_contract() {
+        crate::contract::store_contract(&crate::MemoryStore::new()).await;
+    }
+}

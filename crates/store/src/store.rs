@@ -1,0 +1,83 @@
+//! The storage trait. Writes are batches of [`Op`]s applied atomically per
+//! shard (one Lua script on Redis, one lock in memory); each batch also keeps
+//! the shard's expiry index (deadline → key) in step with the records.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use presence_core::{Binding, Document, Publication, Subscription};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    #[error("shard lease lost (fenced write)")]
+    Fenced,
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A member of a shard's expiry index. One entry per record: re-indexing a
+/// record moves its deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExpiryKey {
+    Publication { aor: String, event: String, etag: String },
+    Subscription { id: String },
+    Bindings { aor: String },
+}
+
+/// One write in a batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Insert or replace (by etag); indexes its expiry.
+    PutPublication(Publication),
+    DeletePublication { aor: String, event: String, etag: String },
+    /// Replace the AoR's bindings; empty removes them. Indexed at the earliest expiry.
+    PutBindings { aor: String, bindings: Vec<Binding> },
+    /// Insert or replace (by id); indexes its expiry and the watcher list.
+    PutSubscription(Subscription),
+    DeleteSubscription { id: String },
+    /// Store a new composed document; its version becomes previous + 1.
+    PutDocument { aor: String, event: String, content_type: String, body: Bytes },
+    PutHardState { aor: String, event: String, body: Bytes },
+    DeleteHardState { aor: String, event: String },
+    /// Remember that this AoR exists (registered or published once).
+    MarkKnown { aor: String },
+    /// Drop an index entry whose record is gone.
+    Unindex(ExpiryKey),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub publications: u64,
+    pub subscriptions: u64,
+    pub bindings: u64,
+    pub documents: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Apply `ops` atomically. Returns the new version of each `PutDocument`,
+    /// in order.
+    async fn commit(&self, shard: u32, ops: Vec<Op>) -> StoreResult<Vec<u64>>;
+
+    async fn publications(&self, aor: &str, event: &str) -> StoreResult<Vec<Publication>>;
+    async fn bindings(&self, aor: &str) -> StoreResult<Vec<Binding>>;
+    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>>;
+    async fn watchers(&self, aor: &str, event: &str) -> StoreResult<Vec<Subscription>>;
+    async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>>;
+    async fn hard_state(&self, aor: &str, event: &str) -> StoreResult<Option<Bytes>>;
+    async fn is_known(&self, aor: &str) -> StoreResult<bool>;
+
+    /// Index entries of `shard` whose deadline is at or before `now_ms`,
+    /// earliest first, at most `limit`. They stay in the index until a commit
+    /// deletes, re-indexes or unindexes their record, so a crash between
+    /// reading and handling an expiry loses nothing.
+    async fn due(&self, shard: u32, now_ms: u64, limit: usize) -> StoreResult<Vec<(u64, ExpiryKey)>>;
+
+    /// Next CSeq for NOTIFYs of a subscription (strictly increasing, from 1).
+    async fn next_cseq(&self, id: &str) -> StoreResult<u32>;
+    /// Forget the CSeq counter of an ended subscription.
+    async fn drop_cseq(&self, id: &str) -> StoreResult<()>;
+
+    async fn counts(&self) -> StoreResult<Counts>;
+}
