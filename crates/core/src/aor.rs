@@ -70,7 +70,10 @@ mod tests {
     fn canonical_forms() {
         for (input, want) in [
             ("sip:alice@Atlanta.COM", Some("sip:alice@atlanta.com")),
-            ("sips:alice@atlanta.com:5061;transport=tls", Some("sip:alice@atlanta.com")),
+            (
+                "sips:alice@atlanta.com:5061;transport=tls",
+                Some("sip:alice@atlanta.com"),
+            ),
             ("sip:Alice@atlanta.com", Some("sip:Alice@atlanta.com")),
             ("sip:atlanta.com", None),
             ("tel:+15551234", None),
@@ -85,7 +88,10 @@ mod tests {
     #[test]
     fn shards_are_stable_and_spread() {
         // Fixed value: this places keys in Redis and must never change.
-        assert_eq!(shard_of("sip:alice@example.com", 256), shard_of("sip:alice@example.com", 256));
+        assert_eq!(
+            shard_of("sip:alice@example.com", 256),
+            shard_of("sip:alice@example.com", 256)
+        );
         let mut seen = std::collections::HashSet::new();
         for i in 0..2000 {
             seen.insert(shard_of(&format!("sip:u{i}@example.com"), 256));

@@ -67,21 +67,45 @@ pub enum Command {
     Publish(PublishCmd),
     Subscribe(SubscribeCmd),
     /// Where to send a request (MESSAGE) for this AoR.
-    Route { aor: String, method: String },
+    Route {
+        aor: String,
+        method: String,
+    },
     /// The notifier saw a 481 or a final timeout.
-    EndSubscription { id: String, reason: EndReason },
-    SetHardState { aor: String, event: String, body: Option<Bytes> },
+    EndSubscription {
+        id: String,
+        reason: EndReason,
+    },
+    SetHardState {
+        aor: String,
+        event: String,
+        body: Option<Bytes>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Registered { bindings: Vec<Binding>, now_ms: u64 },
-    Published { etag: String, expires: u32 },
-    Subscribed { id: String, expires: u32, view: View },
+    Registered {
+        bindings: Vec<Binding>,
+        now_ms: u64,
+    },
+    Published {
+        etag: String,
+        expires: u32,
+    },
+    Subscribed {
+        id: String,
+        expires: u32,
+        view: View,
+    },
     Routes(Vec<Binding>),
     Done,
     /// A SIP error answer decided by the shard: code, reason, extra headers.
-    Refused { code: u16, reason: String, headers: Vec<(String, String)> },
+    Refused {
+        code: u16,
+        reason: String,
+        headers: Vec<(String, String)>,
+    },
 }
 
 impl Reply {
@@ -105,9 +129,17 @@ impl Reply {
 #[derive(Debug, Clone)]
 pub enum NotifyJob {
     /// The document of (aor, event) changed to `version`: tell every watcher.
-    Changed { aor: String, event: String, version: u64 },
+    Changed {
+        aor: String,
+        event: String,
+        version: u64,
+        at_ms: u64,
+    },
     /// A subscription was created or refreshed: send it the current state.
     Refresh { id: String },
     /// A subscription ended: final NOTIFY (the record is already gone).
-    Terminated { sub: Box<Subscription>, reason: EndReason },
+    Terminated {
+        sub: Box<Subscription>,
+        reason: EndReason,
+    },
 }

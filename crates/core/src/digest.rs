@@ -154,7 +154,9 @@ impl Authenticated {
 pub enum Verdict {
     Ok(Authenticated),
     /// No usable credentials, wrong digest or unknown user: challenge again.
-    Challenge { stale: bool },
+    Challenge {
+        stale: bool,
+    },
     /// Malformed credentials, or `uri` not designating the Request-URI.
     BadRequest(&'static str),
 }
@@ -354,7 +356,10 @@ pub fn uri_designates(digest_uri: &str, request_uri: &str) -> bool {
         (Ok(x), Ok(y)) => {
             x.scheme == y.scheme
                 && x.user() == y.user()
-                && x.host_with_port.host.to_string().eq_ignore_ascii_case(&y.host_with_port.host.to_string())
+                && x.host_with_port
+                    .host
+                    .to_string()
+                    .eq_ignore_ascii_case(&y.host_with_port.host.to_string())
                 && x.host_with_port.port == y.host_with_port.port
         }
         _ => false,
@@ -406,19 +411,42 @@ mod tests {
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let nonce = v.nonce("example.com", 1_000_000);
             let ok = answer(&v, alg, "secret", &nonce, uri);
-            assert!(matches!(v.verify(&ok, "REGISTER", uri, "example.com", 1_000_500), Verdict::Ok(a) if a.aor() == "sip:alice@example.com"));
+            assert!(
+                matches!(v.verify(&ok, "REGISTER", uri, "example.com", 1_000_500), Verdict::Ok(a) if a.aor() == "sip:alice@example.com")
+            );
             let wrong = answer(&v, alg, "guess", &nonce, uri);
-            assert_eq!(v.verify(&wrong, "REGISTER", uri, "example.com", 1_000_500), Verdict::Challenge { stale: false });
+            assert_eq!(
+                v.verify(&wrong, "REGISTER", uri, "example.com", 1_000_500),
+                Verdict::Challenge { stale: false }
+            );
             // correct digest, nonce older than 300 s
-            assert_eq!(v.verify(&ok, "REGISTER", uri, "example.com", 1_000_000 + 301_000), Verdict::Challenge { stale: true });
+            assert_eq!(
+                v.verify(&ok, "REGISTER", uri, "example.com", 1_000_000 + 301_000),
+                Verdict::Challenge { stale: true }
+            );
             // wrong password on an expired nonce is not "stale": it is wrong
-            assert_eq!(v.verify(&wrong, "REGISTER", uri, "example.com", 1_000_000 + 301_000), Verdict::Challenge { stale: false });
+            assert_eq!(
+                v.verify(&wrong, "REGISTER", uri, "example.com", 1_000_000 + 301_000),
+                Verdict::Challenge { stale: false }
+            );
             // a nonce minted under another secret
             let other = Verifier::new(b"other", 300, Users::default());
-            let forged = answer(&v, alg, "secret", &other.nonce("example.com", 1_000_000), uri);
-            assert_eq!(v.verify(&forged, "REGISTER", uri, "example.com", 1_000_500), Verdict::Challenge { stale: false });
+            let forged = answer(
+                &v,
+                alg,
+                "secret",
+                &other.nonce("example.com", 1_000_000),
+                uri,
+            );
+            assert_eq!(
+                v.verify(&forged, "REGISTER", uri, "example.com", 1_000_500),
+                Verdict::Challenge { stale: false }
+            );
             // uri not designating the Request-URI
-            assert!(matches!(v.verify(&ok, "REGISTER", "sip:other.com", "example.com", 1_000_500), Verdict::BadRequest(_)));
+            assert!(matches!(
+                v.verify(&ok, "REGISTER", "sip:other.com", "example.com", 1_000_500),
+                Verdict::BadRequest(_)
+            ));
         }
     }
 

@@ -120,11 +120,17 @@ impl Registry {
         Registry { packages }
     }
     pub fn get(&self, name: &str) -> Option<&Arc<dyn EventPackage>> {
-        self.packages.iter().find(|p| p.name().eq_ignore_ascii_case(name))
+        self.packages
+            .iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name))
     }
     /// Value of `Allow-Events` (and of the 489 answer).
     pub fn allow_events(&self) -> String {
-        self.packages.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+        self.packages
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
     /// Union of what the packages accept in PUBLISH, for `Accept` on 415.
     pub fn accept_header(&self, package: &str) -> String {
@@ -151,7 +157,10 @@ mod tests {
             p.negotiate(Some(&[mt("multipart/related"), mt("application/pidf+xml")])),
             Ok("application/pidf+xml")
         );
-        assert_eq!(p.negotiate(Some(&[mt("application/*")])), Ok("application/pidf+xml"));
+        assert_eq!(
+            p.negotiate(Some(&[mt("application/*")])),
+            Ok("application/pidf+xml")
+        );
         assert_eq!(
             p.negotiate(Some(&[mt("application/cpim-pidf+xml")])),
             Ok("application/cpim-pidf+xml")
@@ -170,7 +179,9 @@ mod tests {
     fn composition_falls_back_to_hard_state_then_registrations() {
         let p = PresencePackage;
         let none = p.compose("sip:a@example.com", &[], None, &[]);
-        assert!(String::from_utf8(none.body).unwrap().contains("<basic>closed</basic>"));
+        assert!(String::from_utf8(none.body)
+            .unwrap()
+            .contains("<basic>closed</basic>"));
         let hard = br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com"><tuple id="hs"><status><basic>open</basic></status><note>on vacation</note></tuple></presence>"#;
         let c = p.compose("sip:a@example.com", &[], Some(hard), &[]);
         assert!(String::from_utf8(c.body).unwrap().contains("on vacation"));

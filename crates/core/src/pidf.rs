@@ -62,7 +62,10 @@ pub fn parse(body: &[u8]) -> Result<Pidf, PidfError> {
                 if e.local_name().as_ref() != b"presence" {
                     return Err(PidfError::NotPidf);
                 }
-                let prefix = e.name().prefix().map(|p| String::from_utf8_lossy(p.as_ref()).to_string());
+                let prefix = e
+                    .name()
+                    .prefix()
+                    .map(|p| String::from_utf8_lossy(p.as_ref()).to_string());
                 let mut ns_ok = false;
                 for attr in e.attributes() {
                     let attr = attr.map_err(|e| PidfError::Xml(e.to_string()))?;
@@ -247,7 +250,11 @@ pub fn compose(entity: &str, docs: &[Pidf]) -> String {
         out.push_str(raw);
         out.push('\n');
     }
-    for raw in person.iter().chain(devices.iter().map(|(_, r)| r)).chain(others.iter()) {
+    for raw in person
+        .iter()
+        .chain(devices.iter().map(|(_, r)| r))
+        .chain(others.iter())
+    {
         out.push_str(raw);
         out.push('\n');
     }
@@ -313,7 +320,8 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
-        let empty = parse(b"<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:a@b\"/>").unwrap();
+        let empty =
+            parse(b"<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:a@b\"/>").unwrap();
         assert!(empty.children.is_empty());
     }
 
@@ -323,10 +331,16 @@ mod tests {
         let b = parse(B.as_bytes()).unwrap();
         let doc = compose("sip:alice@example.com", &[a, b]);
         assert_eq!(doc.matches("<tuple").count(), 2, "{doc}");
-        assert!(doc.contains(r#"<tuple id="phone"><status><basic>closed</basic></status></tuple>"#), "{doc}");
+        assert!(
+            doc.contains(r#"<tuple id="phone"><status><basic>closed</basic></status></tuple>"#),
+            "{doc}"
+        );
         assert!(doc.contains("<rpid:meeting/>"), "{doc}");
         assert!(!doc.contains("on-the-phone"), "{doc}");
-        assert!(doc.contains(r#"<note xml:lang="en">at the desk</note>"#), "{doc}");
+        assert!(
+            doc.contains(r#"<note xml:lang="en">at the desk</note>"#),
+            "{doc}"
+        );
         assert!(doc.contains(r#"xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid""#));
         // the composition is itself valid PIDF
         let again = parse(doc.as_bytes()).unwrap();

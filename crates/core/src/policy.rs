@@ -43,7 +43,10 @@ impl Pattern {
     fn matches(&self, aor: &str) -> bool {
         match self {
             Pattern::Any => true,
-            Pattern::Domain(d) => aor.rsplit('@').next().is_some_and(|x| x.eq_ignore_ascii_case(d)),
+            Pattern::Domain(d) => aor
+                .rsplit('@')
+                .next()
+                .is_some_and(|x| x.eq_ignore_ascii_case(d)),
             Pattern::Exact(a) => a == aor,
         }
     }
@@ -85,7 +88,10 @@ pub struct PolicyError {
 impl Policy {
     pub fn new(local_domains: &[String]) -> Policy {
         Policy {
-            local_domains: local_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            local_domains: local_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
             rules: Vec::new(),
         }
     }
@@ -109,7 +115,9 @@ impl Policy {
                 "block" => Action::Block,
                 "polite-block" => Action::PoliteBlock,
                 other => {
-                    errors.push(err(format!("unknown action {other:?} (allow, block, polite-block)")));
+                    errors.push(err(format!(
+                        "unknown action {other:?} (allow, block, polite-block)"
+                    )));
                     continue;
                 }
             };
@@ -119,7 +127,9 @@ impl Policy {
                     watcher,
                     action,
                 }),
-                _ => errors.push(err("presentity and watcher must be sip:user@domain, *@domain or *".into())),
+                _ => errors.push(err(
+                    "presentity and watcher must be sip:user@domain, *@domain or *".into(),
+                )),
             }
         }
         if errors.is_empty() {
@@ -130,7 +140,9 @@ impl Policy {
     }
 
     pub fn is_local(&self, domain: &str) -> bool {
-        self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     pub fn local_domains(&self) -> &[String] {
@@ -147,7 +159,12 @@ impl Policy {
             .iter()
             .filter(|r| r.presentity.matches(presentity) && r.watcher.matches(watcher))
             .fold(None::<&Rule>, |best, r| match best {
-                Some(b) if (b.presentity.rank(), b.watcher.rank()) >= (r.presentity.rank(), r.watcher.rank()) => Some(b),
+                Some(b)
+                    if (b.presentity.rank(), b.watcher.rank())
+                        >= (r.presentity.rank(), r.watcher.rank()) =>
+                {
+                    Some(b)
+                }
                 _ => Some(r),
             });
         match best.map(|r| r.action) {
@@ -189,22 +206,48 @@ mod tests {
         let full = Decision::Accept(View::Full);
         for (presentity, watcher, want) in [
             ("sip:bob@example.com", "sip:dave@example.com", full.clone()),
-            ("sip:bob@example.com", "sip:eve@elsewhere.net", Decision::Reject),
-            ("sip:alice@example.com", "sip:carol@partner.org", full.clone()),
-            ("sip:alice@example.com", "sip:mallory@example.com", Decision::Accept(View::Neutral)),
-            ("sip:alice@example.com", "sip:dave@example.com", Decision::Reject),
+            (
+                "sip:bob@example.com",
+                "sip:eve@elsewhere.net",
+                Decision::Reject,
+            ),
+            (
+                "sip:alice@example.com",
+                "sip:carol@partner.org",
+                full.clone(),
+            ),
+            (
+                "sip:alice@example.com",
+                "sip:mallory@example.com",
+                Decision::Accept(View::Neutral),
+            ),
+            (
+                "sip:alice@example.com",
+                "sip:dave@example.com",
+                Decision::Reject,
+            ),
             ("sip:alice@example.com", "sip:bob@example.com", full.clone()),
-            ("sip:alice@example.com", "sip:alice@example.com", full.clone()),
+            (
+                "sip:alice@example.com",
+                "sip:alice@example.com",
+                full.clone(),
+            ),
             ("sip:zed@example.com", "sip:x@friends.org", full.clone()),
         ] {
-            assert_eq!(p.decide(presentity, watcher), want, "{presentity} <- {watcher}");
+            assert_eq!(
+                p.decide(presentity, watcher),
+                want,
+                "{presentity} <- {watcher}"
+            );
         }
     }
 
     #[test]
     fn rule_errors_are_all_reported() {
         let mut p = Policy::new(&[]);
-        let e = p.load_rules("a b\nsip:a@b frob sip:c@d\nnot-an-aor allow *\n").unwrap_err();
+        let e = p
+            .load_rules("a b\nsip:a@b frob sip:c@d\nnot-an-aor allow *\n")
+            .unwrap_err();
         assert_eq!(e.iter().map(|e| e.line).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 }

@@ -1,1 +1,79 @@
-fn main(){}
+//! `presenced`: the thin binary. Parses configuration, reports every error at
+//! once, then runs the roles until SIGTERM / SIGINT.
+
+use clap::Parser;
+use presenced::config::{Args, Config};
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let cfg = match Config::from_args(&args) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("presenced: config error: {e}");
+            }
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!(
+            "configuration ok: sip {:?}, domains {:?}, digest {}, http {}",
+            cfg.sip_listen,
+            cfg.domains,
+            if cfg.users.is_some() { "on" } else { "off" },
+            cfg.http_listen
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("presenced: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let server = match presenced::start_all(cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("presenced: cannot listen: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(sip = ?server.sip_addrs, http = %server.http_addr, "presenced ready (all roles, in-memory)");
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

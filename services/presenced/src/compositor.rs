@@ -1,0 +1,676 @@
+//! The compositor role: Event State Compositor, registrar state and
+//! subscription table, sharded. It owns its shards (in the all-in-one, all of
+//! them) and serialises every write of a shard on one worker; after each
+//! change of a composed document it stores the new version and emits one
+//! notify job. Expiry is driven by each shard's expiry index.
+
+use crate::metrics::Metrics;
+use crate::Clock;
+use bytes::Bytes;
+use presence_core::commands::{
+    Command, ContactSpec, NotifyJob, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
+};
+use presence_core::digest::Users;
+use presence_core::packages::Registry;
+use presence_core::policy::{Decision, Policy};
+use presence_core::{shard_of, Binding, EndReason, Publication, Subscription};
+use presence_store::{ExpiryKey, Incoming, Op, Requests, Store, StoreError, WorkQueue};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+pub struct Compositor {
+    pub store: Arc<dyn Store>,
+    pub jobs: Arc<dyn WorkQueue<NotifyJob>>,
+    pub packages: Registry,
+    pub policy: Policy,
+    pub users: Option<Users>,
+    pub clock: Clock,
+    pub shards: u32,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn shard_subject(shard: u32) -> String {
+    format!("shard.{shard}")
+}
+
+enum Work {
+    Request(Incoming<Command, Reply>),
+    Expire(u32, ExpiryKey),
+}
+
+impl Compositor {
+    /// Serve every shard until `shutdown` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        bus: Arc<dyn Requests<Command, Reply>>,
+        workers: usize,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let workers = workers.max(1);
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let (tx, mut rx) = mpsc::channel::<Work>(4096);
+            let (btx, mut brx) = mpsc::channel::<Incoming<Command, Reply>>(4096);
+            senders.push((tx.clone(), btx));
+            let me = self.clone();
+            handles.push(tokio::spawn(async move {
+                loop {
+                    let work = tokio::select! {
+                        Some(inc) = brx.recv() => Work::Request(inc),
+                        Some(w) = rx.recv() => w,
+                        else => break,
+                    };
+                    match work {
+                        Work::Request(inc) => {
+                            let reply = me.apply(inc.request.clone()).await;
+                            inc.reply(reply);
+                        }
+                        Work::Expire(shard, key) => me.expire(shard, key).await,
+                    }
+                }
+            }));
+        }
+        for shard in 0..self.shards {
+            let (_, btx) = &senders[shard as usize % workers];
+            if let Err(e) = bus.serve(&shard_subject(shard), btx.clone()).await {
+                tracing::error!(shard, error = %e, "cannot serve shard");
+            }
+        }
+        // The sweeper: every shard's due expiries go through its worker, so
+        // they are serialised with the shard's other writes.
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stats = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = self.clock.now_ms();
+                    for shard in 0..self.shards {
+                        match self.store.due(shard, now, 512).await {
+                            Ok(keys) => {
+                                for (_, key) in keys {
+                                    let (tx, _) = &senders[shard as usize % workers];
+                                    let _ = tx.send(Work::Expire(shard, key)).await;
+                                }
+                            }
+                            Err(e) => {
+                                self.metrics.compositor_store_errors.inc();
+                                tracing::warn!(shard, error = %e, "expiry scan failed");
+                            }
+                        }
+                    }
+                }
+                _ = stats.tick() => {
+                    if let Ok(c) = self.store.counts().await {
+                        self.metrics.compositor_publications.set(c.publications as i64);
+                        self.metrics.compositor_subscriptions.set(c.subscriptions as i64);
+                        self.metrics.compositor_bindings.set(c.bindings as i64);
+                        self.metrics.compositor_documents.set(c.documents as i64);
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        for shard in 0..self.shards {
+            let _ = bus.unserve(&shard_subject(shard)).await;
+        }
+        drop(senders);
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    pub async fn apply(&self, cmd: Command) -> Reply {
+        let result = match cmd {
+            Command::Register(c) => self.register(c).await,
+            Command::Publish(c) => self.publish(c).await,
+            Command::Subscribe(c) => self.subscribe(c).await,
+            Command::Route { aor, method } => self.route(&aor, &method).await,
+            Command::EndSubscription { id, reason } => self.end_subscription(&id, reason).await,
+            Command::SetHardState { aor, event, body } => {
+                self.set_hard_state(&aor, &event, body).await
+            }
+        };
+        result.unwrap_or_else(|e| {
+            self.metrics.compositor_store_errors.inc();
+            tracing::error!(error = %e, "store error while applying a command");
+            Reply::refused_with(
+                500,
+                "Server Internal Error",
+                vec![("Retry-After".into(), "5".into())],
+            )
+        })
+    }
+
+    /// Commit `ops` plus a recomposition of (aor, event) if its document
+    /// changed, then emit the jobs. Returns nothing: callers build replies.
+    async fn commit_and_notify(
+        &self,
+        aor: &str,
+        event: &str,
+        mut ops: Vec<Op>,
+        mut jobs: Vec<NotifyJob>,
+        view: Option<&Overlay<'_>>,
+    ) -> Result<(), StoreError> {
+        let shard = shard_of(aor, self.shards);
+        let doc_op = self.recompose(aor, event, view).await?;
+        let recomposed = doc_op.is_some();
+        ops.extend(doc_op);
+        let versions = self.store.commit(shard, ops).await?;
+        if recomposed {
+            if let Some(version) = versions.last() {
+                jobs.insert(
+                    0,
+                    NotifyJob::Changed {
+                        aor: aor.to_string(),
+                        event: event.to_string(),
+                        version: *version,
+                        at_ms: self.clock.now_ms(),
+                    },
+                );
+            }
+        }
+        for job in jobs {
+            if self.jobs.push(job).await.is_err() {
+                tracing::error!("notify queue closed");
+            }
+        }
+        Ok(())
+    }
+
+    /// A new document for (aor, event) if the state differs from the stored
+    /// one. `overlay` is the state about to be committed (not yet in the store).
+    async fn recompose(
+        &self,
+        aor: &str,
+        event: &str,
+        overlay: Option<&Overlay<'_>>,
+    ) -> Result<Option<Op>, StoreError> {
+        let Some(package) = self.packages.get(event) else {
+            return Ok(None);
+        };
+        let now = self.clock.now_ms();
+        let mut pubs = match overlay.and_then(|o| o.publications) {
+            Some(p) => p.to_vec(),
+            None => self.store.publications(aor, event).await?,
+        };
+        pubs.retain(|p| p.expires_at_ms > now);
+        pubs.sort_by_key(|p| (p.modified_ms, p.seq));
+        let hard = match overlay.and_then(|o| o.hard.clone()) {
+            Some(h) => h,
+            None => self.store.hard_state(aor, event).await?,
+        };
+        let mut bindings = match overlay.and_then(|o| o.bindings) {
+            Some(b) => b.to_vec(),
+            None => self.store.bindings(aor).await?,
+        };
+        bindings.retain(|b| b.expires_at_ms > now);
+        let composed = package.compose(aor, &pubs, hard.as_deref(), &bindings);
+        let current = self.store.document(aor, event).await?;
+        if current.is_some_and(|d| {
+            d.body.as_ref() == composed.body.as_slice() && d.content_type == composed.content_type
+        }) {
+            return Ok(None);
+        }
+        Ok(Some(Op::PutDocument {
+            aor: aor.to_string(),
+            event: event.to_string(),
+            content_type: composed.content_type,
+            body: Bytes::from(composed.body),
+        }))
+    }
+
+    async fn register(&self, c: RegisterCmd) -> Result<Reply, StoreError> {
+        let now = self.clock.now_ms();
+        let mut bindings: Vec<Binding> = self.store.bindings(&c.aor).await?;
+        bindings.retain(|b| b.expires_at_ms > now);
+        let before = bindings.clone();
+        let action = c.action.clone();
+        match action {
+            RegisterAction::Query => {
+                return Ok(Reply::Registered {
+                    bindings,
+                    now_ms: now,
+                });
+            }
+            RegisterAction::RemoveAll => bindings.clear(),
+            RegisterAction::Update(specs) => {
+                for spec in specs {
+                    let existing = bindings
+                        .iter()
+                        .position(|b| same_contact(&b.uri, &spec.uri));
+                    if let Some(i) = existing {
+                        let b = &bindings[i];
+                        if b.call_id == c.call_id && c.cseq < b.cseq {
+                            return Ok(Reply::refused(500, "Out of Order CSeq"));
+                        }
+                        bindings.remove(i);
+                    }
+                    if spec.expires > 0 {
+                        bindings.push(binding_from(&c, spec, now));
+                    }
+                }
+            }
+        }
+        if before == bindings {
+            return Ok(Reply::Registered {
+                bindings,
+                now_ms: now,
+            });
+        }
+        let ops = vec![
+            Op::PutBindings {
+                aor: c.aor.clone(),
+                bindings: bindings.clone(),
+            },
+            Op::MarkKnown { aor: c.aor.clone() },
+        ];
+        let overlay = Overlay {
+            bindings: Some(&bindings),
+            ..Overlay::default()
+        };
+        for event in self.packages.names() {
+            // Only the first commit carries the binding ops.
+            let ops = if event == "presence" {
+                ops.clone()
+            } else {
+                Vec::new()
+            };
+            self.commit_and_notify(&c.aor, event, ops, Vec::new(), Some(&overlay))
+                .await?;
+        }
+        Ok(Reply::Registered {
+            bindings,
+            now_ms: now,
+        })
+    }
+
+    async fn publish(&self, c: PublishCmd) -> Result<Reply, StoreError> {
+        let now = self.clock.now_ms();
+        let mut pubs = self.store.publications(&c.aor, &c.event).await?;
+        pubs.retain(|p| p.expires_at_ms > now);
+        let mut ops = Vec::new();
+        let etag;
+        match &c.if_match {
+            Some(tag) => {
+                let Some(pos) = pubs.iter().position(|p| &p.etag == tag) else {
+                    return Ok(Reply::refused(412, "Conditional Request Failed"));
+                };
+                let old = pubs.remove(pos);
+                ops.push(Op::DeletePublication {
+                    aor: c.aor.clone(),
+                    event: c.event.clone(),
+                    etag: old.etag.clone(),
+                });
+                if c.expires == 0 {
+                    etag = old.etag;
+                } else {
+                    etag = new_etag();
+                    let (content_type, body, modified_ms, seq) = match &c.body {
+                        Some((ct, b)) => (ct.clone(), b.clone(), now, next_seq()),
+                        None => (
+                            old.content_type.clone(),
+                            old.body.clone(),
+                            old.modified_ms,
+                            old.seq,
+                        ),
+                    };
+                    let p = Publication {
+                        etag: etag.clone(),
+                        aor: c.aor.clone(),
+                        event: c.event.clone(),
+                        expires_at_ms: now + c.expires as u64 * 1000,
+                        content_type,
+                        body,
+                        modified_ms,
+                        seq,
+                    };
+                    pubs.push(p.clone());
+                    ops.push(Op::PutPublication(p));
+                }
+            }
+            None => {
+                let Some((ct, body)) = &c.body else {
+                    return Ok(Reply::refused(400, "Missing Body"));
+                };
+                etag = new_etag();
+                let p = Publication {
+                    etag: etag.clone(),
+                    aor: c.aor.clone(),
+                    event: c.event.clone(),
+                    expires_at_ms: now + c.expires as u64 * 1000,
+                    content_type: ct.clone(),
+                    body: body.clone(),
+                    modified_ms: now,
+                    seq: next_seq(),
+                };
+                pubs.push(p.clone());
+                ops.push(Op::PutPublication(p));
+            }
+        }
+        ops.push(Op::MarkKnown { aor: c.aor.clone() });
+        let overlay = Overlay {
+            publications: Some(&pubs),
+            ..Overlay::default()
+        };
+        self.commit_and_notify(&c.aor, &c.event, ops, Vec::new(), Some(&overlay))
+            .await?;
+        Ok(Reply::Published {
+            etag,
+            expires: c.expires,
+        })
+    }
+
+    async fn subscribe(&self, c: SubscribeCmd) -> Result<Reply, StoreError> {
+        let now = self.clock.now_ms();
+        let shard = shard_of(&c.aor, self.shards);
+        if let Some(id) = &c.dialog {
+            let Some(mut sub) = self.store.subscription(id).await?.filter(|s| {
+                s.call_id == c.call_id && s.remote_tag == c.remote_tag && s.expires_at_ms > now
+            }) else {
+                return Ok(Reply::refused(481, "Subscription Does Not Exist"));
+            };
+            if c.cseq <= sub.remote_cseq {
+                return Ok(Reply::refused(500, "Out of Order CSeq"));
+            }
+            let view = sub.view;
+            if c.expires == 0 {
+                self.store
+                    .commit(shard, vec![Op::DeleteSubscription { id: id.clone() }])
+                    .await?;
+                sub.remote_cseq = c.cseq;
+                self.push(NotifyJob::Terminated {
+                    sub: Box::new(sub),
+                    reason: EndReason::Unsubscribed,
+                })
+                .await;
+                return Ok(Reply::Subscribed {
+                    id: id.clone(),
+                    expires: 0,
+                    view,
+                });
+            }
+            sub.remote_cseq = c.cseq;
+            sub.expires_at_ms = now + c.expires as u64 * 1000;
+            sub.remote_target = c.remote_target;
+            sub.flow = c.flow;
+            self.store
+                .commit(shard, vec![Op::PutSubscription(sub)])
+                .await?;
+            self.push(NotifyJob::Refresh { id: id.clone() }).await;
+            return Ok(Reply::Subscribed {
+                id: id.clone(),
+                expires: c.expires,
+                view,
+            });
+        }
+        let view = match self.policy.decide(&c.aor, &c.watcher) {
+            Decision::Reject => return Ok(Reply::refused(403, "Forbidden")),
+            Decision::Accept(view) => view,
+        };
+        let id = new_tag();
+        let sub = Subscription {
+            id: id.clone(),
+            aor: c.aor.clone(),
+            event: c.event.clone(),
+            event_id: c.event_id,
+            watcher: c.watcher,
+            call_id: c.call_id,
+            remote_tag: c.remote_tag,
+            local_uri: c.local_uri,
+            remote_uri: c.remote_uri,
+            remote_target: c.remote_target,
+            route_set: c.route_set,
+            flow: c.flow,
+            remote_cseq: c.cseq,
+            expires_at_ms: now + c.expires as u64 * 1000,
+            content_type: c.content_type,
+            view,
+        };
+        // Make sure there is a document to send (e.g. a never-seen presentity).
+        let has_doc = self.store.document(&c.aor, &c.event).await?.is_some();
+        let mut ops = Vec::new();
+        if !has_doc {
+            ops.extend(self.recompose(&c.aor, &c.event, None).await?);
+        }
+        if c.expires == 0 {
+            // A fetch: one NOTIFY with the state, then terminated.
+            if !ops.is_empty() {
+                self.store.commit(shard, ops).await?;
+            }
+            self.push(NotifyJob::Terminated {
+                sub: Box::new(sub),
+                reason: EndReason::Unsubscribed,
+            })
+            .await;
+            return Ok(Reply::Subscribed {
+                id,
+                expires: 0,
+                view,
+            });
+        }
+        ops.push(Op::PutSubscription(sub));
+        self.store.commit(shard, ops).await?;
+        self.push(NotifyJob::Refresh { id: id.clone() }).await;
+        Ok(Reply::Subscribed {
+            id,
+            expires: c.expires,
+            view,
+        })
+    }
+
+    async fn route(&self, aor: &str, method: &str) -> Result<Reply, StoreError> {
+        let now = self.clock.now_ms();
+        let mut bindings = self.store.bindings(aor).await?;
+        bindings.retain(|b| b.expires_at_ms > now);
+        let any = !bindings.is_empty();
+        bindings.retain(|b| b.accepts(method));
+        if !bindings.is_empty() {
+            bindings.sort_by(|a, b| q_of(b).total_cmp(&q_of(a)));
+            return Ok(Reply::Routes(bindings));
+        }
+        let known = any
+            || self.store.is_known(aor).await?
+            || self.users.as_ref().is_some_and(|u| {
+                let (user, domain) = aor[4..].rsplit_once('@').unwrap_or(("", ""));
+                u.contains(user, domain)
+            });
+        Ok(if known {
+            Reply::refused(480, "Temporarily Unavailable")
+        } else {
+            Reply::refused(404, "Not Found")
+        })
+    }
+
+    async fn end_subscription(&self, id: &str, reason: EndReason) -> Result<Reply, StoreError> {
+        if let Some(sub) = self.store.subscription(id).await? {
+            let shard = shard_of(&sub.aor, self.shards);
+            self.store
+                .commit(shard, vec![Op::DeleteSubscription { id: id.to_string() }])
+                .await?;
+            if reason != EndReason::Gone {
+                self.push(NotifyJob::Terminated {
+                    sub: Box::new(sub),
+                    reason,
+                })
+                .await;
+            } else {
+                self.store.drop_cseq(id).await?;
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    async fn set_hard_state(
+        &self,
+        aor: &str,
+        event: &str,
+        body: Option<Bytes>,
+    ) -> Result<Reply, StoreError> {
+        let op = match &body {
+            Some(b) => Op::PutHardState {
+                aor: aor.into(),
+                event: event.into(),
+                body: b.clone(),
+            },
+            None => Op::DeleteHardState {
+                aor: aor.into(),
+                event: event.into(),
+            },
+        };
+        let overlay = Overlay {
+            hard: Some(body),
+            ..Overlay::default()
+        };
+        self.commit_and_notify(aor, event, vec![op], Vec::new(), Some(&overlay))
+            .await?;
+        Ok(Reply::Done)
+    }
+
+    /// Handle one due entry of a shard's expiry index.
+    async fn expire(&self, shard: u32, key: ExpiryKey) {
+        if let Err(e) = self.expire_inner(shard, key).await {
+            self.metrics.compositor_store_errors.inc();
+            tracing::warn!(error = %e, "expiry handling failed; will retry");
+        }
+    }
+
+    async fn expire_inner(&self, shard: u32, key: ExpiryKey) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        match &key {
+            ExpiryKey::Publication { aor, event, etag } => {
+                let mut pubs = self.store.publications(aor, event).await?;
+                match pubs.iter().position(|p| &p.etag == etag) {
+                    Some(i) if pubs[i].expires_at_ms <= now => {
+                        pubs.remove(i);
+                        self.metrics
+                            .compositor_expired
+                            .with_label_values(&["publication"])
+                            .inc();
+                        let ops = vec![Op::DeletePublication {
+                            aor: aor.clone(),
+                            event: event.clone(),
+                            etag: etag.clone(),
+                        }];
+                        let overlay = Overlay {
+                            publications: Some(&pubs),
+                            ..Overlay::default()
+                        };
+                        self.commit_and_notify(aor, event, ops, Vec::new(), Some(&overlay))
+                            .await?;
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.store
+                            .commit(shard, vec![Op::Unindex(key.clone())])
+                            .await?;
+                    }
+                }
+            }
+            ExpiryKey::Subscription { id } => match self.store.subscription(id).await? {
+                Some(sub) if sub.expires_at_ms <= now => {
+                    self.metrics
+                        .compositor_expired
+                        .with_label_values(&["subscription"])
+                        .inc();
+                    self.store
+                        .commit(shard, vec![Op::DeleteSubscription { id: id.clone() }])
+                        .await?;
+                    self.push(NotifyJob::Terminated {
+                        sub: Box::new(sub),
+                        reason: EndReason::Timeout,
+                    })
+                    .await;
+                }
+                Some(_) => {}
+                None => {
+                    self.store
+                        .commit(shard, vec![Op::Unindex(key.clone())])
+                        .await?;
+                }
+            },
+            ExpiryKey::Bindings { aor } => {
+                let mut bindings = self.store.bindings(aor).await?;
+                let before = bindings.len();
+                bindings.retain(|b| b.expires_at_ms > now);
+                if bindings.len() == before && before > 0 {
+                    return Ok(());
+                }
+                self.metrics
+                    .compositor_expired
+                    .with_label_values(&["binding"])
+                    .inc_by((before - bindings.len()) as u64);
+                let ops = vec![Op::PutBindings {
+                    aor: aor.clone(),
+                    bindings: bindings.clone(),
+                }];
+                let overlay = Overlay {
+                    bindings: Some(&bindings),
+                    ..Overlay::default()
+                };
+                self.commit_and_notify(aor, "presence", ops, Vec::new(), Some(&overlay))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&self, job: NotifyJob) {
+        if self.jobs.push(job).await.is_err() {
+            tracing::error!("notify queue closed");
+        }
+    }
+}
+
+/// State about to be committed, used instead of what the store holds.
+#[derive(Default)]
+struct Overlay<'a> {
+    publications: Option<&'a [Publication]>,
+    bindings: Option<&'a [Binding]>,
+    hard: Option<Option<Bytes>>,
+}
+
+fn binding_from(c: &RegisterCmd, spec: ContactSpec, now: u64) -> Binding {
+    Binding {
+        aor: c.aor.clone(),
+        uri: spec.uri,
+        params: spec.params,
+        expires_at_ms: now + spec.expires as u64 * 1000,
+        call_id: c.call_id.clone(),
+        cseq: c.cseq,
+        flow: c.flow.clone(),
+        methods: spec.methods,
+        q: spec.q,
+    }
+}
+
+/// RFC 3261 §10.3: contact URIs compare by URI equality; we compare the text
+/// with a case-insensitive scheme and host, which is what UAs produce.
+fn same_contact(a: &str, b: &str) -> bool {
+    a == b || a.eq_ignore_ascii_case(b)
+}
+
+fn q_of(b: &Binding) -> f64 {
+    b.q.as_deref().and_then(|q| q.parse().ok()).unwrap_or(1.0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An unguessable entity-tag (128 random bits).
+pub fn new_etag() -> String {
+    hex(&rand::random::<[u8; 16]>())
+}
+
+pub fn new_tag() -> String {
+    hex(&rand::random::<[u8; 8]>())
+}
+
+fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(1);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,1306 @@
+//! The edge role: SIP sockets (UDP and TCP on the same port), framing,
+//! parsing, non-INVITE server transactions (retransmissions absorbed and
+//! answered from the table), client transactions for our NOTIFY and MESSAGE
+//! (Timer E/F over UDP, 32 s timeout), the flow table for TCP, Digest
+//! authentication, and the mapping SIP ⇄ typed commands for the shard owner.
+//! It keeps no presence state: killing it loses only in-flight transactions.
+
+use crate::compositor::{new_tag, shard_subject};
+use crate::metrics::{method_label, status_class, Metrics};
+use crate::Clock;
+use bytes::Bytes;
+use presence_core::commands::{
+    Command, ContactSpec, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
+};
+use presence_core::digest::{Credentials, Verdict, Verifier};
+use presence_core::packages::Registry;
+use presence_core::{canonical_aor, shard_of, Binding, Flow, Transport};
+use presence_sip::{
+    encode_request, frame_stream, parse, rsip, ContactValue, FrameError, HeaderAccess, Message,
+    Method, ParseError, Request, Response, ResponseBuilder, StreamFrame, TransportKind,
+};
+use presence_store::{Incoming, Requests};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+const ALLOW: &str = "REGISTER, PUBLISH, SUBSCRIBE, NOTIFY, MESSAGE, OPTIONS";
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+const TIMER_F: Duration = Duration::from_secs(32);
+const TIMER_J: Duration = Duration::from_secs(32);
+
+/// A request the edge should send (NOTIFY from the notifier, relayed MESSAGE).
+#[derive(Debug, Clone)]
+pub struct OutRequest {
+    pub flow: Flow,
+    pub method: String,
+    pub uri: String,
+    /// Everything but our Via (and Content-Length).
+    pub headers: rsip::Headers,
+    pub body: Bytes,
+}
+
+/// The final answer to an [`OutRequest`]: 408 with `timed_out` when none came.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub code: u16,
+    pub reason: String,
+    /// The response's headers without our Via.
+    pub headers: rsip::Headers,
+    pub body: Bytes,
+    pub timed_out: bool,
+}
+
+pub struct EdgeConfig {
+    pub id: String,
+    pub domains: Vec<String>,
+    pub verifier: Option<Verifier>,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub max_message: usize,
+    pub shards: u32,
+    pub packages: Registry,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    transport: Transport,
+    remote: SocketAddr,
+    local: SocketAddr,
+    conn: u64,
+}
+
+struct Conn {
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct TxnTable {
+    entries: HashMap<String, Option<Bytes>>,
+    expiry: VecDeque<(Instant, String)>,
+}
+
+pub struct Edge {
+    cfg: EdgeConfig,
+    bus: Arc<dyn Requests<Command, Reply>>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    conns: Mutex<HashMap<u64, Conn>>,
+    by_remote: Mutex<HashMap<SocketAddr, u64>>,
+    next_conn: AtomicU64,
+    server_txns: Mutex<TxnTable>,
+    client_txns: Mutex<HashMap<String, oneshot::Sender<Response>>>,
+}
+
+/// Bound sockets, so that bind errors surface before anything runs.
+pub struct Listeners {
+    pub udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    pub tcp: Vec<(SocketAddr, TcpListener)>,
+}
+
+impl Listeners {
+    pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Listeners> {
+        let mut l = Listeners {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for addr in addrs {
+            let tcp = TcpListener::bind(addr).await?;
+            let actual = tcp.local_addr()?;
+            let udp = UdpSocket::bind(actual).await?;
+            l.udp.push((actual, Arc::new(udp)));
+            l.tcp.push((actual, tcp));
+        }
+        Ok(l)
+    }
+}
+
+impl Edge {
+    pub fn new(
+        cfg: EdgeConfig,
+        bus: Arc<dyn Requests<Command, Reply>>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    ) -> Edge {
+        Edge {
+            cfg,
+            bus,
+            clock,
+            metrics,
+            udp,
+            conns: Mutex::new(HashMap::new()),
+            by_remote: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            server_txns: Mutex::new(TxnTable::default()),
+            client_txns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    /// Run the sockets and serve `edge.<id>` until shutdown.
+    pub async fn run(
+        self: Arc<Self>,
+        tcp: Vec<(SocketAddr, TcpListener)>,
+        out_bus: Arc<dyn Requests<OutRequest, Outcome>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tasks = Vec::new();
+        for (local, sock) in self.udp.clone() {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move { me.udp_loop(local, sock).await }));
+        }
+        for (local, listener) in tcp {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                me.accept_loop(local, listener).await
+            }));
+        }
+        let (tx, mut rx) = mpsc::channel::<Incoming<OutRequest, Outcome>>(8192);
+        let subject = crate::notifier::edge_subject(&self.cfg.id);
+        if let Err(e) = out_bus.serve(&subject, tx).await {
+            tracing::error!(error = %e, "cannot serve the edge subject");
+        }
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(inc) = rx.recv().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let out = me.send_request(inc.request.clone()).await;
+                    inc.reply(out);
+                });
+            }
+        }));
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => self.sweep_transactions(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        let _ = out_bus.unserve(&subject).await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    fn sweep_transactions(&self) {
+        let now = Instant::now();
+        let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((deadline, _)) = t.expiry.front() {
+            if *deadline > now {
+                break;
+            }
+            let (_, key) = t.expiry.pop_front().expect("front exists");
+            t.entries.remove(&key);
+        }
+    }
+
+    async fn udp_loop(self: Arc<Self>, local: SocketAddr, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, remote) = match sock.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; keep serving.
+                    tracing::debug!(error = %e, "udp receive error");
+                    continue;
+                }
+            };
+            if n <= 4
+                && buf[..n]
+                    .iter()
+                    .all(|b| *b == b'\r' || *b == b'\n' || *b == 0)
+            {
+                continue; // keep-alive
+            }
+            let src = Source {
+                transport: Transport::Udp,
+                remote,
+                local,
+                conn: 0,
+            };
+            let data = Bytes::copy_from_slice(&buf[..n]);
+            let me = self.clone();
+            tokio::spawn(async move { me.on_message(&data, src, TransportKind::Datagram).await });
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, local: SocketAddr, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.clone().spawn_conn(stream, local, remote);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn spawn_conn(
+        self: Arc<Self>,
+        stream: TcpStream,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Conn { tx });
+        self.by_remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(remote, id);
+        self.metrics.edge_tcp_connections.inc();
+        let (mut rd, mut wr) = stream.into_split();
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let src = Source {
+                transport: Transport::Tcp,
+                remote,
+                local,
+                conn: id,
+            };
+            let mut buf: Vec<u8> = Vec::with_capacity(8192);
+            let mut chunk = vec![0u8; 16384];
+            'read: loop {
+                let n = match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                loop {
+                    match frame_stream(&buf, me.cfg.max_message) {
+                        Ok(StreamFrame::NeedMore) => break,
+                        Ok(StreamFrame::KeepAlive { len, ping }) => {
+                            buf.drain(..len);
+                            if ping {
+                                me.send_conn(id, Bytes::from_static(b"\r\n"));
+                            }
+                        }
+                        Ok(StreamFrame::Message { skip, len }) => {
+                            let msg: Vec<u8> = buf.drain(..skip + len).skip(skip).collect();
+                            let me2 = me.clone();
+                            tokio::spawn(async move {
+                                me2.on_message(&msg, src, TransportKind::Stream).await
+                            });
+                        }
+                        Err(e) => {
+                            // Cannot find the next message: answer what we can and close.
+                            let status = if matches!(e, FrameError::TooLarge(_)) {
+                                413
+                            } else {
+                                400
+                            };
+                            me.metrics
+                                .edge_dropped
+                                .with_label_values(&["tcp_framing"])
+                                .inc();
+                            if let Some(end) = presence_sip::frame::header_end(&buf) {
+                                if let Err(pe) =
+                                    parse(&buf[..end], TransportKind::Datagram, usize::MAX)
+                                {
+                                    me.answer_parse_error(&pe, src);
+                                } else if let Ok(Message::Request(r)) =
+                                    parse(&buf[..end], TransportKind::Datagram, usize::MAX)
+                                {
+                                    let reason = if status == 413 {
+                                        "Request Entity Too Large"
+                                    } else {
+                                        "Bad Content-Length"
+                                    };
+                                    let b = ResponseBuilder::new(
+                                        &r.headers,
+                                        status,
+                                        reason,
+                                        Some(&new_tag()),
+                                        Some(remote),
+                                    );
+                                    me.send_src(src, Bytes::from(b.encode()));
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            break 'read;
+                        }
+                    }
+                }
+            }
+            me.conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let mut br = me.by_remote.lock().unwrap_or_else(|e| e.into_inner());
+            if br.get(&remote) == Some(&id) {
+                br.remove(&remote);
+            }
+            me.metrics.edge_tcp_connections.dec();
+        });
+        id
+    }
+
+    fn send_conn(&self, id: u64, bytes: Bytes) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.get(&id).is_some_and(|c| c.tx.send(bytes).is_ok())
+    }
+
+    fn udp_socket(&self, local: SocketAddr) -> Option<Arc<UdpSocket>> {
+        self.udp
+            .iter()
+            .find(|(a, _)| *a == local)
+            .or_else(|| {
+                self.udp
+                    .iter()
+                    .find(|(a, _)| a.is_ipv4() == local.is_ipv4())
+            })
+            .or(self.udp.first())
+            .map(|(_, s)| s.clone())
+    }
+
+    fn send_src(&self, src: Source, bytes: Bytes) {
+        match src.transport {
+            Transport::Udp => {
+                if let Some(sock) = self.udp_socket(src.local) {
+                    if let Err(e) = sock.try_send_to(&bytes, src.remote) {
+                        tracing::debug!(error = %e, "udp send failed");
+                        self.metrics
+                            .edge_dropped
+                            .with_label_values(&["send_failed"])
+                            .inc();
+                    }
+                }
+            }
+            Transport::Tcp => {
+                if !self.send_conn(src.conn, bytes) {
+                    self.metrics
+                        .edge_dropped
+                        .with_label_values(&["send_failed"])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    fn answer_parse_error(&self, e: &ParseError, src: Source) {
+        match &e.answer {
+            Some(headers) => {
+                self.metrics
+                    .edge_dropped
+                    .with_label_values(&["bad_request_answered"])
+                    .inc();
+                let b = ResponseBuilder::new(
+                    headers,
+                    e.status,
+                    &e.reason,
+                    Some(&new_tag()),
+                    Some(src.remote),
+                );
+                self.send_src(src, Bytes::from(b.encode()));
+            }
+            None => {
+                self.metrics
+                    .edge_dropped
+                    .with_label_values(&["unparseable"])
+                    .inc();
+            }
+        }
+    }
+
+    async fn on_message(self: &Arc<Self>, data: &[u8], src: Source, kind: TransportKind) {
+        let msg = match parse(data, kind, self.cfg.max_message) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(remote = %src.remote, error = %e, "refused message");
+                self.answer_parse_error(&e, src);
+                return;
+            }
+        };
+        match msg {
+            Message::Response(resp) => self.on_response(resp),
+            Message::Request(req) => self.on_request(req, src).await,
+        }
+    }
+
+    fn on_response(&self, resp: Response) {
+        if resp.code < 200 {
+            return;
+        }
+        let Some(branch) = resp.top_via().and_then(|v| v.branch) else {
+            self.metrics
+                .edge_dropped
+                .with_label_values(&["stray_response"])
+                .inc();
+            return;
+        };
+        let waiter = self
+            .client_txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&branch);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(resp);
+            }
+            None => {
+                self.metrics
+                    .edge_dropped
+                    .with_label_values(&["stray_response"])
+                    .inc();
+            }
+        }
+    }
+
+    async fn on_request(self: &Arc<Self>, req: Request, src: Source) {
+        let method = req.method.as_str();
+        self.metrics
+            .edge_requests
+            .with_label_values(&[method_label(&method)])
+            .inc();
+        if req.method.is(rsip::Method::Ack) {
+            return; // no INVITE transactions here: nothing to acknowledge
+        }
+        let started = Instant::now();
+        let key = req.transaction_key();
+        if let Some(key) = &key {
+            let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
+            match t.entries.get(key) {
+                Some(Some(resp)) => {
+                    let resp = resp.clone();
+                    drop(t);
+                    self.metrics.edge_retransmissions.inc();
+                    self.send_src(src, resp);
+                    return;
+                }
+                Some(None) => {
+                    self.metrics.edge_retransmissions.inc();
+                    return; // still working on it
+                }
+                None => {
+                    t.entries.insert(key.clone(), None);
+                    // Guard: an entry whose handler dies still goes away.
+                    t.expiry
+                        .push_back((Instant::now() + TIMER_F + TIMER_J, key.clone()));
+                }
+            }
+        }
+        let resp = self.handle(&req, src).await;
+        let code = resp.code();
+        let bytes = Bytes::from(resp.encode());
+        if let Some(key) = key {
+            let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = match src.transport {
+                Transport::Udp => TIMER_J,
+                Transport::Tcp => Duration::from_secs(1),
+            };
+            t.entries.insert(key.clone(), Some(bytes.clone()));
+            t.expiry.push_back((Instant::now() + keep, key));
+        }
+        self.send_src(src, bytes);
+        let label = method_label(&method);
+        self.metrics
+            .edge_responses
+            .with_label_values(&[label, status_class(code)])
+            .inc();
+        self.metrics
+            .edge_transaction_seconds
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn reply(&self, req: &Request, src: Source, code: u16, reason: &str) -> ResponseBuilder {
+        ResponseBuilder::new(
+            &req.headers,
+            code,
+            reason,
+            Some(&new_tag()),
+            Some(src.remote),
+        )
+    }
+
+    fn is_local(&self, domain: &str) -> bool {
+        self.cfg
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    fn contact_header(&self, src: Source) -> String {
+        let host = match src.local {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        match src.transport {
+            Transport::Udp => format!("<sip:{host}>"),
+            Transport::Tcp => format!("<sip:{host};transport=tcp>"),
+        }
+    }
+
+    fn flow(&self, src: Source) -> Flow {
+        Flow {
+            transport: src.transport,
+            remote: src.remote,
+            local: src.local,
+            edge: self.cfg.id.clone(),
+            conn: src.conn,
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, req: &Request, src: Source) -> ResponseBuilder {
+        // Require / Proxy-Require: we support no extensions (RFC 3261 §8.2.2.3).
+        let required: Vec<String> = req.list("Require");
+        if !required.is_empty() && !req.method.is(rsip::Method::Cancel) {
+            return self
+                .reply(req, src, 420, "Bad Extension")
+                .header("Unsupported", required.join(", "));
+        }
+        let method = match &req.method {
+            Method::Known(m) => *m,
+            Method::Extension(_) => {
+                return self
+                    .reply(req, src, 501, "Not Implemented")
+                    .header("Allow", ALLOW);
+            }
+        };
+        match method {
+            rsip::Method::Options => self
+                .reply(req, src, 200, "OK")
+                .header("Allow", ALLOW)
+                .header("Allow-Events", self.cfg.packages.allow_events())
+                .header(
+                    "Accept",
+                    "application/pidf+xml, application/cpim-pidf+xml, text/plain, message/cpim",
+                )
+                .header("Supported", ""),
+            rsip::Method::Register
+            | rsip::Method::Publish
+            | rsip::Method::Subscribe
+            | rsip::Method::Message => {
+                let identity = match self.authenticate(req, src, method) {
+                    Ok(id) => id,
+                    Err(resp) => return *resp,
+                };
+                match method {
+                    rsip::Method::Register => self.register(req, src, identity).await,
+                    rsip::Method::Publish => self.publish(req, src, identity).await,
+                    rsip::Method::Subscribe => self.subscribe(req, src, identity).await,
+                    _ => self.message(req, src).await,
+                }
+            }
+            rsip::Method::Notify => self.reply(req, src, 481, "Subscription Does Not Exist"),
+            rsip::Method::Cancel => self.reply(req, src, 481, "Call/Transaction Does Not Exist"),
+            _ => self
+                .reply(req, src, 405, "Method Not Allowed")
+                .header("Allow", ALLOW),
+        }
+    }
+
+    /// `Ok(Some(aor))` authenticated, `Ok(None)` auth disabled, `Err` the challenge or refusal.
+    fn authenticate(
+        &self,
+        req: &Request,
+        src: Source,
+        method: rsip::Method,
+    ) -> Result<Option<String>, Box<ResponseBuilder>> {
+        let Some(verifier) = &self.cfg.verifier else {
+            return Ok(None);
+        };
+        let proxy = method == rsip::Method::Message;
+        let from_domain = req
+            .from_addr()
+            .map(|f| f.uri.host_with_port.host.to_string().to_ascii_lowercase())
+            .unwrap_or_default();
+        let realm = if self.is_local(&from_domain) {
+            from_domain
+        } else {
+            self.cfg.domains[0].clone()
+        };
+        let header = if proxy {
+            "Proxy-Authorization"
+        } else {
+            "Authorization"
+        };
+        let now = self.clock.now_ms();
+        let mut stale = false;
+        for value in req.header_all(header) {
+            let Some(creds) = Credentials::parse(value) else {
+                continue;
+            };
+            if !creds.realm.eq_ignore_ascii_case(&realm) {
+                continue;
+            }
+            match verifier.verify(&creds, &req.method.as_str(), &req.uri_text, &realm, now) {
+                Verdict::Ok(who) => return Ok(Some(who.aor())),
+                Verdict::Challenge { stale: s } => stale |= s,
+                Verdict::BadRequest(reason) => {
+                    return Err(Box::new(self.reply(req, src, 400, reason)));
+                }
+            }
+        }
+        self.metrics
+            .edge_challenges
+            .with_label_values(&[if stale { "true" } else { "false" }])
+            .inc();
+        let (code, reason, hname) = if proxy {
+            (407, "Proxy Authentication Required", "Proxy-Authenticate")
+        } else {
+            (401, "Unauthorized", "WWW-Authenticate")
+        };
+        let mut b = self.reply(req, src, code, reason);
+        for ch in verifier.challenges(&realm, now, stale) {
+            b = b.header(hname, ch);
+        }
+        Err(Box::new(b))
+    }
+
+    async fn ask(&self, aor: &str, cmd: Command) -> Reply {
+        let subject = shard_subject(shard_of(aor, self.cfg.shards));
+        // A handover makes a shard briefly unreachable: retry, then 503.
+        for attempt in 0..3 {
+            match self
+                .bus
+                .request(&subject, cmd.clone(), Duration::from_secs(5))
+                .await
+            {
+                Ok(r) => return r,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "shard request failed");
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
+            }
+        }
+        Reply::refused_with(
+            503,
+            "Service Unavailable",
+            vec![("Retry-After".into(), "5".into())],
+        )
+    }
+
+    fn refusal(&self, req: &Request, src: Source, reply: Reply) -> ResponseBuilder {
+        match reply {
+            Reply::Refused {
+                code,
+                reason,
+                headers,
+            } => {
+                let mut b = self.reply(req, src, code, &reason);
+                for (n, v) in headers {
+                    b = b.header(&n, v);
+                }
+                b
+            }
+            other => {
+                tracing::error!(?other, "unexpected reply from the shard");
+                self.reply(req, src, 500, "Server Internal Error")
+            }
+        }
+    }
+
+    /// Granted expiry: `Err(response)` for malformed (400) or too brief (423).
+    fn grant_expires(
+        &self,
+        req: &Request,
+        src: Source,
+        asked: Option<Result<u32, ()>>,
+        default: u32,
+    ) -> Result<u32, Box<ResponseBuilder>> {
+        let e = match asked {
+            None => default,
+            Some(Ok(e)) => e,
+            Some(Err(())) => return Err(Box::new(self.reply(req, src, 400, "Malformed Expires"))),
+        };
+        if e > 0 && e < self.cfg.min_expires {
+            return Err(Box::new(
+                self.reply(req, src, 423, "Interval Too Brief")
+                    .header("Min-Expires", self.cfg.min_expires.to_string()),
+            ));
+        }
+        Ok(e.min(self.cfg.max_expires))
+    }
+
+    async fn register(
+        &self,
+        req: &Request,
+        src: Source,
+        identity: Option<String>,
+    ) -> ResponseBuilder {
+        let Some(to) = req.to_addr() else {
+            return self.reply(req, src, 400, "Malformed To");
+        };
+        let Some(aor) = canonical_aor(&to.uri) else {
+            return self.reply(req, src, 400, "To Is Not an Address of Record");
+        };
+        if !self.is_local(aor.domain()) {
+            return self.reply(req, src, 403, "Domain Not Served Here");
+        }
+        if identity.as_deref().is_some_and(|id| id != aor.as_str()) {
+            return self.reply(req, src, 403, "Forbidden (Not Your AoR)");
+        }
+        let contacts = match req.contacts() {
+            Ok(c) => c,
+            Err(()) => return self.reply(req, src, 400, "Malformed Contact"),
+        };
+        let header_expires = match req.expires() {
+            Some(Err(())) => return self.reply(req, src, 400, "Malformed Expires"),
+            Some(Ok(e)) => Some(e),
+            None => None,
+        };
+        let action = if contacts.is_empty() {
+            RegisterAction::Query
+        } else if contacts.iter().any(|c| matches!(c, ContactValue::Star)) {
+            if contacts.len() != 1 || header_expires != Some(0) {
+                return self.reply(req, src, 400, "Invalid Wildcard Contact");
+            }
+            RegisterAction::RemoveAll
+        } else {
+            let mut specs = Vec::new();
+            for c in contacts {
+                let ContactValue::Addr(na) = c else { continue };
+                let asked = match na.param("expires") {
+                    Some(Some(v)) => Some(presence_sip::headers::parse_delta(v)),
+                    _ => header_expires.map(Ok),
+                };
+                let expires = match self.grant_expires(req, src, asked, 3600) {
+                    Ok(e) => e,
+                    Err(resp) => return *resp,
+                };
+                let params: String = na
+                    .params
+                    .iter()
+                    .filter(|(n, _)| n != "expires")
+                    .map(|(n, v)| match v {
+                        Some(v) if v.contains([' ', ',', ';', '"']) || n == "methods" => {
+                            format!(";{n}=\"{v}\"")
+                        }
+                        Some(v) => format!(";{n}={v}"),
+                        None => format!(";{n}"),
+                    })
+                    .collect();
+                let methods = na.param("methods").and_then(|m| m.clone()).map(|m| {
+                    m.split(',')
+                        .map(|s| s.trim().to_ascii_uppercase())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                });
+                let q = na.param("q").and_then(|q| q.clone());
+                specs.push(ContactSpec {
+                    uri: na.uri_text.clone(),
+                    params,
+                    expires,
+                    methods,
+                    q,
+                });
+            }
+            RegisterAction::Update(specs)
+        };
+        let (cseq, _) = req.cseq().unwrap_or((0, String::new()));
+        let cmd = Command::Register(RegisterCmd {
+            aor: aor.to_string(),
+            call_id: req.call_id().unwrap_or_default().to_string(),
+            cseq,
+            flow: self.flow(src),
+            action,
+        });
+        match self.ask(aor.as_str(), cmd).await {
+            Reply::Registered { bindings, now_ms } => {
+                let mut b = self.reply(req, src, 200, "OK");
+                for binding in &bindings {
+                    b = b.header("Contact", contact_listing(binding, now_ms));
+                }
+                b
+            }
+            other => self.refusal(req, src, other),
+        }
+    }
+
+    async fn publish(
+        &self,
+        req: &Request,
+        src: Source,
+        identity: Option<String>,
+    ) -> ResponseBuilder {
+        let aor =
+            canonical_aor(&req.uri).or_else(|| req.to_addr().and_then(|t| canonical_aor(&t.uri)));
+        let Some(aor) = aor else {
+            return self.reply(req, src, 400, "Request-URI Is Not an Address of Record");
+        };
+        if !self.is_local(aor.domain()) {
+            return self.reply(req, src, 404, "Not Found (Domain Not Served Here)");
+        }
+        let Some(event) = req.event() else {
+            return self
+                .reply(req, src, 489, "Bad Event")
+                .header("Allow-Events", self.cfg.packages.allow_events());
+        };
+        let Some(package) = self
+            .cfg
+            .packages
+            .get(&event.package)
+            .filter(|p| !p.publish_types().is_empty())
+        else {
+            return self
+                .reply(req, src, 489, "Bad Event")
+                .header("Allow-Events", self.cfg.packages.allow_events());
+        };
+        if identity.as_deref().is_some_and(|id| id != aor.as_str()) {
+            return self.reply(req, src, 403, "Forbidden (Not Your AoR)");
+        }
+        let expires = match self.grant_expires(req, src, req.expires(), 3600) {
+            Ok(e) => e,
+            Err(resp) => return *resp,
+        };
+        let if_match = req.sip_if_match().map(str::to_string);
+        let body = if req.body.is_empty() {
+            None
+        } else {
+            let ct = req.content_type();
+            let Some(ct) = ct.filter(|ct| package.publish_types().contains(&ct.as_str())) else {
+                return self
+                    .reply(req, src, 415, "Unsupported Media Type")
+                    .header("Accept", package.publish_types().join(", "));
+            };
+            if let Err(why) = package.check_body(&req.body) {
+                tracing::debug!(%why, "malformed publication body");
+                return self.reply(req, src, 400, "Malformed Event State Document");
+            }
+            Some((ct.as_str().to_string(), req.body.clone()))
+        };
+        if if_match.is_none() && body.is_none() {
+            return self.reply(req, src, 400, "Missing Body");
+        }
+        if if_match.is_none() && expires == 0 {
+            return self.reply(req, src, 400, "Expires 0 Without SIP-If-Match");
+        }
+        let cmd = Command::Publish(PublishCmd {
+            aor: aor.to_string(),
+            event: package.name().to_string(),
+            if_match,
+            expires,
+            body,
+        });
+        match self.ask(aor.as_str(), cmd).await {
+            Reply::Published { etag, expires } => self
+                .reply(req, src, 200, "OK")
+                .header("SIP-ETag", etag)
+                .header("Expires", expires.to_string()),
+            other => self.refusal(req, src, other),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        req: &Request,
+        src: Source,
+        identity: Option<String>,
+    ) -> ResponseBuilder {
+        let package = req
+            .event()
+            .and_then(|e| self.cfg.packages.get(&e.package).cloned());
+        let Some(package) = package else {
+            return self
+                .reply(req, src, 489, "Bad Event")
+                .header("Allow-Events", self.cfg.packages.allow_events());
+        };
+        let event = req.event().expect("checked above");
+        let (Some(from), Some(to)) = (req.from_addr(), req.to_addr()) else {
+            return self.reply(req, src, 400, "Malformed From or To");
+        };
+        let in_dialog = to.tag.clone();
+        let aor = match (&in_dialog, canonical_aor(&req.uri)) {
+            (_, Some(a)) => a,
+            (Some(_), None) => match canonical_aor(&to.uri) {
+                Some(a) => a,
+                None => return self.reply(req, src, 400, "Not an Address of Record"),
+            },
+            (None, None) => {
+                return self.reply(req, src, 400, "Request-URI Is Not an Address of Record")
+            }
+        };
+        if in_dialog.is_none() && !self.is_local(aor.domain()) {
+            return self.reply(req, src, 404, "Not Found (Domain Not Served Here)");
+        }
+        let accept = req.accept();
+        let content_type = match package.negotiate(accept.as_deref()) {
+            Ok(ct) => ct,
+            Err(()) => {
+                return self
+                    .reply(req, src, 406, "Not Acceptable")
+                    .header("Accept", package.notify_types().join(", "));
+            }
+        };
+        let expires = match self.grant_expires(req, src, req.expires(), 3600) {
+            Ok(e) => e,
+            Err(resp) => return *resp,
+        };
+        let contact = match req.contacts() {
+            Ok(c) => c.into_iter().find_map(|c| match c {
+                ContactValue::Addr(a) => Some(a.uri_text),
+                ContactValue::Star => None,
+            }),
+            Err(()) => return self.reply(req, src, 400, "Malformed Contact"),
+        };
+        let Some(remote_target) = contact.or_else(|| in_dialog.as_ref().map(|_| String::new()))
+        else {
+            return self.reply(req, src, 400, "Missing Contact");
+        };
+        let watcher = match identity {
+            Some(id) => id,
+            None => match canonical_aor(&from.uri) {
+                Some(a) => a.to_string(),
+                None => return self.reply(req, src, 400, "From Is Not an Address of Record"),
+            },
+        };
+        let Some(remote_tag) = from.tag.clone() else {
+            return self.reply(req, src, 400, "Missing From Tag");
+        };
+        let (cseq, _) = req.cseq().unwrap_or((0, String::new()));
+        let strip_tag = |v: &str| -> String {
+            let na = presence_sip::NameAddr::parse(v);
+            match na {
+                Some(n) => {
+                    let mut s = match &n.display {
+                        Some(d) => format!("\"{}\" <{}>", d.replace('"', "\\\""), n.uri_text),
+                        None => format!("<{}>", n.uri_text),
+                    };
+                    for (k, val) in n.params.iter().filter(|(k, _)| k != "tag") {
+                        match val {
+                            Some(val) => s.push_str(&format!(";{k}={val}")),
+                            None => s.push_str(&format!(";{k}")),
+                        }
+                    }
+                    s
+                }
+                None => v.to_string(),
+            }
+        };
+        let cmd = Command::Subscribe(SubscribeCmd {
+            aor: aor.to_string(),
+            event: package.name().to_string(),
+            event_id: event.id.clone(),
+            watcher,
+            dialog: in_dialog.clone(),
+            call_id: req.call_id().unwrap_or_default().to_string(),
+            remote_tag,
+            cseq,
+            local_uri: strip_tag(req.header("To").unwrap_or_default()),
+            remote_uri: strip_tag(req.header("From").unwrap_or_default()),
+            remote_target,
+            route_set: req.list("Record-Route"),
+            flow: self.flow(src),
+            expires,
+            content_type: content_type.to_string(),
+        });
+        match self.ask(aor.as_str(), cmd).await {
+            Reply::Subscribed { id, expires, .. } => {
+                ResponseBuilder::new(&req.headers, 200, "OK", Some(&id), Some(src.remote))
+                    .header("Expires", expires.to_string())
+                    .header("Contact", self.contact_header(src))
+                    .header("Allow-Events", self.cfg.packages.allow_events())
+            }
+            other => self.refusal(req, src, other),
+        }
+    }
+
+    /// Pager-mode MESSAGE (RFC 3428): relay to the target's contacts and
+    /// relay the best final answer back. The body passes byte for byte.
+    async fn message(self: &Arc<Self>, req: &Request, src: Source) -> ResponseBuilder {
+        let Some(aor) = canonical_aor(&req.uri) else {
+            return self.reply(req, src, 404, "Not Found");
+        };
+        if !self.is_local(aor.domain()) {
+            return self.reply(req, src, 404, "Not Found (Domain Not Served Here)");
+        }
+        let max_forwards = match req.max_forwards() {
+            Some(Ok(0)) => return self.reply(req, src, 483, "Too Many Hops"),
+            Some(Ok(n)) => n - 1,
+            _ => 69,
+        };
+        let targets = match self
+            .ask(
+                aor.as_str(),
+                Command::Route {
+                    aor: aor.to_string(),
+                    method: "MESSAGE".into(),
+                },
+            )
+            .await
+        {
+            Reply::Routes(t) => t,
+            other => return self.refusal(req, src, other),
+        };
+        // Fork to every contact; the first 2xx wins, else the lowest class.
+        let mut set = tokio::task::JoinSet::new();
+        for target in targets {
+            let mut headers = rsip::Headers::default();
+            for h in req.headers.iter() {
+                let n = h.name();
+                if n.eq_ignore_ascii_case("Max-Forwards")
+                    || n.eq_ignore_ascii_case("Route")
+                    || n.eq_ignore_ascii_case("Proxy-Authorization")
+                    || n.eq_ignore_ascii_case("Content-Length")
+                {
+                    continue;
+                }
+                headers.push(h.clone());
+            }
+            headers.push(rsip::headers::make_header(
+                "Max-Forwards",
+                max_forwards.to_string(),
+            ));
+            let out = OutRequest {
+                flow: target.flow.clone(),
+                method: "MESSAGE".into(),
+                uri: target.uri.clone(),
+                headers,
+                body: req.body.clone(),
+            };
+            let me = self.clone();
+            set.spawn(async move { me.send_request(out).await });
+        }
+        let mut best: Option<Outcome> = None;
+        while let Some(res) = set.join_next().await {
+            let Ok(o) = res else { continue };
+            if (200..300).contains(&o.code) {
+                set.abort_all();
+                best = Some(o);
+                break;
+            }
+            let better = match &best {
+                None => true,
+                Some(b) => rank(o.code) < rank(b.code),
+            };
+            if better {
+                best = Some(o);
+            }
+        }
+        let Some(o) = best else {
+            return self.reply(req, src, 480, "Temporarily Unavailable");
+        };
+        if o.timed_out {
+            return self.reply(req, src, 408, "Request Timeout");
+        }
+        // Relay the answer: the request's Via stack, the answer's other headers.
+        let skip = ["via", "from", "to", "call-id", "cseq", "content-length"];
+        let to_tag = o
+            .headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("To"))
+            .and_then(|h| presence_sip::NameAddr::parse(h.value()))
+            .and_then(|n| n.tag);
+        let fallback_tag = new_tag();
+        let mut b = ResponseBuilder::new(
+            &req.headers,
+            o.code,
+            &o.reason,
+            to_tag.as_deref().or(Some(&fallback_tag)),
+            Some(src.remote),
+        );
+        let mut ct = None;
+        for h in o.headers.iter() {
+            let n = h.name().to_ascii_lowercase();
+            if n == "content-type" {
+                ct = Some(h.value().to_string());
+                continue;
+            }
+            if !skip.contains(&n.as_str()) {
+                b = b.header(h.name(), h.value().to_string());
+            }
+        }
+        if !o.body.is_empty() {
+            b = b.body(
+                ct.as_deref().unwrap_or("application/octet-stream"),
+                o.body.to_vec(),
+            );
+        }
+        b
+    }
+
+    /// Send a request through a flow as a client transaction.
+    pub async fn send_request(self: &Arc<Self>, out: OutRequest) -> Outcome {
+        let method = out.method.clone();
+        let branch = format!("z9hG4bK{}", new_tag());
+        let local = if out.flow.edge == self.cfg.id {
+            out.flow.local
+        } else {
+            self.udp.first().map(|(a, _)| *a).unwrap_or(out.flow.local)
+        };
+        let host = match local {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        let mut headers = rsip::Headers::default();
+        headers.push(rsip::headers::make_header(
+            "Via",
+            format!(
+                "SIP/2.0/{} {host};branch={branch};rport",
+                out.flow.transport.as_str()
+            ),
+        ));
+        let mut has_contact = false;
+        for h in out.headers.iter() {
+            has_contact |= h.name().eq_ignore_ascii_case("Contact");
+            headers.push(h.clone());
+        }
+        if !has_contact && method == "NOTIFY" {
+            let src = Source {
+                transport: out.flow.transport,
+                remote: out.flow.remote,
+                local,
+                conn: out.flow.conn,
+            };
+            headers.push(rsip::headers::make_header(
+                "Contact",
+                self.contact_header(src),
+            ));
+        }
+        let bytes = Bytes::from(encode_request(&method, &out.uri, &headers, &out.body));
+        let (tx, mut rx) = oneshot::channel();
+        self.client_txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(branch.clone(), tx);
+        let deadline = Instant::now() + TIMER_F;
+        let result = match out.flow.transport {
+            Transport::Udp => {
+                let sock = self.udp_socket(local);
+                let mut interval = T1;
+                loop {
+                    if let Some(s) = &sock {
+                        let _ = s.try_send_to(&bytes, out.flow.remote);
+                    }
+                    let wait = interval.min(deadline.saturating_duration_since(Instant::now()));
+                    match tokio::time::timeout(wait, &mut rx).await {
+                        Ok(r) => break r.ok(),
+                        Err(_) if Instant::now() >= deadline => break None,
+                        Err(_) => interval = (interval * 2).min(T2),
+                    }
+                }
+            }
+            Transport::Tcp => {
+                let mut sent = self.send_conn(out.flow.conn, bytes.clone());
+                if !sent {
+                    let existing = self
+                        .by_remote
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&out.flow.remote)
+                        .copied();
+                    if let Some(id) = existing {
+                        sent = self.send_conn(id, bytes.clone());
+                    }
+                }
+                if !sent {
+                    if let Ok(Ok(stream)) = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        TcpStream::connect(out.flow.remote),
+                    )
+                    .await
+                    {
+                        let _ = stream.set_nodelay(true);
+                        let local = stream.local_addr().unwrap_or(local);
+                        let id = self.clone().spawn_conn(stream, local, out.flow.remote);
+                        sent = self.send_conn(id, bytes.clone());
+                    }
+                }
+                if sent {
+                    tokio::time::timeout_at(deadline, &mut rx)
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                } else {
+                    None
+                }
+            }
+        };
+        self.client_txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&branch);
+        let label = method_label(&method);
+        match result {
+            Some(resp) => {
+                self.metrics
+                    .edge_client_transactions
+                    .with_label_values(&[label, status_class(resp.code)])
+                    .inc();
+                let mut headers = rsip::Headers::default();
+                let mut first_via = true;
+                for h in resp.headers.iter() {
+                    if h.name().eq_ignore_ascii_case("Via") && first_via {
+                        first_via = false;
+                        // our own Via: drop the first element only
+                        let rest: Vec<&str> = presence_sip::split_list(h.value())
+                            .into_iter()
+                            .skip(1)
+                            .collect();
+                        if !rest.is_empty() {
+                            headers.push(rsip::headers::make_header("Via", rest.join(", ")));
+                        }
+                        continue;
+                    }
+                    headers.push(h.clone());
+                }
+                Outcome {
+                    code: resp.code,
+                    reason: resp.reason,
+                    headers,
+                    body: resp.body,
+                    timed_out: false,
+                }
+            }
+            None => {
+                self.metrics
+                    .edge_client_transactions
+                    .with_label_values(&[label, "timeout"])
+                    .inc();
+                Outcome {
+                    code: 408,
+                    reason: "Request Timeout".into(),
+                    headers: rsip::Headers::default(),
+                    body: Bytes::new(),
+                    timed_out: true,
+                }
+            }
+        }
+    }
+}
+
+/// Response preference when forking (RFC 3261 §16.7 simplified): 6xx, then
+/// 4xx other than 408/480, then 5xx, then 408/480.
+fn rank(code: u16) -> u8 {
+    match code {
+        200..=299 => 0,
+        600..=699 => 1,
+        408 | 480 => 4,
+        400..=499 => 2,
+        500..=599 => 3,
+        _ => 5,
+    }
+}
+
+fn contact_listing(b: &Binding, now_ms: u64) -> String {
+    let remaining = b.expires_at_ms.saturating_sub(now_ms).div_ceil(1000);
+    format!("<{}>{};expires={remaining}", b.uri, b.params)
+}

@@ -1,0 +1,192 @@
+//! Metrics, named `presence_<role>_<name>_<unit>[_total]` with bounded labels
+//! only (method, status class, outcome, reason): see docs/metrics.md.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub edge_requests: IntCounterVec,
+    pub edge_responses: IntCounterVec,
+    pub edge_transaction_seconds: HistogramVec,
+    pub edge_dropped: IntCounterVec,
+    pub edge_retransmissions: IntCounter,
+    pub edge_challenges: IntCounterVec,
+    pub edge_tcp_connections: IntGauge,
+    pub edge_client_transactions: IntCounterVec,
+    pub compositor_publications: IntGauge,
+    pub compositor_subscriptions: IntGauge,
+    pub compositor_bindings: IntGauge,
+    pub compositor_documents: IntGauge,
+    pub compositor_expired: IntCounterVec,
+    pub compositor_store_errors: IntCounter,
+    pub notifier_notifies: IntCounterVec,
+    pub notifier_latency_seconds: HistogramVec,
+    pub notifier_queue_depth: IntGauge,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    reg.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help)
+            .buckets(exponential_buckets(0.0001, 2.0, 18).expect("buckets")),
+        labels,
+    )
+    .expect("valid metric");
+    reg.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let retrans = IntCounter::new(
+            "presence_edge_retransmissions_absorbed_total",
+            "Request retransmissions answered from the transaction table",
+        )
+        .expect("valid metric");
+        r.register(Box::new(retrans.clone()))
+            .expect("unique metric");
+        let store_errors = IntCounter::new(
+            "presence_compositor_store_errors_total",
+            "Store operations that failed",
+        )
+        .expect("valid metric");
+        r.register(Box::new(store_errors.clone()))
+            .expect("unique metric");
+        Metrics {
+            edge_requests: counter(
+                &r,
+                "presence_edge_requests_total",
+                "SIP requests received",
+                &["method"],
+            ),
+            edge_responses: counter(
+                &r,
+                "presence_edge_responses_total",
+                "SIP responses sent",
+                &["method", "class"],
+            ),
+            edge_transaction_seconds: histogram(
+                &r,
+                "presence_edge_transaction_seconds",
+                "Request received to final response sent",
+                &["method"],
+            ),
+            edge_dropped: counter(
+                &r,
+                "presence_edge_dropped_total",
+                "Messages dropped without an answer",
+                &["reason"],
+            ),
+            edge_retransmissions: retrans,
+            edge_challenges: counter(
+                &r,
+                "presence_edge_auth_challenges_total",
+                "Digest challenges sent",
+                &["stale"],
+            ),
+            edge_tcp_connections: gauge(
+                &r,
+                "presence_edge_tcp_connections",
+                "Open TCP connections",
+            ),
+            edge_client_transactions: counter(
+                &r,
+                "presence_edge_client_transactions_total",
+                "Requests we sent, by outcome",
+                &["method", "outcome"],
+            ),
+            compositor_publications: gauge(
+                &r,
+                "presence_compositor_publications",
+                "Live publications",
+            ),
+            compositor_subscriptions: gauge(
+                &r,
+                "presence_compositor_subscriptions",
+                "Live subscriptions",
+            ),
+            compositor_bindings: gauge(
+                &r,
+                "presence_compositor_bindings",
+                "Live registered contacts",
+            ),
+            compositor_documents: gauge(&r, "presence_compositor_documents", "Composed documents"),
+            compositor_expired: counter(
+                &r,
+                "presence_compositor_expired_total",
+                "Records ended by expiry",
+                &["kind"],
+            ),
+            compositor_store_errors: store_errors,
+            notifier_notifies: counter(
+                &r,
+                "presence_notifier_notifies_total",
+                "NOTIFYs sent, by outcome",
+                &["outcome"],
+            ),
+            notifier_latency_seconds: histogram(
+                &r,
+                "presence_notifier_change_to_notify_seconds",
+                "State change to NOTIFY answered",
+                &["event"],
+            ),
+            notifier_queue_depth: gauge(&r, "presence_notifier_queue_depth", "Notify jobs waiting"),
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn status_class(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "6xx",
+    }
+}
+
+/// Bounded method label.
+pub fn method_label(m: &str) -> &'static str {
+    match m {
+        "REGISTER" => "REGISTER",
+        "PUBLISH" => "PUBLISH",
+        "SUBSCRIBE" => "SUBSCRIBE",
+        "NOTIFY" => "NOTIFY",
+        "MESSAGE" => "MESSAGE",
+        "OPTIONS" => "OPTIONS",
+        "INVITE" => "INVITE",
+        "ACK" => "ACK",
+        "BYE" => "BYE",
+        "CANCEL" => "CANCEL",
+        _ => "other",
+    }
+}

@@ -1,0 +1,339 @@
+//! The notifier role: takes notify jobs, renders each watcher's NOTIFY, and
+//! hands it to the edge that holds the watcher's flow.
+//!
+//! Per subscription at most one NOTIFY is in flight. A change that arrives
+//! meanwhile is remembered and sent when the previous one completes, with the
+//! document as it is *then*: bursts coalesce into the latest version, and a
+//! watcher never sees an older version after a newer one. NOTIFY CSeq comes
+//! from the store's per-subscription counter, so it only goes up. A 481, 408
+//! or a transaction timeout removes the subscription.
+
+use crate::edge::{OutRequest, Outcome};
+use crate::metrics::Metrics;
+use crate::Clock;
+use bytes::Bytes;
+use presence_core::commands::{Command, NotifyJob, Reply};
+use presence_core::packages::Registry;
+use presence_core::{shard_of, EndReason, Subscription, View};
+use presence_sip::rsip;
+use presence_store::{Requests, Store, WorkQueue};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub struct Notifier {
+    pub store: Arc<dyn Store>,
+    pub jobs: Arc<dyn WorkQueue<NotifyJob>>,
+    pub edges: Arc<dyn Requests<OutRequest, Outcome>>,
+    pub shards_bus: Arc<dyn Requests<Command, Reply>>,
+    pub packages: Registry,
+    pub clock: Clock,
+    pub shards: u32,
+    pub metrics: Arc<Metrics>,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    busy: bool,
+    pending: Option<Pending>,
+    last_version: u64,
+    /// When the oldest unsent change happened (for the latency histogram).
+    changed_at_ms: Option<u64>,
+}
+
+enum Pending {
+    Latest { force: bool },
+    Final(Box<Subscription>, EndReason),
+}
+
+pub fn edge_subject(edge: &str) -> String {
+    format!("edge.{edge}")
+}
+
+impl Notifier {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Store>,
+        jobs: Arc<dyn WorkQueue<NotifyJob>>,
+        edges: Arc<dyn Requests<OutRequest, Outcome>>,
+        shards_bus: Arc<dyn Requests<Command, Reply>>,
+        packages: Registry,
+        clock: Clock,
+        shards: u32,
+        metrics: Arc<Metrics>,
+    ) -> Notifier {
+        Notifier {
+            store,
+            jobs,
+            edges,
+            shards_bus,
+            packages,
+            clock,
+            shards,
+            metrics,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn run(self: Arc<Self>, pullers: usize, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks = Vec::new();
+        for _ in 0..pullers.max(1) {
+            let me = self.clone();
+            let mut stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let delivery = tokio::select! {
+                        d = me.jobs.pull() => d,
+                        _ = stop.changed() => break,
+                    };
+                    let Ok(delivery) = delivery else { break };
+                    me.metrics.notifier_queue_depth.set(me.jobs.depth() as i64);
+                    me.handle(delivery.job().clone()).await;
+                    delivery.ack();
+                }
+            }));
+        }
+        let _ = shutdown.changed().await;
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, job: NotifyJob) {
+        match job {
+            NotifyJob::Changed {
+                aor, event, at_ms, ..
+            } => {
+                let watchers = match self.store.watchers(&aor, &event).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load watchers");
+                        return;
+                    }
+                };
+                for sub in watchers {
+                    self.schedule(&sub.id, Pending::Latest { force: false }, Some(at_ms));
+                }
+            }
+            NotifyJob::Refresh { id } => self.schedule(&id, Pending::Latest { force: true }, None),
+            NotifyJob::Terminated { sub, reason } => {
+                let id = sub.id.clone();
+                self.schedule(&id, Pending::Final(sub, reason), None);
+            }
+        }
+    }
+
+    fn schedule(self: &Arc<Self>, id: &str, p: Pending, at_ms: Option<u64>) {
+        let start = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = slots.entry(id.to_string()).or_default();
+            slot.pending = Some(match (slot.pending.take(), p) {
+                (Some(Pending::Final(s, r)), _) => Pending::Final(s, r),
+                (_, Pending::Final(s, r)) => Pending::Final(s, r),
+                (Some(Pending::Latest { force: a }), Pending::Latest { force: b }) => {
+                    Pending::Latest { force: a || b }
+                }
+                (None, p) => p,
+            });
+            if slot.changed_at_ms.is_none() {
+                slot.changed_at_ms = at_ms;
+            }
+            let start = !slot.busy;
+            slot.busy = true;
+            start
+        };
+        if start {
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move { me.drain(id).await });
+        }
+    }
+
+    /// Send what is pending for one subscription until nothing is.
+    async fn drain(self: Arc<Self>, id: String) {
+        loop {
+            let (pending, last_version, changed_at) = {
+                let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(slot) = slots.get_mut(&id) else {
+                    return;
+                };
+                match slot.pending.take() {
+                    Some(p) => (p, slot.last_version, slot.changed_at_ms.take()),
+                    None => {
+                        slot.busy = false;
+                        return;
+                    }
+                }
+            };
+            match pending {
+                Pending::Latest { force } => {
+                    let sub = match self.store.subscription(&id).await {
+                        Ok(Some(s)) => s,
+                        Ok(None) => {
+                            self.forget_if_idle(&id);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot load subscription");
+                            continue;
+                        }
+                    };
+                    let doc = self
+                        .store
+                        .document(&sub.aor, &sub.event)
+                        .await
+                        .ok()
+                        .flatten();
+                    let version = doc.as_ref().map(|d| d.version).unwrap_or(0);
+                    if !force && version <= last_version {
+                        continue;
+                    }
+                    let remaining = sub.expires_at_ms.saturating_sub(self.clock.now_ms()) / 1000;
+                    let state = format!("active;expires={remaining}");
+                    let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
+                    let outcome = self.send(&sub, &state, body).await;
+                    match outcome {
+                        Some(code) if (200..300).contains(&code) => {
+                            if let Some(at) = changed_at {
+                                let secs = self.clock.now_ms().saturating_sub(at) as f64 / 1000.0;
+                                self.metrics
+                                    .notifier_latency_seconds
+                                    .with_label_values(&[&sub.event])
+                                    .observe(secs);
+                            }
+                            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(slot) = slots.get_mut(&id) {
+                                slot.last_version = slot.last_version.max(version);
+                            }
+                        }
+                        Some(481) | Some(408) | None => {
+                            self.end(&sub, EndReason::Gone).await;
+                            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(slot) = slots.get_mut(&id) {
+                                // Only a final NOTIFY could still be owed; it is not (the watcher is gone).
+                                slot.pending = None;
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Pending::Final(sub, reason) => {
+                    let doc = self
+                        .store
+                        .document(&sub.aor, &sub.event)
+                        .await
+                        .ok()
+                        .flatten();
+                    let state = format!("terminated;reason={}", reason.as_str());
+                    let body = self.body_for(&sub, doc.map(|d| d.body));
+                    let _ = self.send(&sub, &state, body).await;
+                    let _ = self.store.drop_cseq(&id).await;
+                    let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(slot) = slots.get(&id) {
+                        if slot.pending.is_none() {
+                            slots.remove(&id);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget_if_idle(&self, id: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.get(id).is_some_and(|s| s.pending.is_none()) {
+            slots.remove(id);
+        }
+    }
+
+    fn body_for(&self, sub: &Subscription, doc: Option<Bytes>) -> Option<Bytes> {
+        match sub.view {
+            View::Full => doc,
+            View::Neutral => self
+                .packages
+                .get(&sub.event)
+                .map(|p| Bytes::from(p.neutral(&sub.aor).body)),
+        }
+    }
+
+    /// Send one NOTIFY; `Some(code)` of the final answer, `None` if no answer.
+    async fn send(&self, sub: &Subscription, state: &str, body: Option<Bytes>) -> Option<u16> {
+        let cseq = match self.store.next_cseq(&sub.id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take a NOTIFY CSeq");
+                return Some(500);
+            }
+        };
+        let mut h = rsip::Headers::default();
+        let mut push = |name: &str, value: String| h.push(rsip::headers::make_header(name, value));
+        for route in &sub.route_set {
+            push("Route", route.clone());
+        }
+        push("Max-Forwards", "70".into());
+        push("To", format!("{};tag={}", sub.remote_uri, sub.remote_tag));
+        push("From", format!("{};tag={}", sub.local_uri, sub.id));
+        push("Call-ID", sub.call_id.clone());
+        push("CSeq", format!("{cseq} NOTIFY"));
+        push(
+            "Event",
+            match &sub.event_id {
+                Some(id) => format!("{};id={id}", sub.event),
+                None => sub.event.clone(),
+            },
+        );
+        push("Subscription-State", state.to_string());
+        let body = body.unwrap_or_default();
+        if !body.is_empty() {
+            push("Content-Type", sub.content_type.clone());
+        }
+        let req = OutRequest {
+            flow: sub.flow.clone(),
+            method: "NOTIFY".into(),
+            uri: sub.remote_target.clone(),
+            headers: h,
+            body,
+        };
+        let outcome = self
+            .edges
+            .request(&edge_subject(&sub.flow.edge), req, Duration::from_secs(40))
+            .await;
+        let code = match outcome {
+            Ok(o) if o.code > 0 => Some(o.code),
+            _ => None,
+        };
+        let label = match code {
+            Some(c) if (200..300).contains(&c) => "2xx",
+            Some(481) => "481",
+            Some(408) | None => "timeout",
+            Some(_) => "other",
+        };
+        self.metrics
+            .notifier_notifies
+            .with_label_values(&[label])
+            .inc();
+        code
+    }
+
+    async fn end(&self, sub: &Subscription, reason: EndReason) {
+        let shard = shard_of(&sub.aor, self.shards);
+        let cmd = Command::EndSubscription {
+            id: sub.id.clone(),
+            reason,
+        };
+        if let Err(e) = self
+            .shards_bus
+            .request(
+                &crate::compositor::shard_subject(shard),
+                cmd,
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "cannot end a subscription");
+        }
+    }
+}
