@@ -1,0 +1,173 @@
+//! Expiry is driven by the shard expiry index and tested with paused tokio
+//! time: publications and subscriptions end exactly by their Expires, with
+//! the re-composition and terminated NOTIFY jobs RFC 3903 / RFC 6665 require.
+
+use bytes::Bytes;
+use presence_core::commands::{Command, NotifyJob, PublishCmd, Reply, SubscribeCmd};
+use presence_core::packages::Registry;
+use presence_core::policy::Policy;
+use presence_core::{shard_of, EndReason, Flow, Transport};
+use presence_store::{MemoryBus, MemoryQueue, MemoryStore, Requests, Store, WorkQueue};
+use presenced::compositor::{shard_subject, Compositor};
+use presenced::metrics::Metrics;
+use presenced::Clock;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const SHARDS: u32 = 16;
+const PIDF: &str = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:alice@example.com"><tuple id="t"><status><basic>open</basic></status></tuple></presence>"#;
+
+struct Rig {
+    store: Arc<dyn Store>,
+    jobs: Arc<MemoryQueue<NotifyJob>>,
+    bus: Arc<dyn Requests<Command, Reply>>,
+    _stop: watch::Sender<bool>,
+}
+
+async fn rig() -> Rig {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let jobs = Arc::new(MemoryQueue::new());
+    let bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
+    let c = Arc::new(Compositor {
+        store: store.clone(),
+        jobs: jobs.clone(),
+        packages: Registry::default(),
+        policy: Policy::new(&["example.com".to_string()]),
+        users: None,
+        clock: Clock::new(),
+        shards: SHARDS,
+        metrics: Arc::new(Metrics::new()),
+    });
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(c.run(bus.clone(), 2, rx));
+    tokio::time::sleep(Duration::from_millis(1)).await; // let it serve its shards
+    Rig { store, jobs, bus, _stop: tx }
+}
+
+async fn ask(r: &Rig, aor: &str, cmd: Command) -> Reply {
+    r.bus
+        .request(&shard_subject(shard_of(aor, SHARDS)), cmd, Duration::from_secs(5))
+        .await
+        .expect("shard answers")
+}
+
+/// Jobs currently queued, acked.
+async fn drain(r: &Rig) -> Vec<NotifyJob> {
+    let mut out = Vec::new();
+    while r.jobs.depth() > 0 {
+        let d = r.jobs.pull().await.expect("job");
+        out.push(d.job().clone());
+        d.ack();
+    }
+    out
+}
+
+fn flow() -> Flow {
+    Flow {
+        transport: Transport::Udp,
+        remote: "127.0.0.1:5999".parse().unwrap(),
+        local: "127.0.0.1:5060".parse().unwrap(),
+        edge: "edge-test".into(),
+        conn: 0,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publication_ends_by_its_expires_and_recomposes() {
+    let r = rig().await;
+    let aor = "sip:alice@example.com";
+    let reply = ask(
+        &r,
+        aor,
+        Command::Publish(PublishCmd {
+            aor: aor.into(),
+            event: "presence".into(),
+            if_match: None,
+            expires: 10,
+            body: Some(("application/pidf+xml".into(), Bytes::from_static(PIDF.as_bytes()))),
+        }),
+    )
+    .await;
+    assert!(matches!(reply, Reply::Published { expires: 10, .. }), "{reply:?}");
+    let jobs = drain(&r).await;
+    assert!(matches!(&jobs[..], [NotifyJob::Changed { version: 1, .. }]), "{jobs:?}");
+
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
+    assert!(drain(&r).await.is_empty(), "nothing before the deadline");
+    assert_eq!(r.store.publications(aor, "presence").await.unwrap().len(), 1);
+
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let jobs = drain(&r).await;
+    assert!(matches!(&jobs[..], [NotifyJob::Changed { version: 2, .. }]), "{jobs:?}");
+    assert!(r.store.publications(aor, "presence").await.unwrap().is_empty());
+    let doc = r.store.document(aor, "presence").await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&doc.body).contains("<basic>closed</basic>"));
+    // The index entry went with the record: nothing is due any more.
+    assert!(r.store.due(shard_of(aor, SHARDS), u64::MAX, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_moves_the_deadline() {
+    let r = rig().await;
+    let aor = "sip:bob@example.com";
+    let publish = |if_match: Option<String>, body: bool| {
+        Command::Publish(PublishCmd {
+            aor: aor.into(),
+            event: "presence".into(),
+            if_match,
+            expires: 10,
+            body: body.then(|| ("application/pidf+xml".into(), Bytes::from_static(PIDF.as_bytes()))),
+        })
+    };
+    let Reply::Published { etag, .. } = ask(&r, aor, publish(None, true)).await else { panic!() };
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let Reply::Published { .. } = ask(&r, aor, publish(Some(etag), false)).await else { panic!() };
+    drain(&r).await;
+    tokio::time::sleep(Duration::from_secs(8)).await; // 16 s after the first PUBLISH
+    assert_eq!(r.store.publications(aor, "presence").await.unwrap().len(), 1);
+    assert!(drain(&r).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(2_500)).await; // past 8 + 10
+    assert!(r.store.publications(aor, "presence").await.unwrap().is_empty());
+    assert!(matches!(&drain(&r).await[..], [NotifyJob::Changed { .. }]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_ends_with_a_timeout_notify() {
+    let r = rig().await;
+    let aor = "sip:carol@example.com";
+    let reply = ask(
+        &r,
+        aor,
+        Command::Subscribe(SubscribeCmd {
+            aor: aor.into(),
+            event: "presence".into(),
+            event_id: None,
+            watcher: "sip:dave@example.com".into(),
+            dialog: None,
+            call_id: "c1".into(),
+            remote_tag: "ft".into(),
+            cseq: 1,
+            local_uri: format!("<{aor}>"),
+            remote_uri: "<sip:dave@example.com>".into(),
+            remote_target: "sip:dave@127.0.0.1:5999".into(),
+            route_set: vec![],
+            flow: flow(),
+            expires: 5,
+            content_type: "application/pidf+xml".into(),
+        }),
+    )
+    .await;
+    let Reply::Subscribed { id, expires: 5, .. } = reply else { panic!("{reply:?}") };
+    let jobs = drain(&r).await;
+    assert!(matches!(&jobs[..], [NotifyJob::Refresh { id: i }] if *i == id), "{jobs:?}");
+    tokio::time::sleep(Duration::from_millis(4_800)).await;
+    assert!(drain(&r).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let jobs = drain(&r).await;
+    assert!(
+        matches!(&jobs[..], [NotifyJob::Terminated { sub, reason: EndReason::Timeout }] if sub.id == id),
+        "{jobs:?}"
+    );
+    assert!(r.store.subscription(&id).await.unwrap().is_none());
+}
