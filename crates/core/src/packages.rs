@@ -43,7 +43,7 @@ pub trait EventPackage: Send + Sync {
         let types = self.notify_types();
         match accept {
             None => Ok(types[0]),
-            Some(list) if list.is_empty() => Ok(types[0]),
+            Some([]) => Ok(types[0]),
             Some(list) => types
                 .iter()
                 .copied()

@@ -88,10 +88,8 @@ pub fn parse(body: &[u8]) -> Result<Pidf, PidfError> {
                 return parse_children(text, pidf);
             }
             Event::Eof => return Err(PidfError::Xml("no root element".into())),
-            Event::Text(t) => {
-                if !t.iter().all(|b| b.is_ascii_whitespace()) {
-                    return Err(PidfError::Xml("text outside the root element".into()));
-                }
+            Event::Text(t) if !t.iter().all(|b| b.is_ascii_whitespace()) => {
+                return Err(PidfError::Xml("text outside the root element".into()));
             }
             _ => {}
         }
