@@ -321,20 +321,25 @@ impl Edge {
                                 .with_label_values(&["tcp_framing"])
                                 .inc();
                             if let Some(end) = presence_sip::frame::header_end(&buf) {
-                                if let Err(pe) =
-                                    parse(&buf[..end], TransportKind::Datagram, usize::MAX)
-                                {
-                                    me.answer_parse_error(&pe, src);
-                                } else if let Ok(Message::Request(r)) =
-                                    parse(&buf[..end], TransportKind::Datagram, usize::MAX)
-                                {
+                                // Only the head is here, so a body the head
+                                // announces is missing: parsing fails with
+                                // "Content-Length Larger Than Body" but still
+                                // yields the headers to answer with. The
+                                // framing error, not that, is the answer.
+                                let headers =
+                                    match parse(&buf[..end], TransportKind::Datagram, usize::MAX) {
+                                        Ok(Message::Request(r)) => Some(r.headers),
+                                        Ok(Message::Response(_)) => None,
+                                        Err(pe) => pe.answer.map(|h| *h),
+                                    };
+                                if let Some(headers) = headers {
                                     let reason = if status == 413 {
                                         "Request Entity Too Large"
                                     } else {
                                         "Bad Content-Length"
                                     };
                                     let b = ResponseBuilder::new(
-                                        &r.headers,
+                                        &headers,
                                         status,
                                         reason,
                                         Some(&new_tag()),

@@ -42,12 +42,21 @@ async fn rig() -> Rig {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(c.run(bus.clone(), 2, rx));
     tokio::time::sleep(Duration::from_millis(1)).await; // let it serve its shards
-    Rig { store, jobs, bus, _stop: tx }
+    Rig {
+        store,
+        jobs,
+        bus,
+        _stop: tx,
+    }
 }
 
 async fn ask(r: &Rig, aor: &str, cmd: Command) -> Reply {
     r.bus
-        .request(&shard_subject(shard_of(aor, SHARDS)), cmd, Duration::from_secs(5))
+        .request(
+            &shard_subject(shard_of(aor, SHARDS)),
+            cmd,
+            Duration::from_secs(5),
+        )
         .await
         .expect("shard answers")
 }
@@ -85,26 +94,51 @@ async fn a_publication_ends_by_its_expires_and_recomposes() {
             event: "presence".into(),
             if_match: None,
             expires: 10,
-            body: Some(("application/pidf+xml".into(), Bytes::from_static(PIDF.as_bytes()))),
+            body: Some((
+                "application/pidf+xml".into(),
+                Bytes::from_static(PIDF.as_bytes()),
+            )),
         }),
     )
     .await;
-    assert!(matches!(reply, Reply::Published { expires: 10, .. }), "{reply:?}");
+    assert!(
+        matches!(reply, Reply::Published { expires: 10, .. }),
+        "{reply:?}"
+    );
     let jobs = drain(&r).await;
-    assert!(matches!(&jobs[..], [NotifyJob::Changed { version: 1, .. }]), "{jobs:?}");
+    assert!(
+        matches!(&jobs[..], [NotifyJob::Changed { version: 1, .. }]),
+        "{jobs:?}"
+    );
 
     tokio::time::sleep(Duration::from_millis(9_500)).await;
     assert!(drain(&r).await.is_empty(), "nothing before the deadline");
-    assert_eq!(r.store.publications(aor, "presence").await.unwrap().len(), 1);
+    assert_eq!(
+        r.store.publications(aor, "presence").await.unwrap().len(),
+        1
+    );
 
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let jobs = drain(&r).await;
-    assert!(matches!(&jobs[..], [NotifyJob::Changed { version: 2, .. }]), "{jobs:?}");
-    assert!(r.store.publications(aor, "presence").await.unwrap().is_empty());
+    assert!(
+        matches!(&jobs[..], [NotifyJob::Changed { version: 2, .. }]),
+        "{jobs:?}"
+    );
+    assert!(r
+        .store
+        .publications(aor, "presence")
+        .await
+        .unwrap()
+        .is_empty());
     let doc = r.store.document(aor, "presence").await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&doc.body).contains("<basic>closed</basic>"));
     // The index entry went with the record: nothing is due any more.
-    assert!(r.store.due(shard_of(aor, SHARDS), u64::MAX, 10).await.unwrap().is_empty());
+    assert!(r
+        .store
+        .due(shard_of(aor, SHARDS), u64::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -117,18 +151,35 @@ async fn a_refresh_moves_the_deadline() {
             event: "presence".into(),
             if_match,
             expires: 10,
-            body: body.then(|| ("application/pidf+xml".into(), Bytes::from_static(PIDF.as_bytes()))),
+            body: body.then(|| {
+                (
+                    "application/pidf+xml".into(),
+                    Bytes::from_static(PIDF.as_bytes()),
+                )
+            }),
         })
     };
-    let Reply::Published { etag, .. } = ask(&r, aor, publish(None, true)).await else { panic!() };
+    let Reply::Published { etag, .. } = ask(&r, aor, publish(None, true)).await else {
+        panic!()
+    };
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let Reply::Published { .. } = ask(&r, aor, publish(Some(etag), false)).await else { panic!() };
+    let Reply::Published { .. } = ask(&r, aor, publish(Some(etag), false)).await else {
+        panic!()
+    };
     drain(&r).await;
     tokio::time::sleep(Duration::from_secs(8)).await; // 16 s after the first PUBLISH
-    assert_eq!(r.store.publications(aor, "presence").await.unwrap().len(), 1);
+    assert_eq!(
+        r.store.publications(aor, "presence").await.unwrap().len(),
+        1
+    );
     assert!(drain(&r).await.is_empty());
     tokio::time::sleep(Duration::from_millis(2_500)).await; // past 8 + 10
-    assert!(r.store.publications(aor, "presence").await.unwrap().is_empty());
+    assert!(r
+        .store
+        .publications(aor, "presence")
+        .await
+        .unwrap()
+        .is_empty());
     assert!(matches!(&drain(&r).await[..], [NotifyJob::Changed { .. }]));
 }
 
@@ -158,9 +209,14 @@ async fn a_subscription_ends_with_a_timeout_notify() {
         }),
     )
     .await;
-    let Reply::Subscribed { id, expires: 5, .. } = reply else { panic!("{reply:?}") };
+    let Reply::Subscribed { id, expires: 5, .. } = reply else {
+        panic!("{reply:?}")
+    };
     let jobs = drain(&r).await;
-    assert!(matches!(&jobs[..], [NotifyJob::Refresh { id: i }] if *i == id), "{jobs:?}");
+    assert!(
+        matches!(&jobs[..], [NotifyJob::Refresh { id: i }] if *i == id),
+        "{jobs:?}"
+    );
     tokio::time::sleep(Duration::from_millis(4_800)).await;
     assert!(drain(&r).await.is_empty());
     tokio::time::sleep(Duration::from_millis(500)).await;

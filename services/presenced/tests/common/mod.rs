@@ -1,0 +1,722 @@
+//! A tiny SIP user agent for the end-to-end tests: UDP or TCP, requests
+//! formatted as text, responses matched by branch, incoming requests answered
+//! automatically (with a configurable code) and kept for inspection, Digest
+//! (MD5 and SHA-256, qop=auth). Every wait has a timeout.
+#![allow(dead_code)]
+
+use presence_sip::{frame_stream, parse, HeaderAccess, Message, Request, Response, StreamFrame};
+use presenced::Server;
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+pub const WAIT: Duration = Duration::from_secs(5);
+pub const MAX: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tp {
+    Udp,
+    Tcp,
+}
+
+impl Tp {
+    pub fn via(self) -> &'static str {
+        match self {
+            Tp::Udp => "UDP",
+            Tp::Tcp => "TCP",
+        }
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+
+pub fn rand_token() -> String {
+    format!(
+        "{:x}{:x}",
+        rand::random::<u64>(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn md5_hex(s: &str) -> String {
+    use md5::{Digest, Md5};
+    hex(&Md5::digest(s.as_bytes()))
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// A temporary file removed on drop.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(contents: &str) -> TempFile {
+        let p = std::env::temp_dir().join(format!(
+            "presenced-e2e-{}-{}",
+            std::process::id(),
+            rand_token()
+        ));
+        std::fs::write(&p, contents).expect("write temp file");
+        TempFile(p)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    _files: Vec<TempFile>,
+}
+
+impl TestServer {
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+    pub fn store(&self) -> &Arc<dyn presence_store::Store> {
+        &self.server.as_ref().expect("running").store
+    }
+}
+
+/// Start a server on free ports; `users` / `policy` are file contents.
+pub async fn start(users: Option<&str>, policy: Option<&str>, extra: &[&str]) -> TestServer {
+    let mut args: Vec<String> = [
+        "presenced",
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--domain",
+        "example.com",
+        "--shards",
+        "8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut files = Vec::new();
+    if let Some(u) = users {
+        let f = TempFile::new(u);
+        args.push("--users".into());
+        args.push(f.0.display().to_string());
+        files.push(f);
+    }
+    if let Some(p) = policy {
+        let f = TempFile::new(p);
+        args.push("--policy".into());
+        args.push(f.0.display().to_string());
+        files.push(f);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    use clap::Parser;
+    let parsed = presenced::config::Args::parse_from(&args);
+    let cfg = presenced::config::Config::from_args(&parsed).expect("valid config");
+    let server = presenced::start_all(cfg).await.expect("server starts");
+    TestServer {
+        sip: server.sip_addrs[0],
+        http: server.http_addr,
+        server: Some(server),
+        _files: files,
+    }
+}
+
+/// A request under construction.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: String,
+    pub uri: String,
+    pub from: String,
+    pub from_tag: String,
+    pub to: String,
+    pub to_tag: Option<String>,
+    pub call_id: String,
+    pub cseq: u32,
+    pub branch: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub no_call_id: bool,
+}
+
+impl Req {
+    pub fn h(mut self, name: &str, value: impl Into<String>) -> Req {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+    pub fn body(mut self, content_type: &str, body: impl Into<Vec<u8>>) -> Req {
+        self.headers
+            .push(("Content-Type".to_string(), content_type.to_string()));
+        self.body = body.into();
+        self
+    }
+    pub fn to(mut self, to: &str) -> Req {
+        self.to = to.to_string();
+        self
+    }
+    pub fn from(mut self, from: &str) -> Req {
+        self.from = from.to_string();
+        self
+    }
+    /// Put the request inside a dialog established by `d`.
+    pub fn in_dialog(mut self, d: &Dialog) -> Req {
+        self.call_id = d.call_id.clone();
+        self.from_tag = d.local_tag.clone();
+        self.to_tag = Some(d.remote_tag.clone());
+        self
+    }
+    /// A new transaction (new branch, next CSeq), same everything else.
+    pub fn next(&self) -> Req {
+        let mut r = self.clone();
+        r.branch = format!("z9hG4bK{}", rand_token());
+        r.cseq += 1;
+        r
+    }
+    pub fn encode(&self, tp: Tp, local: SocketAddr) -> Vec<u8> {
+        let mut s = format!("{} {} SIP/2.0\r\n", self.method, self.uri);
+        s += &format!(
+            "Via: SIP/2.0/{} {local};branch={};rport\r\n",
+            tp.via(),
+            self.branch
+        );
+        s += "Max-Forwards: 70\r\n";
+        s += &format!("From: <{}>;tag={}\r\n", self.from, self.from_tag);
+        match &self.to_tag {
+            Some(t) => s += &format!("To: <{}>;tag={t}\r\n", self.to),
+            None => s += &format!("To: <{}>\r\n", self.to),
+        }
+        if !self.no_call_id {
+            s += &format!("Call-ID: {}\r\n", self.call_id);
+        }
+        s += &format!("CSeq: {} {}\r\n", self.cseq, self.method);
+        for (n, v) in &self.headers {
+            s += &format!("{n}: {v}\r\n");
+        }
+        s += &format!("Content-Length: {}\r\n\r\n", self.body.len());
+        let mut out = s.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// What a UA remembers of a dialog it created (SUBSCRIBE).
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+}
+
+enum Wire {
+    Udp(Arc<UdpSocket>),
+    Tcp(Arc<tokio::sync::Mutex<OwnedWriteHalf>>),
+}
+
+pub struct Ua {
+    pub aor: String,
+    pub user: String,
+    pub password: String,
+    pub tp: Tp,
+    pub server: SocketAddr,
+    pub local: SocketAddr,
+    wire: Wire,
+    rx: mpsc::UnboundedReceiver<Message>,
+    pending: VecDeque<Message>,
+    /// Code answered to incoming requests (0 = do not answer).
+    pub answer_code: Arc<AtomicU16>,
+    /// Raw bytes of every incoming request, in order.
+    pub raw_requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Set when the TCP connection was closed by the server.
+    pub closed: Arc<std::sync::atomic::AtomicBool>,
+    cseq: u32,
+}
+
+fn answer_for(req: &Request, code: u16) -> Vec<u8> {
+    let mut s = format!(
+        "SIP/2.0 {code} {}\r\n",
+        if code < 300 { "OK" } else { "Error" }
+    );
+    for v in req.header_all("Via") {
+        s += &format!("Via: {v}\r\n");
+    }
+    for n in ["From", "Call-ID", "CSeq"] {
+        if let Some(v) = req.header(n) {
+            s += &format!("{n}: {v}\r\n");
+        }
+    }
+    if let Some(to) = req.header("To") {
+        if to.contains(";tag=") {
+            s += &format!("To: {to}\r\n");
+        } else {
+            s += &format!("To: {to};tag={}\r\n", rand_token());
+        }
+    }
+    s += "Content-Length: 0\r\n\r\n";
+    s.into_bytes()
+}
+
+fn dedup_key(req: &Request) -> String {
+    format!(
+        "{:?}|{:?}|{:?}",
+        req.top_via().and_then(|v| v.branch),
+        req.call_id(),
+        req.header("CSeq")
+    )
+}
+
+impl Ua {
+    /// A UA for `user@example.com` over `tp` to `server`.
+    pub async fn new(tp: Tp, server: SocketAddr, user: &str) -> Ua {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let answer_code = Arc::new(AtomicU16::new(200));
+        let raw_requests = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (wire, local) = match tp {
+            Tp::Udp => {
+                let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind udp"));
+                let local = sock.local_addr().expect("local addr");
+                let s = sock.clone();
+                let code = answer_code.clone();
+                let raw = raw_requests.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 70000];
+                    let mut seen = HashSet::new();
+                    loop {
+                        let Ok((n, from)) = s.recv_from(&mut buf).await else {
+                            break;
+                        };
+                        let data = &buf[..n];
+                        let Ok(msg) = parse(data, presence_sip::TransportKind::Datagram, MAX)
+                        else {
+                            continue;
+                        };
+                        if let Message::Request(r) = &msg {
+                            let c = code.load(Ordering::Relaxed);
+                            if c != 0 {
+                                let _ = s.send_to(&answer_for(r, c), from).await;
+                            }
+                            if !seen.insert(dedup_key(r)) {
+                                continue; // a retransmission
+                            }
+                            raw.lock().unwrap().push(data.to_vec());
+                        }
+                        if tx.send(msg).is_err() {
+                            break;
+                        }
+                    }
+                });
+                (Wire::Udp(sock), local)
+            }
+            Tp::Tcp => {
+                let stream = tokio::time::timeout(WAIT, TcpStream::connect(server))
+                    .await
+                    .expect("tcp connect in time")
+                    .expect("tcp connect");
+                stream.set_nodelay(true).ok();
+                let local = stream.local_addr().expect("local addr");
+                let (mut rd, wr) = stream.into_split();
+                let wr = Arc::new(tokio::sync::Mutex::new(wr));
+                let wr2 = wr.clone();
+                let code = answer_code.clone();
+                let raw = raw_requests.clone();
+                let closed2 = closed.clone();
+                tokio::spawn(async move {
+                    let mut buf: Vec<u8> = Vec::new();
+                    let mut chunk = vec![0u8; 16384];
+                    loop {
+                        let n = match rd.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        loop {
+                            match frame_stream(&buf, MAX) {
+                                Ok(StreamFrame::NeedMore) => break,
+                                Ok(StreamFrame::KeepAlive { len, .. }) => {
+                                    buf.drain(..len);
+                                }
+                                Ok(StreamFrame::Message { skip, len }) => {
+                                    let data: Vec<u8> =
+                                        buf.drain(..skip + len).skip(skip).collect();
+                                    let Ok(msg) =
+                                        parse(&data, presence_sip::TransportKind::Stream, MAX)
+                                    else {
+                                        continue;
+                                    };
+                                    if let Message::Request(r) = &msg {
+                                        let c = code.load(Ordering::Relaxed);
+                                        if c != 0 {
+                                            let _ =
+                                                wr2.lock().await.write_all(&answer_for(r, c)).await;
+                                        }
+                                        raw.lock().unwrap().push(data.clone());
+                                    }
+                                    if tx.send(msg).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(_) => {
+                                    closed2.store(true, Ordering::SeqCst);
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    closed2.store(true, Ordering::SeqCst);
+                });
+                (Wire::Tcp(wr), local)
+            }
+        };
+        Ua {
+            aor: format!("sip:{user}@example.com"),
+            user: user.to_string(),
+            password: String::new(),
+            tp,
+            server,
+            local,
+            wire,
+            rx,
+            pending: VecDeque::new(),
+            answer_code,
+            raw_requests,
+            closed,
+            cseq: 0,
+        }
+    }
+
+    pub fn next_cseq(&mut self) -> u32 {
+        self.cseq += 1;
+        self.cseq
+    }
+
+    /// A request from this UA to `uri` (To = uri), new Call-ID and tag.
+    pub fn req(&mut self, method: &str, uri: &str) -> Req {
+        let cseq = self.next_cseq();
+        Req {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            from: self.aor.clone(),
+            from_tag: rand_token(),
+            to: uri.to_string(),
+            to_tag: None,
+            call_id: format!("{}@e2e", rand_token()),
+            cseq,
+            branch: format!("z9hG4bK{}", rand_token()),
+            headers: Vec::new(),
+            body: Vec::new(),
+            no_call_id: false,
+        }
+    }
+
+    /// This UA's contact URI (its own socket address).
+    pub fn contact_uri(&self) -> String {
+        match self.tp {
+            Tp::Udp => format!("sip:{}@{}", self.user, self.local),
+            Tp::Tcp => format!("sip:{}@{};transport=tcp", self.user, self.local),
+        }
+    }
+
+    pub async fn send_raw(&self, bytes: &[u8]) {
+        match &self.wire {
+            Wire::Udp(s) => {
+                s.send_to(bytes, self.server).await.expect("udp send");
+            }
+            Wire::Tcp(w) => {
+                let _ = w.lock().await.write_all(bytes).await;
+            }
+        }
+    }
+
+    /// Next message of any kind that satisfies `pred`, others kept for later.
+    pub async fn wait_for<F: Fn(&Message) -> bool>(
+        &mut self,
+        timeout: Duration,
+        pred: F,
+    ) -> Option<Message> {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return self.pending.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => {
+                    if pred(&m) {
+                        return Some(m);
+                    }
+                    self.pending.push_back(m);
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The final response to the request whose branch is `branch`.
+    pub async fn response(&mut self, branch: &str) -> Option<Response> {
+        self.response_within(branch, WAIT).await
+    }
+
+    pub async fn response_within(&mut self, branch: &str, timeout: Duration) -> Option<Response> {
+        let b = branch.to_string();
+        let m = self
+            .wait_for(timeout, move |m| match m {
+                Message::Response(r) => {
+                    r.code >= 200 && r.top_via().and_then(|v| v.branch).as_deref() == Some(&b)
+                }
+                _ => false,
+            })
+            .await?;
+        match m {
+            Message::Response(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Send `req` and wait for its final response (panics on timeout).
+    pub async fn send(&mut self, req: &Req) -> Response {
+        self.send_raw(&req.encode(self.tp, self.local)).await;
+        match self.response(&req.branch).await {
+            Some(r) => r,
+            None => panic!(
+                "no response to {} {} within {:?} over {:?}",
+                req.method, req.uri, WAIT, self.tp
+            ),
+        }
+    }
+
+    /// Next incoming request with `method`, within `timeout`.
+    pub async fn recv_request(&mut self, method: &str, timeout: Duration) -> Option<Request> {
+        let m = method.to_string();
+        let msg = self
+            .wait_for(
+                timeout,
+                move |msg| matches!(msg, Message::Request(r) if r.method.as_str() == m),
+            )
+            .await?;
+        match msg {
+            Message::Request(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Next NOTIFY (panics if none within `WAIT`).
+    pub async fn notify(&mut self) -> Request {
+        self.recv_request("NOTIFY", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no NOTIFY within {WAIT:?} over {:?}", self.tp))
+    }
+
+    /// NOTIFYs until one whose body contains `needle` (panics after `timeout`).
+    pub async fn notify_containing(&mut self, needle: &str, timeout: Duration) -> Request {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(n) = self.recv_request("NOTIFY", left).await else {
+                panic!(
+                    "no NOTIFY containing {needle:?} within {timeout:?} over {:?}",
+                    self.tp
+                );
+            };
+            if body_str(&n).contains(needle) {
+                return n;
+            }
+        }
+    }
+
+    /// SUBSCRIBE to `target` for presence; returns the 200 and the dialog.
+    pub async fn subscribe(&mut self, target: &str, expires: u32) -> (Response, Dialog, Req) {
+        let contact = format!("<{}>", self.contact_uri());
+        let req = self
+            .req("SUBSCRIBE", target)
+            .h("Event", "presence")
+            .h("Accept", "application/pidf+xml")
+            .h("Contact", contact)
+            .h("Expires", expires.to_string());
+        let resp = self.send(&req).await;
+        let dialog = Dialog {
+            call_id: req.call_id.clone(),
+            local_tag: req.from_tag.clone(),
+            remote_tag: resp.to_addr().and_then(|t| t.tag).unwrap_or_default(),
+        };
+        (resp, dialog, req)
+    }
+
+    /// Send `req`; if challenged (401/407), answer the challenge with
+    /// `algorithm` ("MD5" or "SHA-256") and this UA's password.
+    pub async fn send_auth(&mut self, req: &Req, algorithm: &str) -> (Response, Req) {
+        let first = self.send(req).await;
+        if first.code != 401 && first.code != 407 {
+            return (first, req.clone());
+        }
+        let second = authorize(&first, req, algorithm, &self.user, &self.password, None)
+            .expect("a challenge with that algorithm");
+        let resp = self.send(&second).await;
+        (resp, second)
+    }
+}
+
+pub fn body_str(m: &impl Body) -> String {
+    String::from_utf8_lossy(m.body_bytes()).into_owned()
+}
+
+pub trait Body {
+    fn body_bytes(&self) -> &[u8];
+}
+impl Body for Request {
+    fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+}
+impl Body for Response {
+    fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// Parameters of a Digest challenge.
+#[derive(Debug, Clone, Default)]
+pub struct Challenge {
+    pub realm: String,
+    pub nonce: String,
+    pub opaque: Option<String>,
+    pub algorithm: String,
+    pub qop: Option<String>,
+    pub stale: bool,
+}
+
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
+    let v = value.trim();
+    let (scheme, rest) = v.split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("digest") {
+        return None;
+    }
+    let mut c = Challenge {
+        algorithm: "MD5".into(),
+        ..Challenge::default()
+    };
+    for part in presence_sip::split_list(rest) {
+        let Some((k, val)) = part.split_once('=') else {
+            continue;
+        };
+        let val = val.trim().trim_matches('"').to_string();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "realm" => c.realm = val,
+            "nonce" => c.nonce = val,
+            "opaque" => c.opaque = Some(val),
+            "algorithm" => c.algorithm = val,
+            "qop" => c.qop = Some(val),
+            "stale" => c.stale = val.eq_ignore_ascii_case("true"),
+            _ => {}
+        }
+    }
+    Some(c)
+}
+
+/// Every challenge of a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate).
+pub fn challenges(resp: &Response) -> Vec<Challenge> {
+    let name = if resp.code == 407 {
+        "Proxy-Authenticate"
+    } else {
+        "WWW-Authenticate"
+    };
+    resp.header_all(name).filter_map(parse_challenge).collect()
+}
+
+/// The Authorization header value for `req` answering `ch`.
+pub fn credentials(ch: &Challenge, req: &Req, user: &str, password: &str, uri: &str) -> String {
+    let h = |s: &str| {
+        if ch.algorithm.eq_ignore_ascii_case("SHA-256") {
+            sha256_hex(s)
+        } else {
+            md5_hex(s)
+        }
+    };
+    let cnonce = rand_token();
+    let nc = "00000001";
+    let ha1 = h(&format!("{user}:{}:{password}", ch.realm));
+    let ha2 = h(&format!("{}:{uri}", req.method));
+    let response = h(&format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", ch.nonce));
+    let mut v = format!(
+        "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\", algorithm={}, cnonce=\"{cnonce}\", qop=auth, nc={nc}",
+        ch.realm, ch.nonce, ch.algorithm
+    );
+    if let Some(o) = &ch.opaque {
+        v += &format!(", opaque=\"{o}\"");
+    }
+    v
+}
+
+/// `req` again (next CSeq, new branch) with credentials for `algorithm`;
+/// `uri` overrides the digest uri (default: the Request-URI).
+pub fn authorize(
+    challenge_resp: &Response,
+    req: &Req,
+    algorithm: &str,
+    user: &str,
+    password: &str,
+    uri: Option<&str>,
+) -> Option<Req> {
+    let ch = challenges(challenge_resp)
+        .into_iter()
+        .find(|c| c.algorithm.eq_ignore_ascii_case(algorithm))?;
+    let header = if challenge_resp.code == 407 {
+        "Proxy-Authorization"
+    } else {
+        "Authorization"
+    };
+    let value = credentials(&ch, req, user, password, uri.unwrap_or(&req.uri));
+    Some(req.next().h(header, value))
+}
+
+/// A raw HTTP/1.1 request; returns (status code, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.expect("http connect");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/pidf+xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("http write");
+        s.write_all(body).await.expect("http write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("http read");
+        out
+    };
+    let out = tokio::time::timeout(WAIT, fut).await.expect("http in time");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("http status");
+    let body = match out.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => out[i + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    (code, body)
+}
+
+/// A PIDF document with one tuple.
+pub fn pidf(entity: &str, tuple: &str, open: bool, note: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{entity}"><tuple id="{tuple}"><status><basic>{}</basic></status></tuple><note>{note}</note></presence>"#,
+        if open { "open" } else { "closed" }
+    )
+}
