@@ -52,7 +52,11 @@ impl<Req, Rep> Incoming<Req, Rep> {
 pub trait Requests<Req: Send + 'static, Rep: Send + 'static>: Send + Sync {
     async fn request(&self, subject: &str, req: Req, timeout: Duration) -> Result<Rep, BusError>;
     /// Route requests on `subject` into `tx` until [`Requests::unserve`].
-    async fn serve(&self, subject: &str, tx: mpsc::Sender<Incoming<Req, Rep>>) -> Result<(), BusError>;
+    async fn serve(
+        &self,
+        subject: &str,
+        tx: mpsc::Sender<Incoming<Req, Rep>>,
+    ) -> Result<(), BusError>;
     async fn unserve(&self, subject: &str) -> Result<(), BusError>;
 }
 
@@ -90,14 +94,19 @@ impl<Req: Send + 'static, Rep: Send + 'static> Requests<Req, Rep> for MemoryBus<
             tx.send(inc)
                 .await
                 .map_err(|_| BusError::NoResponders(subject.to_string()))?;
-            rx.await.map_err(|_| BusError::NoResponders(subject.to_string()))
+            rx.await
+                .map_err(|_| BusError::NoResponders(subject.to_string()))
         };
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| BusError::Timeout)?
     }
 
-    async fn serve(&self, subject: &str, tx: mpsc::Sender<Incoming<Req, Rep>>) -> Result<(), BusError> {
+    async fn serve(
+        &self,
+        subject: &str,
+        tx: mpsc::Sender<Incoming<Req, Rep>>,
+    ) -> Result<(), BusError> {
         self.servers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -215,7 +224,11 @@ impl<Job: Clone + Send + Sync + 'static> WorkQueue<Job> for MemoryQueue<Job> {
     }
 
     fn depth(&self) -> u64 {
-        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner()).len() as u64
+        self.inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u64
     }
 }
 

@@ -58,33 +58,67 @@ fn subscription(id: &str, aor: &str, expires: u64) -> Subscription {
 pub async fn store_contract(s: &dyn Store) {
     let a = "sip:alice@example.com";
     // Publications: put, read back oldest first, index their expiry.
-    s.commit(7, vec![Op::PutPublication(publication(a, "e2", 5_000, 20)), Op::PutPublication(publication(a, "e1", 3_000, 10))])
-        .await
-        .expect("commit");
+    s.commit(
+        7,
+        vec![
+            Op::PutPublication(publication(a, "e2", 5_000, 20)),
+            Op::PutPublication(publication(a, "e1", 3_000, 10)),
+        ],
+    )
+    .await
+    .expect("commit");
     let pubs = s.publications(a, "presence").await.expect("read");
-    assert_eq!(pubs.iter().map(|p| p.etag.as_str()).collect::<Vec<_>>(), vec!["e1", "e2"]);
+    assert_eq!(
+        pubs.iter().map(|p| p.etag.as_str()).collect::<Vec<_>>(),
+        vec!["e1", "e2"]
+    );
     assert!(s.publications(a, "dialog").await.expect("read").is_empty());
 
     // Expiry index: nothing due before the deadline, earliest first after.
     assert!(s.due(7, 2_999, 10).await.expect("due").is_empty());
-    assert!(s.due(8, 10_000, 10).await.expect("due").is_empty(), "other shard");
+    assert!(
+        s.due(8, 10_000, 10).await.expect("due").is_empty(),
+        "other shard"
+    );
     let due = s.due(7, 5_000, 10).await.expect("due");
-    assert_eq!(due.iter().map(|(d, _)| *d).collect::<Vec<_>>(), vec![3_000, 5_000]);
+    assert_eq!(
+        due.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        vec![3_000, 5_000]
+    );
     assert_eq!(s.due(7, 5_000, 1).await.expect("due").len(), 1, "limit");
     // Entries stay until a commit handles them.
     assert_eq!(s.due(7, 5_000, 10).await.expect("due").len(), 2);
     // Refresh moves the deadline (one entry per record).
-    s.commit(7, vec![Op::PutPublication(publication(a, "e1", 9_000, 10))]).await.expect("commit");
-    let due = s.due(7, 9_000, 10).await.expect("due");
-    assert_eq!(due.iter().map(|(d, _)| *d).collect::<Vec<_>>(), vec![5_000, 9_000]);
-    s.commit(7, vec![Op::DeletePublication { aor: a.into(), event: "presence".into(), etag: "e2".into() }])
+    s.commit(7, vec![Op::PutPublication(publication(a, "e1", 9_000, 10))])
         .await
         .expect("commit");
+    let due = s.due(7, 9_000, 10).await.expect("due");
+    assert_eq!(
+        due.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        vec![5_000, 9_000]
+    );
+    s.commit(
+        7,
+        vec![Op::DeletePublication {
+            aor: a.into(),
+            event: "presence".into(),
+            etag: "e2".into(),
+        }],
+    )
+    .await
+    .expect("commit");
     assert_eq!(s.publications(a, "presence").await.expect("read").len(), 1);
     assert_eq!(s.due(7, 9_000, 10).await.expect("due").len(), 1);
-    s.commit(7, vec![Op::Unindex(ExpiryKey::Publication { aor: a.into(), event: "presence".into(), etag: "e1".into() })])
-        .await
-        .expect("commit");
+    s.commit(
+        7,
+        vec![Op::Unindex(ExpiryKey::Publication {
+            aor: a.into(),
+            event: "presence".into(),
+            etag: "e1".into(),
+        })],
+    )
+    .await
+    .expect("commit");
     assert!(s.due(7, u64::MAX, 10).await.expect("due").is_empty());
 
     // Documents: versions start at 1 and only go up.
@@ -94,22 +128,54 @@ pub async fn store_contract(s: &dyn Store) {
         content_type: "application/pidf+xml".into(),
         body: Bytes::from(body.to_string()),
     };
-    assert_eq!(s.commit(7, vec![doc("one")]).await.expect("commit"), vec![1]);
-    assert_eq!(s.commit(7, vec![doc("two"), doc("three")]).await.expect("commit"), vec![2, 3]);
+    assert_eq!(
+        s.commit(7, vec![doc("one")]).await.expect("commit"),
+        vec![1]
+    );
+    assert_eq!(
+        s.commit(7, vec![doc("two"), doc("three")])
+            .await
+            .expect("commit"),
+        vec![2, 3]
+    );
     let d = s.document(a, "presence").await.expect("read").expect("doc");
     assert_eq!((d.version, d.body.as_ref()), (3, &b"three"[..]));
     assert!(s.document(a, "dialog").await.expect("read").is_none());
 
     // Subscriptions and the watcher list.
-    s.commit(7, vec![Op::PutSubscription(subscription("s1", a, 60_000)), Op::PutSubscription(subscription("s2", a, 30_000))])
+    s.commit(
+        7,
+        vec![
+            Op::PutSubscription(subscription("s1", a, 60_000)),
+            Op::PutSubscription(subscription("s2", a, 30_000)),
+        ],
+    )
+    .await
+    .expect("commit");
+    let mut w: Vec<String> = s
+        .watchers(a, "presence")
         .await
-        .expect("commit");
-    let mut w: Vec<String> = s.watchers(a, "presence").await.expect("read").into_iter().map(|s| s.id).collect();
+        .expect("read")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     w.sort();
     assert_eq!(w, vec!["s1", "s2"]);
-    assert_eq!(s.subscription("s1").await.expect("read").expect("sub").call_id, "call-s1");
-    assert_eq!(s.due(7, 30_000, 10).await.expect("due"), vec![(30_000, ExpiryKey::Subscription { id: "s2".into() })]);
-    s.commit(7, vec![Op::DeleteSubscription { id: "s2".into() }]).await.expect("commit");
+    assert_eq!(
+        s.subscription("s1")
+            .await
+            .expect("read")
+            .expect("sub")
+            .call_id,
+        "call-s1"
+    );
+    assert_eq!(
+        s.due(7, 30_000, 10).await.expect("due"),
+        vec![(30_000, ExpiryKey::Subscription { id: "s2".into() })]
+    );
+    s.commit(7, vec![Op::DeleteSubscription { id: "s2".into() }])
+        .await
+        .expect("commit");
     assert!(s.subscription("s2").await.expect("read").is_none());
     assert_eq!(s.watchers(a, "presence").await.expect("read").len(), 1);
     assert!(s.due(7, 30_000, 10).await.expect("due").is_empty());
@@ -126,23 +192,67 @@ pub async fn store_contract(s: &dyn Store) {
         methods: None,
         q: None,
     };
-    s.commit(7, vec![Op::PutBindings { aor: a.into(), bindings: vec![b("sip:a@1", 80_000), b("sip:a@2", 70_000)] }, Op::MarkKnown { aor: a.into() }])
-        .await
-        .expect("commit");
+    s.commit(
+        7,
+        vec![
+            Op::PutBindings {
+                aor: a.into(),
+                bindings: vec![b("sip:a@1", 80_000), b("sip:a@2", 70_000)],
+            },
+            Op::MarkKnown { aor: a.into() },
+        ],
+    )
+    .await
+    .expect("commit");
     assert_eq!(s.bindings(a).await.expect("read").len(), 2);
     assert!(s.is_known(a).await.expect("read"));
     assert!(!s.is_known("sip:nobody@example.com").await.expect("read"));
-    assert!(s.due(7, 69_999, 10).await.expect("due").iter().all(|(_, k)| !matches!(k, ExpiryKey::Bindings { .. })));
-    assert!(s.due(7, 70_000, 10).await.expect("due").contains(&(70_000, ExpiryKey::Bindings { aor: a.into() })));
-    s.commit(7, vec![Op::PutBindings { aor: a.into(), bindings: vec![] }]).await.expect("commit");
+    assert!(s
+        .due(7, 69_999, 10)
+        .await
+        .expect("due")
+        .iter()
+        .all(|(_, k)| !matches!(k, ExpiryKey::Bindings { .. })));
+    assert!(s
+        .due(7, 70_000, 10)
+        .await
+        .expect("due")
+        .contains(&(70_000, ExpiryKey::Bindings { aor: a.into() })));
+    s.commit(
+        7,
+        vec![Op::PutBindings {
+            aor: a.into(),
+            bindings: vec![],
+        }],
+    )
+    .await
+    .expect("commit");
     assert!(s.bindings(a).await.expect("read").is_empty());
 
     // Hard state.
-    s.commit(7, vec![Op::PutHardState { aor: a.into(), event: "presence".into(), body: Bytes::from_static(b"hs") }])
-        .await
-        .expect("commit");
-    assert_eq!(s.hard_state(a, "presence").await.expect("read").as_deref(), Some(&b"hs"[..]));
-    s.commit(7, vec![Op::DeleteHardState { aor: a.into(), event: "presence".into() }]).await.expect("commit");
+    s.commit(
+        7,
+        vec![Op::PutHardState {
+            aor: a.into(),
+            event: "presence".into(),
+            body: Bytes::from_static(b"hs"),
+        }],
+    )
+    .await
+    .expect("commit");
+    assert_eq!(
+        s.hard_state(a, "presence").await.expect("read").as_deref(),
+        Some(&b"hs"[..])
+    );
+    s.commit(
+        7,
+        vec![Op::DeleteHardState {
+            aor: a.into(),
+            event: "presence".into(),
+        }],
+    )
+    .await
+    .expect("commit");
     assert!(s.hard_state(a, "presence").await.expect("read").is_none());
 
     // NOTIFY CSeq counters.
@@ -158,7 +268,10 @@ pub async fn store_contract(s: &dyn Store) {
 /// Request/reply contract. Runs under paused tokio time.
 pub async fn requests_contract(bus: &dyn Requests<u32, u32>) {
     let t = Duration::from_secs(2);
-    assert!(matches!(bus.request("shard.1", 1, t).await, Err(BusError::NoResponders(_))));
+    assert!(matches!(
+        bus.request("shard.1", 1, t).await,
+        Err(BusError::NoResponders(_))
+    ));
     let (tx, mut rx) = mpsc::channel(16);
     bus.serve("shard.1", tx.clone()).await.expect("serve");
     bus.serve("shard.2", tx).await.expect("serve");
@@ -179,7 +292,10 @@ pub async fn requests_contract(bus: &dyn Requests<u32, u32>) {
     assert_eq!(bus.request("shard.2", 5, t).await, Ok(50));
     assert_eq!(bus.request("shard.2", 99, t).await, Err(BusError::Timeout));
     bus.unserve("shard.1").await.expect("unserve");
-    assert!(matches!(bus.request("shard.1", 1, t).await, Err(BusError::NoResponders(_))));
+    assert!(matches!(
+        bus.request("shard.1", 1, t).await,
+        Err(BusError::NoResponders(_))
+    ));
     bus.unserve("shard.2").await.expect("unserve");
     let seen = server.await.expect("server");
     assert_eq!(seen, vec!["shard.1", "shard.2", "shard.2"]);
@@ -205,7 +321,13 @@ pub async fn queue_contract(q: &dyn WorkQueue<u32>) {
     again.ack();
     assert_eq!(q.depth(), 0);
     // A puller waiting on an empty queue wakes on push.
-    let waiter = async { q.pull().await.map(|d| { let j = *d.job(); d.ack(); j }) };
+    let waiter = async {
+        q.pull().await.map(|d| {
+            let j = *d.job();
+            d.ack();
+            j
+        })
+    };
     let pusher = async {
         tokio::time::sleep(Duration::from_millis(10)).await;
         q.push(42).await.expect("push");

@@ -79,7 +79,11 @@ impl Store for MemoryStore {
                         event: p.event.clone(),
                         etag: p.etag.clone(),
                     };
-                    inner.index.entry(shard).or_default().set(key, p.expires_at_ms);
+                    inner
+                        .index
+                        .entry(shard)
+                        .or_default()
+                        .set(key, p.expires_at_ms);
                     inner
                         .publications
                         .entry(pair(&p.aor, &p.event))
@@ -114,11 +118,10 @@ impl Store for MemoryStore {
                     }
                 }
                 Op::PutSubscription(s) => {
-                    inner
-                        .index
-                        .entry(shard)
-                        .or_default()
-                        .set(ExpiryKey::Subscription { id: s.id.clone() }, s.expires_at_ms);
+                    inner.index.entry(shard).or_default().set(
+                        ExpiryKey::Subscription { id: s.id.clone() },
+                        s.expires_at_ms,
+                    );
                     inner
                         .watchers
                         .entry(pair(&s.aor, &s.event))
@@ -201,7 +204,10 @@ impl Store for MemoryStore {
         let Some(ids) = g.watchers.get(&pair(aor, event)) else {
             return Ok(Vec::new());
         };
-        Ok(ids.iter().filter_map(|id| g.subscriptions.get(id).cloned()).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| g.subscriptions.get(id).cloned())
+            .collect())
     }
 
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>> {
@@ -216,7 +222,12 @@ impl Store for MemoryStore {
         Ok(self.lock().known.contains(aor))
     }
 
-    async fn due(&self, shard: u32, now_ms: u64, limit: usize) -> StoreResult<Vec<(u64, ExpiryKey)>> {
+    async fn due(
+        &self,
+        shard: u32,
+        now_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, ExpiryKey)>> {
         let g = self.lock();
         let Some(idx) = g.index.get(&shard) else {
             return Ok(Vec::new());

@@ -20,9 +20,17 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// record moves its deadline.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ExpiryKey {
-    Publication { aor: String, event: String, etag: String },
-    Subscription { id: String },
-    Bindings { aor: String },
+    Publication {
+        aor: String,
+        event: String,
+        etag: String,
+    },
+    Subscription {
+        id: String,
+    },
+    Bindings {
+        aor: String,
+    },
 }
 
 /// One write in a batch.
@@ -30,18 +38,41 @@ pub enum ExpiryKey {
 pub enum Op {
     /// Insert or replace (by etag); indexes its expiry.
     PutPublication(Publication),
-    DeletePublication { aor: String, event: String, etag: String },
+    DeletePublication {
+        aor: String,
+        event: String,
+        etag: String,
+    },
     /// Replace the AoR's bindings; empty removes them. Indexed at the earliest expiry.
-    PutBindings { aor: String, bindings: Vec<Binding> },
+    PutBindings {
+        aor: String,
+        bindings: Vec<Binding>,
+    },
     /// Insert or replace (by id); indexes its expiry and the watcher list.
     PutSubscription(Subscription),
-    DeleteSubscription { id: String },
+    DeleteSubscription {
+        id: String,
+    },
     /// Store a new composed document; its version becomes previous + 1.
-    PutDocument { aor: String, event: String, content_type: String, body: Bytes },
-    PutHardState { aor: String, event: String, body: Bytes },
-    DeleteHardState { aor: String, event: String },
+    PutDocument {
+        aor: String,
+        event: String,
+        content_type: String,
+        body: Bytes,
+    },
+    PutHardState {
+        aor: String,
+        event: String,
+        body: Bytes,
+    },
+    DeleteHardState {
+        aor: String,
+        event: String,
+    },
     /// Remember that this AoR exists (registered or published once).
-    MarkKnown { aor: String },
+    MarkKnown {
+        aor: String,
+    },
     /// Drop an index entry whose record is gone.
     Unindex(ExpiryKey),
 }
@@ -72,7 +103,12 @@ pub trait Store: Send + Sync + 'static {
     /// earliest first, at most `limit`. They stay in the index until a commit
     /// deletes, re-indexes or unindexes their record, so a crash between
     /// reading and handling an expiry loses nothing.
-    async fn due(&self, shard: u32, now_ms: u64, limit: usize) -> StoreResult<Vec<(u64, ExpiryKey)>>;
+    async fn due(
+        &self,
+        shard: u32,
+        now_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, ExpiryKey)>>;
 
     /// Next CSeq for NOTIFYs of a subscription (strictly increasing, from 1).
     async fn next_cseq(&self, id: &str) -> StoreResult<u32>;
