@@ -2,7 +2,7 @@
 //! §8.2.6: Via, From, To, Call-ID, CSeq copied; To-tag added) and written with
 //! a Content-Length that always matches the body.
 
-use crate::headers::{split_list, Via};
+use crate::headers::{split_list, split_params, Via};
 use crate::rsip;
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -45,28 +45,24 @@ pub fn stamp_via(via: &str, source: SocketAddr) -> String {
     let ip = source.ip().to_string();
     let host_ip = parsed.host.trim_start_matches('[').trim_end_matches(']');
     let mut out = String::with_capacity(via.len() + 40);
-    // Rebuild: sent-protocol sent-by, then params with rport filled in.
-    let (proto_and_host, _) = match via.find(';') {
+    // Rebuild: sent-protocol sent-by, then the params as written (quoted
+    // values stay quoted), with rport filled in and received replaced.
+    let via = via.trim();
+    let (proto_and_host, params) = match via.find(';') {
         Some(i) => (&via[..i], &via[i..]),
         None => (via, ""),
     };
     out.push_str(proto_and_host.trim_end());
     let mut saw_received = false;
-    for (name, value) in &parsed.params {
-        match (name.as_str(), value) {
-            ("rport", _) => {
-                let _ = write!(out, ";rport={}", source.port());
-            }
-            ("received", _) => {
-                saw_received = true;
-                let _ = write!(out, ";received={ip}");
-            }
-            (n, Some(v)) => {
-                let _ = write!(out, ";{n}={v}");
-            }
-            (n, None) => {
-                let _ = write!(out, ";{n}");
-            }
+    for raw in split_params(params) {
+        let name = raw.split('=').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("rport") {
+            let _ = write!(out, ";rport={}", source.port());
+        } else if name.eq_ignore_ascii_case("received") {
+            saw_received = true;
+            let _ = write!(out, ";received={ip}");
+        } else {
+            let _ = write!(out, ";{raw}");
         }
     }
     if !saw_received && (host_ip != ip || parsed.rport.is_some()) {
@@ -109,7 +105,8 @@ impl ResponseBuilder {
                 let mut value = h.value().to_string();
                 if code > 100 {
                     if let Some(tag) = to_tag {
-                        let has_tag = crate::NameAddr::parse(&value).is_some_and(|n| n.tag.is_some());
+                        let has_tag =
+                            crate::NameAddr::parse(&value).is_some_and(|n| n.tag.is_some());
                         if !has_tag {
                             let _ = write!(value, ";tag={tag}");
                         }
@@ -119,6 +116,8 @@ impl ResponseBuilder {
             } else if name.eq_ignore_ascii_case("From")
                 || name.eq_ignore_ascii_case("Call-ID")
                 || name.eq_ignore_ascii_case("CSeq")
+                // RFC 3261 §8.2.6.1: a 100 (Trying) copies the Timestamp.
+                || (code == 100 && name.eq_ignore_ascii_case("Timestamp"))
             {
                 headers.push(h.clone());
             }
@@ -138,8 +137,10 @@ impl ResponseBuilder {
     }
 
     pub fn body(mut self, content_type: &str, body: Vec<u8>) -> Self {
-        self.headers
-            .push(rsip::headers::make_header("Content-Type", content_type.to_string()));
+        self.headers.push(rsip::headers::make_header(
+            "Content-Type",
+            content_type.to_string(),
+        ));
         self.body = body;
         self
     }
@@ -179,6 +180,14 @@ mod tests {
         assert_eq!(
             stamp_via("SIP/2.0/UDP host.example;branch=z9hG4bKa", src),
             "SIP/2.0/UDP host.example;branch=z9hG4bKa;received=192.0.2.4"
+        );
+        // Quoted parameter values are written back as they came.
+        assert_eq!(
+            stamp_via(
+                r#"SIP/2.0/UDP 10.0.0.1;X-Note="a b;c";branch=z9hG4bKa;rport"#,
+                src
+            ),
+            r#"SIP/2.0/UDP 10.0.0.1;X-Note="a b;c";branch=z9hG4bKa;rport=4000;received=192.0.2.4"#
         );
     }
 }

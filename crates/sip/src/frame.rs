@@ -8,9 +8,13 @@
 /// Result of looking for one complete message at the front of a stream buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamFrame {
-    /// `skip` bytes of keep-alive CRLFs precede a message of `len` bytes.
+    /// `skip` bytes of keep-alive CRLFs (never a ping) precede a message of
+    /// `len` bytes.
     Message { skip: usize, len: usize },
-    /// `len` bytes of CRLF keep-alive (RFC 5626 §4.4.1: a double CRLF "ping").
+    /// `len` bytes of CRLF keep-alive (RFC 5626 §4.4.1: a double CRLF "ping"
+    /// that wants a single CRLF "pong"). A ping is reported even when the
+    /// next message follows it in the same buffer; that message comes on the
+    /// next call.
     KeepAlive { len: usize, ping: bool },
     /// The buffer does not yet hold a complete message.
     NeedMore,
@@ -46,17 +50,38 @@ pub fn header_end(buf: &[u8]) -> Option<usize> {
 
 /// Content-Length values found in a header section (`Content-Length` or `l`).
 /// `Err` if a value is not a number or two values disagree.
+///
+/// Lines starting with SP/HT continue the previous header (RFC 3261 §7.3.1):
+/// they are never header lines of their own, and they extend a folded
+/// Content-Length value.
 pub fn content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
+    let is_continuation = |l: &[u8]| matches!(l.first(), Some(b' ' | b'\t'));
+    let lines: Vec<&[u8]> = head.split(|b| *b == b'\n').collect();
     let mut found: Option<usize> = None;
-    for line in head.split(|b| *b == b'\n').skip(1) {
+    let mut i = 1; // skip the start line
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        if is_continuation(line) {
+            // Part of the start line or of a header that is not ours.
+            continue;
+        }
         let line = trim_ascii(line);
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
         let name = trim_ascii(&line[..colon]);
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let value = trim_ascii(&line[colon + 1..]);
-            let text = std::str::from_utf8(value).map_err(|_| FrameError::BadContentLength)?;
+            let mut value = trim_ascii(&line[colon + 1..]).to_vec();
+            while i < lines.len() && is_continuation(lines[i]) {
+                let more = trim_ascii(lines[i]);
+                if !value.is_empty() && !more.is_empty() {
+                    value.push(b' ');
+                }
+                value.extend_from_slice(more);
+                i += 1;
+            }
+            let text = std::str::from_utf8(&value).map_err(|_| FrameError::BadContentLength)?;
             if text.is_empty() || text.len() > 9 || !text.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(FrameError::BadContentLength);
             }
@@ -102,6 +127,13 @@ pub fn frame_stream(buf: &[u8], max: usize) -> Result<StreamFrame, FrameError> {
         let ping = buf.windows(4).any(|w| w == b"\r\n\r\n");
         return Ok(StreamFrame::KeepAlive { len: skip, ping });
     }
+    if buf[..skip].windows(4).any(|w| w == b"\r\n\r\n") {
+        // A ping right before the next message still gets its pong.
+        return Ok(StreamFrame::KeepAlive {
+            len: skip,
+            ping: true,
+        });
+    }
     let rest = &buf[skip..];
     let Some(head_len) = header_end(rest) else {
         if rest.len() > max {
@@ -109,6 +141,11 @@ pub fn frame_stream(buf: &[u8], max: usize) -> Result<StreamFrame, FrameError> {
         }
         return Ok(StreamFrame::NeedMore);
     };
+    // An oversized header section is TooLarge whatever its Content-Length
+    // says, so the verdict does not depend on how much of it had arrived.
+    if head_len > max {
+        return Err(FrameError::TooLarge(max));
+    }
     let body_len = content_length(&rest[..head_len])?.ok_or(FrameError::MissingContentLength)?;
     let len = head_len + body_len;
     if len > max {
@@ -136,7 +173,11 @@ mod tests {
             })
         );
         for cut in 0..MSG.len() {
-            assert_eq!(frame_stream(&MSG[..cut], 1000), Ok(StreamFrame::NeedMore), "cut {cut}");
+            assert_eq!(
+                frame_stream(&MSG[..cut], 1000),
+                Ok(StreamFrame::NeedMore),
+                "cut {cut}"
+            );
         }
     }
 
@@ -153,14 +194,47 @@ mod tests {
                 ping: false
             })
         );
+        // A ping in the same buffer as the next message is not swallowed.
         let mut both = b"\r\n\r\n".to_vec();
         both.extend_from_slice(MSG);
         assert_eq!(
             frame_stream(&both, 1000),
+            Ok(StreamFrame::KeepAlive { len: 4, ping: true })
+        );
+        assert_eq!(
+            frame_stream(&both[4..], 1000),
             Ok(StreamFrame::Message {
-                skip: 4,
+                skip: 0,
                 len: MSG.len()
             })
+        );
+        // Lone CRLFs before a message are skipped with it (RFC 3261 §7.5).
+        let mut crlf = b"\r\n".to_vec();
+        crlf.extend_from_slice(MSG);
+        assert_eq!(
+            frame_stream(&crlf, 1000),
+            Ok(StreamFrame::Message {
+                skip: 2,
+                len: MSG.len()
+            })
+        );
+    }
+
+    #[test]
+    fn continuation_lines_and_content_length() {
+        // " l: 9" continues Subject; it is not a Content-Length.
+        assert_eq!(
+            content_length(b"MESSAGE sip:a@b SIP/2.0\r\nSubject: x\r\n l: 9\r\nl: 5\r\n\r\n"),
+            Ok(Some(5))
+        );
+        // A folded value.
+        assert_eq!(
+            content_length(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length:\r\n\t 5\r\n\r\n"),
+            Ok(Some(5))
+        );
+        assert_eq!(
+            content_length(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 1\r\n 2\r\n\r\n"),
+            Err(FrameError::BadContentLength)
         );
     }
 
@@ -191,6 +265,16 @@ mod tests {
         assert_eq!(
             frame_stream(&[b'A'; 2000], 1000),
             Err(FrameError::TooLarge(1000))
+        );
+        // An oversized header section is TooLarge, not "missing length":
+        // the same verdict as when only its first `max` bytes had arrived.
+        let mut big = b"OPTIONS sip:a@b SIP/2.0\r\nX: ".to_vec();
+        big.extend_from_slice(&[b'a'; 200]);
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(frame_stream(&big, 100), Err(FrameError::TooLarge(100)));
+        assert_eq!(
+            frame_stream(&big[..150], 100),
+            Err(FrameError::TooLarge(100))
         );
     }
 }

@@ -39,19 +39,21 @@ pub fn split_list(value: &str) -> Vec<&str> {
 /// Split `;`-separated parameters (outside quotes) into (name, value) pairs.
 /// Names are lower-cased; quoted values are unquoted.
 pub fn parse_params(s: &str) -> Vec<(String, Option<String>)> {
-    let mut out = Vec::new();
+    split_params(s)
+        .into_iter()
+        .map(|part| match part.split_once('=') {
+            Some((n, v)) => (n.trim().to_ascii_lowercase(), Some(unquote(v.trim()))),
+            None => (part.to_ascii_lowercase(), None),
+        })
+        .collect()
+}
+
+/// The raw, trimmed, non-empty `;`-separated parameters of `s` (split
+/// outside quotes), exactly as written.
+pub fn split_params(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
     let (mut in_quote, mut escaped) = (false, false);
     let mut start = 0;
-    let mut push = |part: &str| {
-        let part = part.trim();
-        if part.is_empty() {
-            return;
-        }
-        match part.split_once('=') {
-            Some((n, v)) => out.push((n.trim().to_ascii_lowercase(), Some(unquote(v.trim())))),
-            None => out.push((part.to_ascii_lowercase(), None)),
-        }
-    };
     for (i, c) in s.char_indices() {
         if escaped {
             escaped = false;
@@ -61,14 +63,35 @@ pub fn parse_params(s: &str) -> Vec<(String, Option<String>)> {
             '\\' if in_quote => escaped = true,
             '"' => in_quote = !in_quote,
             ';' if !in_quote => {
-                push(&s[start..i]);
+                parts.push(&s[start..i]);
                 start = i + 1;
             }
             _ => {}
         }
     }
-    push(&s[start..]);
-    out
+    parts.push(&s[start..]);
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Every quoted-string in `s` is closed (backslash escapes honoured). A
+/// header with an unterminated quote is malformed: reading on would let the
+/// quote swallow the parameters after it (`;"tag=1;expires=5`).
+pub fn quotes_balanced(s: &str) -> bool {
+    let (mut in_quote, mut escaped) = (false, false);
+    for c in s.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' && in_quote {
+            escaped = true;
+        } else if c == '"' {
+            in_quote = !in_quote;
+        }
+    }
+    !in_quote
 }
 
 pub fn unquote(v: &str) -> String {
@@ -102,7 +125,9 @@ pub fn parse_delta(v: &str) -> Result<u32, ()> {
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(());
     }
-    Ok(v.parse::<u64>().map(|n| n.min(u32::MAX as u64) as u32).unwrap_or(u32::MAX))
+    Ok(v.parse::<u64>()
+        .map(|n| n.min(u32::MAX as u64) as u32)
+        .unwrap_or(u32::MAX))
 }
 
 pub fn parse_cseq(v: &str) -> Option<(u32, String)> {
@@ -133,6 +158,9 @@ pub struct NameAddr {
 impl NameAddr {
     pub fn parse(value: &str) -> Option<NameAddr> {
         let value = value.trim();
+        if !quotes_balanced(value) {
+            return None;
+        }
         let (display, uri_text, rest) = if let Some(lt) = find_unquoted(value, '<') {
             let gt = value[lt..].find('>')? + lt;
             let display = value[..lt].trim();
@@ -152,10 +180,19 @@ impl NameAddr {
         if uri_text.is_empty() || uri_text.contains(char::is_whitespace) {
             return None;
         }
-        let uri = rsip::parse_uri(uri_text).ok()?;
+        if !quotes_balanced(rest) {
+            return None;
+        }
+        let uri = crate::parse::parse_uri(uri_text).ok()?;
         uri.scheme.as_ref()?;
         let params = parse_params(rest.trim_start_matches(|c: char| c.is_whitespace()));
-        let tag = param(&params, "tag").and_then(|v| v.clone());
+        // tag-param = "tag" EQUAL token: a bare or empty `;tag` is malformed
+        // (and would hide the tag a response adds after it).
+        let tag = match param(&params, "tag") {
+            Some(Some(t)) if !t.is_empty() => Some(t.clone()),
+            Some(_) => return None,
+            None => None,
+        };
         Some(NameAddr {
             display,
             uri_text: uri_text.to_string(),
@@ -226,17 +263,30 @@ pub struct Via {
 impl Via {
     pub fn parse(v: &str) -> Option<Via> {
         let v = v.trim();
-        let (proto, rest) = v.split_once(char::is_whitespace)?;
-        let mut parts = proto.split('/');
-        let name = parts.next()?.trim();
-        let version = parts.next()?.trim();
-        let transport = parts.next()?.trim();
-        if !name.eq_ignore_ascii_case("SIP") || version.is_empty() || transport.is_empty() {
+        if !quotes_balanced(v) {
+            return None;
+        }
+        // sent-protocol = protocol-name SLASH protocol-version SLASH transport,
+        // where SLASH = SWS "/" SWS: whitespace may surround the slashes
+        // (RFC 3261 §25.1). Then LWS and sent-by.
+        let (name, rest) = v.split_once('/')?;
+        let (version, rest) = rest.split_once('/')?;
+        let rest = rest.trim_start();
+        let transport_len = rest.bytes().take_while(|b| is_token_char(*b)).count();
+        let (transport, rest) = rest.split_at(transport_len);
+        let (name, version) = (name.trim(), version.trim());
+        if !name.eq_ignore_ascii_case("SIP")
+            || version.is_empty()
+            || !version.bytes().all(is_token_char)
+            || transport.is_empty()
+            || !rest.starts_with(char::is_whitespace)
+        {
             return None;
         }
         let rest = rest.trim();
         let (sent_by, params) = match rest.find(';') {
-            Some(i) => (rest[..i].trim(), parse_params(&rest[i..])),
+            Some(i) if quotes_balanced(&rest[i..]) => (rest[..i].trim(), parse_params(&rest[i..])),
+            Some(_) => return None,
             None => (rest, Vec::new()),
         };
         let (host, port) = split_host_port(sent_by)?;
@@ -367,11 +417,17 @@ pub struct MediaType(pub String);
 impl MediaType {
     pub fn parse(v: &str) -> Option<MediaType> {
         let base = v.split(';').next()?.trim().to_ascii_lowercase();
+        // SLASH = SWS "/" SWS (RFC 3261 §25.1): `text / plain` is `text/plain`.
         let (t, s) = base.split_once('/')?;
-        if t.is_empty() || s.is_empty() || !t.bytes().all(is_token_char) || !s.bytes().all(is_token_char) {
+        let (t, s) = (t.trim_end(), s.trim_start());
+        if t.is_empty()
+            || s.is_empty()
+            || !t.bytes().all(is_token_char)
+            || !s.bytes().all(is_token_char)
+        {
             return None;
         }
-        Some(MediaType(base))
+        Some(MediaType(format!("{t}/{s}")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -404,6 +460,21 @@ mod tests {
     }
 
     #[test]
+    fn raw_params_keep_quotes() {
+        assert_eq!(
+            split_params(r#";a=1; b="x;y" ;;c"#),
+            vec!["a=1", r#"b="x;y""#, "c"]
+        );
+        assert_eq!(
+            parse_params(r#";A=1;b="x;y""#),
+            vec![
+                ("a".into(), Some("1".into())),
+                ("b".into(), Some("x;y".into()))
+            ]
+        );
+    }
+
+    #[test]
     fn name_addr_forms() {
         let n = NameAddr::parse(r#""Alice \"A\"" <sip:alice@atlanta.com>;tag=1928301774"#).unwrap();
         assert_eq!(n.display.as_deref(), Some(r#"Alice "A""#));
@@ -417,6 +488,13 @@ mod tests {
         let n = NameAddr::parse("<sip:bob@[2001:db8::10]:5070;transport=tcp>;expires=60").unwrap();
         assert_eq!(n.param("expires"), Some(&Some("60".to_string())));
         assert!(NameAddr::parse("<>").is_none());
+        assert!(NameAddr::parse("<sip:a@b>;tag").is_none());
+        assert!(NameAddr::parse("<sip:a@b>;tag=").is_none());
+        // An unterminated quote in the parameters.
+        assert!(NameAddr::parse(r#"<sip:a@b>;"tag=1;expires=5"#).is_none());
+        assert!(NameAddr::parse(r#"<sip:a@b".c>;"tag=1"#).is_none());
+        assert!(Via::parse(r#"SIP/2.0/UDP h"x;a="b;branch=z9hG4bK1"#).is_none());
+        assert!(NameAddr::parse(r#""x\"" <sip:a@b>"#).is_some());
         assert!(NameAddr::parse("no uri here").is_none());
     }
 
@@ -426,11 +504,22 @@ mod tests {
         assert_eq!(v.host, "[2001:db8::1]");
         assert_eq!(v.port, Some(5060));
         assert_eq!(v.rport, Some(None));
-        let v = Via::parse("SIP/2.0/tcp pc33.atlanta.com;branch=z9hG4bK776asegma ;received=10.1.3.33")
-            .unwrap();
+        let v =
+            Via::parse("SIP/2.0/tcp pc33.atlanta.com;branch=z9hG4bK776asegma ;received=10.1.3.33")
+                .unwrap();
         assert_eq!(v.transport, "TCP");
         assert_eq!(v.port, None);
         assert_eq!(v.received.as_deref(), Some("10.1.3.33"));
+        // SLASH = SWS "/" SWS
+        let v = Via::parse("SIP  /   2.0 /UDP server.example.com;branch=z9hG4bKfold").unwrap();
+        assert_eq!(
+            (v.transport.as_str(), v.host.as_str()),
+            ("UDP", "server.example.com")
+        );
+        assert_eq!(v.branch.as_deref(), Some("z9hG4bKfold"));
+        assert!(Via::parse("SIP/2.0/UDP/x host").is_none());
+        assert!(Via::parse("SIP/2.0 host;branch=a/b").is_none());
+        assert!(Via::parse("SIP/2.0/UDP").is_none());
         assert!(Via::parse("garbage").is_none());
         assert!(Via::parse("SIP/2.0/UDP host:notaport").is_none());
     }
@@ -442,7 +531,10 @@ mod tests {
         assert_eq!(e.id.as_deref(), Some("7"));
         assert!(EventHeader::parse("").is_none());
         let s = SubscriptionState::parse("terminated;reason=timeout").unwrap();
-        assert_eq!((s.state.as_str(), s.reason.as_deref()), ("terminated", Some("timeout")));
+        assert_eq!(
+            (s.state.as_str(), s.reason.as_deref()),
+            ("terminated", Some("timeout"))
+        );
         let s = SubscriptionState::parse("active;expires=600").unwrap();
         assert_eq!(s.expires, Some(600));
     }
@@ -450,12 +542,23 @@ mod tests {
     #[test]
     fn media_types() {
         assert_eq!(
-            MediaType::parse("Application/PIDF+XML; charset=utf-8").unwrap().0,
+            MediaType::parse("Application/PIDF+XML; charset=utf-8")
+                .unwrap()
+                .0,
             "application/pidf+xml"
         );
-        assert!(MediaType::parse("application/*").unwrap().matches("application/pidf+xml"));
-        assert!(!MediaType::parse("text/*").unwrap().matches("application/pidf+xml"));
+        assert!(MediaType::parse("application/*")
+            .unwrap()
+            .matches("application/pidf+xml"));
+        assert!(!MediaType::parse("text/*")
+            .unwrap()
+            .matches("application/pidf+xml"));
         assert!(MediaType::parse("nonsense").is_none());
+        assert_eq!(
+            MediaType::parse("Text / Plain ;charset=utf-8").unwrap().0,
+            "text/plain"
+        );
+        assert!(MediaType::parse("text/pl ain").is_none());
     }
 
     #[test]

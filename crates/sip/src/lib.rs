@@ -28,7 +28,7 @@ pub use headers::{
     split_list, ContactValue, EventHeader, MediaType, NameAddr, SubscriptionState, Via,
 };
 pub use message::{HeaderAccess, Message, Method, Request, Response};
-pub use parse::{parse, ParseError, TransportKind};
+pub use parse::{parse, parse_uri, ParseError, TransportKind};
 
 /// Re-export of the rsip message model we build on.
 pub use rsipstack::sip as rsip;

@@ -2,7 +2,9 @@
 //! holds extension methods (rsip's `Method` is a closed set, and an unknown
 //! method must be answered with 501, not fail to parse).
 
-use crate::headers::{self, ContactValue, EventHeader, MediaType, NameAddr, SubscriptionState, Via};
+use crate::headers::{
+    self, ContactValue, EventHeader, MediaType, NameAddr, SubscriptionState, Via,
+};
 use crate::rsip;
 use bytes::Bytes;
 
@@ -165,9 +167,7 @@ pub trait HeaderAccess {
     /// Media types in Accept, lower-cased, parameters dropped. `None` if no
     /// Accept header at all (which is not the same as an empty Accept).
     fn accept(&self) -> Option<Vec<MediaType>> {
-        if self.header("Accept").is_none() {
-            return None;
-        }
+        self.header("Accept")?;
         Some(
             self.list("Accept")
                 .iter()
@@ -206,7 +206,8 @@ impl Request {
     /// and CANCEL are not special here: we serve no INVITE).
     pub fn transaction_key(&self) -> Option<String> {
         let via = self.top_via()?;
-        let branch = via.branch.as_deref()?;
+        // No branch at all is the commonest RFC 2543 case.
+        let branch = via.branch.as_deref().unwrap_or("");
         if !branch.starts_with("z9hG4bK") {
             // RFC 2543 peer: fall back on Call-ID + CSeq + From tag.
             let from_tag = self.from_addr().and_then(|f| f.tag).unwrap_or_default();

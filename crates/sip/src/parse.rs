@@ -105,15 +105,24 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
         }
     }
 
-    let is_response = start.len() >= 4 && start[..4].eq_ignore_ascii_case("SIP/");
+    // Compare bytes: the start line may hold multi-byte characters (or U+FFFD
+    // from invalid UTF-8), so `start[..4]` could split a character.
+    let is_response = start
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"));
     let answerable = !is_response
         && ["Via", "From", "To", "Call-ID", "CSeq"]
             .iter()
             .all(|n| hs.iter().any(|h| h.name().eq_ignore_ascii_case(n)))
+        // The top Via as `HeaderAccess::top_via` sees it (first element over
+        // all Via lines), so "answerable" and "parsed" agree.
         && hs
             .iter()
-            .find(|h| h.name().eq_ignore_ascii_case("Via"))
-            .and_then(|v| headers::split_list(v.value()).first().and_then(|f| headers::Via::parse(f)))
+            .filter(|h| h.name().eq_ignore_ascii_case("Via"))
+            .flat_map(|v| headers::split_list(v.value()))
+            .next()
+            .and_then(headers::Via::parse)
             .is_some();
     let refuse = |status: u16, reason: String, hs: &rsip::Headers| ParseError {
         status,
@@ -146,11 +155,18 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
     };
 
     if is_response {
+        // Status-Line: SIP-Version SP Status-Code SP Reason-Phrase, with
+        // Status-Code = 3DIGIT (RFC 3261 §7.2). A response in another SIP
+        // version cannot be read by 2.0 rules: drop it.
         let mut parts = start.splitn(3, ' ');
-        let _version = parts.next();
+        let version = parts.next().unwrap_or("");
+        if !version.eq_ignore_ascii_case("SIP/2.0") {
+            return Err(ParseError::drop("unsupported SIP version in response"));
+        }
         let code: u16 = parts
             .next()
-            .and_then(|c| c.trim().parse().ok())
+            .filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|c| c.parse().ok())
             .filter(|c| (100..700).contains(c))
             .ok_or_else(|| ParseError::drop("bad status line"))?;
         let reason = parts.next().unwrap_or("").trim().to_string();
@@ -185,11 +201,17 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
         return Err(refuse(400, reason, &hs));
     }
     let method = Method::from_token(method_tok);
-    let scheme = uri_text.split(':').next().unwrap_or("").to_ascii_lowercase();
+    // absoluteURI = scheme ":" ...; something without a well-formed scheme
+    // (`bob@host`, `<sip:bob@host>`) is a malformed Request-URI (400), not an
+    // unsupported scheme (416).
+    let scheme = match uri_text.split_once(':') {
+        Some((scheme, _)) if is_uri_scheme(scheme) => scheme.to_ascii_lowercase(),
+        _ => return Err(refuse(400, "Malformed Request-URI".into(), &hs)),
+    };
     if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
         return Err(refuse(416, "Unsupported URI Scheme".into(), &hs));
     }
-    let uri = match rsip::parse_uri(uri_text) {
+    let uri = match parse_uri(uri_text) {
         Ok(u) if u.scheme.is_some() => u,
         _ => return Err(refuse(400, "Malformed Request-URI".into(), &hs)),
     };
@@ -202,6 +224,35 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
     };
     validate_request(&req).map_err(|r| refuse(400, r.into(), &req.headers))?;
     Ok(Message::Request(req))
+}
+
+/// `scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )` (RFC 3261 §25.1).
+fn is_uri_scheme(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// `rsip::parse_uri`, but with the userinfo split off first.
+///
+/// rsip cuts a URI at the first `?` and `;` before it looks for `@`, so a
+/// user part holding those characters (legal: RFC 3261 §25.1 `user-unreserved`,
+/// e.g. `sip:alice;day=tuesday@atlanta.com` from §19.1.3, or telephone-number
+/// users with `;phone-context=`) ends up as the host. An unescaped `@` can
+/// only end the userinfo (it is not allowed in params, headers or hosts), so
+/// split there and let rsip parse the rest.
+pub fn parse_uri(text: &str) -> Result<rsip::Uri, rsip::Error> {
+    let text = text.trim();
+    if let Some((scheme, rest)) = text.split_once(':') {
+        if let Some((userinfo, hostpart)) = rest.split_once('@') {
+            if is_uri_scheme(scheme) && userinfo.contains([';', '?']) {
+                let mut uri = rsip::parse_uri(&format!("{scheme}:{hostpart}"))?;
+                uri.auth = Some(rsip::Auth::from(userinfo));
+                return Ok(uri);
+            }
+        }
+    }
+    rsip::parse_uri(text)
 }
 
 /// The mandatory headers of RFC 3261 §8.1.1 and their basic syntax.
@@ -252,4 +303,31 @@ fn unfold(head: &str) -> Vec<String> {
         out.push(line.to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_user_parts_with_semicolons_and_question_marks() {
+        let u = parse_uri("sip:alice;day=tuesday@atlanta.com;transport=tcp").unwrap();
+        assert_eq!(u.user(), Some("alice;day=tuesday"));
+        assert_eq!(u.host().to_string(), "atlanta.com");
+        assert_eq!(u.params.len(), 1);
+        let u = parse_uri("sip:a?b:secret@example.com").unwrap();
+        assert_eq!(u.user(), Some("a?b"));
+        assert_eq!(u.auth.unwrap().password.as_deref(), Some("secret"));
+        // Plain URIs go straight to rsip.
+        assert_eq!(
+            parse_uri("sip:bob@example.com;lr?Subject=hi").unwrap(),
+            rsip::parse_uri("sip:bob@example.com;lr?Subject=hi").unwrap()
+        );
+    }
+
+    #[test]
+    fn uri_schemes() {
+        assert!(is_uri_scheme("sip") && is_uri_scheme("x-a.b+c1"));
+        assert!(!is_uri_scheme("") && !is_uri_scheme("<sip") && !is_uri_scheme("1sip"));
+    }
 }
