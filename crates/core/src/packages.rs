@@ -53,6 +53,9 @@ pub trait EventPackage: Send + Sync {
     }
 }
 
+/// PIDF, and the pre-RFC content type some clients (and the seed paper) still use.
+const PIDF_TYPES: &[&str] = &["application/pidf+xml", "application/cpim-pidf+xml"];
+
 /// RFC 3856 presence with PIDF (RFC 3863) bodies.
 pub struct PresencePackage;
 
@@ -61,10 +64,10 @@ impl EventPackage for PresencePackage {
         "presence"
     }
     fn publish_types(&self) -> &'static [&'static str] {
-        &["application/pidf+xml", "application/cpim-pidf+xml"]
+        PIDF_TYPES
     }
     fn notify_types(&self) -> &'static [&'static str] {
-        &["application/pidf+xml", "application/cpim-pidf+xml"]
+        PIDF_TYPES
     }
     fn check_body(&self, body: &[u8]) -> Result<(), String> {
         pidf::parse(body).map(|_| ()).map_err(|e| e.to_string())

@@ -16,20 +16,48 @@ pub enum Method {
 }
 
 impl Method {
+    /// Method names are case-sensitive (RFC 3261 §7.1), unlike rsip's parser.
     pub fn from_token(token: &str) -> Method {
-        // rsip parses case-insensitively; method names are case-sensitive (RFC 3261 §7.1).
-        for m in rsip::Method::all() {
-            if m.to_string() == token {
-                return Method::Known(m);
-            }
-        }
-        Method::Extension(token.to_string())
+        use rsip::Method as M;
+        Method::Known(match token {
+            "ACK" => M::Ack,
+            "BYE" => M::Bye,
+            "CANCEL" => M::Cancel,
+            "INFO" => M::Info,
+            "INVITE" => M::Invite,
+            "MESSAGE" => M::Message,
+            "NOTIFY" => M::Notify,
+            "OPTIONS" => M::Options,
+            "PRACK" => M::PRack,
+            "PUBLISH" => M::Publish,
+            "REFER" => M::Refer,
+            "REGISTER" => M::Register,
+            "SUBSCRIBE" => M::Subscribe,
+            "UPDATE" => M::Update,
+            other => return Method::Extension(other.to_string()),
+        })
     }
 
-    pub fn as_str(&self) -> String {
+    pub fn as_str(&self) -> &str {
+        use rsip::Method as M;
         match self {
-            Method::Known(m) => m.to_string(),
-            Method::Extension(s) => s.clone(),
+            Method::Known(m) => match m {
+                M::Ack => "ACK",
+                M::Bye => "BYE",
+                M::Cancel => "CANCEL",
+                M::Info => "INFO",
+                M::Invite => "INVITE",
+                M::Message => "MESSAGE",
+                M::Notify => "NOTIFY",
+                M::Options => "OPTIONS",
+                M::PRack => "PRACK",
+                M::Publish => "PUBLISH",
+                M::Refer => "REFER",
+                M::Register => "REGISTER",
+                M::Subscribe => "SUBSCRIBE",
+                M::Update => "UPDATE",
+            },
+            Method::Extension(s) => s,
         }
     }
 
@@ -40,10 +68,7 @@ impl Method {
 
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Method::Known(m) => write!(f, "{m}"),
-            Method::Extension(s) => f.write_str(s),
-        }
+        f.write_str(self.as_str())
     }
 }
 

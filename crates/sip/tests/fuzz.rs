@@ -1065,7 +1065,7 @@ fn encode_then_parse_round_trips() {
             let Ok(Message::Request(r)) = parse(&bytes, TransportKind::Stream, usize::MAX) else {
                 unreachable!()
             };
-            let again = encode_request(&r.method.as_str(), &r.uri_text, &r.headers, &r.body);
+            let again = encode_request(r.method.as_str(), &r.uri_text, &r.headers, &r.body);
             assert_eq!(again, bytes);
         });
     }
@@ -1079,7 +1079,7 @@ fn seeds_round_trip_through_the_encoder() {
         let Ok(Message::Request(r)) = parse(s, TransportKind::Stream, DEFAULT_MAX_MESSAGE) else {
             continue;
         };
-        let bytes = encode_request(&r.method.as_str(), &r.uri_text, &r.headers, &r.body);
+        let bytes = encode_request(r.method.as_str(), &r.uri_text, &r.headers, &r.body);
         let Ok(Message::Request(back)) = parse(&bytes, TransportKind::Stream, DEFAULT_MAX_MESSAGE)
         else {
             panic!("seed {i} does not survive re-encoding")

@@ -649,7 +649,7 @@ fn binding_from(c: &RegisterCmd, spec: ContactSpec, now: u64) -> Binding {
 /// RFC 3261 §10.3: contact URIs compare by URI equality; we compare the text
 /// with a case-insensitive scheme and host, which is what UAs produce.
 fn same_contact(a: &str, b: &str) -> bool {
-    a == b || a.eq_ignore_ascii_case(b)
+    a.eq_ignore_ascii_case(b)
 }
 
 fn q_of(b: &Binding) -> f64 {

@@ -138,36 +138,15 @@ impl Config {
                 ));
             }
         }
-        let users = match &args.users {
-            None => None,
-            Some(path) => match std::fs::read_to_string(path) {
-                Err(e) => {
-                    errors.push(format!("--users {}: {e}", path.display()));
-                    None
-                }
-                Ok(text) => match Users::parse(&text) {
-                    Ok(u) => Some(u),
-                    Err(errs) => {
-                        for e in errs {
-                            errors.push(format!("--users {}: {e}", path.display()));
-                        }
-                        None
-                    }
-                },
-            },
-        };
+        let users = args
+            .users
+            .as_ref()
+            .and_then(|path| load_file("--users", path, &mut errors, Users::parse));
         let mut policy = Policy::new(&domains);
         if let Some(path) = &args.policy {
-            match std::fs::read_to_string(path) {
-                Err(e) => errors.push(format!("--policy {}: {e}", path.display())),
-                Ok(text) => {
-                    if let Err(errs) = policy.load_rules(&text) {
-                        for e in errs {
-                            errors.push(format!("--policy {}: {e}", path.display()));
-                        }
-                    }
-                }
-            }
+            load_file("--policy", path, &mut errors, |text| {
+                policy.load_rules(text)
+            });
         }
         if args.nonce_lifetime == 0 {
             errors.push("--nonce-lifetime must be at least 1 second".into());
@@ -204,5 +183,31 @@ impl Config {
             max_message_size: args.max_message_size,
             shards: args.shards,
         })
+    }
+}
+
+/// Read and parse a configuration file, adding every problem to `errors`.
+fn load_file<T, E: std::fmt::Display>(
+    flag: &str,
+    path: &std::path::Path,
+    errors: &mut Vec<String>,
+    parse: impl FnOnce(&str) -> Result<T, Vec<E>>,
+) -> Option<T> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(format!("{flag} {}: {e}", path.display()));
+            return None;
+        }
+    };
+    match parse(&text) {
+        Ok(v) => Some(v),
+        Err(errs) => {
+            errors.extend(
+                errs.iter()
+                    .map(|e| format!("{flag} {}: {e}", path.display())),
+            );
+            None
+        }
     }
 }

@@ -482,7 +482,7 @@ impl Edge {
         let method = req.method.as_str();
         self.metrics
             .edge_requests
-            .with_label_values(&[method_label(&method)])
+            .with_label_values(&[method_label(method)])
             .inc();
         if req.method.is(rsip::Method::Ack) {
             return; // no INVITE transactions here: nothing to acknowledge
@@ -524,7 +524,7 @@ impl Edge {
             t.expiry.push_back((Instant::now() + keep, key));
         }
         self.send_src(src, bytes);
-        let label = method_label(&method);
+        let label = method_label(method);
         self.metrics
             .edge_responses
             .with_label_values(&[label, status_class(code)])
@@ -553,10 +553,7 @@ impl Edge {
     }
 
     fn contact_header(&self, src: Source) -> String {
-        let host = match src.local {
-            SocketAddr::V4(a) => a.to_string(),
-            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-        };
+        let host = src.local;
         match src.transport {
             Transport::Udp => format!("<sip:{host}>"),
             Transport::Tcp => format!("<sip:{host};transport=tcp>"),
@@ -656,7 +653,7 @@ impl Edge {
             if !creds.realm.eq_ignore_ascii_case(&realm) {
                 continue;
             }
-            match verifier.verify(&creds, &req.method.as_str(), &req.uri_text, &realm, now) {
+            match verifier.verify(&creds, req.method.as_str(), &req.uri_text, &realm, now) {
                 Verdict::Ok(who) => return Ok(Some(who.aor())),
                 Verdict::Challenge { stale: s } => stale |= s,
                 Verdict::BadRequest(reason) => {
@@ -920,15 +917,14 @@ impl Edge {
         src: Source,
         identity: Option<String>,
     ) -> ResponseBuilder {
-        let package = req
+        let found = req
             .event()
-            .and_then(|e| self.cfg.packages.get(&e.package).cloned());
-        let Some(package) = package else {
+            .and_then(|e| self.cfg.packages.get(&e.package).cloned().map(|p| (e, p)));
+        let Some((event, package)) = found else {
             return self
                 .reply(req, src, 489, "Bad Event")
                 .header("Allow-Events", self.cfg.packages.allow_events());
         };
-        let event = req.event().expect("checked above");
         let (Some(from), Some(to)) = (req.from_addr(), req.to_addr()) else {
             return self.reply(req, src, 400, "Malformed From or To");
         };
@@ -1151,10 +1147,7 @@ impl Edge {
         } else {
             self.udp.first().map(|(a, _)| *a).unwrap_or(out.flow.local)
         };
-        let host = match local {
-            SocketAddr::V4(a) => a.to_string(),
-            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-        };
+        let host = local;
         let mut headers = rsip::Headers::default();
         headers.push(rsip::headers::make_header(
             "Via",

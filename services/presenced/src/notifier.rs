@@ -172,7 +172,7 @@ impl Notifier {
                     let sub = match self.store.subscription(&id).await {
                         Ok(Some(s)) => s,
                         Ok(None) => {
-                            self.forget_if_idle(&id);
+                            let _ = self.forget_if_idle(&id);
                             continue;
                         }
                         Err(e) => {
@@ -203,18 +203,14 @@ impl Notifier {
                                     .with_label_values(&[&sub.event])
                                     .observe(secs);
                             }
-                            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-                            if let Some(slot) = slots.get_mut(&id) {
-                                slot.last_version = slot.last_version.max(version);
-                            }
+                            self.with_slot(&id, |slot| {
+                                slot.last_version = slot.last_version.max(version)
+                            });
                         }
                         Some(481) | Some(408) | None => {
                             self.end(&sub, EndReason::Gone).await;
-                            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-                            if let Some(slot) = slots.get_mut(&id) {
-                                // Only a final NOTIFY could still be owed; it is not (the watcher is gone).
-                                slot.pending = None;
-                            }
+                            // Only a final NOTIFY could still be owed; it is not (the watcher is gone).
+                            self.with_slot(&id, |slot| slot.pending = None);
                         }
                         Some(_) => {}
                     }
@@ -230,22 +226,28 @@ impl Notifier {
                     let body = self.body_for(&sub, doc.map(|d| d.body));
                     let _ = self.send(&sub, &state, body).await;
                     let _ = self.store.drop_cseq(&id).await;
-                    let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(slot) = slots.get(&id) {
-                        if slot.pending.is_none() {
-                            slots.remove(&id);
-                            return;
-                        }
+                    if self.forget_if_idle(&id) {
+                        return;
                     }
                 }
             }
         }
     }
 
-    fn forget_if_idle(&self, id: &str) {
+    /// Drop the slot if nothing is pending for it; `true` if it was dropped.
+    fn forget_if_idle(&self, id: &str) -> bool {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if slots.get(id).is_some_and(|s| s.pending.is_none()) {
+        let idle = slots.get(id).is_some_and(|s| s.pending.is_none());
+        if idle {
             slots.remove(id);
+        }
+        idle
+    }
+
+    fn with_slot(&self, id: &str, f: impl FnOnce(&mut Slot)) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get_mut(id) {
+            f(slot);
         }
     }
 
