@@ -1,0 +1,2 @@
+//! NATS as the bus (cluster mode).
+#![forbid(unsafe_code)]

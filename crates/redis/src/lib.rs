@@ -1,0 +1,2 @@
+//! Redis as the system of record (cluster mode).
+#![forbid(unsafe_code)]
