@@ -16,7 +16,7 @@ pub enum TransportKind {
 }
 
 /// Why a message was refused. If `answer` is set, the message was a request
-/// whose dialog-identifying headers were readable: answer it with `status`.
+/// whose top Via was readable: answer it with `status`.
 /// Otherwise it must be dropped (and counted).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {reason}")]
@@ -111,12 +111,13 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
         .as_bytes()
         .get(..4)
         .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"));
+    // A request is answerable when its top Via is readable: the Via says where
+    // the answer goes (§18.2.2) and its branch is what the client matches the
+    // answer with (§17.1.3). A 400 for a missing Call-ID, From, To or CSeq
+    // copies what is there, which tells the sender far more than silence.
+    // The top Via is read as `HeaderAccess::top_via` sees it (first element
+    // over all Via lines), so "answerable" and "parsed" agree.
     let answerable = !is_response
-        && ["Via", "From", "To", "Call-ID", "CSeq"]
-            .iter()
-            .all(|n| hs.iter().any(|h| h.name().eq_ignore_ascii_case(n)))
-        // The top Via as `HeaderAccess::top_via` sees it (first element over
-        // all Via lines), so "answerable" and "parsed" agree.
         && hs
             .iter()
             .filter(|h| h.name().eq_ignore_ascii_case("Via"))

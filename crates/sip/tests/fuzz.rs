@@ -203,8 +203,6 @@ fn guarded(what: &str, seed: u64, iter: usize, input: &[u8], f: impl FnOnce()) {
     }
 }
 
-const MANDATORY: [&str; 5] = ["Via", "From", "To", "Call-ID", "CSeq"];
-
 fn has(headers: &rsip::Headers, name: &str) -> bool {
     headers.iter().any(|h| h.name().eq_ignore_ascii_case(name))
 }
@@ -270,9 +268,9 @@ fn parse_checked(input: &[u8], t: TransportKind, max: usize) -> Result<Message, 
                 "unexpected status {e:?}"
             );
             if let Some(answer) = &e.answer {
-                for name in MANDATORY {
-                    assert!(has(answer, name), "answerable without {name}: {e:?}");
-                }
+                // Answerable means the top Via is readable: that is where the
+                // answer goes and what the client matches it with.
+                assert!(has(answer, "Via"), "answerable without Via: {e:?}");
             }
         }
     }

@@ -1610,25 +1610,25 @@ fn cases() -> Vec<Case> {
             "missing Call-ID",
             req_without("OPTIONS", &["Call-ID"], &[]),
             UDP,
-            Expect::Dropped,
+            refused(400, true),
         ),
         case(
             "missing From",
             req_without("OPTIONS", &["From"], &[]),
             UDP,
-            Expect::Dropped,
+            refused(400, true),
         ),
         case(
             "missing To",
             req_without("OPTIONS", &["To"], &[]),
             UDP,
-            Expect::Dropped,
+            refused(400, true),
         ),
         case(
             "missing CSeq",
             req_without("OPTIONS", &["CSeq"], &[]),
             UDP,
-            Expect::Dropped,
+            refused(400, true),
         ),
         case(
             "missing Via",
@@ -1787,13 +1787,16 @@ fn run(case: &Case) {
                 let bytes = resp.encode();
                 let status_line = format!("SIP/2.0 {} ", e.status);
                 assert!(bytes.starts_with(status_line.as_bytes()));
-                // A malformed CSeq is copied as is (RFC 4475 §3.1.2.3), and then
-                // the answer is no valid response either; otherwise it must be.
+                // A malformed CSeq is copied as is (RFC 4475 §3.1.2.3), and a
+                // missing Call-ID stays missing; then the answer is no valid
+                // response either (only its Via branch matches it to the
+                // request); otherwise it must be.
                 let cseq_ok = headers
                     .iter()
                     .find(|h| h.name() == "CSeq")
                     .is_some_and(|h| presence_sip::headers::parse_cseq(h.value()).is_some());
-                if cseq_ok {
+                let call_id_ok = headers.iter().any(|h| h.name() == "Call-ID");
+                if cseq_ok && call_id_ok {
                     let back = parse(&bytes, TransportKind::Datagram, usize::MAX);
                     assert!(
                         matches!(back, Ok(Message::Response(ref p)) if p.code == e.status),

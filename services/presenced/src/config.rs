@@ -102,6 +102,18 @@ pub struct Config {
     pub max_expires: u32,
     pub max_message_size: usize,
     pub shards: u32,
+    /// Deliberate misbehaviour for tests of the tools that watch us (the load
+    /// generator's canary). Only settable through this library API, never
+    /// from the command line or the environment.
+    pub faults: Faults,
+}
+
+/// Test-only fault hooks; the default is a correct server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// When N > 0, the notifier silently skips every Nth NOTIFY it would send
+    /// and behaves as if the watcher had answered 200.
+    pub skip_notify_every: u32,
 }
 
 impl Config {
@@ -182,6 +194,7 @@ impl Config {
             max_expires: args.max_expires,
             max_message_size: args.max_message_size,
             shards: args.shards,
+            faults: Faults::default(),
         })
     }
 }

@@ -115,12 +115,30 @@ impl Listeners {
         for addr in addrs {
             let tcp = TcpListener::bind(addr).await?;
             let actual = tcp.local_addr()?;
-            let udp = UdpSocket::bind(actual).await?;
+            let udp = bind_udp(actual)?;
             l.udp.push((actual, Arc::new(udp)));
             l.tcp.push((actual, tcp));
         }
         Ok(l)
     }
+}
+
+/// Socket buffer asked for on UDP listeners. The kernel's default (~200 KiB)
+/// overflows within a few milliseconds of a scheduling hiccup at 10k+
+/// datagrams/s; the kernel caps the request at `net.core.rmem_max`.
+const UDP_BUFFER: usize = 4 << 20;
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let std_sock = std::net::UdpSocket::bind(addr)?;
+    let sock = socket2::Socket::from(std_sock);
+    if let Err(e) = sock.set_recv_buffer_size(UDP_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP send buffer");
+    }
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock.into())
 }
 
 impl Edge {

@@ -104,16 +104,19 @@ pub async fn start_all(cfg: Config) -> std::io::Result<Server> {
         shards: cfg.shards,
         metrics: metrics.clone(),
     });
-    let notifier = Arc::new(Notifier::new(
-        store.clone(),
-        jobs.clone(),
-        edge_bus.clone(),
-        shards_bus.clone(),
-        packages.clone(),
-        clock,
-        cfg.shards,
-        metrics.clone(),
-    ));
+    let notifier = Arc::new(
+        Notifier::new(
+            store.clone(),
+            jobs.clone(),
+            edge_bus.clone(),
+            shards_bus.clone(),
+            packages.clone(),
+            clock,
+            cfg.shards,
+            metrics.clone(),
+        )
+        .with_faults(cfg.faults),
+    );
     let verifier = cfg
         .users
         .clone()

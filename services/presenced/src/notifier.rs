@@ -8,6 +8,7 @@
 //! from the store's per-subscription counter, so it only goes up. A 481, 408
 //! or a transaction timeout removes the subscription.
 
+use crate::config::Faults;
 use crate::edge::{OutRequest, Outcome};
 use crate::metrics::Metrics;
 use crate::Clock;
@@ -18,6 +19,7 @@ use presence_core::{shard_of, EndReason, Subscription, View};
 use presence_sip::rsip;
 use presence_store::{Requests, Store, WorkQueue};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -32,6 +34,8 @@ pub struct Notifier {
     pub shards: u32,
     pub metrics: Arc<Metrics>,
     slots: Mutex<HashMap<String, Slot>>,
+    faults: Faults,
+    sent: AtomicU64,
 }
 
 #[derive(Default)]
@@ -74,7 +78,15 @@ impl Notifier {
             shards,
             metrics,
             slots: Mutex::new(HashMap::new()),
+            faults: Faults::default(),
+            sent: AtomicU64::new(0),
         }
+    }
+
+    /// Install test-only fault hooks (see [`Faults`]).
+    pub fn with_faults(mut self, faults: Faults) -> Notifier {
+        self.faults = faults;
+        self
     }
 
     pub async fn run(self: Arc<Self>, pullers: usize, mut shutdown: watch::Receiver<bool>) {
@@ -291,6 +303,12 @@ impl Notifier {
         let body = body.unwrap_or_default();
         if !body.is_empty() {
             push("Content-Type", sub.content_type.clone());
+        }
+        let nth = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = u64::from(self.faults.skip_notify_every);
+        if every > 0 && nth.is_multiple_of(every) {
+            tracing::debug!(sub = %sub.id, cseq, "fault hook: NOTIFY skipped");
+            return Some(200);
         }
         let req = OutRequest {
             flow: sub.flow.clone(),

@@ -906,20 +906,18 @@ async fn robustness(tp: Tp) {
     g.send_raw(b"").await;
     g.send_raw(b"\r\n\r\n").await;
 
-    // No Call-ID: presence-sip deems such a request unanswerable (a response
-    // must copy the Call-ID), so it is dropped; if anything comes, it is a 400.
-    // The strict expectation (400) is `no_call_id_400`, ignored for now.
+    // No Call-ID: answered 400 (the top Via says where), and the next
+    // request on the same socket is served.
     let mut ua = Ua::new(tp, s.sip, "alice").await;
     let mut req = ua.req("OPTIONS", "sip:example.com");
     req.no_call_id = true;
     ua.send_raw(&req.encode(tp, ua.local)).await;
-    if let Some(r) = ua.response_within(&req.branch, SHORT).await {
-        assert_eq!(r.code, 400);
-    }
-    if tp == Tp::Tcp {
-        // The connection survives a dropped request.
-        ua = Ua::new(tp, s.sip, "alice").await;
-    }
+    let r = ua
+        .response_within(&req.branch, WAIT)
+        .await
+        .expect("a 400 for a request without Call-ID");
+    assert_eq!(r.code, 400);
+    assert_eq!(r.call_id(), Some(common::MISSING_CALL_ID));
 
     // Unknown method: 501.
     let req = ua.req("FOO", "sip:example.com");
@@ -976,8 +974,6 @@ async fn retransmission(tp: Tp) {
 }
 
 /// A request with Via/From/To/CSeq but no Call-ID gets 400 (RFC 3261 §8.2.6).
-/// Ignored: presence-sip (crates/sip) only answers requests that carry a
-/// Call-ID and drops the others; un-ignore when it answers them.
 async fn no_call_id_400(tp: Tp) {
     let s = start(None, None, &[]).await;
     let mut ua = Ua::new(tp, s.sip, "alice").await;
@@ -985,17 +981,17 @@ async fn no_call_id_400(tp: Tp) {
     req.no_call_id = true;
     let r = ua.send(&req).await;
     assert_eq!(r.code, 400);
+    assert_eq!(r.call_id(), Some(common::MISSING_CALL_ID));
+    assert!(r.reason.contains("Call-ID"), "reason: {}", r.reason);
     s.shutdown().await;
 }
 
 mod no_call_id_400 {
     #[tokio::test]
-    #[ignore = "crates/sip drops requests without Call-ID instead of answering 400"]
     async fn udp() {
         super::no_call_id_400(super::Tp::Udp).await
     }
     #[tokio::test]
-    #[ignore = "crates/sip drops requests without Call-ID instead of answering 400"]
     async fn tcp() {
         super::no_call_id_400(super::Tp::Tcp).await
     }
