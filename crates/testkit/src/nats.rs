@@ -1,0 +1,1 @@
+//! A real `nats-server` with JetStream on a free port.

@@ -1,0 +1,1 @@
+//! Real `redis-server` processes: standalone, and a 3-master Redis Cluster.
