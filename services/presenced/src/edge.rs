@@ -98,6 +98,10 @@ pub struct Edge {
     next_conn: AtomicU64,
     server_txns: Mutex<TxnTable>,
     client_txns: Mutex<HashMap<String, oneshot::Sender<Response>>>,
+    /// SUBSCRIBEs being answered, by Call-ID: a NOTIFY of that dialog waits
+    /// until the answer is out, so the 2xx reaches the subscriber first (RFC
+    /// 6665 §4.1.2.4 makes subscribers cope with the other order; few do it well).
+    answering: Mutex<HashMap<String, watch::Receiver<()>>>,
 }
 
 /// Bound sockets, so that bind errors surface before anything runs.
@@ -160,6 +164,7 @@ impl Edge {
             next_conn: AtomicU64::new(1),
             server_txns: Mutex::new(TxnTable::default()),
             client_txns: Mutex::new(HashMap::new()),
+            answering: Mutex::new(HashMap::new()),
         }
     }
 
@@ -529,6 +534,18 @@ impl Edge {
                 }
             }
         }
+        // Held while the SUBSCRIBE is handled; dropping it releases NOTIFYs.
+        let answering = match (req.method.is(rsip::Method::Subscribe), req.call_id()) {
+            (true, Some(call_id)) => {
+                let (tx, rx) = watch::channel(());
+                self.answering
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(call_id.to_string(), rx);
+                Some((call_id.to_string(), tx))
+            }
+            _ => None,
+        };
         let resp = self.handle(&req, src).await;
         let code = resp.code();
         let bytes = Bytes::from(resp.encode());
@@ -542,6 +559,13 @@ impl Edge {
             t.expiry.push_back((Instant::now() + keep, key));
         }
         self.send_src(src, bytes);
+        if let Some((call_id, done)) = answering {
+            self.answering
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&call_id);
+            drop(done);
+        }
         let label = method_label(method);
         self.metrics
             .edge_responses
@@ -1156,9 +1180,34 @@ impl Edge {
         b
     }
 
+    /// Wait (briefly) while the SUBSCRIBE of this NOTIFY's dialog is still
+    /// being answered here.
+    async fn after_subscribe_answered(&self, headers: &rsip::Headers) {
+        let Some(call_id) = headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("Call-ID"))
+            .map(|h| h.value().trim().to_string())
+        else {
+            return;
+        };
+        let pending = self
+            .answering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&call_id)
+            .cloned();
+        if let Some(mut rx) = pending {
+            // Returns when the sender is dropped, i.e. the answer is out.
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+        }
+    }
+
     /// Send a request through a flow as a client transaction.
     pub async fn send_request(self: &Arc<Self>, out: OutRequest) -> Outcome {
         let method = out.method.clone();
+        if method == "NOTIFY" {
+            self.after_subscribe_answered(&out.headers).await;
+        }
         let branch = format!("z9hG4bK{}", new_tag());
         let local = if out.flow.edge == self.cfg.id {
             out.flow.local

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use presence_sip::{HeaderAccess, Response};
+use presence_sip::{HeaderAccess, Message, Response};
 use std::time::Duration;
 
 /// Run a scenario `async fn name(tp: Tp)` as two tests, `name::udp` and `name::tcp`.
@@ -38,6 +38,7 @@ both!(
     digest_stale,
     robustness,
     retransmission,
+    answer_before_notify,
 );
 
 const SHORT: Duration = Duration::from_millis(1000);
@@ -995,4 +996,39 @@ mod no_call_id_400 {
     async fn tcp() {
         super::no_call_id_400(super::Tp::Tcp).await
     }
+}
+
+/// The 2xx to a SUBSCRIBE reaches the subscriber before the dialog's first
+/// NOTIFY, every time (the edge holds the NOTIFY until the answer is out).
+async fn answer_before_notify(tp: Tp) {
+    let s = start(None, None, &[]).await;
+    let mut bob = Ua::new(tp, s.sip, "bob").await;
+    let req = bob
+        .req("PUBLISH", &bob.aor.clone())
+        .h("Event", "presence")
+        .body(
+            "application/pidf+xml",
+            pidf(&bob.aor, "t1", true, "here").into_bytes(),
+        );
+    assert_eq!(bob.send(&req).await.code, 200);
+    let mut carol = Ua::new(tp, s.sip, "carol").await;
+    for round in 0..30 {
+        let req = carol
+            .req("SUBSCRIBE", &bob.aor)
+            .h("Event", "presence")
+            .h("Contact", format!("<{}>", carol.contact_uri()))
+            .h("Expires", "60");
+        carol.send_raw(&req.encode(tp, carol.local)).await;
+        let first = carol
+            .wait_for(WAIT, |m| !matches!(m, Message::Response(r) if r.code < 200))
+            .await
+            .expect("an answer or a NOTIFY");
+        match first {
+            Message::Response(r) => assert_eq!(r.code, 200, "round {round}"),
+            Message::Request(n) => panic!("round {round}: {} before the 200", n.method.as_str()),
+        }
+        let n = carol.notify().await;
+        assert!(body_str(&n).contains("here"), "round {round}");
+    }
+    s.shutdown().await;
 }
