@@ -4,9 +4,10 @@
 //! real servers.
 
 use crate::bus::{BusError, Requests, WorkQueue};
-use crate::store::{ExpiryKey, Op, Store};
+use crate::lease::{Lease, Leases};
+use crate::store::{ExpiryKey, Op, Store, StoreError};
 use bytes::Bytes;
-use presence_core::{Binding, Flow, Publication, Subscription, Transport, View};
+use presence_core::{shard_of, Binding, Flow, Publication, Subscription, Transport, View};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -55,11 +56,14 @@ fn subscription(id: &str, aor: &str, expires: u64) -> Subscription {
 }
 
 /// Storage contract.
-pub async fn store_contract(s: &dyn Store) {
+pub async fn store_contract(s: &dyn Store, shards: u32) {
+    assert!(shards >= 2, "the contract needs two shards");
     let a = "sip:alice@example.com";
+    // Every write goes to the shard of its AoR, as the compositor does.
+    let k = shard_of(a, shards);
     // Publications: put, read back oldest first, index their expiry.
     s.commit(
-        7,
+        k,
         vec![
             Op::PutPublication(publication(a, "e2", 5_000, 20)),
             Op::PutPublication(publication(a, "e1", 3_000, 10)),
@@ -75,30 +79,33 @@ pub async fn store_contract(s: &dyn Store) {
     assert!(s.publications(a, "dialog").await.expect("read").is_empty());
 
     // Expiry index: nothing due before the deadline, earliest first after.
-    assert!(s.due(7, 2_999, 10).await.expect("due").is_empty());
+    assert!(s.due(k, 2_999, 10).await.expect("due").is_empty());
     assert!(
-        s.due(8, 10_000, 10).await.expect("due").is_empty(),
+        s.due((k + 1) % shards, 10_000, 10)
+            .await
+            .expect("due")
+            .is_empty(),
         "other shard"
     );
-    let due = s.due(7, 5_000, 10).await.expect("due");
+    let due = s.due(k, 5_000, 10).await.expect("due");
     assert_eq!(
         due.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
         vec![3_000, 5_000]
     );
-    assert_eq!(s.due(7, 5_000, 1).await.expect("due").len(), 1, "limit");
+    assert_eq!(s.due(k, 5_000, 1).await.expect("due").len(), 1, "limit");
     // Entries stay until a commit handles them.
-    assert_eq!(s.due(7, 5_000, 10).await.expect("due").len(), 2);
+    assert_eq!(s.due(k, 5_000, 10).await.expect("due").len(), 2);
     // Refresh moves the deadline (one entry per record).
-    s.commit(7, vec![Op::PutPublication(publication(a, "e1", 9_000, 10))])
+    s.commit(k, vec![Op::PutPublication(publication(a, "e1", 9_000, 10))])
         .await
         .expect("commit");
-    let due = s.due(7, 9_000, 10).await.expect("due");
+    let due = s.due(k, 9_000, 10).await.expect("due");
     assert_eq!(
         due.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
         vec![5_000, 9_000]
     );
     s.commit(
-        7,
+        k,
         vec![Op::DeletePublication {
             aor: a.into(),
             event: "presence".into(),
@@ -108,9 +115,9 @@ pub async fn store_contract(s: &dyn Store) {
     .await
     .expect("commit");
     assert_eq!(s.publications(a, "presence").await.expect("read").len(), 1);
-    assert_eq!(s.due(7, 9_000, 10).await.expect("due").len(), 1);
+    assert_eq!(s.due(k, 9_000, 10).await.expect("due").len(), 1);
     s.commit(
-        7,
+        k,
         vec![Op::Unindex(ExpiryKey::Publication {
             aor: a.into(),
             event: "presence".into(),
@@ -119,7 +126,7 @@ pub async fn store_contract(s: &dyn Store) {
     )
     .await
     .expect("commit");
-    assert!(s.due(7, u64::MAX, 10).await.expect("due").is_empty());
+    assert!(s.due(k, u64::MAX, 10).await.expect("due").is_empty());
 
     // Documents: versions start at 1 and only go up.
     let doc = |body: &str| Op::PutDocument {
@@ -129,11 +136,11 @@ pub async fn store_contract(s: &dyn Store) {
         body: Bytes::from(body.to_string()),
     };
     assert_eq!(
-        s.commit(7, vec![doc("one")]).await.expect("commit"),
+        s.commit(k, vec![doc("one")]).await.expect("commit"),
         vec![1]
     );
     assert_eq!(
-        s.commit(7, vec![doc("two"), doc("three")])
+        s.commit(k, vec![doc("two"), doc("three")])
             .await
             .expect("commit"),
         vec![2, 3]
@@ -144,7 +151,7 @@ pub async fn store_contract(s: &dyn Store) {
 
     // Subscriptions and the watcher list.
     s.commit(
-        7,
+        k,
         vec![
             Op::PutSubscription(subscription("s1", a, 60_000)),
             Op::PutSubscription(subscription("s2", a, 30_000)),
@@ -170,15 +177,15 @@ pub async fn store_contract(s: &dyn Store) {
         "call-s1"
     );
     assert_eq!(
-        s.due(7, 30_000, 10).await.expect("due"),
+        s.due(k, 30_000, 10).await.expect("due"),
         vec![(30_000, ExpiryKey::Subscription { id: "s2".into() })]
     );
-    s.commit(7, vec![Op::DeleteSubscription { id: "s2".into() }])
+    s.commit(k, vec![Op::DeleteSubscription { id: "s2".into() }])
         .await
         .expect("commit");
     assert!(s.subscription("s2").await.expect("read").is_none());
     assert_eq!(s.watchers(a, "presence").await.expect("read").len(), 1);
-    assert!(s.due(7, 30_000, 10).await.expect("due").is_empty());
+    assert!(s.due(k, 30_000, 10).await.expect("due").is_empty());
 
     // Bindings: replaced as a set, indexed at the earliest expiry.
     let b = |uri: &str, exp: u64| Binding {
@@ -193,7 +200,7 @@ pub async fn store_contract(s: &dyn Store) {
         q: None,
     };
     s.commit(
-        7,
+        k,
         vec![
             Op::PutBindings {
                 aor: a.into(),
@@ -208,18 +215,18 @@ pub async fn store_contract(s: &dyn Store) {
     assert!(s.is_known(a).await.expect("read"));
     assert!(!s.is_known("sip:nobody@example.com").await.expect("read"));
     assert!(s
-        .due(7, 69_999, 10)
+        .due(k, 69_999, 10)
         .await
         .expect("due")
         .iter()
         .all(|(_, k)| !matches!(k, ExpiryKey::Bindings { .. })));
     assert!(s
-        .due(7, 70_000, 10)
+        .due(k, 70_000, 10)
         .await
         .expect("due")
         .contains(&(70_000, ExpiryKey::Bindings { aor: a.into() })));
     s.commit(
-        7,
+        k,
         vec![Op::PutBindings {
             aor: a.into(),
             bindings: vec![],
@@ -231,7 +238,7 @@ pub async fn store_contract(s: &dyn Store) {
 
     // Hard state.
     s.commit(
-        7,
+        k,
         vec![Op::PutHardState {
             aor: a.into(),
             event: "presence".into(),
@@ -245,7 +252,7 @@ pub async fn store_contract(s: &dyn Store) {
         Some(&b"hs"[..])
     );
     s.commit(
-        7,
+        k,
         vec![Op::DeleteHardState {
             aor: a.into(),
             event: "presence".into(),
@@ -263,6 +270,198 @@ pub async fn store_contract(s: &dyn Store) {
 
     let c = s.counts().await.expect("counts");
     assert_eq!((c.subscriptions, c.bindings, c.documents), (1, 0, 1));
+}
+
+/// Lease and fenced-commit contract: `store` and `leases` are the same
+/// backend. Uses the shard of its AoR and the next one, and a few hundred milliseconds of (real or
+/// paused) tokio time for one lease to run out.
+pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32) {
+    assert!(shards >= 2, "the contract needs two shards");
+    let a = "sip:fenced@example.com";
+    let (k, other) = (shard_of(a, shards), (shard_of(a, shards) + 1) % shards);
+    let long = Duration::from_secs(30);
+    let doc = |body: &str| Op::PutDocument {
+        aor: a.into(),
+        event: "presence".into(),
+        content_type: "application/pidf+xml".into(),
+        body: Bytes::from(body.to_string()),
+    };
+    let version = || async {
+        store
+            .document(a, "presence")
+            .await
+            .expect("read")
+            .map(|d| d.version)
+    };
+
+    // Nobody holds the shard: nothing passes a fence.
+    assert_eq!(leases.owner_of(k).await.expect("owner"), None);
+    assert_eq!(
+        store.commit_fenced(k, 1, vec![doc("x")]).await,
+        Err(StoreError::Fenced)
+    );
+    assert_eq!(version().await, None);
+
+    // Acquire; a second owner is refused while the lease lives.
+    let t1 = leases
+        .acquire(k, "owner-a", long)
+        .await
+        .expect("acquire")
+        .expect("free shard");
+    assert_eq!(
+        leases.acquire(k, "owner-b", long).await.expect("acquire"),
+        None
+    );
+    assert_eq!(
+        leases.owner_of(k).await.expect("owner"),
+        Some(Lease {
+            owner: "owner-a".into(),
+            token: t1
+        })
+    );
+    // Leases are per shard.
+    let t_other = leases
+        .acquire(other, "owner-b", long)
+        .await
+        .expect("acquire")
+        .expect("free shard");
+
+    // The holder's token passes, any other is fenced and changes nothing.
+    assert_eq!(
+        store.commit_fenced(k, t1, vec![doc("one")]).await,
+        Ok(vec![1])
+    );
+    assert_eq!(
+        store.commit_fenced(k, t1 + 1, vec![doc("x")]).await,
+        Err(StoreError::Fenced)
+    );
+    assert_eq!(version().await, Some(1));
+    assert_eq!(
+        store.commit_fenced(other, t_other, vec![]).await,
+        Ok(vec![]),
+        "other shard, own token"
+    );
+
+    // Renew: only the holder with its token.
+    assert!(leases.renew(k, "owner-a", t1, long).await.expect("renew"));
+    assert!(!leases.renew(k, "owner-b", t1, long).await.expect("renew"));
+    assert!(!leases
+        .renew(k, "owner-a", t1 + 1, long)
+        .await
+        .expect("renew"));
+
+    // The holder stops renewing: once its lease runs out another owner takes
+    // the shard with a greater token.
+    assert!(leases
+        .renew(k, "owner-a", t1, Duration::from_millis(300))
+        .await
+        .expect("renew"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let t2 = loop {
+        if let Some(t) = leases.acquire(k, "owner-b", long).await.expect("acquire") {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(t2 > t1, "fencing tokens go up across owners");
+    assert_eq!(
+        leases.owner_of(k).await.expect("owner"),
+        Some(Lease {
+            owner: "owner-b".into(),
+            token: t2
+        })
+    );
+
+    // The stale owner's writes fail and change nothing.
+    let stale = store
+        .commit_fenced(
+            k,
+            t1,
+            vec![
+                Op::PutPublication(publication(a, "stale", 5_000, 1)),
+                doc("stale"),
+                Op::MarkKnown { aor: a.into() },
+                Op::PutSubscription(subscription("stale-sub", a, 5_000)),
+            ],
+        )
+        .await;
+    assert_eq!(stale, Err(StoreError::Fenced));
+    assert!(store
+        .publications(a, "presence")
+        .await
+        .expect("read")
+        .is_empty());
+    assert_eq!(version().await, Some(1));
+    assert!(!store.is_known(a).await.expect("read"));
+    assert!(store
+        .subscription("stale-sub")
+        .await
+        .expect("read")
+        .is_none());
+    assert!(store.due(k, u64::MAX, 10).await.expect("due").is_empty());
+    assert!(!leases.renew(k, "owner-a", t1, long).await.expect("renew"));
+    // Nor can it release the new owner's lease.
+    leases.release(k, "owner-a", t1).await.expect("release");
+    assert_eq!(
+        leases.owner_of(k).await.expect("owner").map(|l| l.token),
+        Some(t2)
+    );
+
+    // The new owner writes on top of the old state.
+    assert_eq!(
+        store.commit_fenced(k, t2, vec![doc("two")]).await,
+        Ok(vec![2])
+    );
+
+    // Graceful hand-back: the shard is free at once, the old token is dead,
+    // and the next token is still greater.
+    leases.release(k, "owner-b", t2).await.expect("release");
+    assert_eq!(leases.owner_of(k).await.expect("owner"), None);
+    assert_eq!(
+        store.commit_fenced(k, t2, vec![doc("x")]).await,
+        Err(StoreError::Fenced)
+    );
+    let t3 = leases
+        .acquire(k, "owner-a", long)
+        .await
+        .expect("acquire")
+        .expect("released shard");
+    assert!(t3 > t2);
+    // Re-acquiring one's own shard replaces the token.
+    let t4 = leases
+        .acquire(k, "owner-a", long)
+        .await
+        .expect("acquire")
+        .expect("own shard");
+    assert!(t4 > t3);
+    assert_eq!(
+        store.commit_fenced(k, t3, vec![doc("x")]).await,
+        Err(StoreError::Fenced)
+    );
+    assert_eq!(
+        store.commit_fenced(k, t4, vec![doc("three")]).await,
+        Ok(vec![3])
+    );
+
+    // Plain commit (the all-in-one mode) ignores leases.
+    assert_eq!(store.commit(k, vec![doc("four")]).await, Ok(vec![4]));
+    let d = store
+        .document(a, "presence")
+        .await
+        .expect("read")
+        .expect("doc");
+    assert_eq!((d.version, d.body.as_ref()), (4, &b"four"[..]));
+
+    leases.release(k, "owner-a", t4).await.expect("release");
+    leases
+        .release(other, "owner-b", t_other)
+        .await
+        .expect("release");
+    assert_eq!(leases.owner_of(other).await.expect("owner"), None);
 }
 
 /// Request/reply contract. Runs under paused tokio time.

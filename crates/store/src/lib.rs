@@ -8,9 +8,11 @@
 
 pub mod bus;
 pub mod contract;
+pub mod lease;
 pub mod memory;
 pub mod store;
 
 pub use bus::{BusError, Delivery, Incoming, MemoryBus, MemoryQueue, Requests, WorkQueue};
+pub use lease::{Lease, Leases};
 pub use memory::MemoryStore;
-pub use store::{Counts, ExpiryKey, Op, Store, StoreError};
+pub use store::{Counts, ExpiryKey, Op, Store, StoreError, StoreResult};

@@ -1,12 +1,15 @@
 //! In-memory store: the embedded backend of the all-in-one server and of
 //! unit tests. One lock, held only for the few microseconds of a batch.
 
-use crate::store::{Counts, ExpiryKey, Op, Store, StoreResult};
+use crate::lease::{Lease, Leases};
+use crate::store::{Counts, ExpiryKey, Op, Store, StoreError, StoreResult};
 use async_trait::async_trait;
 use bytes::Bytes;
 use presence_core::{Binding, Document, Publication, Subscription};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Default)]
 struct ShardIndex {
@@ -42,6 +45,19 @@ struct Inner {
     known: HashSet<String>,
     cseq: HashMap<String, u32>,
     index: HashMap<u32, ShardIndex>,
+    /// shard → (owner, token, expires)
+    leases: HashMap<u32, (String, u64, Instant)>,
+    /// shard → last token handed out (never goes back)
+    fences: HashMap<u32, u64>,
+}
+
+impl Inner {
+    /// The live lease of `shard` (tokio time, so paused-time tests work).
+    fn live_lease(&self, shard: u32) -> Option<&(String, u64, Instant)> {
+        self.leases
+            .get(&shard)
+            .filter(|(_, _, until)| *until > Instant::now())
+    }
 }
 
 #[derive(Default)]
@@ -65,119 +81,130 @@ fn pair(a: &str, e: &str) -> Pair {
     (a.to_string(), e.to_string())
 }
 
+/// Apply one batch to the locked state.
+fn apply(inner: &mut Inner, shard: u32, ops: Vec<Op>) -> Vec<u64> {
+    let mut versions = Vec::new();
+    for op in ops {
+        match op {
+            Op::PutPublication(p) => {
+                let key = ExpiryKey::Publication {
+                    aor: p.aor.clone(),
+                    event: p.event.clone(),
+                    etag: p.etag.clone(),
+                };
+                inner
+                    .index
+                    .entry(shard)
+                    .or_default()
+                    .set(key, p.expires_at_ms);
+                inner
+                    .publications
+                    .entry(pair(&p.aor, &p.event))
+                    .or_default()
+                    .insert(p.etag.clone(), p);
+            }
+            Op::DeletePublication { aor, event, etag } => {
+                let k = pair(&aor, &event);
+                if let Some(m) = inner.publications.get_mut(&k) {
+                    m.remove(&etag);
+                    if m.is_empty() {
+                        inner.publications.remove(&k);
+                    }
+                }
+                inner
+                    .index
+                    .entry(shard)
+                    .or_default()
+                    .remove(&ExpiryKey::Publication { aor, event, etag });
+            }
+            Op::PutBindings { aor, bindings } => {
+                let key = ExpiryKey::Bindings { aor: aor.clone() };
+                let idx = inner.index.entry(shard).or_default();
+                match bindings.iter().map(|b| b.expires_at_ms).min() {
+                    Some(d) => idx.set(key, d),
+                    None => idx.remove(&key),
+                }
+                if bindings.is_empty() {
+                    inner.bindings.remove(&aor);
+                } else {
+                    inner.bindings.insert(aor, bindings);
+                }
+            }
+            Op::PutSubscription(s) => {
+                inner.index.entry(shard).or_default().set(
+                    ExpiryKey::Subscription { id: s.id.clone() },
+                    s.expires_at_ms,
+                );
+                inner
+                    .watchers
+                    .entry(pair(&s.aor, &s.event))
+                    .or_default()
+                    .insert(s.id.clone());
+                inner.subscriptions.insert(s.id.clone(), s);
+            }
+            Op::DeleteSubscription { id } => {
+                if let Some(s) = inner.subscriptions.remove(&id) {
+                    let k = pair(&s.aor, &s.event);
+                    if let Some(w) = inner.watchers.get_mut(&k) {
+                        w.remove(&id);
+                        if w.is_empty() {
+                            inner.watchers.remove(&k);
+                        }
+                    }
+                }
+                inner
+                    .index
+                    .entry(shard)
+                    .or_default()
+                    .remove(&ExpiryKey::Subscription { id });
+            }
+            Op::PutDocument {
+                aor,
+                event,
+                content_type,
+                body,
+            } => {
+                let k = pair(&aor, &event);
+                let version = inner.documents.get(&k).map(|d| d.version).unwrap_or(0) + 1;
+                inner.documents.insert(
+                    k,
+                    Document {
+                        aor,
+                        event,
+                        version,
+                        content_type,
+                        body,
+                    },
+                );
+                versions.push(version);
+            }
+            Op::PutHardState { aor, event, body } => {
+                inner.hard.insert(pair(&aor, &event), body);
+            }
+            Op::DeleteHardState { aor, event } => {
+                inner.hard.remove(&pair(&aor, &event));
+            }
+            Op::MarkKnown { aor } => {
+                inner.known.insert(aor);
+            }
+            Op::Unindex(key) => inner.index.entry(shard).or_default().remove(&key),
+        }
+    }
+    versions
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     async fn commit(&self, shard: u32, ops: Vec<Op>) -> StoreResult<Vec<u64>> {
+        Ok(apply(&mut self.lock(), shard, ops))
+    }
+
+    async fn commit_fenced(&self, shard: u32, fence: u64, ops: Vec<Op>) -> StoreResult<Vec<u64>> {
         let mut g = self.lock();
-        let inner = &mut *g;
-        let mut versions = Vec::new();
-        for op in ops {
-            match op {
-                Op::PutPublication(p) => {
-                    let key = ExpiryKey::Publication {
-                        aor: p.aor.clone(),
-                        event: p.event.clone(),
-                        etag: p.etag.clone(),
-                    };
-                    inner
-                        .index
-                        .entry(shard)
-                        .or_default()
-                        .set(key, p.expires_at_ms);
-                    inner
-                        .publications
-                        .entry(pair(&p.aor, &p.event))
-                        .or_default()
-                        .insert(p.etag.clone(), p);
-                }
-                Op::DeletePublication { aor, event, etag } => {
-                    let k = pair(&aor, &event);
-                    if let Some(m) = inner.publications.get_mut(&k) {
-                        m.remove(&etag);
-                        if m.is_empty() {
-                            inner.publications.remove(&k);
-                        }
-                    }
-                    inner
-                        .index
-                        .entry(shard)
-                        .or_default()
-                        .remove(&ExpiryKey::Publication { aor, event, etag });
-                }
-                Op::PutBindings { aor, bindings } => {
-                    let key = ExpiryKey::Bindings { aor: aor.clone() };
-                    let idx = inner.index.entry(shard).or_default();
-                    match bindings.iter().map(|b| b.expires_at_ms).min() {
-                        Some(d) => idx.set(key, d),
-                        None => idx.remove(&key),
-                    }
-                    if bindings.is_empty() {
-                        inner.bindings.remove(&aor);
-                    } else {
-                        inner.bindings.insert(aor, bindings);
-                    }
-                }
-                Op::PutSubscription(s) => {
-                    inner.index.entry(shard).or_default().set(
-                        ExpiryKey::Subscription { id: s.id.clone() },
-                        s.expires_at_ms,
-                    );
-                    inner
-                        .watchers
-                        .entry(pair(&s.aor, &s.event))
-                        .or_default()
-                        .insert(s.id.clone());
-                    inner.subscriptions.insert(s.id.clone(), s);
-                }
-                Op::DeleteSubscription { id } => {
-                    if let Some(s) = inner.subscriptions.remove(&id) {
-                        let k = pair(&s.aor, &s.event);
-                        if let Some(w) = inner.watchers.get_mut(&k) {
-                            w.remove(&id);
-                            if w.is_empty() {
-                                inner.watchers.remove(&k);
-                            }
-                        }
-                    }
-                    inner
-                        .index
-                        .entry(shard)
-                        .or_default()
-                        .remove(&ExpiryKey::Subscription { id });
-                }
-                Op::PutDocument {
-                    aor,
-                    event,
-                    content_type,
-                    body,
-                } => {
-                    let k = pair(&aor, &event);
-                    let version = inner.documents.get(&k).map(|d| d.version).unwrap_or(0) + 1;
-                    inner.documents.insert(
-                        k,
-                        Document {
-                            aor,
-                            event,
-                            version,
-                            content_type,
-                            body,
-                        },
-                    );
-                    versions.push(version);
-                }
-                Op::PutHardState { aor, event, body } => {
-                    inner.hard.insert(pair(&aor, &event), body);
-                }
-                Op::DeleteHardState { aor, event } => {
-                    inner.hard.remove(&pair(&aor, &event));
-                }
-                Op::MarkKnown { aor } => {
-                    inner.known.insert(aor);
-                }
-                Op::Unindex(key) => inner.index.entry(shard).or_default().remove(&key),
-            }
+        if g.live_lease(shard).map(|l| l.1) != Some(fence) {
+            return Err(StoreError::Fenced);
         }
-        Ok(versions)
+        Ok(apply(&mut g, shard, ops))
     }
 
     async fn publications(&self, aor: &str, event: &str) -> StoreResult<Vec<Publication>> {
@@ -264,10 +291,70 @@ impl Store for MemoryStore {
     }
 }
 
+#[async_trait]
+impl Leases for MemoryStore {
+    async fn acquire(&self, shard: u32, owner: &str, ttl: Duration) -> StoreResult<Option<u64>> {
+        let mut g = self.lock();
+        if g.live_lease(shard).is_some_and(|l| l.0 != owner) {
+            return Ok(None);
+        }
+        let fence = g.fences.entry(shard).or_insert(0);
+        *fence += 1;
+        let token = *fence;
+        g.leases
+            .insert(shard, (owner.to_string(), token, Instant::now() + ttl));
+        Ok(Some(token))
+    }
+
+    async fn renew(&self, shard: u32, owner: &str, token: u64, ttl: Duration) -> StoreResult<bool> {
+        let mut g = self.lock();
+        if !g
+            .live_lease(shard)
+            .is_some_and(|l| l.0 == owner && l.1 == token)
+        {
+            return Ok(false);
+        }
+        if let Some(l) = g.leases.get_mut(&shard) {
+            l.2 = Instant::now() + ttl;
+        }
+        Ok(true)
+    }
+
+    async fn release(&self, shard: u32, owner: &str, token: u64) -> StoreResult<()> {
+        let mut g = self.lock();
+        if g.leases
+            .get(&shard)
+            .is_some_and(|l| l.0 == owner && l.1 == token)
+        {
+            g.leases.remove(&shard);
+        }
+        Ok(())
+    }
+
+    async fn owner_of(&self, shard: u32) -> StoreResult<Option<Lease>> {
+        Ok(self.lock().live_lease(shard).map(|l| Lease {
+            owner: l.0.clone(),
+            token: l.1,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]
     async fn memory_store_passes_the_contract() {
-        crate::contract::store_contract(&crate::MemoryStore::new()).await;
+        crate::contract::store_contract(&crate::MemoryStore::new(), 256).await;
+    }
+
+    #[tokio::test]
+    async fn memory_store_passes_the_lease_contract() {
+        let s = crate::MemoryStore::new();
+        crate::contract::lease_contract(&s, &s, 256).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_store_passes_the_lease_contract_in_paused_time() {
+        let s = crate::MemoryStore::new();
+        crate::contract::lease_contract(&s, &s, 256).await;
     }
 }

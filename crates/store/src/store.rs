@@ -91,6 +91,12 @@ pub trait Store: Send + Sync + 'static {
     /// in order.
     async fn commit(&self, shard: u32, ops: Vec<Op>) -> StoreResult<Vec<u64>>;
 
+    /// [`Store::commit`] under a fence: applied only if `fence` is the token
+    /// of `shard`'s live lease (see [`crate::Leases`]), checked atomically with
+    /// the batch. Otherwise nothing changes and the result is
+    /// [`StoreError::Fenced`].
+    async fn commit_fenced(&self, shard: u32, fence: u64, ops: Vec<Op>) -> StoreResult<Vec<u64>>;
+
     async fn publications(&self, aor: &str, event: &str) -> StoreResult<Vec<Publication>>;
     async fn bindings(&self, aor: &str) -> StoreResult<Vec<Binding>>;
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>>;

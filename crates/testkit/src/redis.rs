@@ -1,1 +1,266 @@
 //! Real `redis-server` processes: standalone, and a 3-master Redis Cluster.
+//!
+//! Each server runs on free ports in a fresh temporary directory, without
+//! persistence (`--save '' --appendonly no`), and is killed (its directory
+//! removed) when its handle drops. Std only: a minimal RESP client is enough
+//! to wait for readiness.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str = "redis-server is not installed: apt-get install -y redis-server";
+
+/// How long a server may take to answer PING, or a cluster to turn `ok`.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+fn fresh_dir(kind: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "presence-{kind}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}
+
+fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Child {
+    let mut cmd = Command::new("redis-server");
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .arg("--save")
+        .arg("")
+        .arg("--appendonly")
+        .arg("no")
+        .arg("--daemonize")
+        .arg("no")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL}"),
+        Err(e) => panic!("cannot start redis-server: {e}"),
+    }
+}
+
+/// Send one command (RESP array of bulk strings) and read one reply, as text.
+/// Errors come back as `Err` with the server's message. Arrays are not
+/// supported (the harness does not need them).
+pub fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&out)?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end().to_string();
+    let bad = |m: String| std::io::Error::other(m);
+    match line.as_bytes().first() {
+        Some(b'+') | Some(b':') => Ok(line[1..].to_string()),
+        Some(b'-') => Err(bad(line[1..].to_string())),
+        Some(b'$') => {
+            let n: i64 = line[1..].parse().map_err(|_| bad(line.clone()))?;
+            if n < 0 {
+                return Ok(String::new());
+            }
+            let mut buf = vec![0u8; n as usize + 2];
+            r.read_exact(&mut buf)?;
+            buf.truncate(n as usize);
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        _ => Err(bad(format!("unexpected reply {line:?}"))),
+    }
+}
+
+fn wait_for_ping(child: &mut Child, port: u16) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < READY_WITHIN {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false; // exited: most likely the port was taken meanwhile
+        }
+        if command(port, &["PING"]).is_ok_and(|r| r == "PONG") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// One node: a child process on a port, in its own directory.
+struct Node {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Node {
+    /// Start a node, retrying on fresh ports if one was taken meanwhile.
+    fn start(kind: &str, extra: impl Fn() -> Vec<String>) -> Node {
+        let dir = fresh_dir(kind);
+        for _ in 0..5 {
+            let port = crate::free_port();
+            let mut child = spawn_server(&dir, port, &extra());
+            if wait_for_ping(&mut child, port) {
+                return Node {
+                    child: Some(child),
+                    port,
+                    dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        panic!("redis-server did not answer PING; its log:\n{log}");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A standalone `redis-server` on a free port.
+pub struct RedisServer {
+    node: Node,
+}
+
+impl RedisServer {
+    /// Start it and wait until it answers PING. Panics (with the install
+    /// command) if `redis-server` is missing.
+    pub fn start() -> RedisServer {
+        RedisServer {
+            node: Node::start("redis", Vec::new),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.node.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.node.port)
+    }
+
+    /// Kill the server now (`kill -9`), for failure tests.
+    pub fn kill(&mut self) {
+        self.node.kill();
+    }
+}
+
+/// A Redis Cluster of masters only, each on free ports, every slot assigned.
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+}
+
+impl RedisCluster {
+    /// Start `masters` nodes (at least 3, as Redis Cluster requires), join
+    /// them with `redis-cli --cluster create`, and wait until every node
+    /// reports `cluster_state:ok`.
+    pub fn start(masters: usize) -> RedisCluster {
+        assert!(masters >= 3, "Redis Cluster needs at least 3 masters");
+        let nodes: Vec<Node> = (0..masters)
+            .map(|_| {
+                Node::start("redis-cluster", || {
+                    // The cluster bus port must be free too; by default it is
+                    // port + 10000, which nobody checked.
+                    vec![
+                        "--cluster-enabled".into(),
+                        "yes".into(),
+                        "--cluster-config-file".into(),
+                        "nodes.conf".into(),
+                        "--cluster-node-timeout".into(),
+                        "2000".into(),
+                        "--cluster-port".into(),
+                        crate::free_port().to_string(),
+                    ]
+                })
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        create
+            .arg("--cluster-replicas")
+            .arg("0")
+            .arg("--cluster-yes")
+            .stdin(Stdio::null());
+        let out = match create.output() {
+            Ok(o) => o,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL}"),
+            Err(e) => panic!("cannot run redis-cli: {e}"),
+        };
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let start = Instant::now();
+        loop {
+            let ok = nodes.iter().all(|n| {
+                command(n.port, &["CLUSTER", "INFO"]).is_ok_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                start.elapsed() < READY_WITHIN,
+                "Redis Cluster did not reach cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { nodes }
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports()
+            .into_iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Kill node `i` now (`kill -9`), for failure tests.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.kill();
+        }
+    }
+}

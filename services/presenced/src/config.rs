@@ -114,6 +114,9 @@ pub struct Faults {
     /// When N > 0, the notifier silently skips every Nth NOTIFY it would send
     /// and behaves as if the watcher had answered 200.
     pub skip_notify_every: u32,
+    /// Hold every answer to a SUBSCRIBE this long before sending it, so that
+    /// the dialog's first NOTIFY is ready first.
+    pub delay_subscribe_answer_ms: u64,
 }
 
 impl Config {

@@ -67,6 +67,8 @@ pub struct EdgeConfig {
     pub max_message: usize,
     pub shards: u32,
     pub packages: Registry,
+    /// Test-only: see `config::Faults::delay_subscribe_answer_ms`.
+    pub delay_subscribe_answer: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -547,6 +549,9 @@ impl Edge {
             _ => None,
         };
         let resp = self.handle(&req, src).await;
+        if answering.is_some() && !self.cfg.delay_subscribe_answer.is_zero() {
+            tokio::time::sleep(self.cfg.delay_subscribe_answer).await;
+        }
         let code = resp.code();
         let bytes = Bytes::from(resp.encode());
         if let Some(key) = key {

@@ -131,6 +131,9 @@ pub async fn start_all(cfg: Config) -> std::io::Result<Server> {
             max_message: cfg.max_message_size,
             shards: cfg.shards,
             packages,
+            delay_subscribe_answer: std::time::Duration::from_millis(
+                cfg.faults.delay_subscribe_answer_ms,
+            ),
         },
         shards_bus.clone(),
         clock,

@@ -4,6 +4,12 @@
 use clap::Parser;
 use presenced::config::{Args, Config};
 
+/// The server allocates many small, short-lived buffers on several threads
+/// (one set per message); glibc's allocator spent about 40% of the CPU on them
+/// in the fan-out profile (docs/benchmarks.md), mimalloc a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let cfg = match Config::from_args(&args) {

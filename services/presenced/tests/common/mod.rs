@@ -99,6 +99,16 @@ impl TestServer {
 
 /// Start a server on free ports; `users` / `policy` are file contents.
 pub async fn start(users: Option<&str>, policy: Option<&str>, extra: &[&str]) -> TestServer {
+    start_with_faults(users, policy, extra, presenced::config::Faults::default()).await
+}
+
+/// [`start`] with test-only fault hooks switched on.
+pub async fn start_with_faults(
+    users: Option<&str>,
+    policy: Option<&str>,
+    extra: &[&str],
+    faults: presenced::config::Faults,
+) -> TestServer {
     let mut args: Vec<String> = [
         "presenced",
         "--sip-listen",
@@ -129,7 +139,8 @@ pub async fn start(users: Option<&str>, policy: Option<&str>, extra: &[&str]) ->
     args.extend(extra.iter().map(|s| s.to_string()));
     use clap::Parser;
     let parsed = presenced::config::Args::parse_from(&args);
-    let cfg = presenced::config::Config::from_args(&parsed).expect("valid config");
+    let mut cfg = presenced::config::Config::from_args(&parsed).expect("valid config");
+    cfg.faults = faults;
     let server = presenced::start_all(cfg).await.expect("server starts");
     TestServer {
         sip: server.sip_addrs[0],

@@ -1,0 +1,481 @@
+//! Compact binary encoding of the records kept in Redis: a format byte, then
+//! fields in a fixed order, integers as LEB128 varints, strings and bodies as
+//! varint length + bytes. Fields that the key already names (the AoR and
+//! event of a publication, the AoR of a binding list) are not repeated.
+//! Decoding never panics: bad input is `None`.
+
+use bytes::Bytes;
+use presence_core::{Binding, Flow, Publication, Subscription, Transport, View};
+use presence_store::ExpiryKey;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+const FORMAT: u8 = 1;
+
+#[derive(Default)]
+struct W(Vec<u8>);
+
+impl W {
+    fn new() -> W {
+        W(vec![FORMAT])
+    }
+    fn u64(&mut self, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.0.push(b);
+                return;
+            }
+            self.0.push(b | 0x80);
+        }
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.0.push(1);
+                self.str(s);
+            }
+            None => self.0.push(0),
+        }
+    }
+    fn strs(&mut self, v: &[String]) {
+        self.u64(v.len() as u64);
+        for s in v {
+            self.str(s);
+        }
+    }
+    fn addr(&mut self, a: &SocketAddr) {
+        match a.ip() {
+            IpAddr::V4(ip) => {
+                self.0.push(4);
+                self.0.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                self.0.push(6);
+                self.0.extend_from_slice(&ip.octets());
+            }
+        }
+        self.0.extend_from_slice(&a.port().to_be_bytes());
+    }
+    fn flow(&mut self, f: &Flow) {
+        self.0.push(match f.transport {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+        });
+        self.addr(&f.remote);
+        self.addr(&f.local);
+        self.str(&f.edge);
+        self.u64(f.conn);
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl<'a> R<'a> {
+    fn new(b: &'a [u8]) -> Option<R<'a>> {
+        match b.split_first() {
+            Some((&FORMAT, rest)) => Some(R(rest)),
+            _ => None,
+        }
+    }
+    fn u8(&mut self) -> Option<u8> {
+        let (b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*b)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn u32(&mut self) -> Option<u32> {
+        u32::try_from(self.u64()?).ok()
+    }
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(a)
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        self.take(n)
+    }
+    fn str(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+    fn opt_str(&mut self) -> Option<Option<String>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => Some(Some(self.str()?)),
+            _ => None,
+        }
+    }
+    fn strs(&mut self) -> Option<Vec<String>> {
+        let n = self.u64()?;
+        // Each string takes at least one byte: bound the allocation.
+        if n > self.0.len() as u64 {
+            return None;
+        }
+        (0..n).map(|_| self.str()).collect()
+    }
+    fn addr(&mut self) -> Option<SocketAddr> {
+        let ip = match self.u8()? {
+            4 => {
+                let o: [u8; 4] = self.take(4)?.try_into().ok()?;
+                IpAddr::V4(Ipv4Addr::from(o))
+            }
+            6 => {
+                let o: [u8; 16] = self.take(16)?.try_into().ok()?;
+                IpAddr::V6(Ipv6Addr::from(o))
+            }
+            _ => return None,
+        };
+        let p: [u8; 2] = self.take(2)?.try_into().ok()?;
+        Some(SocketAddr::new(ip, u16::from_be_bytes(p)))
+    }
+    fn flow(&mut self) -> Option<Flow> {
+        let transport = match self.u8()? {
+            0 => Transport::Udp,
+            1 => Transport::Tcp,
+            _ => return None,
+        };
+        Some(Flow {
+            transport,
+            remote: self.addr()?,
+            local: self.addr()?,
+            edge: self.str()?,
+            conn: self.u64()?,
+        })
+    }
+    fn end(self) -> Option<()> {
+        self.0.is_empty().then_some(())
+    }
+}
+
+/// A publication without its AoR and event (the key names them).
+pub fn encode_publication(p: &Publication) -> Vec<u8> {
+    let mut w = W::new();
+    w.str(&p.etag);
+    w.u64(p.expires_at_ms);
+    w.str(&p.content_type);
+    w.bytes(&p.body);
+    w.u64(p.modified_ms);
+    w.u64(p.seq);
+    w.0
+}
+
+pub fn decode_publication(aor: &str, event: &str, b: &[u8]) -> Option<Publication> {
+    let mut r = R::new(b)?;
+    let p = Publication {
+        etag: r.str()?,
+        aor: aor.to_string(),
+        event: event.to_string(),
+        expires_at_ms: r.u64()?,
+        content_type: r.str()?,
+        body: Bytes::copy_from_slice(r.bytes()?),
+        modified_ms: r.u64()?,
+        seq: r.u64()?,
+    };
+    r.end()?;
+    Some(p)
+}
+
+/// An AoR's binding list without the AoR (the key names it).
+pub fn encode_bindings(list: &[Binding]) -> Vec<u8> {
+    let mut w = W::new();
+    w.u64(list.len() as u64);
+    for b in list {
+        w.str(&b.uri);
+        w.str(&b.params);
+        w.u64(b.expires_at_ms);
+        w.str(&b.call_id);
+        w.u64(b.cseq as u64);
+        w.flow(&b.flow);
+        match &b.methods {
+            Some(m) => {
+                w.0.push(1);
+                w.strs(m);
+            }
+            None => w.0.push(0),
+        }
+        w.opt_str(b.q.as_deref());
+    }
+    w.0
+}
+
+pub fn decode_bindings(aor: &str, b: &[u8]) -> Option<Vec<Binding>> {
+    let mut r = R::new(b)?;
+    let n = r.u64()?;
+    if n > b.len() as u64 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        out.push(Binding {
+            aor: aor.to_string(),
+            uri: r.str()?,
+            params: r.str()?,
+            expires_at_ms: r.u64()?,
+            call_id: r.str()?,
+            cseq: r.u32()?,
+            flow: r.flow()?,
+            methods: match r.u8()? {
+                0 => None,
+                1 => Some(r.strs()?),
+                _ => return None,
+            },
+            q: r.opt_str()?,
+        });
+    }
+    r.end()?;
+    Some(out)
+}
+
+/// A subscription without its AoR and event: the stored value starts with
+/// the watcher-set key suffix (`<event>:<aor>`), which names them, so the
+/// commit script can find the watcher set of a subscription it deletes.
+pub fn encode_subscription(s: &Subscription) -> Vec<u8> {
+    let mut w = W::new();
+    w.str(&s.id);
+    w.opt_str(s.event_id.as_deref());
+    w.str(&s.watcher);
+    w.str(&s.call_id);
+    w.str(&s.remote_tag);
+    w.str(&s.local_uri);
+    w.str(&s.remote_uri);
+    w.str(&s.remote_target);
+    w.strs(&s.route_set);
+    w.flow(&s.flow);
+    w.u64(s.remote_cseq as u64);
+    w.u64(s.expires_at_ms);
+    w.str(&s.content_type);
+    w.0.push(match s.view {
+        View::Full => 0,
+        View::Neutral => 1,
+    });
+    w.0
+}
+
+pub fn decode_subscription(aor: &str, event: &str, b: &[u8]) -> Option<Subscription> {
+    let mut r = R::new(b)?;
+    let s = Subscription {
+        id: r.str()?,
+        aor: aor.to_string(),
+        event: event.to_string(),
+        event_id: r.opt_str()?,
+        watcher: r.str()?,
+        call_id: r.str()?,
+        remote_tag: r.str()?,
+        local_uri: r.str()?,
+        remote_uri: r.str()?,
+        remote_target: r.str()?,
+        route_set: r.strs()?,
+        flow: r.flow()?,
+        remote_cseq: r.u32()?,
+        expires_at_ms: r.u64()?,
+        content_type: r.str()?,
+        view: match r.u8()? {
+            0 => View::Full,
+            1 => View::Neutral,
+            _ => return None,
+        },
+    };
+    r.end()?;
+    Some(s)
+}
+
+/// A member of the expiry index ZSET.
+pub fn encode_expiry_key(k: &ExpiryKey) -> Vec<u8> {
+    let mut w = W::new();
+    match k {
+        ExpiryKey::Publication { aor, event, etag } => {
+            w.0.push(b'p');
+            w.str(aor);
+            w.str(event);
+            w.str(etag);
+        }
+        ExpiryKey::Subscription { id } => {
+            w.0.push(b's');
+            w.str(id);
+        }
+        ExpiryKey::Bindings { aor } => {
+            w.0.push(b'b');
+            w.str(aor);
+        }
+    }
+    w.0
+}
+
+pub fn decode_expiry_key(b: &[u8]) -> Option<ExpiryKey> {
+    let mut r = R::new(b)?;
+    let k = match r.u8()? {
+        b'p' => ExpiryKey::Publication {
+            aor: r.str()?,
+            event: r.str()?,
+            etag: r.str()?,
+        },
+        b's' => ExpiryKey::Subscription { id: r.str()? },
+        b'b' => ExpiryKey::Bindings { aor: r.str()? },
+        _ => return None,
+    };
+    r.end()?;
+    Some(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(v6: bool) -> Flow {
+        Flow {
+            transport: if v6 { Transport::Tcp } else { Transport::Udp },
+            remote: if v6 {
+                "[2001:db8::1]:5070".parse().unwrap()
+            } else {
+                "192.0.2.1:5060".parse().unwrap()
+            },
+            local: "127.0.0.1:5060".parse().unwrap(),
+            edge: "edge-1".into(),
+            conn: 300,
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let p = Publication {
+            etag: "e1".into(),
+            aor: "sip:a@x".into(),
+            event: "presence".into(),
+            expires_at_ms: 1_700_000_000_000,
+            content_type: "application/pidf+xml".into(),
+            body: Bytes::from_static(b"<presence/>\x00\xff"),
+            modified_ms: 5,
+            seq: u64::MAX,
+        };
+        assert_eq!(
+            decode_publication("sip:a@x", "presence", &encode_publication(&p)),
+            Some(p)
+        );
+        let b = |v6, methods: Option<Vec<String>>, q: Option<String>| Binding {
+            aor: "sip:a@x".into(),
+            uri: "sip:a@192.0.2.1:5060;transport=tcp".into(),
+            params: ";+sip.instance=\"<urn:uuid:1>\"".into(),
+            expires_at_ms: 9,
+            call_id: "c".into(),
+            cseq: u32::MAX,
+            flow: flow(v6),
+            methods,
+            q,
+        };
+        let list = vec![
+            b(false, None, None),
+            b(
+                true,
+                Some(vec!["INVITE".into(), "MESSAGE".into()]),
+                Some("0.5".into()),
+            ),
+        ];
+        assert_eq!(
+            decode_bindings("sip:a@x", &encode_bindings(&list)),
+            Some(list)
+        );
+        assert_eq!(
+            decode_bindings("sip:a@x", &encode_bindings(&[])),
+            Some(vec![])
+        );
+        let s = Subscription {
+            id: "abc".into(),
+            aor: "sip:a@x".into(),
+            event: "dialog".into(),
+            event_id: Some("7".into()),
+            watcher: "sip:w@x".into(),
+            call_id: "call".into(),
+            remote_tag: "rt".into(),
+            local_uri: "<sip:a@x>".into(),
+            remote_uri: "<sip:w@x>".into(),
+            remote_target: "sip:w@192.0.2.9".into(),
+            route_set: vec!["<sip:p1;lr>".into(), "<sip:p2;lr>".into()],
+            flow: flow(true),
+            remote_cseq: 3,
+            expires_at_ms: 77,
+            content_type: "application/dialog-info+xml".into(),
+            view: View::Neutral,
+        };
+        assert_eq!(
+            decode_subscription("sip:a@x", "dialog", &encode_subscription(&s)),
+            Some(s)
+        );
+        for k in [
+            ExpiryKey::Publication {
+                aor: "sip:a@x".into(),
+                event: "presence".into(),
+                etag: "e".into(),
+            },
+            ExpiryKey::Subscription { id: "s".into() },
+            ExpiryKey::Bindings {
+                aor: "sip:a@x".into(),
+            },
+        ] {
+            assert_eq!(decode_expiry_key(&encode_expiry_key(&k)), Some(k));
+        }
+    }
+
+    #[test]
+    fn bad_input_is_none_not_a_panic() {
+        let p = encode_subscription(&Subscription {
+            id: "abc".into(),
+            aor: String::new(),
+            event: String::new(),
+            event_id: None,
+            watcher: "w".into(),
+            call_id: "c".into(),
+            remote_tag: "t".into(),
+            local_uri: "l".into(),
+            remote_uri: "r".into(),
+            remote_target: "rt".into(),
+            route_set: vec![],
+            flow: flow(false),
+            remote_cseq: 1,
+            expires_at_ms: 1,
+            content_type: "ct".into(),
+            view: View::Full,
+        });
+        // Every truncation and a trailing byte are refused.
+        for n in 0..p.len() {
+            assert_eq!(decode_subscription("a", "e", &p[..n]), None, "{n}");
+        }
+        let mut long = p.clone();
+        long.push(0);
+        assert_eq!(decode_subscription("a", "e", &long), None);
+        assert_eq!(decode_expiry_key(b""), None);
+        assert_eq!(decode_expiry_key(&[FORMAT, b'x']), None);
+        assert_eq!(
+            decode_bindings("a", &[FORMAT, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+            None
+        );
+        // A varint longer than 64 bits.
+        assert_eq!(
+            decode_bindings(
+                "a",
+                &[FORMAT, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+            ),
+            None
+        );
+    }
+}

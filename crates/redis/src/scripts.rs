@@ -1,0 +1,187 @@
+//! The Lua scripts. Every script touches the keys of one shard only (they all
+//! carry the shard's hash tag), so it runs atomically on the one node that
+//! holds the shard's slot, also on Redis Cluster.
+
+/// Apply one batch of ops to a shard.
+///
+/// KEYS[1] expiry index (ZSET deadline → encoded ExpiryKey), KEYS[2] lease
+/// (HASH o=owner t=token), KEYS[3] counters (HASH p s b d), then the keys of
+/// the ops, consumed in order.
+/// ARGV[1] fence ('' = unfenced), ARGV[2] grace ms, ARGV[3] the shard's key
+/// prefix (`<prefix>:{k}:`), then the ops, each a code and its arguments.
+///
+/// A fenced batch is checked before any write, so a refused batch changes
+/// nothing. Returns the new version of each document, in order.
+///
+/// Key TTLs are `max(deadline, now) + grace` with Redis's own clock, capped at
+/// ten years: a record is never dropped by the safety net before its deadline
+/// plus the grace, whatever the clock skew between the server and us.
+pub const COMMIT: &str = r#"
+local x, lease, cnt = KEYS[1], KEYS[2], KEYS[3]
+local fence, grace, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+if fence ~= '' then
+  if redis.call('HGET', lease, 't') ~= fence then
+    return redis.error_reply('FENCED lease token mismatch')
+  end
+end
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local function at(deadline)
+  local d = tonumber(deadline) or now
+  if d < now then d = now end
+  if d > now + 315360000000 then d = now + 315360000000 end
+  return d + grace
+end
+local function extend(k, deadline)
+  local t = at(deadline)
+  local cur = redis.call('PEXPIRETIME', k)
+  if cur == -1 or (cur >= 0 and cur < t) then
+    redis.call('PEXPIREAT', k, t)
+  end
+end
+local ai, ki = 4, 4
+local function arg() local v = ARGV[ai]; ai = ai + 1; return v end
+local function key() local v = KEYS[ki]; ki = ki + 1; return v end
+local versions = {}
+while ai <= #ARGV do
+  local op = arg()
+  if op == 'P' then
+    local h = key()
+    local etag, m, d, v = arg(), arg(), arg(), arg()
+    if redis.call('HSET', h, etag, v) == 1 then redis.call('HINCRBY', cnt, 'p', 1) end
+    extend(h, d)
+    redis.call('ZADD', x, d, m)
+  elseif op == 'p' then
+    local h = key()
+    local etag, m = arg(), arg()
+    if redis.call('HDEL', h, etag) == 1 then redis.call('HINCRBY', cnt, 'p', -1) end
+    redis.call('ZREM', x, m)
+  elseif op == 'B' then
+    local b = key()
+    local m, n, dmin, dmax, v = arg(), tonumber(arg()), arg(), arg(), arg()
+    local old = tonumber(redis.call('HGET', b, 'n') or '0') or 0
+    if n == 0 then
+      redis.call('DEL', b)
+      redis.call('ZREM', x, m)
+    else
+      redis.call('HSET', b, 'n', n, 'v', v)
+      redis.call('PEXPIREAT', b, at(dmax))
+      redis.call('ZADD', x, dmin, m)
+    end
+    if n ~= old then redis.call('HINCRBY', cnt, 'b', n - old) end
+  elseif op == 'S' then
+    local s, w = key(), key()
+    local id, m, d, v = arg(), arg(), arg(), arg()
+    if redis.call('EXISTS', s) == 0 then redis.call('HINCRBY', cnt, 's', 1) end
+    redis.call('SET', s, v, 'PXAT', at(d))
+    redis.call('SADD', w, id)
+    extend(w, d)
+    redis.call('ZADD', x, d, m)
+  elseif op == 's' then
+    local s = key()
+    local id, m = arg(), arg()
+    local v = redis.call('GET', s)
+    if v then
+      -- The value starts with `<len>:<event>:<aor>`, naming its watcher set.
+      local c = string.find(v, ':', 1, true)
+      local n = c and tonumber(string.sub(v, 1, c - 1))
+      if n then
+        redis.call('SREM', prefix .. 'w:' .. string.sub(v, c + 1, c + n), id)
+      end
+      redis.call('DEL', s)
+      redis.call('HINCRBY', cnt, 's', -1)
+    end
+    redis.call('ZREM', x, m)
+  elseif op == 'D' then
+    local d = key()
+    local ct, body = arg(), arg()
+    local v = redis.call('HINCRBY', d, 'v', 1)
+    if v == 1 then redis.call('HINCRBY', cnt, 'd', 1) end
+    redis.call('HSET', d, 'c', ct, 'b', body)
+    versions[#versions + 1] = v
+  elseif op == 'H' then
+    local h = key()
+    redis.call('SET', h, arg())
+  elseif op == 'h' then
+    redis.call('DEL', key())
+  elseif op == 'K' then
+    local k = key()
+    redis.call('SADD', k, arg())
+  elseif op == 'U' then
+    redis.call('ZREM', x, arg())
+  else
+    return redis.error_reply('ERR unknown op ' .. tostring(op))
+  end
+end
+return versions
+"#;
+
+/// The subscriptions watching one (aor, event): KEYS[1] watcher set,
+/// ARGV[1] prefix of the subscription keys. Returns their stored values
+/// (ids whose record is gone are skipped).
+pub const WATCHERS: &str = r#"
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local v = redis.call('GET', ARGV[1] .. id)
+  if v then out[#out + 1] = v end
+end
+return out
+"#;
+
+/// Where a subscription lives: KEYS[1] its id hash, ARGV[1] shard, ARGV[2]
+/// deadline, ARGV[3] grace ms. Also carries the NOTIFY CSeq counter (`c`).
+/// Its TTL only grows: a shorter refresh, or a late write of a fenced-out
+/// owner (this runs before the batch's fence check), never makes a live
+/// subscription unfindable.
+pub const LOCATE: &str = r#"
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local d = tonumber(ARGV[2]) or now
+if d < now then d = now end
+if d > now + 315360000000 then d = now + 315360000000 end
+local t = d + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'k', ARGV[1])
+local cur = redis.call('PEXPIRETIME', KEYS[1])
+if cur == -1 or (cur >= 0 and cur < t) then redis.call('PEXPIREAT', KEYS[1], t) end
+return 1
+"#;
+
+/// Next NOTIFY CSeq: KEYS[1] the id hash, ARGV[1] grace ms (TTL of a counter
+/// whose subscription was never stored, e.g. a fetch).
+pub const NEXT_CSEQ: &str = r#"
+local c = redis.call('HINCRBY', KEYS[1], 'c', 1)
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return c
+"#;
+
+/// KEYS[1] lease, KEYS[2] fence counter; ARGV[1] owner, ARGV[2] ttl ms.
+/// A new token unless another owner holds a live lease (then nil).
+pub const ACQUIRE: &str = r#"
+local o = redis.call('HGET', KEYS[1], 'o')
+if o and o ~= ARGV[1] then return false end
+local t = redis.call('INCR', KEYS[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'o', ARGV[1], 't', t)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return t
+"#;
+
+/// KEYS[1] lease; ARGV[1] owner, ARGV[2] token, ARGV[3] ttl ms. 1 if renewed.
+pub const RENEW: &str = r#"
+local l = redis.call('HMGET', KEYS[1], 'o', 't')
+if l[1] == ARGV[1] and l[2] == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// KEYS[1] lease; ARGV[1] owner, ARGV[2] token.
+pub const RELEASE: &str = r#"
+local l = redis.call('HMGET', KEYS[1], 'o', 't')
+if l[1] == ARGV[1] and l[2] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
