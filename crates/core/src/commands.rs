@@ -143,3 +143,25 @@ pub enum NotifyJob {
         reason: EndReason,
     },
 }
+
+/// A request the edge should send (NOTIFY from the notifier, relayed MESSAGE).
+#[derive(Debug, Clone)]
+pub struct OutRequest {
+    pub flow: Flow,
+    pub method: String,
+    pub uri: String,
+    /// Everything but our Via (and Content-Length).
+    pub headers: presence_sip::rsip::Headers,
+    pub body: Bytes,
+}
+
+/// The final answer to an [`OutRequest`]: 408 with `timed_out` when none came.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub code: u16,
+    pub reason: String,
+    /// The response's headers without our Via.
+    pub headers: presence_sip::rsip::Headers,
+    pub body: Bytes,
+    pub timed_out: bool,
+}

@@ -36,27 +36,7 @@ const T2: Duration = Duration::from_secs(4);
 const TIMER_F: Duration = Duration::from_secs(32);
 const TIMER_J: Duration = Duration::from_secs(32);
 
-/// A request the edge should send (NOTIFY from the notifier, relayed MESSAGE).
-#[derive(Debug, Clone)]
-pub struct OutRequest {
-    pub flow: Flow,
-    pub method: String,
-    pub uri: String,
-    /// Everything but our Via (and Content-Length).
-    pub headers: rsip::Headers,
-    pub body: Bytes,
-}
-
-/// The final answer to an [`OutRequest`]: 408 with `timed_out` when none came.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub code: u16,
-    pub reason: String,
-    /// The response's headers without our Via.
-    pub headers: rsip::Headers,
-    pub body: Bytes,
-    pub timed_out: bool,
-}
+pub use presence_core::commands::{OutRequest, Outcome};
 
 pub struct EdgeConfig {
     pub id: String,
