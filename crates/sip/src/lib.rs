@@ -21,6 +21,7 @@ pub mod frame;
 pub mod headers;
 pub mod message;
 pub mod parse;
+pub mod peek;
 
 pub use encode::{encode_request, encode_response, ResponseBuilder};
 pub use frame::{frame_stream, FrameError, StreamFrame};
@@ -29,6 +30,7 @@ pub use headers::{
 };
 pub use message::{HeaderAccess, Message, Method, Request, Response};
 pub use parse::{parse, parse_uri, ParseError, TransportKind};
+pub use peek::{peek_response, ResponsePeek};
 
 /// Re-export of the rsip message model we build on.
 pub use rsipstack::sip as rsip;

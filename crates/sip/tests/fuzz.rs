@@ -303,6 +303,15 @@ fn frame_checked(buf: &[u8], max: usize) {
 }
 
 fn exercise(input: &[u8], max: usize) {
+    // The response peek never panics, and agrees with the parser whenever
+    // both read the message.
+    if let Some(peek) = presence_sip::peek_response(input) {
+        if let Ok(Message::Response(r)) = parse(input, TransportKind::Datagram, max) {
+            assert_eq!(r.code, peek.code, "peeked code");
+            let branch = r.top_via().and_then(|v| v.branch);
+            assert_eq!(branch.as_deref(), Some(peek.branch), "peeked branch");
+        }
+    }
     for t in [TransportKind::Datagram, TransportKind::Stream] {
         let parsed = parse_checked(input, t, max);
         if let Ok(m) = &parsed {

@@ -38,6 +38,14 @@ const TIMER_J: Duration = Duration::from_secs(32);
 
 pub use presence_core::commands::{OutRequest, Outcome};
 
+/// A client transaction waiting for its final response.
+struct Waiter {
+    tx: oneshot::Sender<Response>,
+    /// Whether the caller reads more of the response than its code (a relayed
+    /// MESSAGE hands the whole answer back); a NOTIFY only needs the code.
+    whole: bool,
+}
+
 pub struct EdgeConfig {
     pub id: String,
     pub domains: Vec<String>,
@@ -79,7 +87,7 @@ pub struct Edge {
     by_remote: Mutex<HashMap<SocketAddr, u64>>,
     next_conn: AtomicU64,
     server_txns: Mutex<TxnTable>,
-    client_txns: Mutex<HashMap<String, oneshot::Sender<Response>>>,
+    client_txns: Mutex<HashMap<String, Waiter>>,
     /// SUBSCRIBEs being answered, by Call-ID: a NOTIFY of that dialog waits
     /// until the answer is out, so the 2xx reaches the subscriber first (RFC
     /// 6665 §4.1.2.4 makes subscribers cope with the other order; few do it well).
@@ -440,6 +448,43 @@ impl Edge {
     }
 
     async fn on_message(self: &Arc<Self>, data: &[u8], src: Source, kind: TransportKind) {
+        // Most responses answer our NOTIFYs: a peek at the code and branch is
+        // enough for them, the parser runs only when more is needed.
+        if let Some(peek) = presence_sip::peek_response(data) {
+            if peek.code < 200 {
+                return;
+            }
+            let waiter = self
+                .client_txns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(peek.branch);
+            match waiter {
+                Some(w) if !w.whole => {
+                    let _ = w.tx.send(Response {
+                        code: peek.code,
+                        reason: String::new(),
+                        headers: rsip::Headers::default(),
+                        body: Bytes::new(),
+                    });
+                    return;
+                }
+                Some(w) => {
+                    // Put it back for the full path below.
+                    self.client_txns
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(peek.branch.to_string(), w);
+                }
+                None => {
+                    self.metrics
+                        .edge_dropped
+                        .with_label_values(&["stray_response"])
+                        .inc();
+                    return;
+                }
+            }
+        }
         let msg = match parse(data, kind, self.cfg.max_message) {
             Ok(m) => m,
             Err(e) => {
@@ -471,8 +516,8 @@ impl Edge {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&branch);
         match waiter {
-            Some(tx) => {
-                let _ = tx.send(resp);
+            Some(w) => {
+                let _ = w.tx.send(resp);
             }
             None => {
                 self.metrics
@@ -1227,10 +1272,11 @@ impl Edge {
         }
         let bytes = Bytes::from(encode_request(&method, &out.uri, &headers, &out.body));
         let (tx, mut rx) = oneshot::channel();
+        let whole = method != "NOTIFY";
         self.client_txns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(branch.clone(), tx);
+            .insert(branch.clone(), Waiter { tx, whole });
         let deadline = Instant::now() + TIMER_F;
         let result = match out.flow.transport {
             Transport::Udp => {
