@@ -1,7 +1,7 @@
 # The two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test build release lint fmt check-config
+.PHONY: run test build release lint fmt check-config bench smoke cluster-up cluster-down cluster-test
 
 run:
 	$(CARGO) run --release -p presenced --
@@ -24,3 +24,25 @@ fmt:
 
 check-config:
 	$(CARGO) run -q -p presenced -- --check-config
+
+# Side by side: presence-loadtest against our all-in-one server and against
+# Kamailio (../shared/bench/peer-kamailio's configuration); the table goes
+# into docs/benchmarks.md. Knobs: RATES, USERS, BUDDIES, DURATION, SERVERS.
+bench:
+	loadtest/bench.sh
+
+# The load generator's smoke profile against a freshly started server.
+smoke:
+	$(CARGO) test --release -p presence-loadtest --test smoke
+
+# A local cluster on 127.0.0.1 (redis-server, nats-server, 2 edges, 3
+# compositors, 2 notifiers; see scripts/cluster-up.sh for the variables,
+# e.g. `make cluster-up USERS=users.txt DOMAIN=example.com`).
+cluster-up:
+	USERS="$(USERS)" DOMAIN="$(or $(DOMAIN),example.com)" scripts/cluster-up.sh
+
+cluster-down:
+	scripts/cluster-down.sh
+
+cluster-test:
+	$(CARGO) test -p presenced --test cluster -- --nocapture

@@ -4,6 +4,7 @@
 //! change of a composed document it stores the new version and emits one
 //! notify job. Expiry is driven by each shard's expiry index.
 
+use crate::leases::{LeaseEvent, ShardLeases};
 use crate::metrics::Metrics;
 use crate::Clock;
 use bytes::Bytes;
@@ -40,13 +41,46 @@ enum Work {
 }
 
 impl Compositor {
-    /// Serve every shard until `shutdown` turns true.
+    /// Serve every shard until `shutdown` turns true (the all-in-one: this
+    /// process owns every shard).
     pub async fn run(
         self: Arc<Self>,
         bus: Arc<dyn Requests<Command, Reply>>,
         workers: usize,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        self.run_with(bus, workers, None, shutdown).await
+    }
+
+    /// Serve the shards whose lease this process holds (cluster mode): a
+    /// shard's subject is served from the moment its lease is acquired until
+    /// it is lost or handed back. `self.store` must be the
+    /// [`FencedStore`](crate::leases::FencedStore) over the same leases.
+    /// On `shutdown`, lame duck: stop serving, finish the work taken, then
+    /// release every lease so that other compositors take over at once.
+    pub async fn run_leased(
+        self: Arc<Self>,
+        bus: Arc<dyn Requests<Command, Reply>>,
+        workers: usize,
+        leases: Arc<ShardLeases>,
+        events: mpsc::UnboundedReceiver<LeaseEvent>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        self.run_with(bus, workers, Some((leases, events)), shutdown)
+            .await
+    }
+
+    async fn run_with(
+        self: Arc<Self>,
+        bus: Arc<dyn Requests<Command, Reply>>,
+        workers: usize,
+        leased: Option<(Arc<ShardLeases>, mpsc::UnboundedReceiver<LeaseEvent>)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let (leases, mut events) = match leased {
+            Some((l, e)) => (Some(l), Some(e)),
+            None => (None, None),
+        };
         let workers = workers.max(1);
         let mut senders = Vec::new();
         let mut handles = Vec::new();
@@ -64,30 +98,76 @@ impl Compositor {
                     };
                     match work {
                         Work::Request(inc) => {
-                            let reply = me.apply(inc.request.clone()).await;
-                            inc.reply(reply);
+                            // No answer when the shard's lease is gone: the
+                            // caller sees "no responders" and retries at the
+                            // new owner.
+                            if let Some(reply) = me.try_apply(inc.request.clone()).await {
+                                inc.reply(reply);
+                            }
                         }
                         Work::Expire(shard, key) => me.expire(shard, key).await,
                     }
                 }
             }));
         }
-        for shard in 0..self.shards {
-            let (_, btx) = &senders[shard as usize % workers];
-            if let Err(e) = bus.serve(&shard_subject(shard), btx.clone()).await {
-                tracing::error!(shard, error = %e, "cannot serve shard");
+        let serve = |shard: u32| {
+            let bus = bus.clone();
+            let btx = senders[shard as usize % workers].1.clone();
+            async move {
+                if let Err(e) = bus.serve(&shard_subject(shard), btx).await {
+                    tracing::error!(shard, error = %e, "cannot serve shard");
+                }
+            }
+        };
+        // Leases run on their own task with their own stop signal: they must
+        // keep being renewed while this loop drains.
+        let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
+        let mut lease_task = None;
+        match &leases {
+            None => {
+                for shard in 0..self.shards {
+                    serve(shard).await;
+                }
+            }
+            Some(l) => {
+                lease_task = Some(tokio::spawn(l.clone().run(lease_stop_rx)));
             }
         }
+        let owned = || match &leases {
+            None => (0..self.shards).collect::<Vec<u32>>(),
+            Some(l) => l.owned(),
+        };
         // The sweeper: every shard's due expiries go through its worker, so
         // they are serialised with the shard's other writes.
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stats = tokio::time::interval(Duration::from_secs(1));
+        // Counting reads every shard: often in one process, seldom in a cluster.
+        let mut stats = tokio::time::interval(if leases.is_some() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1)
+        });
         loop {
+            let event = async {
+                match events.as_mut() {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                Some(ev) = event => match ev {
+                    LeaseEvent::Acquired(shard) => {
+                        tracing::debug!(shard, "serving shard");
+                        serve(shard).await;
+                    }
+                    LeaseEvent::Lost(shard) => {
+                        tracing::debug!(shard, "unserving shard");
+                        let _ = bus.unserve(&shard_subject(shard)).await;
+                    }
+                },
                 _ = tick.tick() => {
                     let now = self.clock.now_ms();
-                    for shard in 0..self.shards {
+                    for shard in owned() {
                         match self.store.due(shard, now, 512).await {
                             Ok(keys) => {
                                 for (_, key) in keys {
@@ -113,17 +193,59 @@ impl Compositor {
                 _ = shutdown.changed() => break,
             }
         }
-        for shard in 0..self.shards {
+        // Lame duck: stop taking requests (unserve drains what the bus has
+        // already taken into the workers' queues), finish them, then hand the
+        // leases back.
+        let served = match &leases {
+            None => (0..self.shards).collect(),
+            Some(l) => l.unserve_all(),
+        };
+        for shard in served {
             let _ = bus.unserve(&shard_subject(shard)).await;
         }
         drop(senders);
         for h in handles {
             let _ = h.await;
         }
+        if let Some(l) = &leases {
+            l.release_all().await;
+            tracing::info!("shard leases handed back");
+        }
+        let _ = lease_stop_tx.send(true);
+        if let Some(t) = lease_task {
+            t.abort();
+        }
+    }
+
+    /// [`Compositor::apply`], except that a command whose shard lease is
+    /// lost gets no answer (`None`): its writes were refused, and the caller
+    /// retries at the shard's next owner.
+    pub async fn try_apply(&self, cmd: Command) -> Option<Reply> {
+        match self.apply_inner(cmd).await {
+            Ok(r) => Some(r),
+            Err(StoreError::Fenced) => None,
+            Err(e) => Some(self.store_failure(e)),
+        }
+    }
+
+    fn store_failure(&self, e: StoreError) -> Reply {
+        self.metrics.compositor_store_errors.inc();
+        tracing::error!(error = %e, "store error while applying a command");
+        Reply::refused_with(
+            500,
+            "Server Internal Error",
+            vec![("Retry-After".into(), "5".into())],
+        )
     }
 
     pub async fn apply(&self, cmd: Command) -> Reply {
-        let result = match cmd {
+        self.apply_inner(cmd)
+            .await
+            .unwrap_or_else(|e| self.store_failure(e))
+    }
+
+    async fn apply_inner(&self, cmd: Command) -> Result<Reply, StoreError> {
+        match cmd {
             Command::Register(c) => self.register(c).await,
             Command::Publish(c) => self.publish(c).await,
             Command::Subscribe(c) => self.subscribe(c).await,
@@ -132,16 +254,7 @@ impl Compositor {
             Command::SetHardState { aor, event, body } => {
                 self.set_hard_state(&aor, &event, body).await
             }
-        };
-        result.unwrap_or_else(|e| {
-            self.metrics.compositor_store_errors.inc();
-            tracing::error!(error = %e, "store error while applying a command");
-            Reply::refused_with(
-                500,
-                "Server Internal Error",
-                vec![("Retry-After".into(), "5".into())],
-            )
-        })
+        }
     }
 
     /// Commit `ops` plus a recomposition of (aor, event) if its document
@@ -531,9 +644,14 @@ impl Compositor {
 
     /// Handle one due entry of a shard's expiry index.
     async fn expire(&self, shard: u32, key: ExpiryKey) {
-        if let Err(e) = self.expire_inner(shard, key).await {
-            self.metrics.compositor_store_errors.inc();
-            tracing::warn!(error = %e, "expiry handling failed; will retry");
+        match self.expire_inner(shard, key).await {
+            Ok(()) => {}
+            // The shard moved; its new owner handles the entry.
+            Err(StoreError::Fenced) => {}
+            Err(e) => {
+                self.metrics.compositor_store_errors.inc();
+                tracing::warn!(error = %e, "expiry handling failed; will retry");
+            }
         }
     }
 

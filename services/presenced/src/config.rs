@@ -6,6 +6,7 @@ use presence_core::digest::Users;
 use presence_core::policy::Policy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -14,9 +15,38 @@ use std::path::PathBuf;
     about = "SIP presence and instant-messaging server"
 )]
 pub struct Args {
-    /// Roles to run: all (default). Cluster roles (edge, compositor, notifier) need --redis and --nats.
+    /// Roles to run: all (default), or a comma list of edge, compositor,
+    /// notifier. Separate roles need --redis and --nats; `all` runs on the
+    /// in-memory backends unless they are given.
     #[arg(long, env = "PRESENCE_TARGET", default_value = "all")]
     pub target: String,
+    /// Redis, the system of record: redis://host:port (standalone), or
+    /// redis+cluster://h1:p1,h2:p2 / a comma list of URLs (Redis Cluster).
+    #[arg(long, env = "PRESENCE_REDIS")]
+    pub redis: Option<String>,
+    /// NATS, the bus: nats://host:port.
+    #[arg(long, env = "PRESENCE_NATS")]
+    pub nats: Option<String>,
+    /// This process's name in the cluster (lease owner, edge subject
+    /// `edge.<id>`): letters, digits, `-` and `_`. Default: hostname-pid.
+    #[arg(long = "node-id", env = "PRESENCE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Shard lease lifetime in milliseconds; leases are renewed every third of
+    /// it, and a dead owner's shards are taken over after at most about 1.5x it.
+    #[arg(
+        long = "lease-ttl-ms",
+        env = "PRESENCE_LEASE_TTL_MS",
+        default_value_t = 3000
+    )]
+    pub lease_ttl_ms: u64,
+    /// How long an edge keeps retrying a shard that has no owner (handover)
+    /// before it answers 503 with Retry-After, in milliseconds.
+    #[arg(
+        long = "handover-wait-ms",
+        env = "PRESENCE_HANDOVER_WAIT_MS",
+        default_value_t = 6000
+    )]
+    pub handover_wait_ms: u64,
     /// SIP listen address, UDP and TCP (repeatable).
     #[arg(
         long = "sip-listen",
@@ -102,10 +132,50 @@ pub struct Config {
     pub max_expires: u32,
     pub max_message_size: usize,
     pub shards: u32,
+    /// The roles this process runs.
+    pub roles: Roles,
+    /// Redis URL(s), when the store is Redis.
+    pub redis: Option<String>,
+    /// NATS URL, when the bus is NATS.
+    pub nats: Option<String>,
+    pub node_id: String,
+    pub lease_ttl: Duration,
+    pub handover_wait: Duration,
     /// Deliberate misbehaviour for tests of the tools that watch us (the load
     /// generator's canary). Only settable through this library API, never
     /// from the command line or the environment.
     pub faults: Faults,
+}
+
+/// Which roles run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub edge: bool,
+    pub compositor: bool,
+    pub notifier: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        edge: true,
+        compositor: true,
+        notifier: true,
+    };
+
+    /// `edge,compositor`, for logs and `--check-config`.
+    pub fn names(&self) -> String {
+        let mut v = Vec::new();
+        if self.edge {
+            v.push("edge");
+        }
+        if self.compositor {
+            v.push("compositor");
+        }
+        if self.notifier {
+            v.push("notifier");
+        }
+        v.join(",")
+    }
 }
 
 /// Test-only fault hooks; the default is a correct server.
@@ -123,16 +193,50 @@ impl Config {
     /// Validate `args`; every problem is reported, not only the first.
     pub fn from_args(args: &Args) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
-        if args.target != "all" {
-            for role in args.target.split(',') {
-                match role.trim() {
-                    "edge" | "compositor" | "notifier" | "api" => errors.push(format!(
-                        "--target {role}: this role runs as a separate process only in cluster mode, which needs --redis and --nats (not available in this build); use --target all"
-                    )),
-                    "all" => {}
-                    other => errors.push(format!("--target: unknown role {other:?} (all, edge, compositor, notifier, api)")),
-                }
+        let roles = parse_roles(&args.target, &mut errors);
+        let redis = args
+            .redis
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let nats = args
+            .nats
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        if let Some(r) = roles {
+            check_backends(
+                &args.target,
+                r,
+                redis.is_some(),
+                nats.is_some(),
+                &mut errors,
+            );
+        }
+        if let Some(spec) = redis {
+            if let Err(e) = presence_redis::RedisConfig::new(spec, args.shards.max(1)) {
+                errors.push(format!("--redis {spec:?}: {e}"));
             }
+        }
+        if let Some(url) = nats {
+            if let Err(e) = check_nats_url(url) {
+                errors.push(format!("--nats {url:?}: {e}"));
+            }
+        }
+        let node_id = match &args.node_id {
+            Some(id) => {
+                if let Err(e) = check_node_id(id) {
+                    errors.push(format!("--node-id {id:?}: {e}"));
+                }
+                id.clone()
+            }
+            None => default_node_id(),
+        };
+        if !(300..=600_000).contains(&args.lease_ttl_ms) {
+            errors.push("--lease-ttl-ms must be between 300 and 600000".into());
+        }
+        if args.handover_wait_ms > 30_000 {
+            errors.push("--handover-wait-ms must be at most 30000 (SIP Timer F is 32 s)".into());
         }
         if args.sip_listen.is_empty() {
             errors.push("--sip-listen: at least one address is needed".into());
@@ -197,9 +301,155 @@ impl Config {
             max_expires: args.max_expires,
             max_message_size: args.max_message_size,
             shards: args.shards,
+            roles: roles.unwrap_or(Roles::ALL),
+            redis: redis.map(str::to_string),
+            nats: nats.map(str::to_string),
+            node_id,
+            lease_ttl: Duration::from_millis(args.lease_ttl_ms),
+            handover_wait: Duration::from_millis(args.handover_wait_ms),
             faults: Faults::default(),
         })
     }
+}
+
+/// `--target`: `all`, or a comma list of roles.
+fn parse_roles(target: &str, errors: &mut Vec<String>) -> Option<Roles> {
+    let mut roles = Roles {
+        edge: false,
+        compositor: false,
+        notifier: false,
+    };
+    let mut ok = true;
+    for role in target.split(',').map(str::trim) {
+        match role {
+            "all" => roles = Roles::ALL,
+            "edge" => roles.edge = true,
+            "compositor" => roles.compositor = true,
+            "notifier" => roles.notifier = true,
+            "api" => {
+                ok = false;
+                errors.push(
+                    "--target api: the gRPC api role is not built yet (every process serves the ops HTTP API)".into(),
+                );
+            }
+            other => {
+                ok = false;
+                errors.push(format!(
+                    "--target: unknown role {other:?} (all, edge, compositor, notifier)"
+                ));
+            }
+        }
+    }
+    ok.then_some(roles)
+}
+
+/// A role that needs a backend it lacks refuses to start. `all` without any
+/// backend is the embedded, in-memory server; with a backend, the roles it
+/// runs need what they need in a cluster.
+fn check_backends(target: &str, roles: Roles, redis: bool, nats: bool, errors: &mut Vec<String>) {
+    let embedded = roles == Roles::ALL && !redis && !nats;
+    if embedded {
+        return;
+    }
+    let mut need = |role: &str, what: &str, why: &str| {
+        errors.push(format!(
+            "--target {target}: the {role} role needs {what} ({why}); set it or use --target all without backends for the in-memory server"
+        ));
+    };
+    if roles.edge {
+        if !nats {
+            need(
+                "edge",
+                "--nats",
+                "it sends requests to the shard owners on shard.<k> and takes NOTIFYs on edge.<id>",
+            );
+        }
+        if !redis {
+            need("edge", "--redis", "its admin API reads composed documents");
+        }
+    }
+    if roles.compositor {
+        if !redis {
+            need(
+                "compositor",
+                "--redis",
+                "it keeps all state and its shard leases there",
+            );
+        }
+        if !nats {
+            need(
+                "compositor",
+                "--nats",
+                "it serves shard.<k> requests and pushes notify jobs to JetStream",
+            );
+        }
+    }
+    if roles.notifier {
+        if !redis {
+            need(
+                "notifier",
+                "--redis",
+                "it reads documents, watchers and CSeq counters there",
+            );
+        }
+        if !nats {
+            need(
+                "notifier",
+                "--nats",
+                "it pulls notify jobs from JetStream and sends through edge.<id>",
+            );
+        }
+    }
+}
+
+fn check_nats_url(url: &str) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("tls://") {
+        return Err("TLS to NATS is not supported by this build".into());
+    }
+    for part in url.split(',') {
+        let rest = part.trim().strip_prefix("nats://").unwrap_or(part.trim());
+        let host_port = rest.rsplit('@').next().unwrap_or(rest);
+        if host_port.is_empty() || host_port.contains('/') && !host_port.ends_with('/') {
+            return Err("expected nats://host:port".into());
+        }
+    }
+    Ok(())
+}
+
+fn check_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err("only letters, digits, '-' and '_' (it is a NATS subject token)".into());
+    }
+    Ok(())
+}
+
+/// `hostname-pid`, made a valid subject token; random if there is no hostname.
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("node{:x}", rand::random::<u32>()));
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    format!("{host}-{}", std::process::id())
 }
 
 /// Read and parse a configuration file, adding every problem to `errors`.

@@ -238,6 +238,12 @@ impl Edge {
             {
                 continue; // keep-alive
             }
+            // Answers to our NOTIFYs are done with here, without a task.
+            if let Some(peek) = presence_sip::peek_response(&buf[..n]) {
+                if self.complete_peeked(peek) {
+                    continue;
+                }
+            }
             let src = Source {
                 transport: Transport::Udp,
                 remote,
@@ -447,42 +453,43 @@ impl Edge {
         }
     }
 
-    async fn on_message(self: &Arc<Self>, data: &[u8], src: Source, kind: TransportKind) {
-        // Most responses answer our NOTIFYs: a peek at the code and branch is
-        // enough for them, the parser runs only when more is needed.
-        if let Some(peek) = presence_sip::peek_response(data) {
-            if peek.code < 200 {
-                return;
-            }
-            let waiter = self
-                .client_txns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(peek.branch);
-            match waiter {
-                Some(w) if !w.whole => {
+    /// Most responses answer our NOTIFYs: a peek at the code and branch is
+    /// enough for them. `true` when the response was dealt with here; `false`
+    /// when its transaction wants the whole message (run the parser).
+    fn complete_peeked(&self, peek: presence_sip::ResponsePeek<'_>) -> bool {
+        if peek.code < 200 {
+            return true;
+        }
+        let mut txns = self.client_txns.lock().unwrap_or_else(|e| e.into_inner());
+        match txns.get(peek.branch).map(|w| w.whole) {
+            Some(false) => {
+                if let Some(w) = txns.remove(peek.branch) {
+                    drop(txns);
                     let _ = w.tx.send(Response {
                         code: peek.code,
                         reason: String::new(),
                         headers: rsip::Headers::default(),
                         body: Bytes::new(),
                     });
-                    return;
                 }
-                Some(w) => {
-                    // Put it back for the full path below.
-                    self.client_txns
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(peek.branch.to_string(), w);
-                }
-                None => {
-                    self.metrics
-                        .edge_dropped
-                        .with_label_values(&["stray_response"])
-                        .inc();
-                    return;
-                }
+                true
+            }
+            Some(true) => false,
+            None => {
+                drop(txns);
+                self.metrics
+                    .edge_dropped
+                    .with_label_values(&["stray_response"])
+                    .inc();
+                true
+            }
+        }
+    }
+
+    async fn on_message(self: &Arc<Self>, data: &[u8], src: Source, kind: TransportKind) {
+        if let Some(peek) = presence_sip::peek_response(data) {
+            if self.complete_peeked(peek) {
+                return;
             }
         }
         let msg = match parse(data, kind, self.cfg.max_message) {

@@ -1,27 +1,34 @@
 //! The presence server: roles as libraries, wired into one process.
 //!
-//! `run_all` starts every role (edge, compositor, notifier, ops HTTP) in one
-//! process on the in-memory store and bus: the all-in-one server. Each role is
-//! its own module with its own `run`, programmed against the store and bus
-//! traits, so the cluster mode starts the same roles against Redis and NATS.
+//! `start_all` starts the roles of `--target` (edge, compositor, notifier, and
+//! always the ops HTTP server) in one process: by default all of them on the
+//! in-memory store and bus, the all-in-one server; with `--redis` / `--nats`
+//! any subset of them on Redis and NATS, one process of a cluster
+//! (`cluster.rs` builds the backends, `leases.rs` decides which shards this
+//! process's compositor owns). Each role is its own module with its own
+//! `run`, programmed against the store and bus traits only.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod compositor;
 pub mod config;
 pub mod edge;
+pub mod leases;
 pub mod metrics;
 pub mod notifier;
 pub mod ops;
 
+use crate::cluster::{Backends, HandoverRetry, RetryMetrics};
 use crate::compositor::Compositor;
-use crate::config::Config;
-use crate::edge::{Edge, EdgeConfig, Listeners, OutRequest, Outcome};
+use crate::config::{Config, Roles};
+use crate::edge::{Edge, EdgeConfig, Listeners};
+use crate::leases::{FencedStore, LeaseMetrics, ShardLeases};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
-use presence_core::commands::{Command, NotifyJob, Reply};
+use presence_core::commands::{Command, Reply};
 use presence_core::digest::Verifier;
 use presence_core::packages::Registry;
-use presence_store::{MemoryBus, MemoryQueue, MemoryStore, Requests, Store, WorkQueue};
+use presence_store::{Requests, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -56,103 +63,171 @@ impl Default for Clock {
     }
 }
 
-/// A running all-in-one server.
+/// A running server: every role of `--target` in this process.
 pub struct Server {
+    /// The edge's SIP addresses (empty when this process runs no edge).
     pub sip_addrs: Vec<SocketAddr>,
     pub http_addr: SocketAddr,
     pub store: Arc<dyn Store>,
+    pub node_id: String,
+    pub roles: Roles,
     shutdown: watch::Sender<bool>,
     ready: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    jetstream: Option<Arc<cluster::JetStreamJobs>>,
 }
 
 impl Server {
-    /// Graceful shutdown: readiness goes 503, roles stop, tasks are joined.
+    /// Graceful shutdown: readiness goes 503, roles stop (a compositor hands
+    /// its shard leases back after draining), tasks are joined.
     pub async fn shutdown(self) {
         let _ = self.ready.send(false);
         let _ = self.shutdown.send(true);
         for t in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+        }
+        if let Some(js) = self.jetstream {
+            js.settle_all();
         }
     }
 }
 
-/// Bind every socket and start every role on in-memory backends.
-pub async fn start_all(cfg: Config) -> std::io::Result<Server> {
-    let listeners = Listeners::bind(&cfg.sip_listen).await?;
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Bind every socket and start the roles of `cfg.roles`: on the in-memory
+/// backends by default (the all-in-one server), on Redis and NATS when the
+/// config names them.
+pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
+    let roles = cfg.roles;
+    let listeners = if roles.edge {
+        Some(Listeners::bind(&cfg.sip_listen).await?)
+    } else {
+        None
+    };
     let http = tokio::net::TcpListener::bind(cfg.http_listen).await?;
     let http_addr = http.local_addr()?;
-    let sip_addrs: Vec<SocketAddr> = listeners.udp.iter().map(|(a, _)| *a).collect();
+    let sip_addrs: Vec<SocketAddr> = listeners
+        .as_ref()
+        .map(|l| l.udp.iter().map(|(a, _)| *a).collect())
+        .unwrap_or_default();
 
     let metrics = Arc::new(Metrics::new());
     let clock = Clock::new();
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let shards_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
-    let edge_bus: Arc<dyn Requests<OutRequest, Outcome>> = Arc::new(MemoryBus::new());
-    let jobs: Arc<dyn WorkQueue<NotifyJob>> = Arc::new(MemoryQueue::new());
+    let backends = Backends::connect(&cfg, &metrics.registry)
+        .await
+        .map_err(StartError::Backend)?;
+    let store = backends.store.clone();
+    let jobs = backends.jobs.clone();
+    let edge_bus = backends.edge_bus.clone();
+    // Every caller of a shard rides out handovers the same way.
+    let retry_metrics = RetryMetrics::register(&metrics.registry)
+        .map_err(|e| StartError::Backend(e.to_string()))?;
+    let shards_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(HandoverRetry::new(
+        backends.shards_bus.clone(),
+        cfg.handover_wait,
+        Some(retry_metrics),
+    ));
     let packages = Registry::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
-
-    let compositor = Arc::new(Compositor {
-        store: store.clone(),
-        jobs: jobs.clone(),
-        packages: packages.clone(),
-        policy: cfg.policy.clone(),
-        users: cfg.users.clone(),
-        clock,
-        shards: cfg.shards,
-        metrics: metrics.clone(),
-    });
-    let notifier = Arc::new(
-        Notifier::new(
-            store.clone(),
-            jobs.clone(),
-            edge_bus.clone(),
-            shards_bus.clone(),
-            packages.clone(),
-            clock,
-            cfg.shards,
-            metrics.clone(),
-        )
-        .with_faults(cfg.faults),
-    );
-    let verifier = cfg
-        .users
-        .clone()
-        .map(|u| Verifier::new(&cfg.nonce_secret, cfg.nonce_lifetime, u));
-    let edge = Arc::new(Edge::new(
-        EdgeConfig {
-            id: format!("edge-{}", compositor::new_tag()),
-            domains: cfg.domains.clone(),
-            verifier,
-            min_expires: cfg.min_expires,
-            max_expires: cfg.max_expires,
-            max_message: cfg.max_message_size,
-            shards: cfg.shards,
-            packages,
-            delay_subscribe_answer: std::time::Duration::from_millis(
-                cfg.faults.delay_subscribe_answer_ms,
-            ),
-        },
-        shards_bus.clone(),
-        clock,
-        metrics.clone(),
-        listeners.udp,
-    ));
-
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(compositor.run(
-        shards_bus.clone(),
-        4,
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));
-    tasks.push(tokio::spawn(edge.run(
-        listeners.tcp,
-        edge_bus,
-        shutdown_rx.clone(),
-    )));
+
+    if roles.compositor {
+        let (compositor_store, leased) = match &backends.leases {
+            Some(leases) => {
+                let lm = LeaseMetrics::register(&metrics.registry)
+                    .map_err(|e| StartError::Backend(e.to_string()))?;
+                let (shard_leases, events) = ShardLeases::new(
+                    leases.clone(),
+                    cfg.node_id.clone(),
+                    cfg.shards,
+                    cfg.lease_ttl,
+                    lm,
+                );
+                let fenced: Arc<dyn Store> =
+                    Arc::new(FencedStore::new(store.clone(), shard_leases.clone()));
+                (fenced, Some((shard_leases, events)))
+            }
+            None => (store.clone(), None),
+        };
+        let compositor = Arc::new(Compositor {
+            store: compositor_store,
+            jobs: jobs.clone(),
+            packages: packages.clone(),
+            policy: cfg.policy.clone(),
+            users: cfg.users.clone(),
+            clock,
+            shards: cfg.shards,
+            metrics: metrics.clone(),
+        });
+        let bus = backends.shards_bus.clone();
+        tasks.push(match leased {
+            Some((l, events)) => {
+                tokio::spawn(compositor.run_leased(bus, 4, l, events, shutdown_rx.clone()))
+            }
+            None => tokio::spawn(compositor.run(bus, 4, shutdown_rx.clone())),
+        });
+    }
+    if roles.notifier {
+        let notifier = Arc::new(
+            Notifier::new(
+                store.clone(),
+                jobs.clone(),
+                edge_bus.clone(),
+                shards_bus.clone(),
+                packages.clone(),
+                clock,
+                cfg.shards,
+                metrics.clone(),
+            )
+            .with_faults(cfg.faults),
+        );
+        tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));
+    }
+    if let Some(listeners) = listeners {
+        let verifier = cfg
+            .users
+            .clone()
+            .map(|u| Verifier::new(&cfg.nonce_secret, cfg.nonce_lifetime, u));
+        // In a cluster the edge's subject must outlive a restart of the same
+        // node (UDP watchers' NOTIFYs are addressed to it); alone, any name.
+        let id = if cfg.nats.is_some() {
+            format!("edge-{}", cfg.node_id)
+        } else {
+            format!("edge-{}", compositor::new_tag())
+        };
+        let edge = Arc::new(Edge::new(
+            EdgeConfig {
+                id,
+                domains: cfg.domains.clone(),
+                verifier,
+                min_expires: cfg.min_expires,
+                max_expires: cfg.max_expires,
+                max_message: cfg.max_message_size,
+                shards: cfg.shards,
+                packages,
+                delay_subscribe_answer: std::time::Duration::from_millis(
+                    cfg.faults.delay_subscribe_answer_ms,
+                ),
+            },
+            shards_bus.clone(),
+            clock,
+            metrics.clone(),
+            listeners.udp,
+        ));
+        tasks.push(tokio::spawn(edge.run(
+            listeners.tcp,
+            edge_bus,
+            shutdown_rx.clone(),
+        )));
+    }
     let ops = ops::Ops {
         metrics,
         ready: ready_rx,
@@ -166,8 +241,11 @@ pub async fn start_all(cfg: Config) -> std::io::Result<Server> {
         sip_addrs,
         http_addr,
         store,
+        node_id: cfg.node_id.clone(),
+        roles,
         shutdown: shutdown_tx,
         ready: ready_tx,
         tasks,
+        jetstream: backends.jetstream,
     })
 }

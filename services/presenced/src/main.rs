@@ -23,7 +23,11 @@ fn main() -> std::process::ExitCode {
     };
     if args.check_config {
         println!(
-            "configuration ok: sip {:?}, domains {:?}, digest {}, http {}",
+            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, domains {:?}, digest {}, http {}",
+            cfg.roles.names(),
+            cfg.node_id,
+            cfg.redis.as_deref().unwrap_or("in-memory"),
+            cfg.nats.as_deref().unwrap_or("in-memory"),
             cfg.sip_listen,
             cfg.domains,
             if cfg.users.is_some() { "on" } else { "off" },
@@ -47,14 +51,28 @@ fn main() -> std::process::ExitCode {
         }
     };
     rt.block_on(async move {
+        let backends = match (&cfg.redis, &cfg.nats) {
+            (None, None) => "in-memory".to_string(),
+            (r, n) => format!(
+                "redis {}, nats {}",
+                r.as_deref().unwrap_or("-"),
+                n.as_deref().unwrap_or("-")
+            ),
+        };
         let server = match presenced::start_all(cfg).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("presenced: cannot listen: {e}");
+                eprintln!("presenced: {e}");
                 return std::process::ExitCode::FAILURE;
             }
         };
-        tracing::info!(sip = ?server.sip_addrs, http = %server.http_addr, "presenced ready (all roles, in-memory)");
+        tracing::info!(
+            roles = %server.roles.names(),
+            node = %server.node_id,
+            sip = ?server.sip_addrs,
+            http = %server.http_addr,
+            "presenced ready ({backends})"
+        );
         wait_for_signal().await;
         tracing::info!("shutting down");
         server.shutdown().await;

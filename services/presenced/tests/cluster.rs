@@ -1,0 +1,604 @@
+//! Cluster mode against real parts: a `redis-server` and a `nats-server`
+//! (started by the testkit on free ports) and `presenced` roles as child
+//! processes of the built binary, one role per process, as in production.
+//!
+//! - a watcher subscribed through one edge gets the NOTIFYs of a presentity
+//!   that publishes through another;
+//! - `kill -9` of a compositor: the other takes its shards over and a
+//!   PUBLISH refreshing a publication made before the kill succeeds (no state
+//!   lost); the takeover time is printed;
+//! - a graceful stop (SIGTERM) hands the shards back at once;
+//! - a stale owner's write is fenced (library level, on real Redis);
+//! - the core end-to-end scenarios (REGISTER, PUBLISH, SUBSCRIBE, MESSAGE,
+//!   Digest) with the parties on different edges.
+//!
+//! The tests share the machine's few cores, so they run one at a time.
+
+mod common;
+
+use common::{body_str, pidf, Tp, Ua, WAIT};
+use presence_core::shard_of;
+use presence_redis::{RedisConfig, RedisStore};
+use presence_sip::HeaderAccess;
+use presence_store::{Leases, Op, Store, StoreError};
+use presence_testkit::nats::NatsServer;
+use presence_testkit::redis::RedisServer;
+use presenced::leases::{FencedStore, LeaseMetrics, ShardLeases};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One cluster test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Generous: how long a test waits for something that should happen.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+const SHARDS: u32 = 16;
+
+struct Proc {
+    node: String,
+    child: Option<Child>,
+    http: SocketAddr,
+    sip: Option<SocketAddr>,
+    log: PathBuf,
+}
+
+struct Cluster {
+    redis: RedisServer,
+    nats: NatsServer,
+    procs: Vec<Proc>,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Cluster {
+    /// Redis, NATS, and `edges` + `compositors` + `notifiers` processes.
+    async fn start(edges: usize, compositors: usize, notifiers: usize, extra: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "presenced-cluster-{}-{}",
+            std::process::id(),
+            common::rand_token()
+        ));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let mut c = Cluster {
+            redis: RedisServer::start(),
+            nats: NatsServer::start(),
+            procs: Vec::new(),
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..compositors {
+            c.spawn("compositor", &format!("comp{i}"));
+        }
+        for i in 0..notifiers {
+            c.spawn("notifier", &format!("notif{i}"));
+        }
+        for i in 0..edges {
+            c.spawn("edge", &format!("edge{i}"));
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    fn spawn(&mut self, role: &str, node: &str) {
+        let http = addr(presence_testkit::free_port());
+        let sip = (role == "edge").then(|| addr(presence_testkit::free_port()));
+        let log = self.dir.join(format!("{node}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+        cmd.args(["--target", role])
+            .args(["--redis", &self.redis.url()])
+            .args(["--nats", &self.nats.url()])
+            .args(["--node-id", node])
+            .args(["--shards", &SHARDS.to_string()])
+            .args(["--http-listen", &http.to_string()])
+            .args(["--domain", "example.com"])
+            .args(["--nonce-secret", "cluster-test-secret"])
+            .args(["--log", "info"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if let Some(sip) = sip {
+            cmd.args(["--sip-listen", &sip.to_string()]);
+        }
+        let child = cmd.spawn().expect("start presenced");
+        self.procs.push(Proc {
+            node: node.to_string(),
+            child: Some(child),
+            http,
+            sip,
+            log,
+        });
+    }
+
+    fn proc(&self, node: &str) -> &Proc {
+        self.procs
+            .iter()
+            .find(|p| p.node == node)
+            .unwrap_or_else(|| panic!("no process {node}"))
+    }
+
+    fn edge(&self, i: usize) -> SocketAddr {
+        self.proc(&format!("edge{i}")).sip.expect("an edge")
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            s += &format!("--- {} ---\n", p.node);
+            for l in tail.into_iter().rev() {
+                s += l;
+                s += "\n";
+            }
+        }
+        s
+    }
+
+    /// Every live process answers /readyz, and the live compositors own all shards.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        for p in self.procs.iter().filter(|p| p.child.is_some()) {
+            loop {
+                if let Some((200, _)) = get(p.http, "/readyz").await {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not ready\n{}",
+                    p.node,
+                    self.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        loop {
+            let owned = self.owned().await;
+            if owned.iter().map(|(_, n)| n).sum::<u32>() == SHARDS {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shards not all owned: {owned:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Shards owned per live compositor, from its /metrics.
+    async fn owned(&self) -> Vec<(String, u32)> {
+        let mut v = Vec::new();
+        for p in &self.procs {
+            if p.child.is_none() || !p.node.starts_with("comp") {
+                continue;
+            }
+            let n = metric(p.http, "presence_compositor_shards_owned")
+                .await
+                .unwrap_or(0.0);
+            v.push((p.node.clone(), n as u32));
+        }
+        v
+    }
+
+    fn kill9(&mut self, node: &str) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.node == node)
+            .expect("process");
+        if let Some(mut c) = p.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the process to exit.
+    fn terminate(&mut self, node: &str) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.node == node)
+            .expect("process");
+        if let Some(mut c) = p.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + PATIENCE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{node} did not exit on SIGTERM");
+        }
+    }
+
+    async fn leases(&self) -> RedisStore {
+        RedisStore::connect(
+            RedisConfig::new(&self.redis.url(), SHARDS).expect("redis config"),
+            &prometheus::Registry::new(),
+        )
+        .await
+        .expect("connect to redis")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cluster logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let fut = common::http(addr, "GET", path, b"");
+    // The helper panics on a refused connection; probe the port first.
+    tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (code, body) = tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()?;
+    Some((code, String::from_utf8_lossy(&body).to_string()))
+}
+
+async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = get(addr, "/metrics").await?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A user whose AoR lands in a shard `pred` accepts.
+fn user_in(pred: impl Fn(u32) -> bool) -> String {
+    (0..10_000)
+        .map(|i| format!("user{i}"))
+        .find(|u| pred(shard_of(&format!("sip:{u}@example.com"), SHARDS)))
+        .expect("some user lands there")
+}
+
+async fn publish(ua: &mut Ua, etag: Option<&str>, note: &str) -> presence_sip::Response {
+    let aor = ua.aor.clone();
+    let mut req = ua
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600");
+    if let Some(e) = etag {
+        req = req.h("SIP-If-Match", e);
+    }
+    let req = req.body("application/pidf+xml", pidf(&aor, "t1", true, note));
+    ua.send(&req).await
+}
+
+async fn register(ua: &mut Ua, expires: u32) -> presence_sip::Response {
+    let aor = ua.aor.clone();
+    let contact = format!("<{}>", ua.contact_uri());
+    let req = ua
+        .req("REGISTER", "sip:example.com")
+        .to(&aor)
+        .h("Contact", contact)
+        .h("Expires", expires.to_string());
+    ua.send(&req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_edge_sees_a_publish_through_another() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2, 2, 1, &[]).await;
+    let mut alice = Ua::new(Tp::Udp, c.edge(0), "alice").await;
+    let mut bob = Ua::new(Tp::Tcp, c.edge(1), "bob").await;
+    let aor = alice.aor.clone();
+    let r = publish(&mut alice, None, "first-note").await;
+    assert_eq!(r.code, 200, "{}\n{}", r.reason, c.logs());
+    let etag = r.sip_etag().expect("SIP-ETag").to_string();
+
+    let (r, _dialog, _sub) = bob.subscribe(&aor, 600).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n = bob.notify_containing("first-note", PATIENCE).await;
+    assert!(body_str(&n).contains("<basic>open</basic>"));
+
+    let r = publish(&mut alice, Some(&etag), "second-note").await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n2 = bob.notify_containing("second-note", PATIENCE).await;
+    assert!(n2.cseq().expect("CSeq").0 > n.cseq().expect("CSeq").0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_compositors_shards_are_taken_over_without_loss() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(1, 2, 1, &[]).await;
+    let owned = c.owned().await;
+    assert!(
+        owned.iter().all(|(_, n)| *n > 0),
+        "both own shards: {owned:?}"
+    );
+    let redis = c.leases().await;
+    let mut victim_shards = Vec::new();
+    for s in 0..SHARDS {
+        if redis.owner_of(s).await.expect("owner").map(|l| l.owner) == Some("comp1".into()) {
+            victim_shards.push(s);
+        }
+    }
+    assert!(!victim_shards.is_empty());
+    let user = user_in(|s| victim_shards.contains(&s));
+    let shard = shard_of(&format!("sip:{user}@example.com"), SHARDS);
+    let mut alice = Ua::new(Tp::Tcp, c.edge(0), &user).await;
+    let mut bob = Ua::new(Tp::Udp, c.edge(0), "bob").await;
+    let aor = alice.aor.clone();
+    let r = publish(&mut alice, None, "before-kill").await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let etag = r.sip_etag().expect("SIP-ETag").to_string();
+    let (r, _, _) = bob.subscribe(&aor, 600).await;
+    assert_eq!(r.code, 200);
+    bob.notify_containing("before-kill", PATIENCE).await;
+
+    let killed_at = Instant::now();
+    c.kill9("comp1");
+    // The survivor holds the shard again.
+    let takeover = loop {
+        let owner = redis.owner_of(shard).await.expect("owner").map(|l| l.owner);
+        if owner.as_deref() == Some("comp0") {
+            break killed_at.elapsed();
+        }
+        assert!(killed_at.elapsed() < PATIENCE, "no takeover\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // A refresh of the publication made before the kill: the state is there
+    // (an unknown entity-tag would get 412). The edge rides out the handover.
+    let served = loop {
+        let mut req = alice
+            .req("PUBLISH", &aor)
+            .h("Event", "presence")
+            .h("Expires", "600")
+            .h("SIP-If-Match", etag.clone());
+        req = req.body("application/pidf+xml", pidf(&aor, "t1", true, "after-kill"));
+        alice.send_raw(&req.encode(Tp::Tcp, alice.local)).await;
+        match alice
+            .response_within(&req.branch, Duration::from_secs(15))
+            .await
+        {
+            Some(r) if r.code == 200 => break killed_at.elapsed(),
+            Some(r) if r.code == 503 => {}
+            Some(r) => panic!("PUBLISH after the kill: {} {}", r.code, r.reason),
+            None => {}
+        }
+        assert!(killed_at.elapsed() < PATIENCE, "no answer\n{}", c.logs());
+    };
+    bob.notify_containing("after-kill", PATIENCE).await;
+    println!(
+        "takeover: shard {shard} owned again {:.2} s after kill -9, first PUBLISH answered 200 at {:.2} s",
+        takeover.as_secs_f64(),
+        served.as_secs_f64()
+    );
+    c.wait_ready().await;
+    assert_eq!(c.owned().await, vec![("comp0".to_string(), SHARDS)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_compositor_hands_its_shards_back_at_once() {
+    let _serial = SERIAL.lock().await;
+    // Long leases: a takeover within the test's wait can only come from the
+    // released leases, not from their expiry.
+    let mut c = Cluster::start(1, 2, 1, &["--lease-ttl-ms", "60000"]).await;
+    let stopped_at = Instant::now();
+    c.terminate("comp1");
+    let exit = stopped_at.elapsed();
+    loop {
+        if c.owned().await == vec![("comp0".to_string(), SHARDS)] {
+            break;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(50),
+            "shards not taken over after a graceful stop: {:?}\n{}",
+            c.owned().await,
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "graceful handover: exit {:.2} s, all shards owned by the survivor {:.2} s after SIGTERM",
+        exit.as_secs_f64(),
+        stopped_at.elapsed().as_secs_f64()
+    );
+    let mut alice = Ua::new(Tp::Udp, c.edge(0), "alice").await;
+    let r = publish(&mut alice, None, "after-stop").await;
+    assert_eq!(r.code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owners_write_is_fenced() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let connect = || async {
+        Arc::new(
+            RedisStore::connect(
+                RedisConfig::new(&server.url(), SHARDS).expect("config"),
+                &prometheus::Registry::new(),
+            )
+            .await
+            .expect("connect"),
+        )
+    };
+    let redis_a = connect().await;
+    let redis_b = connect().await;
+    let ttl = Duration::from_millis(600);
+    let manager = |redis: Arc<RedisStore>, owner: &str| {
+        ShardLeases::new(
+            redis,
+            owner.into(),
+            SHARDS,
+            ttl,
+            LeaseMetrics::register(&prometheus::Registry::new()).expect("metrics"),
+        )
+    };
+    let (a, _ea) = manager(redis_a.clone(), "a");
+    a.cycle(true).await;
+    a.cycle(false).await;
+    assert_eq!(a.owned().len(), SHARDS as usize);
+    let store_a = FencedStore::new(redis_a.clone(), a.clone());
+    let aor = "sip:alice@example.com";
+    let shard = shard_of(aor, SHARDS);
+    let mark = || vec![Op::MarkKnown { aor: aor.into() }];
+    store_a.commit(shard, mark()).await.expect("owner writes");
+    let stale = a.fence(shard).expect("a holds it");
+
+    // a stalls (no renewals) past its TTL; b takes the shard.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let (b, _eb) = manager(redis_b.clone(), "b");
+    b.cycle(true).await;
+    b.cycle(false).await;
+    let fresh = b.fence(shard).expect("b took it");
+    assert!(fresh > stale);
+    // a wakes up and writes with its old token: refused, nothing changes,
+    // and a stops considering itself the owner.
+    let r = store_a.commit_fenced(shard, stale, mark()).await;
+    assert_eq!(r, Err(StoreError::Fenced));
+    assert!(a.fence(shard).is_none());
+    assert_eq!(
+        store_a.commit(shard, mark()).await,
+        Err(StoreError::Fenced),
+        "no write without the lease"
+    );
+    let store_b = FencedStore::new(redis_b.clone(), b.clone());
+    store_b
+        .commit(shard, mark())
+        .await
+        .expect("new owner writes");
+    assert_eq!(
+        redis_b
+            .owner_of(shard)
+            .await
+            .expect("owner")
+            .map(|l| l.owner),
+        Some("b".to_string())
+    );
+}
+
+const USERS: &str = "alice@example.com:secret\nbob@example.com:hunter2\n";
+
+/// The e2e suite's core scenarios with the parties on different edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_scenarios_across_edges() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2, 2, 1, &[]).await;
+    let (a, b) = (c.edge(0), c.edge(1));
+
+    // REGISTER through one edge, query through the other.
+    let mut bob = Ua::new(Tp::Udp, b, "bob").await;
+    let r = register(&mut bob, 600).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let mut bob_elsewhere = Ua::new(Tp::Tcp, a, "bob").await;
+    let aor = bob_elsewhere.aor.clone();
+    let q = bob_elsewhere.req("REGISTER", "sip:example.com").to(&aor);
+    let r = bob_elsewhere.send(&q).await;
+    assert_eq!(r.code, 200);
+    assert!(
+        r.header("Contact")
+            .is_some_and(|c| c.contains(&bob.contact_uri())),
+        "binding visible from the other edge: {:?}",
+        r.header("Contact")
+    );
+
+    // PUBLISH: create, modify, unknown tag, remove.
+    let mut alice = Ua::new(Tp::Tcp, a, "alice").await;
+    let r = publish(&mut alice, None, "one").await;
+    assert_eq!(r.code, 200);
+    let e1 = r.sip_etag().expect("etag").to_string();
+    let r = publish(&mut alice, Some("nope"), "x").await;
+    assert_eq!(r.code, 412);
+
+    // SUBSCRIBE through the other edge: NOTIFYs in order, refresh, end.
+    let (r, dialog, sub) = bob.subscribe(&alice.aor.clone(), 600).await;
+    assert_eq!(r.code, 200);
+    let mut cseqs = vec![
+        bob.notify_containing("one", PATIENCE)
+            .await
+            .cseq()
+            .expect("cseq")
+            .0,
+    ];
+    let r = publish(&mut alice, Some(&e1), "two").await;
+    assert_eq!(r.code, 200);
+    let e2 = r.sip_etag().expect("etag").to_string();
+    cseqs.push(
+        bob.notify_containing("two", PATIENCE)
+            .await
+            .cseq()
+            .expect("cseq")
+            .0,
+    );
+    let mut unsub = sub.next().in_dialog(&dialog);
+    unsub.headers.retain(|(n, _)| n != "Expires");
+    let unsub = unsub.h("Expires", "0");
+    let r = bob.send(&unsub).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n = bob.notify().await;
+    assert_eq!(
+        n.header("Subscription-State").map(|s| s.replace(' ', "")),
+        Some("terminated;reason=timeout".to_string())
+    );
+    cseqs.push(n.cseq().expect("cseq").0);
+    assert!(cseqs.windows(2).all(|w| w[0] < w[1]), "CSeqs {cseqs:?}");
+    let mut remove = alice
+        .req("PUBLISH", &alice.aor.clone())
+        .h("Event", "presence")
+        .h("Expires", "0");
+    remove = remove.h("SIP-If-Match", e2);
+    assert_eq!(alice.send(&remove).await.code, 200);
+
+    // MESSAGE from an edge to a UA registered through the other.
+    let req = alice
+        .req("MESSAGE", "sip:bob@example.com")
+        .body("text/plain;charset=UTF-8", "hej från a");
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let m = bob.recv_request("MESSAGE", WAIT).await.expect("MESSAGE");
+    assert_eq!(&m.body[..], "hej från a".as_bytes());
+    drop(c);
+}
+
+/// Digest with a nonce from one edge verified by another (shared secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_nonces_work_on_every_edge() {
+    let _serial = SERIAL.lock().await;
+    let users = common::TempFile::new(USERS);
+    let path = users.0.display().to_string();
+    let c = Cluster::start(2, 1, 1, &["--users", &path]).await;
+    let mut alice_a = Ua::new(Tp::Udp, c.edge(0), "alice").await;
+    let aor = alice_a.aor.clone();
+    let req = alice_a
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .body("application/pidf+xml", pidf(&aor, "t1", true, "auth"));
+    let r = alice_a.send(&req).await;
+    assert_eq!(r.code, 401);
+    // Answer the challenge of edge 0 through edge 1.
+    let mut alice_b = Ua::new(Tp::Udp, c.edge(1), "alice").await;
+    let retry =
+        common::authorize(&r, &req, "MD5", "alice", "secret", None).expect("an MD5 challenge");
+    let r = alice_b.send(&retry).await;
+    assert_eq!(r.code, 200, "{} {}", r.code, r.reason);
+}
