@@ -510,3 +510,47 @@ impl<Job> Drop for JsDelivery<Job> {
         }
     }
 }
+
+impl<Job> presence_store::bus::Settle<Job> for Settle {
+    fn ack(self: Box<Self>) {
+        self.send(AckKind::Ack);
+    }
+    fn nak(self: Box<Self>, _job: Job) {
+        (*self).nak();
+    }
+}
+
+impl<Job: Clone + Send + 'static> JsDelivery<Job> {
+    /// As the store's `Delivery`, settled the same way.
+    pub fn into_delivery(mut self) -> presence_store::Delivery<Job> {
+        let settle: Box<dyn presence_store::bus::Settle<Job>> = match self.settle.take() {
+            Some(s) => Box::new(s),
+            None => Box::new(Settled),
+        };
+        presence_store::Delivery::new(self.job.clone(), self.redelivered, settle)
+    }
+}
+
+/// Already settled (cannot happen for a JsDelivery that was not consumed).
+struct Settled;
+
+impl<Job> presence_store::bus::Settle<Job> for Settled {
+    fn ack(self: Box<Self>) {}
+    fn nak(self: Box<Self>, _job: Job) {}
+}
+
+#[async_trait::async_trait]
+impl<Job> presence_store::WorkQueue<Job> for JetStreamQueue<Job>
+where
+    Job: Envelope + Clone + Send + Sync + 'static,
+{
+    async fn push(&self, job: Job) -> Result<(), BusError> {
+        JetStreamQueue::push(self, &job).await
+    }
+    async fn pull(&self) -> Result<presence_store::Delivery<Job>, BusError> {
+        Ok(JetStreamQueue::pull(self).await?.into_delivery())
+    }
+    fn depth(&self) -> u64 {
+        JetStreamQueue::depth(self)
+    }
+}

@@ -364,3 +364,11 @@ async fn a_memory_queue_is_created_again_after_a_restart() {
     );
     d.ack();
 }
+
+/// The shared queue contract, through the store's `WorkQueue` trait.
+#[tokio::test]
+async fn queue_contract_on_nats() {
+    let server = NatsServer::start();
+    let q: JetStreamQueue<u32> = queue(&server, config(Storage::Memory)).await;
+    presence_store::contract::queue_contract(&q).await;
+}

@@ -123,27 +123,45 @@ impl<Req: Send + 'static, Rep: Send + 'static> Requests<Req, Rep> for MemoryBus<
     }
 }
 
+/// How a queue backend settles one delivery: `ack` when the work is done,
+/// `nak` (with the job handed back) when the delivery is dropped unacked.
+pub trait Settle<Job>: Send {
+    fn ack(self: Box<Self>);
+    fn nak(self: Box<Self>, job: Job);
+}
+
 /// A job taken from a work queue. Ack it when the work it asked for is done;
 /// dropping it unacked puts it back on the queue (redelivery).
 pub struct Delivery<Job: Clone + Send + 'static> {
     job: Option<Job>,
-    queue: Arc<QueueInner<Job>>,
+    settle: Option<Box<dyn Settle<Job>>>,
     pub redelivered: bool,
 }
 
 impl<Job: Clone + Send + 'static> Delivery<Job> {
+    /// For queue implementations: `settle` is told how the delivery ended.
+    pub fn new(job: Job, redelivered: bool, settle: Box<dyn Settle<Job>>) -> Self {
+        Delivery {
+            job: Some(job),
+            settle: Some(settle),
+            redelivered,
+        }
+    }
     pub fn job(&self) -> &Job {
         self.job.as_ref().expect("job present until ack")
     }
     pub fn ack(mut self) {
         self.job = None;
+        if let Some(s) = self.settle.take() {
+            s.ack();
+        }
     }
 }
 
 impl<Job: Clone + Send + 'static> Drop for Delivery<Job> {
     fn drop(&mut self) {
-        if let Some(job) = self.job.take() {
-            self.queue.push_back(job, true);
+        if let (Some(s), Some(job)) = (self.settle.take(), self.job.take()) {
+            s.nak(job);
         }
     }
 }
@@ -169,6 +187,15 @@ impl<Job> QueueInner<Job> {
             .unwrap_or_else(|p| p.into_inner())
             .push_back((job, redelivered));
         self.notify.notify_one();
+    }
+}
+
+struct MemorySettle<Job>(Arc<QueueInner<Job>>);
+
+impl<Job: Send + Sync> Settle<Job> for MemorySettle<Job> {
+    fn ack(self: Box<Self>) {}
+    fn nak(self: Box<Self>, job: Job) {
+        self.0.push_back(job, true);
     }
 }
 
@@ -213,11 +240,11 @@ impl<Job: Clone + Send + Sync + 'static> WorkQueue<Job> for MemoryQueue<Job> {
             if let Some((job, redelivered)) = next {
                 // More may be waiting: wake another puller.
                 self.inner.notify.notify_one();
-                return Ok(Delivery {
-                    job: Some(job),
-                    queue: self.inner.clone(),
+                return Ok(Delivery::new(
+                    job,
                     redelivered,
-                });
+                    Box::new(MemorySettle(self.inner.clone())),
+                ));
             }
             notified.await;
         }

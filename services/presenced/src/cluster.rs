@@ -9,8 +9,9 @@
 //!   handing back, the new one not serving yet) is retried for up to
 //!   `--handover-wait-ms`, then the caller gets `NoResponders` and answers
 //!   503 with Retry-After.
-//! - [`JetStreamJobs`] puts the JetStream work queue behind
-//!   [`WorkQueue`]; [`OutBus`] carries the notifier → edge envelopes over
+//! - The JetStream work queue implements [`WorkQueue`] itself (an unacked
+//!   delivery is nak'ed when dropped, redelivered after `ack_wait` when its
+//!   process dies); [`OutBus`] carries the notifier → edge envelopes over
 //!   NATS in their protobuf form.
 //!
 //! What it is not: no role logic; roles never see which backend they run on.
@@ -19,11 +20,10 @@ use crate::config::Config;
 use crate::edge::{OutRequest, Outcome};
 use async_trait::async_trait;
 use presence_core::commands::{Command, NotifyJob, Reply};
-use presence_nats::{pb, JetStreamQueue, JsDelivery, NatsMetrics, NatsRequests, QueueConfig};
+use presence_nats::{pb, JetStreamQueue, NatsMetrics, NatsRequests, QueueConfig};
 use presence_sip::rsip;
 use presence_store::{
-    BusError, Delivery, Incoming, Leases, MemoryBus, MemoryQueue, MemoryStore, Requests, Store,
-    WorkQueue,
+    BusError, Incoming, Leases, MemoryBus, MemoryQueue, MemoryStore, Requests, Store, WorkQueue,
 };
 use prometheus::{IntCounterVec, Opts, Registry};
 use std::collections::HashMap;
@@ -45,8 +45,6 @@ pub struct Backends {
     pub edge_bus: Arc<dyn Requests<OutRequest, Outcome>>,
     /// shard owner → notifiers.
     pub jobs: Arc<dyn WorkQueue<NotifyJob>>,
-    /// Settles what the queue bridge still holds (after the notifier stopped).
-    pub jetstream: Option<Arc<JetStreamJobs>>,
 }
 
 impl Backends {
@@ -71,7 +69,6 @@ impl Backends {
                 shards_bus: Arc::new(MemoryBus::new()),
                 edge_bus: Arc::new(MemoryBus::new()),
                 jobs: Arc::new(MemoryQueue::new()),
-                jetstream: None,
             });
         };
         let client = presence_nats::connect(url, &cfg.node_id)
@@ -104,14 +101,12 @@ impl Backends {
         )
         .await
         .map_err(|e| format!("cannot open the JetStream notify queue on {url}: {e}"))?;
-        let jobs = Arc::new(JetStreamJobs::new(queue));
         Ok(Backends {
             store,
             leases,
             shards_bus: Arc::new(shards_bus),
             edge_bus: Arc::new(OutBus::new(edge_bus)),
-            jobs: jobs.clone(),
-            jetstream: Some(jobs),
+            jobs: Arc::new(queue),
         })
     }
 }
@@ -231,103 +226,6 @@ where
 
     async fn unserve(&self, subject: &str) -> Result<(), BusError> {
         self.inner.unserve(subject).await
-    }
-}
-
-/// The JetStream work queue as a [`WorkQueue`].
-///
-/// `presence_store::Delivery` can only come from a `MemoryQueue` today, so
-/// each pulled job goes through a one-job local queue: the local delivery is
-/// what the notifier acks or drops, and the JetStream delivery is settled
-/// from it when the same task pulls again (the notifier's pullers handle one
-/// job at a time and ack it before pulling the next) or when
-/// [`JetStreamJobs::settle_all`] runs after the notifier stopped: acked
-/// locally → ack; dropped unacked (back in the local queue) → nak, so
-/// JetStream delivers it again. A process that dies holding a job leaves it
-/// unacked, and JetStream redelivers it after `ack_wait`.
-///
-/// When `Delivery` can carry a backend's ack handle, this bridge goes away and
-/// `JetStreamQueue` implements `WorkQueue` itself.
-pub struct JetStreamJobs {
-    queue: JetStreamQueue<NotifyJob>,
-    taken: Mutex<HashMap<tokio::task::Id, Taken>>,
-}
-
-struct Taken {
-    js: JsDelivery<NotifyJob>,
-    local: MemoryQueue<NotifyJob>,
-}
-
-impl Taken {
-    fn settle(self) {
-        if self.local.depth() == 0 {
-            self.js.ack();
-        } else {
-            self.js.release();
-        }
-    }
-}
-
-impl JetStreamJobs {
-    pub fn new(queue: JetStreamQueue<NotifyJob>) -> JetStreamJobs {
-        JetStreamJobs {
-            queue,
-            taken: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Settle every job handed out (call once the pullers have stopped).
-    pub fn settle_all(&self) {
-        let taken: Vec<Taken> = self
-            .taken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, t)| t)
-            .collect();
-        for t in taken {
-            t.settle();
-        }
-    }
-}
-
-#[async_trait]
-impl WorkQueue<NotifyJob> for JetStreamJobs {
-    async fn push(&self, job: NotifyJob) -> Result<(), BusError> {
-        self.queue.push(&job).await
-    }
-
-    async fn pull(&self) -> Result<Delivery<NotifyJob>, BusError> {
-        let task = tokio::task::try_id();
-        if let Some(id) = task {
-            let previous = self
-                .taken
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            if let Some(t) = previous {
-                t.settle();
-            }
-        }
-        let js = self.queue.pull().await?;
-        let local = MemoryQueue::new();
-        local.push(js.job().clone()).await?;
-        let delivery = local.pull().await?;
-        match task {
-            Some(id) => {
-                self.taken
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id, Taken { js, local });
-            }
-            // Not on a task (cannot happen under tokio): ack at once.
-            None => js.ack(),
-        }
-        Ok(delivery)
-    }
-
-    fn depth(&self) -> u64 {
-        self.queue.depth()
     }
 }
 

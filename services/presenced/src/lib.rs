@@ -74,7 +74,6 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     ready: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    jetstream: Option<Arc<cluster::JetStreamJobs>>,
 }
 
 impl Server {
@@ -85,9 +84,6 @@ impl Server {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
-        }
-        if let Some(js) = self.jetstream {
-            js.settle_all();
         }
     }
 }
@@ -246,6 +242,5 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
         shutdown: shutdown_tx,
         ready: ready_tx,
         tasks,
-        jetstream: backends.jetstream,
     })
 }
