@@ -19,7 +19,7 @@ use presence_core::{shard_of, EndReason, Subscription, View};
 use presence_sip::rsip;
 use presence_store::{Requests, Store, WorkQueue};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -45,12 +45,55 @@ struct Slot {
     last_version: u64,
     /// When the oldest unsent change happened (for the latency histogram).
     changed_at_ms: Option<u64>,
+    /// Jobs waiting for the pending NOTIFY to be answered (or to become moot).
+    waiters: Vec<Arc<JobDone>>,
+}
+
+/// Counts down the NOTIFYs one notify job asked for; the job is acknowledged
+/// to its queue only when all of them were answered (or became moot: the
+/// subscription ended, a newer version already went out). A notifier that
+/// dies before that leaves the job unacknowledged, and the queue hands it to
+/// another notifier.
+struct JobDone {
+    left: AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+impl JobDone {
+    fn new(n: usize) -> Arc<JobDone> {
+        Arc::new(JobDone {
+            left: AtomicUsize::new(n),
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn finish(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.notify.notify_one();
+        }
+    }
+
+    async fn wait(&self) {
+        while self.left.load(Ordering::Acquire) > 0 {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What the drain loop does after one pending item.
+enum Next {
+    Continue,
+    Stop,
 }
 
 enum Pending {
     Latest { force: bool },
     Final(Box<Subscription>, EndReason),
 }
+
+/// How long a notify job waits for its NOTIFYs before it is acknowledged
+/// anyway: Timer F (32 s) of the slowest one, plus slack.
+const JOB_ACK_LIMIT: Duration = Duration::from_secs(40);
 
 pub fn edge_subject(edge: &str) -> String {
     format!("edge.{edge}")
@@ -102,8 +145,19 @@ impl Notifier {
                     };
                     let Ok(delivery) = delivery else { break };
                     me.metrics.notifier_queue_depth.set(me.jobs.depth() as i64);
-                    me.handle(delivery.job().clone()).await;
-                    delivery.ack();
+                    let done = me.handle(delivery.job().clone()).await;
+                    // Acknowledge once its NOTIFYs are answered; the puller
+                    // goes on meanwhile. Past the longest transaction (Timer
+                    // F) plus slack the job is acknowledged anyway: its
+                    // subscriptions were ended by the timeout.
+                    if let Some(done) = done {
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(JOB_ACK_LIMIT, done.wait()).await;
+                            delivery.ack();
+                        });
+                    } else {
+                        delivery.ack();
+                    }
                 }
             }));
         }
@@ -113,7 +167,10 @@ impl Notifier {
         }
     }
 
-    async fn handle(self: &Arc<Self>, job: NotifyJob) {
+    /// Schedule the job's NOTIFYs; `None` when the job cannot be handled now
+    /// (the store did not answer): it is then left unacknowledged, for the
+    /// queue to hand out again.
+    async fn handle(self: &Arc<Self>, job: NotifyJob) -> Option<Arc<JobDone>> {
         match job {
             NotifyJob::Changed {
                 aor, event, at_ms, ..
@@ -122,25 +179,39 @@ impl Notifier {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot load watchers");
-                        return;
+                        return None;
                     }
                 };
+                let done = JobDone::new(watchers.len());
                 for sub in watchers {
-                    self.schedule(&sub.id, Pending::Latest { force: false }, Some(at_ms));
+                    self.schedule(
+                        &sub.id,
+                        Pending::Latest { force: false },
+                        Some(at_ms),
+                        done.clone(),
+                    );
                 }
+                Some(done)
             }
-            NotifyJob::Refresh { id } => self.schedule(&id, Pending::Latest { force: true }, None),
+            NotifyJob::Refresh { id } => {
+                let done = JobDone::new(1);
+                self.schedule(&id, Pending::Latest { force: true }, None, done.clone());
+                Some(done)
+            }
             NotifyJob::Terminated { sub, reason } => {
                 let id = sub.id.clone();
-                self.schedule(&id, Pending::Final(sub, reason), None);
+                let done = JobDone::new(1);
+                self.schedule(&id, Pending::Final(sub, reason), None, done.clone());
+                Some(done)
             }
         }
     }
 
-    fn schedule(self: &Arc<Self>, id: &str, p: Pending, at_ms: Option<u64>) {
+    fn schedule(self: &Arc<Self>, id: &str, p: Pending, at_ms: Option<u64>, done: Arc<JobDone>) {
         let start = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             let slot = slots.entry(id.to_string()).or_default();
+            slot.waiters.push(done);
             slot.pending = Some(match (slot.pending.take(), p) {
                 (Some(Pending::Final(s, r)), _) => Pending::Final(s, r),
                 (_, Pending::Final(s, r)) => Pending::Final(s, r),
@@ -166,81 +237,114 @@ impl Notifier {
     /// Send what is pending for one subscription until nothing is.
     async fn drain(self: Arc<Self>, id: String) {
         loop {
-            let (pending, last_version, changed_at) = {
+            let (pending, last_version, changed_at, waiters) = {
                 let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(slot) = slots.get_mut(&id) else {
                     return;
                 };
                 match slot.pending.take() {
-                    Some(p) => (p, slot.last_version, slot.changed_at_ms.take()),
+                    Some(p) => (
+                        p,
+                        slot.last_version,
+                        slot.changed_at_ms.take(),
+                        std::mem::take(&mut slot.waiters),
+                    ),
                     None => {
                         slot.busy = false;
+                        for w in std::mem::take(&mut slot.waiters) {
+                            w.finish();
+                        }
                         return;
                     }
                 }
             };
-            match pending {
-                Pending::Latest { force } => {
-                    let sub = match self.store.subscription(&id).await {
-                        Ok(Some(s)) => s,
-                        Ok(None) => {
-                            let _ = self.forget_if_idle(&id);
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot load subscription");
-                            continue;
-                        }
-                    };
-                    let doc = self
-                        .store
-                        .document(&sub.aor, &sub.event)
-                        .await
-                        .ok()
-                        .flatten();
-                    let version = doc.as_ref().map(|d| d.version).unwrap_or(0);
-                    if !force && version <= last_version {
-                        continue;
+            let next = self.deliver(&id, pending, last_version, changed_at).await;
+            for w in waiters {
+                w.finish();
+            }
+            if let Next::Stop = next {
+                return;
+            }
+        }
+    }
+
+    /// Send one pending item of a subscription.
+    async fn deliver(
+        &self,
+        id: &str,
+        pending: Pending,
+        last_version: u64,
+        changed_at: Option<u64>,
+    ) -> Next {
+        match pending {
+            Pending::Latest { force } => {
+                let sub = match self.store.subscription(id).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        let _ = self.forget_if_idle(id);
+                        return Next::Continue;
                     }
-                    let remaining = sub.expires_at_ms.saturating_sub(self.clock.now_ms()) / 1000;
-                    let state = format!("active;expires={remaining}");
-                    let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
-                    let outcome = self.send(&sub, &state, body).await;
-                    match outcome {
-                        Some(code) if (200..300).contains(&code) => {
-                            if let Some(at) = changed_at {
-                                let secs = self.clock.now_ms().saturating_sub(at) as f64 / 1000.0;
-                                self.metrics
-                                    .notifier_latency_seconds
-                                    .with_label_values(&[&sub.event])
-                                    .observe(secs);
-                            }
-                            self.with_slot(&id, |slot| {
-                                slot.last_version = slot.last_version.max(version)
-                            });
-                        }
-                        Some(481) | Some(408) | None => {
-                            self.end(&sub, EndReason::Gone).await;
-                            // Only a final NOTIFY could still be owed; it is not (the watcher is gone).
-                            self.with_slot(&id, |slot| slot.pending = None);
-                        }
-                        Some(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load subscription");
+                        return Next::Continue;
                     }
+                };
+                let doc = self
+                    .store
+                    .document(&sub.aor, &sub.event)
+                    .await
+                    .ok()
+                    .flatten();
+                let version = doc.as_ref().map(|d| d.version).unwrap_or(0);
+                if !force && version <= last_version {
+                    return Next::Continue;
                 }
-                Pending::Final(sub, reason) => {
-                    let doc = self
-                        .store
-                        .document(&sub.aor, &sub.event)
-                        .await
-                        .ok()
-                        .flatten();
-                    let state = format!("terminated;reason={}", reason.as_str());
-                    let body = self.body_for(&sub, doc.map(|d| d.body));
-                    let _ = self.send(&sub, &state, body).await;
-                    let _ = self.store.drop_cseq(&id).await;
-                    if self.forget_if_idle(&id) {
-                        return;
+                let remaining = sub.expires_at_ms.saturating_sub(self.clock.now_ms()) / 1000;
+                let state = format!("active;expires={remaining}");
+                let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
+                let outcome = self.send(&sub, &state, body).await;
+                match outcome {
+                    Some(code) if (200..300).contains(&code) => {
+                        if let Some(at) = changed_at {
+                            let secs = self.clock.now_ms().saturating_sub(at) as f64 / 1000.0;
+                            self.metrics
+                                .notifier_latency_seconds
+                                .with_label_values(&[&sub.event])
+                                .observe(secs);
+                        }
+                        self.with_slot(id, |slot| {
+                            slot.last_version = slot.last_version.max(version)
+                        });
                     }
+                    Some(481) | Some(408) | None => {
+                        self.end(&sub, EndReason::Gone).await;
+                        // Only a final NOTIFY could still be owed; it is not (the watcher is gone).
+                        self.with_slot(id, |slot| {
+                            slot.pending = None;
+                            for w in std::mem::take(&mut slot.waiters) {
+                                w.finish();
+                            }
+                        });
+                    }
+                    Some(_) => {}
+                }
+                Next::Continue
+            }
+            Pending::Final(sub, reason) => {
+                let doc = self
+                    .store
+                    .document(&sub.aor, &sub.event)
+                    .await
+                    .ok()
+                    .flatten();
+                let state = format!("terminated;reason={}", reason.as_str());
+                let body = self.body_for(&sub, doc.map(|d| d.body));
+                let _ = self.send(&sub, &state, body).await;
+                let _ = self.store.drop_cseq(id).await;
+                if self.forget_if_idle(id) {
+                    Next::Stop
+                } else {
+                    Next::Continue
                 }
             }
         }
