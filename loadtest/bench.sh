@@ -137,8 +137,10 @@ stop_step() {
   done
 }
 
-for server in $SERVERS; do
-  for rate in $RATES; do
+# Step by step, the servers back to back, so that both see the same
+# background load of this shared machine.
+for rate in $RATES; do
+  for server in $SERVERS; do
     step="$OUT/$server-$rate"
     mkdir -p "$step"
     log "$server: $USERS users x $BUDDIES buddies, $rate PUBLISH/s for ${DURATION}s"
