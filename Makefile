@@ -1,13 +1,17 @@
 # The two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test build release lint fmt check-config bench smoke cluster-up cluster-down cluster-test
+.PHONY: run test test-deps build release lint fmt check-config bench smoke cluster-up cluster-down cluster-test
 
 run:
 	$(CARGO) run --release -p presenced --
 
-test:
+test: test-deps
 	$(CARGO) test --workspace --locked
+
+# redis-server and nats-server for the cluster backends' tests (installed if missing).
+test-deps:
+	scripts/test-deps.sh
 
 build:
 	$(CARGO) build --workspace --locked
