@@ -149,6 +149,9 @@ return 1
 /// Next NOTIFY CSeq: KEYS[1] the id hash, ARGV[1] grace ms (TTL of a counter
 /// whose subscription was never stored, e.g. a fetch).
 pub const NEXT_CSEQ: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if tonumber(ARGV[2]) < v then return false end
+redis.call('HSET', KEYS[1], 'v', ARGV[2])
 local c = redis.call('HINCRBY', KEYS[1], 'c', 1)
 if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return c

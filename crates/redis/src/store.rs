@@ -596,19 +596,23 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn next_cseq(&self, id: &str) -> StoreResult<u32> {
+    async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
         self.timed("next_cseq", async {
             let mut c = self.conn.clone();
-            let n: i64 = self
+            let n: Option<i64> = self
                 .scripts
                 .next_cseq
                 .key(self.sid_key(id))
                 .arg(self.grace_ms)
+                .arg(version.to_string())
                 .invoke_async(&mut c)
                 .await
                 .map_err(backend)?;
-            u32::try_from(n)
-                .map_err(|_| StoreError::Backend(format!("CSeq counter out of range: {n}")))
+            n.map(|n| {
+                u32::try_from(n)
+                    .map_err(|_| StoreError::Backend(format!("CSeq counter out of range: {n}")))
+            })
+            .transpose()
         })
         .await
     }
@@ -616,7 +620,7 @@ impl Store for RedisStore {
     async fn drop_cseq(&self, id: &str) -> StoreResult<()> {
         self.timed("drop_cseq", async {
             let _: i64 = self
-                .query(redis::cmd("HDEL").arg(self.sid_key(id)).arg("c"))
+                .query(redis::cmd("HDEL").arg(self.sid_key(id)).arg("c").arg("v"))
                 .await?;
             Ok(())
         })

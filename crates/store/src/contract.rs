@@ -263,10 +263,13 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     assert!(s.hard_state(a, "presence").await.expect("read").is_none());
 
     // NOTIFY CSeq counters.
-    assert_eq!(s.next_cseq("s1").await.expect("cseq"), 1);
-    assert_eq!(s.next_cseq("s1").await.expect("cseq"), 2);
+    assert_eq!(s.next_cseq("s1", 5).await.expect("cseq"), Some(1));
+    assert_eq!(s.next_cseq("s1", 5).await.expect("cseq"), Some(2)); // a refresh
+    assert_eq!(s.next_cseq("s1", 4).await.expect("cseq"), None); // older: not sent
+    assert_eq!(s.next_cseq("s1", 7).await.expect("cseq"), Some(3));
+    assert_eq!(s.next_cseq("s1", u64::MAX).await.expect("cseq"), Some(4)); // final
     s.drop_cseq("s1").await.expect("drop");
-    assert_eq!(s.next_cseq("s1").await.expect("cseq"), 1);
+    assert_eq!(s.next_cseq("s1", 1).await.expect("cseq"), Some(1));
 
     let c = s.counts().await.expect("counts");
     assert_eq!((c.subscriptions, c.bindings, c.documents), (1, 0, 1));

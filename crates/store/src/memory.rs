@@ -43,7 +43,8 @@ struct Inner {
     documents: HashMap<Pair, Document>,
     hard: HashMap<Pair, Bytes>,
     known: HashSet<String>,
-    cseq: HashMap<String, u32>,
+    /// Per subscription: last NOTIFY CSeq and the newest version it carried.
+    cseq: HashMap<String, (u32, u64)>,
     index: HashMap<u32, ShardIndex>,
     /// shard → (owner, token, expires)
     leases: HashMap<u32, (String, u64, Instant)>,
@@ -268,11 +269,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn next_cseq(&self, id: &str) -> StoreResult<u32> {
+    async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
         let mut g = self.lock();
-        let c = g.cseq.entry(id.to_string()).or_insert(0);
+        let (c, v) = g.cseq.entry(id.to_string()).or_insert((0, 0));
+        if version < *v {
+            return Ok(None);
+        }
+        *v = version;
         *c += 1;
-        Ok(*c)
+        Ok(Some(*c))
     }
 
     async fn drop_cseq(&self, id: &str) -> StoreResult<()> {

@@ -116,8 +116,14 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<(u64, ExpiryKey)>>;
 
-    /// Next CSeq for NOTIFYs of a subscription (strictly increasing, from 1).
-    async fn next_cseq(&self, id: &str) -> StoreResult<u32>;
+    /// Next CSeq for a NOTIFY of a subscription carrying document `version`
+    /// (strictly increasing, from 1), or `None` when a NOTIFY for a newer
+    /// version already took one: then this one must not be sent. Taking the
+    /// CSeq and checking the version is one atomic step, so with several
+    /// notifiers CSeq order is version order, and a watcher that rejects a
+    /// lower CSeq (RFC 3261 §12.2.2) never applies an older document after a
+    /// newer one. The same version may take several CSeqs (refreshes).
+    async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>>;
     /// Forget the CSeq counter of an ended subscription.
     async fn drop_cseq(&self, id: &str) -> StoreResult<()>;
 

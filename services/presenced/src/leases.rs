@@ -547,8 +547,8 @@ impl Store for FencedStore {
     ) -> StoreResult<Vec<(u64, ExpiryKey)>> {
         self.inner.due(shard, now_ms, limit).await
     }
-    async fn next_cseq(&self, id: &str) -> StoreResult<u32> {
-        self.inner.next_cseq(id).await
+    async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
+        self.inner.next_cseq(id, version).await
     }
     async fn drop_cseq(&self, id: &str) -> StoreResult<()> {
         self.inner.drop_cseq(id).await

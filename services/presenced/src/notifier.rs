@@ -302,7 +302,7 @@ impl Notifier {
                 let remaining = sub.expires_at_ms.saturating_sub(self.clock.now_ms()) / 1000;
                 let state = format!("active;expires={remaining}");
                 let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
-                let outcome = self.send(&sub, &state, body).await;
+                let outcome = self.send(&sub, &state, body, version).await;
                 match outcome {
                     Some(code) if (200..300).contains(&code) => {
                         if let Some(at) = changed_at {
@@ -339,7 +339,7 @@ impl Notifier {
                     .flatten();
                 let state = format!("terminated;reason={}", reason.as_str());
                 let body = self.body_for(&sub, doc.map(|d| d.body));
-                let _ = self.send(&sub, &state, body).await;
+                let _ = self.send(&sub, &state, body, u64::MAX).await;
                 let _ = self.store.drop_cseq(id).await;
                 if self.forget_if_idle(id) {
                     Next::Stop
@@ -377,10 +377,26 @@ impl Notifier {
         }
     }
 
-    /// Send one NOTIFY; `Some(code)` of the final answer, `None` if no answer.
-    async fn send(&self, sub: &Subscription, state: &str, body: Option<Bytes>) -> Option<u16> {
-        let cseq = match self.store.next_cseq(&sub.id).await {
-            Ok(c) => c,
+    /// Send one NOTIFY carrying document `version` (`u64::MAX` for the final
+    /// one); `Some(code)` of the final answer, `None` if no answer. A NOTIFY
+    /// for a newer version that already took its CSeq (another notifier)
+    /// makes this one moot: it is not sent, and counts as done.
+    async fn send(
+        &self,
+        sub: &Subscription,
+        state: &str,
+        body: Option<Bytes>,
+        version: u64,
+    ) -> Option<u16> {
+        let cseq = match self.store.next_cseq(&sub.id, version).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                self.metrics
+                    .notifier_notifies
+                    .with_label_values(&["superseded"])
+                    .inc();
+                return Some(200);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take a NOTIFY CSeq");
                 return Some(500);
