@@ -355,7 +355,7 @@ where
         }
         let (msg, acker) = msg.split();
         let settle = Settle {
-            acker,
+            acker: Arc::new(acker),
             rt: Handle::current(),
             metrics: self.metrics.clone(),
             cfg: self.cfg.clone(),
@@ -418,7 +418,7 @@ async fn refresh_depth(
 /// How a delivery is settled with the server: fire-and-forget on the runtime
 /// that pulled it, so `ack()` and drop stay synchronous.
 struct Settle {
-    acker: Acker,
+    acker: Arc<Acker>,
     rt: Handle,
     metrics: NatsMetrics,
     cfg: Arc<QueueConfig>,
@@ -447,6 +447,18 @@ impl Settle {
     fn nak(self) {
         let delay = self.cfg.nak_delay;
         self.send(AckKind::Nak((!delay.is_zero()).then_some(delay)));
+    }
+
+    /// Restart the server's `ack_wait` clock (in the background).
+    fn progress(&self) {
+        let acker = self.acker.clone();
+        let metrics = self.metrics.clone();
+        let cfg = self.cfg.clone();
+        self.rt.spawn(async move {
+            if acker.ack_with(AckKind::Progress).await.is_err() {
+                metrics.error(&cfg.label, "progress", "backend");
+            }
+        });
     }
 }
 
@@ -517,6 +529,9 @@ impl<Job> presence_store::bus::Settle<Job> for Settle {
     }
     fn nak(self: Box<Self>, _job: Job) {
         (*self).nak();
+    }
+    fn progress(&self) {
+        Settle::progress(self);
     }
 }
 

@@ -128,6 +128,9 @@ impl<Req: Send + 'static, Rep: Send + 'static> Requests<Req, Rep> for MemoryBus<
 pub trait Settle<Job>: Send {
     fn ack(self: Box<Self>);
     fn nak(self: Box<Self>, job: Job);
+    /// Still working on it: a queue that redelivers unacked jobs after a
+    /// while restarts that clock. Nothing to do for queues without one.
+    fn progress(&self) {}
 }
 
 /// A job taken from a work queue. Ack it when the work it asked for is done;
@@ -154,6 +157,12 @@ impl<Job: Clone + Send + 'static> Delivery<Job> {
         self.job = None;
         if let Some(s) = self.settle.take() {
             s.ack();
+        }
+    }
+    /// Still working on it (see [`Settle::progress`]).
+    pub fn progress(&self) {
+        if let Some(s) = &self.settle {
+            s.progress();
         }
     }
 }

@@ -94,7 +94,12 @@ impl Backends {
         let queue = JetStreamQueue::<NotifyJob>::new(
             client,
             QueueConfig {
+                // A notifier reports progress every 3 s while a job waits
+                // for its NOTIFYs, so 10 s means "its notifier died".
                 ack_wait: Duration::from_secs(10),
+                // A job given back because the store failed comes back after
+                // a pause, not in a tight loop.
+                nak_delay: Duration::from_secs(1),
                 ..QueueConfig::default()
             },
             metrics,

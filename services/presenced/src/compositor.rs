@@ -587,7 +587,10 @@ impl Compositor {
         let known = any
             || self.store.is_known(aor).await?
             || self.users.as_ref().is_some_and(|u| {
-                let (user, domain) = aor[4..].rsplit_once('@').unwrap_or(("", ""));
+                let (user, domain) = aor
+                    .strip_prefix("sip:")
+                    .and_then(|a| a.rsplit_once('@'))
+                    .unwrap_or(("", ""));
                 u.contains(user, domain)
             });
         Ok(if known {

@@ -80,10 +80,35 @@ impl JobDone {
     }
 }
 
+/// How a NOTIFY went.
+enum Sent {
+    /// The watcher's final answer (or 408 from the edge's Timer F).
+    Answered(u16),
+    /// Nobody answered: the edge was unreachable for as long as a transaction lasts.
+    NoAnswer,
+    /// Not sent: the store failed before (try again).
+    StoreFailed,
+}
+
+/// Combine what was pending with what arrives: a final NOTIFY wins, forced
+/// (refresh) NOTIFYs stay forced.
+fn merge(old: Option<Pending>, new: Pending) -> Pending {
+    match (old, new) {
+        (Some(Pending::Final(s, r)), _) => Pending::Final(s, r),
+        (_, Pending::Final(s, r)) => Pending::Final(s, r),
+        (Some(Pending::Latest { force: a }), Pending::Latest { force: b }) => {
+            Pending::Latest { force: a || b }
+        }
+        (None, p) => p,
+    }
+}
+
 /// What the drain loop does after one pending item.
 enum Next {
     Continue,
     Stop,
+    /// The store or the bus failed: try this item again after a pause.
+    Retry(Pending),
 }
 
 enum Pending {
@@ -94,6 +119,11 @@ enum Pending {
 /// How long a notify job waits for its NOTIFYs before it is acknowledged
 /// anyway: Timer F (32 s) of the slowest one, plus slack.
 const JOB_ACK_LIMIT: Duration = Duration::from_secs(40);
+/// How often a job still waiting for its NOTIFYs tells its queue so (below
+/// JetStream's `ack_wait`, so it is not handed to another notifier meanwhile).
+const JOB_PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// Pause before retrying a NOTIFY whose store read or edge request failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 pub fn edge_subject(edge: &str) -> String {
     format!("edge.{edge}")
@@ -145,19 +175,29 @@ impl Notifier {
                     };
                     let Ok(delivery) = delivery else { break };
                     me.metrics.notifier_queue_depth.set(me.jobs.depth() as i64);
-                    let done = me.handle(delivery.job().clone()).await;
+                    let Some(done) = me.handle(delivery.job().clone()).await else {
+                        // Not handled (the store did not answer): dropping
+                        // the delivery unacked gives it back to the queue.
+                        drop(delivery);
+                        continue;
+                    };
                     // Acknowledge once its NOTIFYs are answered; the puller
-                    // goes on meanwhile. Past the longest transaction (Timer
-                    // F) plus slack the job is acknowledged anyway: its
-                    // subscriptions were ended by the timeout.
-                    if let Some(done) = done {
-                        tokio::spawn(async move {
-                            let _ = tokio::time::timeout(JOB_ACK_LIMIT, done.wait()).await;
-                            delivery.ack();
-                        });
-                    } else {
+                    // goes on meanwhile, and the queue is told the job is
+                    // still being worked on. Past the longest transaction
+                    // (Timer F) plus slack the job is acknowledged anyway:
+                    // its subscriptions were ended by the timeout.
+                    tokio::spawn(async move {
+                        let deadline = tokio::time::Instant::now() + JOB_ACK_LIMIT;
+                        loop {
+                            let tick = tokio::time::Instant::now() + JOB_PROGRESS_EVERY;
+                            match tokio::time::timeout_at(tick.min(deadline), done.wait()).await {
+                                Ok(()) => break,
+                                Err(_) if tokio::time::Instant::now() >= deadline => break,
+                                Err(_) => delivery.progress(),
+                            }
+                        }
                         delivery.ack();
-                    }
+                    });
                 }
             }));
         }
@@ -212,14 +252,7 @@ impl Notifier {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             let slot = slots.entry(id.to_string()).or_default();
             slot.waiters.push(done);
-            slot.pending = Some(match (slot.pending.take(), p) {
-                (Some(Pending::Final(s, r)), _) => Pending::Final(s, r),
-                (_, Pending::Final(s, r)) => Pending::Final(s, r),
-                (Some(Pending::Latest { force: a }), Pending::Latest { force: b }) => {
-                    Pending::Latest { force: a || b }
-                }
-                (None, p) => p,
-            });
+            slot.pending = Some(merge(slot.pending.take(), p));
             if slot.changed_at_ms.is_none() {
                 slot.changed_at_ms = at_ms;
             }
@@ -259,6 +292,22 @@ impl Notifier {
                 }
             };
             let next = self.deliver(&id, pending, last_version, changed_at).await;
+            if let Next::Retry(p) = next {
+                // Back into the slot, with its waiters (merged with anything
+                // that arrived meanwhile), and again after a pause.
+                {
+                    let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                    let slot = slots.entry(id.clone()).or_default();
+                    slot.busy = true;
+                    slot.waiters.extend(waiters);
+                    slot.pending = Some(merge(slot.pending.take(), p));
+                    if slot.changed_at_ms.is_none() {
+                        slot.changed_at_ms = changed_at;
+                    }
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
             for w in waiters {
                 w.finish();
             }
@@ -286,15 +335,16 @@ impl Notifier {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot load subscription");
-                        return Next::Continue;
+                        return Next::Retry(Pending::Latest { force });
                     }
                 };
-                let doc = self
-                    .store
-                    .document(&sub.aor, &sub.event)
-                    .await
-                    .ok()
-                    .flatten();
+                let doc = match self.store.document(&sub.aor, &sub.event).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load the document");
+                        return Next::Retry(Pending::Latest { force });
+                    }
+                };
                 let version = doc.as_ref().map(|d| d.version).unwrap_or(0);
                 if !force && version <= last_version {
                     return Next::Continue;
@@ -302,7 +352,11 @@ impl Notifier {
                 let remaining = sub.expires_at_ms.saturating_sub(self.clock.now_ms()) / 1000;
                 let state = format!("active;expires={remaining}");
                 let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
-                let outcome = self.send(&sub, &state, body, version).await;
+                let outcome = match self.send(&sub, &state, body, version).await {
+                    Sent::Answered(code) => Some(code),
+                    Sent::NoAnswer => None,
+                    Sent::StoreFailed => return Next::Retry(Pending::Latest { force }),
+                };
                 match outcome {
                     Some(code) if (200..300).contains(&code) => {
                         if let Some(at) = changed_at {
@@ -318,28 +372,37 @@ impl Notifier {
                     }
                     Some(481) | Some(408) | None => {
                         self.end(&sub, EndReason::Gone).await;
-                        // Only a final NOTIFY could still be owed; it is not (the watcher is gone).
-                        self.with_slot(id, |slot| {
-                            slot.pending = None;
+                        // Only a final NOTIFY could still be owed; it is not
+                        // (the watcher is gone): the slot goes too.
+                        let removed = self
+                            .slots
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(id);
+                        if let Some(mut slot) = removed {
                             for w in std::mem::take(&mut slot.waiters) {
                                 w.finish();
                             }
-                        });
+                        }
+                        return Next::Stop;
                     }
                     Some(_) => {}
                 }
                 Next::Continue
             }
             Pending::Final(sub, reason) => {
-                let doc = self
-                    .store
-                    .document(&sub.aor, &sub.event)
-                    .await
-                    .ok()
-                    .flatten();
+                let doc = match self.store.document(&sub.aor, &sub.event).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load the document");
+                        return Next::Retry(Pending::Final(sub, reason));
+                    }
+                };
                 let state = format!("terminated;reason={}", reason.as_str());
                 let body = self.body_for(&sub, doc.map(|d| d.body));
-                let _ = self.send(&sub, &state, body, u64::MAX).await;
+                if let Sent::StoreFailed = self.send(&sub, &state, body.clone(), u64::MAX).await {
+                    return Next::Retry(Pending::Final(sub, reason));
+                }
                 let _ = self.store.drop_cseq(id).await;
                 if self.forget_if_idle(id) {
                     Next::Stop
@@ -387,7 +450,7 @@ impl Notifier {
         state: &str,
         body: Option<Bytes>,
         version: u64,
-    ) -> Option<u16> {
+    ) -> Sent {
         let cseq = match self.store.next_cseq(&sub.id, version).await {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -395,11 +458,11 @@ impl Notifier {
                     .notifier_notifies
                     .with_label_values(&["superseded"])
                     .inc();
-                return Some(200);
+                return Sent::Answered(200);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take a NOTIFY CSeq");
-                return Some(500);
+                return Sent::StoreFailed;
             }
         };
         let mut h = rsip::Headers::default();
@@ -428,7 +491,7 @@ impl Notifier {
         let every = u64::from(self.faults.skip_notify_every);
         if every > 0 && nth.is_multiple_of(every) {
             tracing::debug!(sub = %sub.id, cseq, "fault hook: NOTIFY skipped");
-            return Some(200);
+            return Sent::Answered(200);
         }
         let req = OutRequest {
             flow: sub.flow.clone(),
@@ -437,14 +500,29 @@ impl Notifier {
             headers: h,
             body,
         };
-        let outcome = self
-            .edges
-            .request(&edge_subject(&sub.flow.edge), req, Duration::from_secs(40))
-            .await;
-        let code = match outcome {
-            Ok(o) if o.code > 0 => Some(o.code),
-            _ => None,
+        // The edge that holds the watcher's flow runs the transaction (Timer
+        // F: 32 s). If the bus cannot reach it (restarting, a NATS hiccup),
+        // try again for as long as a transaction would have lasted; only
+        // then is the watcher deemed gone.
+        let subject = edge_subject(&sub.flow.edge);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(32);
+        let outcome = loop {
+            match self
+                .edges
+                .request(&subject, req.clone(), Duration::from_secs(40))
+                .await
+            {
+                Ok(o) => break Some(o),
+                Err(e) if tokio::time::Instant::now() < give_up => {
+                    tracing::debug!(error = %e, edge = %subject, "edge unreachable; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(_) => break None,
+            }
         };
+        let code = outcome
+            .as_ref()
+            .and_then(|o| (o.code > 0).then_some(o.code));
         let label = match code {
             Some(c) if (200..300).contains(&c) => "2xx",
             Some(481) => "481",
@@ -455,7 +533,10 @@ impl Notifier {
             .notifier_notifies
             .with_label_values(&[label])
             .inc();
-        code
+        match code {
+            Some(c) => Sent::Answered(c),
+            None => Sent::NoAnswer,
+        }
     }
 
     async fn end(&self, sub: &Subscription, reason: EndReason) {
