@@ -41,22 +41,18 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 cargo build --release --locked -p presenced -p presence-loadtest
 BIN=$ROOT/target/release
 
-SERVER_PIDS=()
+# Only the processes of the step in progress are ours to stop; a finished
+# step's PIDs are forgotten (they may belong to someone else by now).
+SERVER_PID="" REDIS_PID=""
+LOCK=/tmp/presence-bench.lock
 cleanup() {
-  local p
-  for p in "${SERVER_PIDS[@]:-}"; do
-    [[ -n "$p" ]] || continue
-    pkill -TERM -P "$p" 2>/dev/null || true
-    kill -TERM "$p" 2>/dev/null || true
-  done
-  sleep 1
-  for p in "${SERVER_PIDS[@]:-}"; do
-    [[ -n "$p" ]] || continue
-    pkill -KILL -P "$p" 2>/dev/null || true
-    kill -KILL "$p" 2>/dev/null || true
-  done
+  [[ -n "$SERVER_PID" ]] && stop_step
+  rm -f "$LOCK"
 }
 trap cleanup EXIT
+# Tell the other engineers' tools on this shared machine that a benchmark
+# runs (they wait before starting cargo while this file exists).
+touch "$LOCK"
 
 tree_cpu_ticks() { # pid -> utime+stime of it and its children, in clock ticks
   local total=0 p
@@ -77,14 +73,22 @@ tree_pss_kb() { # pid -> summed PSS of it and its children (KB); PSS, not RSS,
   echo "$total"
 }
 
-wait_port() { # wait until something listens on udp PORT
+wait_port() { # wait until our server listens on udp PORT
   local i
   for i in $(seq 1 100); do
-    ss -Hlnu "sport = :$PORT" | grep -q . && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server exited; see its log" >&2; return 1; }
+    ss -Hlnup "sport = :$PORT" | grep -q . && return 0
     sleep 0.1
   done
   echo "nothing listens on udp $PORT" >&2
   return 1
+}
+
+port_free() {
+  if ss -Hlnu "sport = :$PORT" | grep -q . || ss -Hlnt "sport = :$PORT" | grep -q .; then
+    echo "port $PORT is in use by another process; stop it or set PORT=" >&2
+    return 1
+  fi
 }
 
 start_ours() {
@@ -103,7 +107,6 @@ start_kamailio() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$run/redis" --logfile "$run/redis/redis.log" --daemonize no &
   REDIS_PID=$!
-  SERVER_PIDS+=("$REDIS_PID")
   local i
   for i in $(seq 1 50); do
     redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
@@ -120,14 +123,18 @@ start_kamailio() {
 }
 
 stop_step() {
+  local i children
+  children=$(pgrep -P "$SERVER_PID" 2>/dev/null || true)
   kill -TERM "$SERVER_PID" 2>/dev/null || true
-  local i
   for i in $(seq 1 100); do
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1
   done
-  pkill -KILL -P "$SERVER_PID" 2>/dev/null || true
+  # Kamailio's workers, if its main process did not take them along.
+  for i in $children; do kill -KILL "$i" 2>/dev/null || true; done
   kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
   if [[ -n "${REDIS_PID:-}" ]]; then
     kill -TERM "$REDIS_PID" 2>/dev/null || true
     wait "$REDIS_PID" 2>/dev/null || true
@@ -154,8 +161,8 @@ for st in "${STEPS[@]}"; do
     mkdir -p "$step"
     log "$server: $load, $USERS users x $buddies buddies, $rate PUBLISH/s for ${DURATION}s"
     REDIS_PID=""
+    port_free
     "start_$server" "$step"
-    SERVER_PIDS+=("$SERVER_PID")
     wait_port
     sleep 0.5
     before=$(tree_cpu_ticks "$SERVER_PID")

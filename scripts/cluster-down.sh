@@ -8,6 +8,15 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 STATE=${STATE:-.cluster}
 
+ours() { # pid: is it presenced, nats-server or redis-server?
+  local cmd
+  cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  case "$cmd" in
+    *presenced*|*nats-server*|*redis-server*) return 0 ;;
+    *) echo "cluster-down: pid $1 is no longer ours ($cmd); left alone" >&2; return 1 ;;
+  esac
+}
+
 # SIGTERM to every process of a group at once, then wait (at most 15 s)
 # for them, and SIGKILL what is left.
 stop_group() {
@@ -15,7 +24,9 @@ stop_group() {
   for f in "$@"; do
     [ -f "$f" ] || continue
     pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
+    # Only a process that is still what we started (a pid file that outlived
+    # its process, e.g. across a reboot, may name somebody else's by now).
+    if kill -0 "$pid" 2>/dev/null && ours "$pid"; then
       kill -TERM "$pid" 2>/dev/null
       pids+=("$pid")
       names+=("$(basename "$f" .pid)")
