@@ -137,6 +137,11 @@ impl Dialog {
         Verdict::New
     }
 
+    /// The newest NOTIFY CSeq processed.
+    pub fn last_cseq(&self) -> Option<u32> {
+        self.last_cseq
+    }
+
     /// Has the watcher been shown SEQ `seq` (or newer)?
     pub fn covers(&self, seq: u64) -> bool {
         self.delivered > 0 && self.last_seq >= seq
@@ -176,12 +181,25 @@ pub fn read_body<'a>(body: &'a [u8], run: &str) -> (Option<&'a [u8]>, Option<u64
         let rest = &body[i + 8..];
         rest.iter().position(|b| *b == b'"').map(|e| &rest[..e])
     });
-    let seq = find(body, b"<note>lt ").and_then(|i| {
-        let rest = &body[i + 9..];
-        let rest = rest.strip_prefix(run.as_bytes())?.strip_prefix(b" ")?;
-        let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        parse_u64(&rest[..n])
-    });
+    // The newest note of this run: a presentity has one publication, but a
+    // UA that moved to another edge with a PUBLISH in flight may have left
+    // an older one behind (its SIP-ETag answer was lost with the edge).
+    let mut seq = None;
+    let mut at = 0;
+    while let Some(i) = find(&body[at..], b"<note>lt ") {
+        let start = at + i + 9;
+        at = start;
+        let note = body[start..]
+            .strip_prefix(run.as_bytes())
+            .and_then(|r| r.strip_prefix(b" "))
+            .and_then(|r| {
+                let n = r.iter().take_while(|b| b.is_ascii_digit()).count();
+                parse_u64(&r[..n])
+            });
+        if let Some(q) = note {
+            seq = Some(seq.map_or(q, |s: u64| s.max(q)));
+        }
+    }
     (entity, seq)
 }
 
@@ -256,6 +274,12 @@ impl Messages {
             self.live.remove(&id);
             MsgNext::Nothing
         }
+    }
+
+    /// Stop tracking MESSAGE `id`: it was given up (its sender or target
+    /// moved to another edge) and the sender knew it was not delivered.
+    pub fn forget(&mut self, id: u64) {
+        self.live.remove(&id);
     }
 
     /// The deadline after the 2xx passed.
@@ -420,6 +444,15 @@ mod tests {
         assert_eq!(read_body(body, "other").1, None);
         assert_eq!(read_body(b"<presence/>", "r9"), (None, None));
         assert_eq!(read_body(b"<note>lt r9 ", "r9").1, None);
+    }
+
+    #[test]
+    fn a_document_with_two_publications_shows_the_newest_note() {
+        // An older publication left behind by a PUBLISH lost with an edge.
+        let body = br#"<presence entity="sip:u1@example.com"><tuple id="a"/><note>lt r9 7</note><note>lt other 99</note><tuple id="b"/><note>lt r9 12</note></presence>"#;
+        assert_eq!(read_body(body, "r9").1, Some(12));
+        let body = br#"<presence><note>lt r9 12</note><note>lt r9 7</note></presence>"#;
+        assert_eq!(read_body(body, "r9").1, Some(12));
     }
 
     #[test]

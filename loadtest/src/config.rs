@@ -19,7 +19,8 @@ pub struct Cli {
     /// Profile: a name in loadtest/profiles (smoke, enterprise-blf, mobile-buddies, carrier) or a path to a .toml file.
     #[arg(long)]
     pub profile: Option<String>,
-    /// Server address HOST:PORT.
+    /// Server address HOST:PORT, or a comma-separated list of edges: the UAs
+    /// are spread over them and fail over to the next one when theirs dies.
     #[arg(long)]
     pub target: Option<String>,
     /// udp or tcp.
@@ -201,7 +202,10 @@ impl Transport {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub profile: Option<String>,
+    /// The first of `targets`.
     pub target: Option<SocketAddr>,
+    /// Every target given (one unless a comma list).
+    pub targets: Vec<SocketAddr>,
     pub transport: Transport,
     pub users: u32,
     pub domain: String,
@@ -251,16 +255,17 @@ impl Settings {
             };
         }
         let target_text = cli.target.clone().or(p.target.clone());
-        let target = match &target_text {
-            None => None,
-            Some(t) => match t.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => Some(a),
+        let mut targets = Vec::new();
+        for t in target_text.iter().flat_map(|t| t.split(',')) {
+            let t = t.trim();
+            match t.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => targets.push(a),
                 Ok(None) | Err(_) => {
                     errors.push(format!("--target {t:?}: not a HOST:PORT that resolves"));
-                    None
                 }
-            },
-        };
+            }
+        }
+        let target = targets.first().copied();
         let transport = match pick!(transport, "udp".to_string())
             .to_ascii_lowercase()
             .as_str()
@@ -280,6 +285,7 @@ impl Settings {
         let s = Settings {
             profile: profile_name,
             target,
+            targets,
             transport,
             users: pick!(users, 100),
             domain: pick!(domain, "example.com".to_string()),
@@ -468,6 +474,27 @@ mod tests {
         };
         let errs = Settings::resolve(bad).expect_err("invalid");
         assert!(errs.len() >= 4, "{errs:?}");
+    }
+
+    #[test]
+    fn a_target_list_gives_every_target() {
+        let cli = Cli {
+            target: Some("127.0.0.1:5060, 127.0.0.1:5062".into()),
+            ..Cli::default()
+        };
+        let s = Settings::resolve(cli).expect("valid");
+        let want: Vec<SocketAddr> = vec![
+            "127.0.0.1:5060".parse().expect("addr"),
+            "127.0.0.1:5062".parse().expect("addr"),
+        ];
+        assert_eq!(s.targets, want);
+        assert_eq!(s.target, Some(want[0]));
+        let bad = Cli {
+            target: Some("127.0.0.1:5060,nowhere".into()),
+            ..Cli::default()
+        };
+        let errs = Settings::resolve(bad).expect_err("invalid");
+        assert!(errs.iter().any(|e| e.contains("nowhere")), "{errs:?}");
     }
 
     #[test]

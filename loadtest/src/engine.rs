@@ -29,6 +29,8 @@ const BEHIND_US: u64 = 10_000;
 /// Most scheduled sends per tick (the rest go out on the next ticks, late).
 const MAX_BURST: u32 = 5000;
 const BRANCH_PREFIX: &[u8] = b"z9hG4bKlt.";
+/// NOTIFY faults described on stderr, at most.
+const FAULTS_LOGGED: u32 = 20;
 
 /// Outgoing bytes of one TCP connection, flushed by its writer task.
 #[derive(Default)]
@@ -49,6 +51,22 @@ pub struct Endpoint {
     pub wire: Wire,
     /// `ip:port` for Via and Contact.
     pub host: String,
+    /// The target a TCP connection goes to (index into the targets; UDP
+    /// sockets reach every target, their UAs say which).
+    pub target: u32,
+}
+
+/// The dialog generation in a SUBSCRIBE Call-ID: `s<sub>.<run>` for the
+/// first dialog, `s<sub>-<gen>.<run>` for the ones made after a move.
+struct DialogGen(u32);
+
+impl std::fmt::Display for DialogGen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 > 0 {
+            write!(f, "-{}", self.0)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +98,38 @@ impl Phase {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Txn { idx: u32, gen: u32 },
-    RegRefresh { ua: u32, gen: u32 },
-    PubRefresh { ua: u32, gen: u32 },
-    SubRefresh { sub: u32, gen: u32 },
-    CheckPub { ua: u32, seq: u64, ack_us: u64 },
-    CheckSub { sub: u32 },
-    CheckFinal { sub: u32 },
-    CheckMsg { id: u64 },
+    Txn {
+        idx: u32,
+        gen: u32,
+    },
+    RegRefresh {
+        ua: u32,
+        gen: u32,
+    },
+    PubRefresh {
+        ua: u32,
+        gen: u32,
+    },
+    SubRefresh {
+        sub: u32,
+        gen: u32,
+    },
+    CheckPub {
+        ua: u32,
+        seq: u64,
+        ack_us: u64,
+    },
+    /// `dgen`: the dialog generation (a move makes a new dialog).
+    CheckSub {
+        sub: u32,
+        dgen: u32,
+    },
+    CheckFinal {
+        sub: u32,
+    },
+    CheckMsg {
+        id: u64,
+    },
 }
 
 impl Timer {
@@ -147,6 +189,8 @@ struct Txn {
     first_us: u64,
     interval_ms: u64,
     deadline_us: u64,
+    /// Where the request goes (and its retransmissions).
+    to: SocketAddr,
     data: Vec<u8>,
 }
 
@@ -168,6 +212,15 @@ struct Ua {
     /// (seq, send time µs) of the last few changes, for change→NOTIFY latency.
     sent_at: [(u64, u64); 4],
     gone: bool,
+    /// Index of the target this UA talks to.
+    target: u32,
+    /// A Contact of a dead target's connection, removed with the next REGISTER.
+    old_host: Option<Box<str>>,
+    /// When the UA last moved to another target (µs, 0 = never).
+    moved_us: u64,
+    /// Re-PUBLISHing after a move: a 412 is expected (a PUBLISH lost with
+    /// the dead target may have changed the entity-tag), not an error.
+    recovering: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,12 +245,17 @@ struct Sub {
     expect_seq: u64,
     final_wait: bool,
     dialog: Dialog,
+    /// Dialog generation: 0 at first, +1 each time the watcher moves to
+    /// another target and subscribes again (in the Call-ID).
+    dgen: u32,
 }
 
 pub struct Engine {
     s: Settings,
     run: String,
-    target: SocketAddr,
+    targets: Vec<SocketAddr>,
+    /// Targets whose TCP connection closed.
+    dead: Vec<bool>,
     eps: Vec<Endpoint>,
     uas: Vec<Ua>,
     subs: Vec<Sub>,
@@ -235,10 +293,11 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         s: Settings,
-        target: SocketAddr,
+        targets: Vec<SocketAddr>,
         eps: Vec<Endpoint>,
         progress: Option<bool>,
     ) -> Engine {
+        let n_targets = targets.len().max(1) as u32;
         let mut rng = Rng::new(s.seed);
         let run = format!("{:08x}", rng.next_u64() as u32);
         let n = s.users;
@@ -246,9 +305,10 @@ impl Engine {
         for i in 0..n {
             let name = s.user(i);
             let password = s.password_of(&name).map(String::into_boxed_str);
+            let target = i % n_targets;
             uas.push(Ua {
                 name: name.into_boxed_str(),
-                ep: i % eps.len().max(1) as u32,
+                ep: Self::ep_for(&eps, s.transport, n_targets, i, target),
                 password,
                 auth: None,
                 registered: false,
@@ -263,6 +323,10 @@ impl Engine {
                 seq_acked: 0,
                 sent_at: [(0, 0); 4],
                 gone: false,
+                target,
+                old_host: None,
+                moved_us: 0,
+                recovering: false,
             });
         }
         let mut subs = Vec::new();
@@ -299,13 +363,15 @@ impl Engine {
                     expect_seq: 0,
                     final_wait: false,
                     dialog: Dialog::default(),
+                    dgen: 0,
                 });
             }
         }
         use std::io::IsTerminal;
         Engine {
             run,
-            target,
+            dead: vec![false; targets.len()],
+            targets,
             eps,
             uas,
             subs,
@@ -338,6 +404,29 @@ impl Engine {
             stop: Rc::new(Cell::new(0)),
             tty: std::io::stderr().is_terminal(),
             s,
+        }
+    }
+
+    /// The endpoint of UA `ua` talking to `target`: over UDP the UA keeps
+    /// its socket; over TCP it takes one of that target's connections (they
+    /// are grouped by target).
+    fn ep_for(eps: &[Endpoint], tp: Transport, n_targets: u32, ua: u32, target: u32) -> u32 {
+        let n = eps.len().max(1) as u32;
+        match tp {
+            Transport::Udp => ua % n,
+            Transport::Tcp => {
+                let per = (n / n_targets).max(1);
+                (target * per + (ua / n_targets) % per).min(n - 1)
+            }
+        }
+    }
+
+    /// The UA a transaction belongs to (a SUBSCRIBE's watcher, a MESSAGE's sender).
+    fn ua_of(&self, kind: Kind) -> u32 {
+        match kind {
+            Kind::Register { ua, .. } | Kind::Publish { ua, .. } => ua,
+            Kind::Subscribe { sub, .. } => self.subs[sub as usize].watcher,
+            Kind::Message { from, .. } => from,
         }
     }
 
@@ -407,6 +496,7 @@ impl Engine {
             first_us: 0,
             interval_ms: T1_MS,
             deadline_us: 0,
+            to: SocketAddr::from(([0, 0, 0, 0], 0)),
             data: Vec::new(),
         });
         (self.txns.len() - 1) as u32
@@ -430,7 +520,8 @@ impl Engine {
         if m == M::Publish {
             self.stats.w_publishes += 1;
         }
-        Self::wire_send(&self.eps, &mut self.stats, ep, self.target, &out);
+        let to = self.targets[self.uas[self.ua_of(kind) as usize].target as usize];
+        Self::wire_send(&self.eps, &mut self.stats, ep, to, &out);
         let udp = self.s.transport == Transport::Udp;
         let t = &mut self.txns[idx as usize];
         *t = Txn {
@@ -443,6 +534,7 @@ impl Engine {
             first_us: now,
             interval_ms: T1_MS,
             deadline_us: now + TIMER_F_US,
+            to,
             data: out,
         };
         self.live_txns += 1;
@@ -471,6 +563,7 @@ impl Engine {
             first_us: t.first_us,
             interval_ms: t.interval_ms,
             deadline_us: t.deadline_us,
+            to: t.to,
             data: Vec::new(),
         };
         self.live_txns -= 1;
@@ -505,11 +598,20 @@ impl Engine {
                 let ruri = format!("sip:{d}");
                 let _ = write!(
                     out,
-                    "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {host};branch=z9hG4bKlt.{idx}.{gen};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@{d}>;tag=r{ua}\r\nTo: <sip:{n}@{d}>\r\nCall-ID: r{ua}.{run}\r\nCSeq: {} REGISTER\r\nContact: <sip:{n}@{host}{tcp_param}>;expires={expires}\r\nExpires: {expires}\r\n",
+                    "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {host};branch=z9hG4bKlt.{idx}.{gen};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@{d}>;tag=r{ua}\r\nTo: <sip:{n}@{d}>\r\nCall-ID: r{ua}.{run}\r\nCSeq: {} REGISTER\r\nContact: <sip:{n}@{host}{tcp_param}>;expires={expires}\r\n",
                     tp.via(),
                     u.reg_cseq,
                     n = u.name,
                 );
+                // After a move: drop the binding through the dead target.
+                if let Some(old) = u.old_host.as_deref().filter(|o| *o != host.as_str()) {
+                    let _ = write!(
+                        out,
+                        "Contact: <sip:{n}@{old}{tcp_param}>;expires=0\r\n",
+                        n = u.name
+                    );
+                }
+                let _ = write!(out, "Expires: {expires}\r\n");
                 let ep = u.ep;
                 let creds = self.auth_header(ua, "REGISTER", &ruri, false, out);
                 out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
@@ -573,8 +675,10 @@ impl Engine {
                 }
                 let _ = write!(
                     out,
-                    "\r\nCall-ID: s{sub}.{run}\r\nCSeq: {} SUBSCRIBE\r\nEvent: presence\r\nAccept: application/pidf+xml\r\nContact: <sip:{}@{host}{tcp_param}>\r\nExpires: {expires}\r\n",
-                    sb.cseq, w.name
+                    "\r\nCall-ID: s{sub}{}.{run}\r\nCSeq: {} SUBSCRIBE\r\nEvent: presence\r\nAccept: application/pidf+xml\r\nContact: <sip:{}@{host}{tcp_param}>\r\nExpires: {expires}\r\n",
+                    DialogGen(sb.dgen),
+                    sb.cseq,
+                    w.name
                 );
                 let (ep, watcher) = (w.ep, sb.watcher);
                 let creds = self.auth_header(watcher, "SUBSCRIBE", &ruri, false, out);
@@ -645,14 +749,181 @@ impl Engine {
 
     pub fn on_tcp_closed(&mut self, ep: u32) {
         self.stats.tcp_closed += 1;
-        self.stats.errors += 1;
+        let mut target = None;
         if let Some(Endpoint {
             wire: Wire::Tcp(out),
+            target: t,
             ..
         }) = self.eps.get(ep as usize)
         {
             out.closed.set(true);
+            target = Some(*t);
         }
+        // With several targets the connection's target counts as dead and
+        // its UAs move to the next one; with one, this is an error.
+        let elsewhere = |t: u32| (0..self.targets.len()).any(|x| x != t as usize && !self.dead[x]);
+        match target {
+            Some(t) if elsewhere(t) && self.phase != Phase::Done => {
+                self.dead[t as usize] = true;
+                let now = self.now_us();
+                for ua in 0..self.uas.len() as u32 {
+                    if self.uas[ua as usize].ep == ep {
+                        self.move_ua(ua, now);
+                    }
+                }
+            }
+            _ => self.stats.errors += 1,
+        }
+    }
+
+    /// Can UA `ua` move to another target (several given, one not dead)?
+    fn can_move(&self, ua: u32) -> bool {
+        let cur = self.uas[ua as usize].target as usize;
+        self.phase != Phase::Done && (0..self.targets.len()).any(|t| t != cur && !self.dead[t])
+    }
+
+    /// UA `ua`'s target is gone: abandon its transactions there, move it to
+    /// the next live target and REGISTER, PUBLISH and SUBSCRIBE afresh (new
+    /// dialogs; the old ones are no longer checked, their NOTIFYs get 481).
+    fn move_ua(&mut self, ua: u32, now: u64) {
+        if !self.can_move(ua) {
+            return;
+        }
+        let n = self.targets.len() as u32;
+        let cur = self.uas[ua as usize].target;
+        let Some(next) = (1..n)
+            .map(|k| (cur + k) % n)
+            .find(|t| !self.dead[*t as usize])
+        else {
+            return;
+        };
+        self.stats.failover.moves += 1;
+        let ep = Self::ep_for(&self.eps, self.s.transport, n, ua, next);
+        let old_ep = self.uas[ua as usize].ep;
+        let old_host: Box<str> = self.eps[old_ep as usize].host.as_str().into();
+        let u = &mut self.uas[ua as usize];
+        u.target = next;
+        u.ep = ep;
+        u.moved_us = now.max(1);
+        if u.old_host.is_none() {
+            u.old_host = Some(old_host);
+        }
+        for idx in 0..self.txns.len() as u32 {
+            let t = &self.txns[idx as usize];
+            if t.live && self.ua_of(t.kind) == ua {
+                if let Some(t) = self.finish_txn(idx) {
+                    self.abandon(t);
+                }
+            }
+        }
+        self.resume(ua);
+    }
+
+    /// A transaction given up on a dead target (not an error).
+    fn abandon(&mut self, t: Txn) {
+        self.stats.failover.abandoned_requests += 1;
+        match t.kind {
+            Kind::Register { ua, .. } => self.uas[ua as usize].reg_busy = false,
+            Kind::Publish { ua, .. } => self.uas[ua as usize].pub_busy = false,
+            Kind::Subscribe { sub, .. } => self.subs[sub as usize].busy = false,
+            Kind::Message { id, .. } => {
+                self.stats.failover.messages_while_moving += 1;
+                self.messages.forget(id);
+            }
+        }
+    }
+
+    /// After a move: REGISTER, PUBLISH and SUBSCRIBE again through the new
+    /// target, as far as the run had got for this UA.
+    fn resume(&mut self, ua: u32) {
+        let u = &self.uas[ua as usize];
+        let (gone, registered, reg_tried, has_pub, pub_tried) = (
+            u.gone,
+            u.registered,
+            u.reg_cseq > 0,
+            u.etag.is_some(),
+            u.pub_cseq > 0,
+        );
+        if gone {
+            // Tearing down: finish that through the new target.
+            if has_pub {
+                self.uas[ua as usize].pub_busy = true;
+                self.start_txn(
+                    Kind::Publish {
+                        ua,
+                        seq: 0,
+                        expires: 0,
+                    },
+                    0,
+                );
+            }
+            if registered {
+                self.uas[ua as usize].reg_busy = true;
+                self.start_txn(Kind::Register { ua, expires: 0 }, 0);
+            }
+            return;
+        }
+        if reg_tried {
+            self.uas[ua as usize].reg_busy = true;
+            let expires = self.s.register_expires;
+            self.start_txn(Kind::Register { ua, expires }, 0);
+        }
+        if pub_tried {
+            // A new document: whatever the lost PUBLISH did, watchers must
+            // end up at this one.
+            let u = &mut self.uas[ua as usize];
+            u.pub_busy = true;
+            u.recovering = true;
+            u.seq_sent += 1;
+            let seq = u.seq_sent;
+            let expires = self.s.publish_expires;
+            self.start_txn(Kind::Publish { ua, seq, expires }, 0);
+        }
+        let watched: Vec<u32> = (0..self.subs.len() as u32)
+            .filter(|i| self.subs[*i as usize].watcher == ua)
+            .collect();
+        for sub in watched {
+            let sb = &mut self.subs[sub as usize];
+            match sb.state {
+                SubState::Pending | SubState::Active => {
+                    sb.dgen += 1;
+                    sb.cseq = 0;
+                    sb.remote_tag = None;
+                    sb.established_us = u64::MAX;
+                    sb.expect_seq = 0;
+                    sb.dialog = Dialog::default();
+                    sb.state = SubState::Pending;
+                    sb.busy = true;
+                    self.stats.failover.resubscribed += 1;
+                    let expires = self.s.subscribe_expires;
+                    self.start_txn(
+                        Kind::Subscribe {
+                            sub,
+                            expires,
+                            initial: true,
+                        },
+                        0,
+                    );
+                }
+                SubState::Unsubscribing => {
+                    // Its final NOTIFY went to the dead target.
+                    if sb.final_wait {
+                        sb.final_wait = false;
+                        self.final_pending -= 1;
+                    }
+                    sb.state = SubState::Ended;
+                }
+                SubState::Idle | SubState::Ended | SubState::Failed => {}
+            }
+        }
+    }
+
+    /// A MESSAGE to `to` sent at `sent_us` failed because `to` was moving
+    /// between targets (within a notify deadline of its move).
+    fn to_moving(&self, to: u32, sent_us: u64) -> bool {
+        let moved = self.uas[to as usize].moved_us;
+        let dl = self.deadline_us();
+        moved > 0 && moved + dl >= sent_us && sent_us + dl >= moved
     }
 
     fn txn_of_branch(branch: &[u8]) -> Option<(u32, u32)> {
@@ -702,6 +973,7 @@ impl Engine {
                 u.reg_busy = false;
                 if ok {
                     u.registered = expires > 0;
+                    u.old_host = None;
                     if expires > 0 && !u.gone {
                         u.reg_gen += 1;
                         let gen = u.reg_gen;
@@ -716,6 +988,7 @@ impl Engine {
             Kind::Publish { ua, seq, expires } => {
                 let u = &mut self.uas[ua as usize];
                 u.pub_busy = false;
+                let recovering = std::mem::take(&mut u.recovering);
                 if ok {
                     u.etag = if expires > 0 {
                         s.etag
@@ -745,7 +1018,11 @@ impl Engine {
                     }
                 } else if code == 412 && expires > 0 {
                     // Our publication is gone at the server: publish afresh.
-                    self.fail_request(code);
+                    // (Expected after a move: a PUBLISH lost with the dead
+                    // target may have changed the entity-tag.)
+                    if !recovering {
+                        self.fail_request(code);
+                    }
                     let u = &mut self.uas[ua as usize];
                     u.etag = None;
                     u.pub_busy = true;
@@ -764,8 +1041,15 @@ impl Engine {
                 expires,
                 initial,
             } => self.on_subscribe_answer(sub, expires, initial, code, s, now),
-            Kind::Message { id, .. } => {
-                if self.messages.final_answer(id, code, &mut self.canary) == MsgNext::CheckLater {
+            Kind::Message { id, from, to } => {
+                if !ok && (self.to_moving(to, t.first_us) || self.to_moving(from, t.first_us)) {
+                    // Its target's binding led to a dead target: the sender
+                    // knows it was not delivered.
+                    self.stats.failover.messages_while_moving += 1;
+                    self.messages.forget(id);
+                } else if self.messages.final_answer(id, code, &mut self.canary)
+                    == MsgNext::CheckLater
+                {
                     self.push(now + dl, Timer::CheckMsg { id });
                 }
             }
@@ -849,7 +1133,8 @@ impl Engine {
                 sb.state = SubState::Active;
                 sb.established_us = now;
                 sb.expect_seq = acked;
-                self.push(now + dl, Timer::CheckSub { sub });
+                let dgen = sb.dgen;
+                self.push(now + dl, Timer::CheckSub { sub, dgen });
             }
             let sb = &mut self.subs[sub as usize];
             if sb.state == SubState::Active {
@@ -943,17 +1228,35 @@ impl Engine {
         scan::parse_u64(&rest[..dot])
     }
 
+    /// `s<sub>[-<gen>].<run>` → (sub, dialog generation), if the run is ours.
+    fn sub_of_call(&self, call_id: &[u8]) -> Option<(u32, u32)> {
+        let rest = call_id.strip_prefix(b"s")?;
+        let dot = rest.iter().position(|b| *b == b'.')?;
+        if &rest[dot + 1..] != self.run.as_bytes() {
+            return None;
+        }
+        let id = &rest[..dot];
+        let (sub, gen) = match id.iter().position(|b| *b == b'-') {
+            Some(i) => (&id[..i], scan::parse_u32(&id[i + 1..])?),
+            None => (id, 0),
+        };
+        let sub = scan::parse_u32(sub)?;
+        ((sub as usize) < self.subs.len()).then_some((sub, gen))
+    }
+
     fn on_notify(&mut self, ep: u32, from: SocketAddr, s: &Scanned<'_>) {
-        let sub = s
-            .call_id()
-            .and_then(|c| self.id_of_call(c, b's'))
-            .filter(|i| (*i as usize) < self.subs.len());
-        let (Some(sub), Some((cseq, _))) = (sub, s.cseq()) else {
+        let sub = s.call_id().and_then(|c| self.sub_of_call(c));
+        let (Some((sub, dgen)), Some((cseq, _))) = (sub, s.cseq()) else {
             self.stats.stray_requests += 1;
             self.answer(ep, from, s, 481, "Subscription Does Not Exist");
             return;
         };
-        let sub = sub as u32;
+        if dgen != self.subs[sub as usize].dgen {
+            // A dialog given up when its watcher moved to another target.
+            self.stats.failover.old_dialog_notifies += 1;
+            self.answer(ep, from, s, 481, "Subscription Does Not Exist");
+            return;
+        }
         let branch = canary::hash(s.branch().unwrap_or_default());
         let (entity, seq) = canary::read_body(s.body, &self.run);
         let now = self.now_us();
@@ -974,8 +1277,26 @@ impl Engine {
             return;
         }
         let before = sb.dialog.last_seq;
+        let before_cseq = sb.dialog.last_cseq();
         let v = sb.dialog.on_notify(cseq, branch, seq);
         Dialog::count(v, &mut self.canary);
+        if !matches!(v, canary::Verdict::New | canary::Verdict::Retransmission)
+            && self.stats.faults_logged < FAULTS_LOGGED
+        {
+            // The first few faults in detail, for whoever debugs the server.
+            self.stats.faults_logged += 1;
+            let sb = &self.subs[sub as usize];
+            eprintln!(
+                "canary: {v:?} at {:.3} s: dialog s{sub}{}.{} (watcher {} on target {}, presentity {}), CSeq {cseq} after {before_cseq:?}, SEQ {seq:?} after {before}, Via branch {}",
+                now as f64 / 1e6,
+                DialogGen(sb.dgen),
+                self.run,
+                self.uas[sb.watcher as usize].name,
+                self.uas[sb.watcher as usize].target,
+                self.uas[sb.presentity as usize].name,
+                String::from_utf8_lossy(s.branch().unwrap_or_default()),
+            );
+        }
         if v == canary::Verdict::Retransmission {
             self.stats.notify_retransmissions += 1;
             self.stats.w_retrans += 1;
@@ -987,6 +1308,7 @@ impl Engine {
         if self.phase == Phase::Steady {
             self.stats.notifies_steady += 1;
         }
+        let sb = &mut self.subs[sub as usize];
         let presentity = sb.presentity;
         let established = sb.established_us;
         if sb.remote_tag.is_none() {
@@ -1285,9 +1607,12 @@ impl Engine {
                     }
                 }
             }
-            Timer::CheckSub { sub } => {
+            Timer::CheckSub { sub, dgen } => {
                 let sb = &self.subs[sub as usize];
-                if sb.state == SubState::Active && !sb.dialog.covers(sb.expect_seq) {
+                if sb.dgen == dgen
+                    && sb.state == SubState::Active
+                    && !sb.dialog.covers(sb.expect_seq)
+                {
                     self.canary.missing_initial_notify += 1;
                 }
             }
@@ -1312,7 +1637,17 @@ impl Engine {
             return;
         }
         if now >= t.deadline_us {
-            let m = t.kind.method();
+            let (m, kind) = (t.kind.method(), t.kind);
+            let ua = self.ua_of(kind);
+            if self.can_move(ua) {
+                // Timer F with another target to go to: this one is gone.
+                if let Some(t) = self.finish_txn(idx) {
+                    self.stats.methods[m as usize].timeouts += 1;
+                    self.abandon(t);
+                }
+                self.move_ua(ua, now);
+                return;
+            }
             let Some(t) = self.finish_txn(idx) else {
                 return;
             };
@@ -1353,14 +1688,14 @@ impl Engine {
             return;
         }
         // Timer E: retransmit, doubling up to T2.
-        let (ep, m) = (t.ep, t.kind.method());
+        let (ep, m, to) = (t.ep, t.kind.method(), t.to);
         t.interval_ms = (t.interval_ms * 2).min(T2_MS);
         let next = (now + t.interval_ms * 1000).min(t.deadline_us);
         Self::wire_send(
             &self.eps,
             &mut self.stats,
             ep,
-            self.target,
+            to,
             &self.txns[idx as usize].data,
         );
         self.stats.methods[m as usize].retransmissions += 1;
@@ -1696,7 +2031,12 @@ impl Engine {
             failures,
             setup: stats::Setup {
                 profile: self.s.profile.clone(),
-                target: self.target.to_string(),
+                target: self
+                    .targets
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 transport: match self.s.transport {
                     Transport::Udp => "udp",
                     Transport::Tcp => "tcp",
@@ -1733,8 +2073,70 @@ impl Engine {
             stray_requests: self.stats.stray_requests,
             unparseable: self.stats.unparseable,
             tcp_closed: self.stats.tcp_closed,
+            failover: self.stats.failover,
             cpu,
             timeline: self.stats.timeline.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+
+    fn endpoints(n: usize, targets: u32) -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| Endpoint {
+                wire: Wire::Tcp(Rc::new(TcpOut::default())),
+                host: format!("127.0.0.1:{}", 40000 + i),
+                target: i as u32 / (n as u32 / targets),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tcp_uas_use_their_targets_connections() {
+        let eps = endpoints(8, 2);
+        for ua in 0..100 {
+            for target in 0..2 {
+                let ep = Engine::ep_for(&eps, Transport::Tcp, 2, ua, target);
+                assert_eq!(eps[ep as usize].target, target, "ua {ua}");
+            }
+        }
+        // One target: as before the failover feature, round-robin.
+        let eps = endpoints(4, 1);
+        let picks: Vec<u32> = (0..6)
+            .map(|ua| Engine::ep_for(&eps, Transport::Tcp, 1, ua, 0))
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 3, 0, 1]);
+        assert_eq!(Engine::ep_for(&eps, Transport::Udp, 2, 5, 1), 1);
+    }
+
+    #[test]
+    fn subscribe_call_ids_carry_the_dialog_generation() {
+        let cli = Cli {
+            target: Some("127.0.0.1:5060,127.0.0.1:5062".into()),
+            users: Some(10),
+            buddies: Some(2),
+            ..Cli::default()
+        };
+        let s = Settings::resolve(cli).expect("valid");
+        let targets = s.targets.clone();
+        let e = Engine::new(s, targets, endpoints(4, 2), Some(false));
+        let run = e.run.clone();
+        for (sub, gen) in [(0, 0), (7, 0), (3, 1), (19, 12)] {
+            let call_id = format!("s{sub}{}.{run}", DialogGen(gen));
+            assert_eq!(
+                e.sub_of_call(call_id.as_bytes()),
+                Some((sub, gen)),
+                "{call_id}"
+            );
+        }
+        assert_eq!(format!("s4{}.x", DialogGen(0)), "s4.x");
+        assert_eq!(e.sub_of_call(format!("s9999.{run}").as_bytes()), None);
+        assert_eq!(e.sub_of_call(b"s1.otherrun"), None);
+        assert_eq!(e.sub_of_call(format!("s1-x.{run}").as_bytes()), None);
+        assert_eq!(e.sub_of_call(format!("m1.{run}").as_bytes()), None);
     }
 }

@@ -65,6 +65,7 @@ fn host_of(a: SocketAddr) -> String {
 
 async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, String> {
     let target = s.target.ok_or("--target is needed")?;
+    let targets = s.targets.clone();
     let ip = local_ip_for(target)?;
     let mut eps = Vec::new();
     let mut udp = Vec::new();
@@ -78,30 +79,35 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
                 eps.push(Endpoint {
                     wire: Wire::Udp(Rc::new(sender)),
                     host: host_of(local),
+                    target: 0,
                 });
                 udp.push(sock);
             }
         }
         Transport::Tcp => {
-            for _ in 0..s.connections {
-                let stream =
-                    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
-                        .await
-                        .map_err(|_| format!("tcp connect to {target}: timed out"))?
-                        .map_err(|e| format!("tcp connect to {target}: {e}"))?;
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().map_err(|e| e.to_string())?;
-                let out = Rc::new(TcpOut::default());
-                eps.push(Endpoint {
-                    wire: Wire::Tcp(out.clone()),
-                    host: host_of(local),
-                });
-                tcp.push((stream, out));
+            // `--connections` to each target, grouped by target.
+            for (t, &target) in targets.iter().enumerate() {
+                for _ in 0..s.connections {
+                    let stream =
+                        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+                            .await
+                            .map_err(|_| format!("tcp connect to {target}: timed out"))?
+                            .map_err(|e| format!("tcp connect to {target}: {e}"))?;
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().map_err(|e| e.to_string())?;
+                    let out = Rc::new(TcpOut::default());
+                    eps.push(Endpoint {
+                        wire: Wire::Tcp(out.clone()),
+                        host: host_of(local),
+                        target: t as u32,
+                    });
+                    tcp.push((stream, out));
+                }
             }
         }
     }
     let progress = s.progress;
-    let engine = Rc::new(RefCell::new(Engine::new(s, target, eps, progress)));
+    let engine = Rc::new(RefCell::new(Engine::new(s, targets, eps, progress)));
     for (i, sock) in udp.into_iter().enumerate() {
         let engine = engine.clone();
         tokio::task::spawn_local(async move {

@@ -96,6 +96,9 @@ pub struct Stats {
     pub stray_requests: u64,
     pub unparseable: u64,
     pub tcp_closed: u64,
+    pub failover: FailoverReport,
+    /// NOTIFY faults described on stderr so far.
+    pub faults_logged: u32,
     /// Failed requests: timeouts and unexpected non-2xx finals.
     pub errors: u64,
     pub timeline: Vec<Second>,
@@ -127,6 +130,8 @@ impl Default for Stats {
             stray_requests: 0,
             unparseable: 0,
             tcp_closed: 0,
+            failover: FailoverReport::default(),
+            faults_logged: 0,
             errors: 0,
             timeline: Vec::new(),
             w_requests: 0,
@@ -299,8 +304,25 @@ pub struct Report {
     pub stray_requests: u64,
     pub unparseable: u64,
     pub tcp_closed: u64,
+    pub failover: FailoverReport,
     pub cpu: CpuReport,
     pub timeline: Vec<Second>,
+}
+
+/// Moves of UAs from a dead target to the next (several `--target`s only).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FailoverReport {
+    /// UAs that moved (a TCP connection closed, or Timer F fired).
+    pub moves: u64,
+    /// Transactions abandoned on the dead target (re-sent through the next).
+    pub abandoned_requests: u64,
+    /// NOTIFYs on a dialog given up by a move, answered 481.
+    pub old_dialog_notifies: u64,
+    /// MESSAGEs to or from a UA while it moved, answered non-2xx or
+    /// abandoned: not delivered, and the sender knew (not `lost_message`).
+    pub messages_while_moving: u64,
+    /// SUBSCRIBE dialogs made again through the next target.
+    pub resubscribed: u64,
 }
 
 impl Report {
@@ -391,6 +413,18 @@ impl Report {
             self.tcp_closed,
             self.behind
         );
+        let f = &self.failover;
+        if f.moves > 0 {
+            let _ = writeln!(
+                o,
+                "failover: {} UAs moved to the next target, {} requests abandoned there, {} dialogs made again, {} NOTIFYs on given-up dialogs (481), {} MESSAGEs not delivered while a UA moved",
+                f.moves,
+                f.abandoned_requests,
+                f.resubscribed,
+                f.old_dialog_notifies,
+                f.messages_while_moving
+            );
+        }
         let c = &self.cpu;
         let _ = writeln!(
             o,

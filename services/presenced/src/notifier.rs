@@ -80,6 +80,19 @@ impl JobDone {
     }
 }
 
+/// Replace the CSeq header of a NOTIFY being built.
+fn set_cseq(headers: &mut rsip::Headers, cseq: u32) {
+    let mut out = rsip::Headers::default();
+    for h in headers.iter() {
+        if h.name().eq_ignore_ascii_case("CSeq") {
+            out.push(rsip::headers::make_header("CSeq", format!("{cseq} NOTIFY")));
+        } else {
+            out.push(h.clone());
+        }
+    }
+    *headers = out;
+}
+
 /// How a NOTIFY went.
 enum Sent {
     /// The watcher's final answer (or 408 from the edge's Timer F).
@@ -506,6 +519,7 @@ impl Notifier {
         // then is the watcher deemed gone.
         let subject = edge_subject(&sub.flow.edge);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(32);
+        let mut req = req;
         let outcome = loop {
             match self
                 .edges
@@ -516,6 +530,25 @@ impl Notifier {
                 Err(e) if tokio::time::Instant::now() < give_up => {
                     tracing::debug!(error = %e, edge = %subject, "edge unreachable; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
+                    // Meanwhile another notifier may have numbered a newer
+                    // version (the queue handed it the job while we could
+                    // not report progress): then this NOTIFY is moot, and
+                    // otherwise it goes again with a fresh CSeq above any
+                    // number taken meanwhile.
+                    match self.store.next_cseq(&sub.id, version).await {
+                        Ok(Some(c)) => set_cseq(&mut req.headers, c),
+                        Ok(None) => {
+                            self.metrics
+                                .notifier_notifies
+                                .with_label_values(&["superseded"])
+                                .inc();
+                            return Sent::Answered(200);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot take a NOTIFY CSeq");
+                            return Sent::StoreFailed;
+                        }
+                    }
                 }
                 Err(_) => break None,
             }

@@ -1,0 +1,715 @@
+//! Failure tests of cluster mode under load (issue 4, "Failure tests").
+//!
+//! Each test starts a real `redis-server` and `nats-server` (testkit, free
+//! ports), 2 edges, 3 compositors and 1–2 notifiers as child processes of
+//! the built `presenced` binary (lease TTL 1.5 s), runs `presence-loadtest`
+//! with its canary against both edges (`--target e0,e1`: 300 users × 5
+//! buddies, 100 PUBLISH/s, 20 MESSAGE/s, 25 s steady), breaks something in
+//! the middle of the steady state, and requires the load generator to pass:
+//! exit 0, every canary counter zero (no lost state, no missing, duplicate or
+//! out-of-order NOTIFY, no lost MESSAGE, no failed request). The measured
+//! figures (takeover time, latencies, redeliveries) are printed, not asserted.
+//!
+//! - baseline: no fault;
+//! - `kill -9` of a compositor (the takeover time is printed);
+//! - `kill -9` of a notifier (stopped first, so it holds unacked jobs that
+//!   JetStream must redeliver after its `ack_wait` of 10 s: the notify
+//!   deadline is 20 s);
+//! - a restart of nats-server (same port and store);
+//! - `kill -9` of an edge: the UAs on it move to the other edge (TCP: their
+//!   connection closes), re-REGISTER, re-PUBLISH, re-SUBSCRIBE;
+//! - hot presentities with subscription refreshes (NOTIFY order per dialog).
+//!
+//! Tests marked `#[ignore]` fail because of a server bug named in the marker;
+//! `--ignored` runs them.
+//!
+//! The load generator is a binary of another package, so cargo does not build
+//! it for these tests: it is looked up next to `presenced`
+//! (`target/<profile>/presence-loadtest`) and built with
+//! `cargo build -p presence-loadtest` (same profile) when missing or older
+//! than its sources.
+//!
+//! Run: `cargo test -p presenced --test failover -- --nocapture --test-threads=1`.
+
+use presence_testkit::nats::NatsServer;
+use presence_testkit::redis::RedisServer;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One cluster at a time: the machine has few cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// How long the harness waits for something that should happen.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+const SHARDS: u32 = 64;
+const LEASE_TTL_MS: &str = "1500";
+
+/// The load: modest, so that every process fits on two cores.
+const USERS: u32 = 300;
+const PUBLISH_RATE: u32 = 100;
+const STEADY_S: u32 = 25;
+
+struct Proc {
+    node: String,
+    role: String,
+    child: Option<Child>,
+    http: SocketAddr,
+    sip: Option<SocketAddr>,
+    log: PathBuf,
+}
+
+struct Cluster {
+    redis: RedisServer,
+    nats: NatsServer,
+    procs: Vec<Proc>,
+    dir: PathBuf,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Cluster {
+    fn start(edges: usize, compositors: usize, notifiers: usize) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "presenced-failover-{}-{}",
+            std::process::id(),
+            presence_testkit::free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let mut c = Cluster {
+            redis: RedisServer::start(),
+            nats: NatsServer::start(),
+            procs: Vec::new(),
+            dir,
+        };
+        for i in 0..compositors {
+            c.spawn("compositor", &format!("comp{i}"));
+        }
+        for i in 0..notifiers {
+            c.spawn("notifier", &format!("notif{i}"));
+        }
+        for i in 0..edges {
+            c.spawn("edge", &format!("edge{i}"));
+        }
+        c.wait_ready();
+        c
+    }
+
+    fn spawn(&mut self, role: &str, node: &str) {
+        let http = addr(presence_testkit::free_port());
+        let sip = (role == "edge").then(|| addr(presence_testkit::free_port()));
+        let log = self.dir.join(format!("{node}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+        cmd.args(["--target", role])
+            .args(["--redis", &self.redis.url()])
+            .args(["--nats", &self.nats.url()])
+            .args(["--node-id", node])
+            .args(["--shards", &SHARDS.to_string()])
+            .args(["--lease-ttl-ms", LEASE_TTL_MS])
+            .args(["--http-listen", &http.to_string()])
+            .args(["--domain", "example.com"])
+            .args(["--nonce-secret", "failover-test-secret"])
+            .args(["--log", "info"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if let Some(sip) = sip {
+            cmd.args(["--sip-listen", &sip.to_string()]);
+        }
+        let child = cmd.spawn().expect("start presenced");
+        self.procs.push(Proc {
+            node: node.to_string(),
+            role: role.to_string(),
+            child: Some(child),
+            http,
+            sip,
+            log,
+        });
+    }
+
+    fn live(&self, role: &str) -> impl Iterator<Item = &Proc> {
+        let role = role.to_string();
+        self.procs
+            .iter()
+            .filter(move |p| p.role == role && p.child.is_some())
+    }
+
+    fn edges(&self) -> Vec<SocketAddr> {
+        self.live("edge").filter_map(|p| p.sip).collect()
+    }
+
+    /// The last lines of every process's log.
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            s += &format!("--- {} ---\n", p.node);
+            for l in tail.into_iter().rev() {
+                s += l;
+                s += "\n";
+            }
+        }
+        s
+    }
+
+    /// Lines of every log that are warnings or errors (a short summary).
+    fn warnings(&self) -> String {
+        let mut s = String::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let bad: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
+                .collect();
+            if bad.is_empty() {
+                continue;
+            }
+            s += &format!("--- {}: {} warning/error lines ---\n", p.node, bad.len());
+            for l in bad.iter().take(8) {
+                s += l;
+                s += "\n";
+            }
+        }
+        s
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        for p in self.procs.iter().filter(|p| p.child.is_some()) {
+            while !matches!(http_get(p.http, "/readyz"), Some((200, _))) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not ready\n{}",
+                    p.node,
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        while self.owned() != SHARDS {
+            assert!(
+                Instant::now() < deadline,
+                "shards not all owned\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Shards owned by the live compositors, summed from their /metrics.
+    fn owned(&self) -> u32 {
+        self.live("compositor")
+            .map(|p| {
+                metric_sum(p.http, "presence_compositor_shards_owned", "").unwrap_or(0.0) as u32
+            })
+            .sum()
+    }
+
+    /// PUBLISH requests the live edges have received.
+    fn publishes(&self) -> f64 {
+        self.live("edge")
+            .map(|p| {
+                metric_sum(p.http, "presence_edge_requests_total", "method=\"PUBLISH\"")
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    }
+
+    /// JetStream redeliveries seen by the live notifiers (a figure: whether
+    /// a killed worker held unacked jobs at that moment is luck).
+    fn print_redeliveries(&self, what: &str) {
+        let n: f64 = self
+            .live("notifier")
+            .map(|p| {
+                metric_sum(p.http, "presence_nats_jetstream_redeliveries_total", "").unwrap_or(0.0)
+            })
+            .sum();
+        println!("{what}: {n} notify jobs redelivered by JetStream to the live notifiers");
+    }
+
+    /// Send a signal (`-STOP`, `-CONT`, …) to a live process.
+    fn signal(&self, node: &str, sig: &str) {
+        let p = self
+            .procs
+            .iter()
+            .find(|p| p.node == node)
+            .unwrap_or_else(|| panic!("no process {node}"));
+        let pid = p.child.as_ref().expect("a live process").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {node}");
+    }
+
+    fn kill9(&mut self, node: &str) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.node == node)
+            .unwrap_or_else(|| panic!("no process {node}"));
+        if let Some(mut c) = p.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait until the steady state of the load runs (the edges have seen the
+    /// setup's PUBLISHes and some seconds of changes), or the load ended.
+    fn wait_for_steady(&self, load: &mut Load, seconds: u32) {
+        let want = f64::from(USERS + PUBLISH_RATE * seconds);
+        let deadline = Instant::now() + PATIENCE;
+        while self.publishes() < want {
+            if load.exited() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the load never reached its steady state ({} PUBLISHes)\n{}",
+                self.publishes(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cluster logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// A blocking HTTP GET; `None` when nothing answers.
+fn http_get(to: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// The sum of a metric's samples whose labels contain `labels`.
+fn metric_sum(to: SocketAddr, name: &str, labels: &str) -> Option<f64> {
+    let (_, body) = http_get(to, "/metrics")?;
+    let mut sum = None;
+    for l in body.lines() {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) || !rest.contains(labels) {
+            continue;
+        }
+        if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut t = std::fs::metadata(dir).ok()?.modified().ok();
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let m = if e.path().is_dir() {
+            newest(&e.path())
+        } else {
+            e.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        t = t.max(m);
+    }
+    t
+}
+
+/// `target/<profile>/presence-loadtest`, built if missing or older than
+/// its sources.
+fn loadtest_binary() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_presenced"))
+        .parent()
+        .expect("the binary's directory")
+        .to_path_buf();
+    let bin = dir.join("presence-loadtest");
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadtest");
+    let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let changed_at = newest(&sources.join("src")).max(newest(&sources.join("Cargo.toml")));
+    if built_at.is_some() && built_at >= changed_at {
+        return bin;
+    }
+    // The machine's benchmark lock: never build while a benchmark runs.
+    while Path::new("/tmp/presence-bench.lock").exists() {
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "presence-loadtest"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let built = cmd.status().map(|s| s.success()).unwrap_or(false);
+    assert!(
+        built && bin.exists(),
+        "no load generator at {}: build it with `cargo build{} -p presence-loadtest`",
+        bin.display(),
+        if release { " --release" } else { "" }
+    );
+    bin
+}
+
+/// A running `presence-loadtest`.
+struct Load {
+    child: Option<Child>,
+    report: PathBuf,
+    out: PathBuf,
+}
+
+impl Load {
+    /// The standard load against every live edge.
+    fn start(c: &Cluster, transport: &str, notify_deadline_s: u32) -> Load {
+        let deadline = notify_deadline_s.to_string();
+        Self::start_with(
+            c,
+            &[("--transport", transport), ("--notify-deadline", &deadline)],
+        )
+    }
+
+    /// The standard load with some flags changed.
+    fn start_with(c: &Cluster, changes: &[(&str, &str)]) -> Load {
+        let targets: Vec<String> = c.edges().iter().map(|a| a.to_string()).collect();
+        let targets = targets.join(",");
+        let (users, rate, steady) = (
+            USERS.to_string(),
+            PUBLISH_RATE.to_string(),
+            STEADY_S.to_string(),
+        );
+        let mut flags: Vec<(&str, &str)> = vec![
+            ("--target", &targets),
+            ("--transport", "udp"),
+            ("--users", &users),
+            ("--buddies", "5"),
+            ("--publish-rate", &rate),
+            ("--message-rate", "20"),
+            ("--duration", &steady),
+            ("--notify-deadline", "10"),
+            ("--setup-rate", "500"),
+            ("--seed", "4"),
+        ];
+        for (k, v) in changes {
+            match flags.iter_mut().find(|(f, _)| f == k) {
+                Some(f) => f.1 = v,
+                None => flags.push((k, v)),
+            }
+        }
+        let report = c.dir.join("report.json");
+        let out = c.dir.join("loadtest.out");
+        let stdout = std::fs::File::create(&out).expect("loadtest output");
+        let stderr = stdout.try_clone().expect("loadtest output");
+        let mut cmd = Command::new(loadtest_binary());
+        for (k, v) in flags {
+            cmd.args([k, v]);
+        }
+        let child = cmd
+            .arg("--no-progress")
+            .arg("--report")
+            .arg(&report)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start presence-loadtest");
+        Load {
+            child: Some(child),
+            report,
+            out,
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// Wait for the run's end; its exit code, stdout and JSON report.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut child = self.child.take().expect("a running load");
+        let status = loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait for the load generator");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let report = std::fs::read_to_string(&self.report).unwrap_or_default();
+        (status.code(), out, report)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The text of the flat JSON object found by following `path`: each key is
+/// looked up after the previous one (good enough for the report's layout).
+fn json_object<'a>(json: &'a str, path: &[&str]) -> Option<&'a str> {
+    let mut rest = json;
+    for key in path {
+        let at = rest.find(&format!("\"{key}\""))?;
+        rest = &rest[at..];
+    }
+    let open = rest.find('{')?;
+    let close = rest[open..].find('}')?;
+    Some(&rest[open..=open + close])
+}
+
+/// A number in the report: the first `"key": N` after following `path`.
+fn json_number(json: &str, path: &[&str], key: &str) -> Option<f64> {
+    let obj = json_object(json, path)?;
+    let at = obj.find(&format!("\"{key}\""))?;
+    let rest = obj[at + key.len() + 2..].trim_start().strip_prefix(':')?;
+    let end = rest.find([',', '}', '\n']).unwrap_or(rest.len());
+    rest[..end].trim().parse().ok()
+}
+
+/// UAs the load generator moved to another edge.
+fn moves(report: &str) -> f64 {
+    json_number(report, &["failover"], "moves").unwrap_or(-1.0)
+}
+
+/// The load passed: exit 0 and every canary counter zero. Prints the report.
+fn assert_passed(c: &Cluster, what: &str, result: &(Option<i32>, String, String)) {
+    let (code, out, report) = result;
+    println!("=== {what}: presence-loadtest output ===\n{out}");
+    let canary = json_object(report, &["canary"]).unwrap_or("<no report>");
+    let flat = |s: &str| s.split_whitespace().collect::<String>();
+    println!("{what}: canary {}", flat(canary));
+    if let Some(f) = json_object(report, &["failover"]) {
+        println!("{what}: failover {}", flat(f));
+    }
+    for method in ["PUBLISH", "SUBSCRIBE", "MESSAGE"] {
+        if let Some(l) = json_object(report, &["requests", method, "latency"]) {
+            println!("{what}: {method} latency {}", flat(l));
+        }
+    }
+    if let Some(l) = json_object(report, &["notify", "latency"]) {
+        println!("{what}: change -> NOTIFY latency {}", flat(l));
+    }
+    let faults: Vec<&str> = canary
+        .trim_matches(|ch| ch == '{' || ch == '}')
+        .split(',')
+        .filter(|kv| kv.rsplit(':').next().is_some_and(|v| v.trim() != "0"))
+        .collect();
+    let w = c.warnings();
+    if !w.is_empty() {
+        println!("{what}: warnings in the cluster's logs:\n{w}");
+    }
+    assert!(
+        *code == Some(0) && faults.is_empty() && !report.is_empty(),
+        "{what}: the load failed (exit {code:?}, canary faults {faults:?})\n{}",
+        c.logs()
+    );
+}
+
+#[test]
+fn baseline_under_load_passes_the_canary() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start(2, 3, 2);
+    let load = Load::start(&c, "udp", 10);
+    let result = load.finish();
+    assert_passed(&c, "baseline", &result);
+    assert_eq!(moves(&result.2), 0.0, "no UA had to change edges");
+}
+
+#[test]
+fn kill_9_of_a_compositor_under_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(2, 3, 2);
+    let mut load = Load::start(&c, "udp", 10);
+    c.wait_for_steady(&mut load, 8);
+    assert!(!load.exited(), "the load ended before the kill");
+    let killed_at = Instant::now();
+    c.kill9("comp1");
+    // The survivors own every shard again.
+    let takeover = loop {
+        if c.owned() == SHARDS {
+            break killed_at.elapsed();
+        }
+        assert!(killed_at.elapsed() < PATIENCE, "no takeover\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "compositor kill -9: all {SHARDS} shards owned again {:.2} s after the kill (lease TTL {LEASE_TTL_MS} ms)",
+        takeover.as_secs_f64()
+    );
+    let result = load.finish();
+    assert_passed(&c, "compositor kill -9", &result);
+    assert_eq!(moves(&result.2), 0.0, "no UA had to change edges");
+}
+
+#[test]
+fn kill_9_of_a_notifier_under_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(2, 3, 2);
+    // The killed worker's unacked jobs come back after JetStream's ack_wait
+    // (10 s in cluster.rs): the deadline must leave room for that.
+    let mut load = Load::start(&c, "udp", 20);
+    c.wait_for_steady(&mut load, 8);
+    assert!(!load.exited(), "the load ended before the kill");
+    // Freeze it first so that it surely holds unacked jobs (a worker that
+    // hangs, then dies): those must come back to the other one.
+    c.signal("notif1", "-STOP");
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill9("notif1");
+    let result = load.finish();
+    c.print_redeliveries("notifier kill -9");
+    assert_passed(&c, "notifier kill -9", &result);
+    assert_eq!(moves(&result.2), 0.0, "no UA had to change edges");
+}
+
+#[test]
+#[ignore = "not yet reliable: passed 4 runs in a row since bus errors are retried, but a notify job pushed while NATS is down can still be lost (no outbox between commit and push)"]
+fn restart_of_nats_server_under_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    nats_restart(2000);
+}
+
+/// `NatsServer::restart()` alone: down for about 0.1 s. The bug above needs
+/// a NOTIFY in flight at that moment, so this passes more often.
+#[test]
+#[ignore = "as restart_of_nats_server_under_load: no outbox between commit and notify job push yet"]
+fn quick_restart_of_nats_server_under_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    nats_restart(0);
+}
+
+fn nats_restart(outage_ms: u64) {
+    let mut c = Cluster::start(2, 3, 2);
+    let mut load = Load::start(&c, "udp", 20);
+    c.wait_for_steady(&mut load, 8);
+    assert!(!load.exited(), "the load ended before the restart");
+    // Down for a moment, as a real restart is (the store is kept).
+    let at = Instant::now();
+    c.nats.kill();
+    std::thread::sleep(Duration::from_millis(outage_ms));
+    c.nats.restart();
+    println!(
+        "nats-server killed and started again (same port and store) after {:.2} s",
+        at.elapsed().as_secs_f64()
+    );
+    let result = load.finish();
+    c.print_redeliveries("nats-server restart");
+    assert_passed(&c, "nats-server restart", &result);
+    assert_eq!(moves(&result.2), 0.0, "no UA had to change edges");
+}
+
+#[test]
+#[ignore = "server gap: two notifier processes may have NOTIFYs of one dialog in flight at once; CSeq follows version order, but a lower CSeq can arrive after a higher one (partitioning jobs by AoR across notifiers would fix it)"]
+fn kill_9_of_an_edge_under_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    edge_kill(2, "tcp");
+}
+
+/// The same with one notifier process: the edge failover itself (UAs move,
+/// re-register, re-publish, re-subscribe; nothing lost) without the
+/// cross-notifier ordering bug that the 2-notifier test above trips over.
+#[test]
+fn kill_9_of_an_edge_under_load_with_one_notifier() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    edge_kill(1, "tcp");
+}
+
+/// Over UDP nothing tells a UA its edge is gone: its next request times out
+/// (Timer F, 32 s) and then it moves. Until then the notifiers reach its
+/// dialogs through the other edge (any edge can send to a UDP address).
+#[test]
+#[ignore = "server gap: the notifier sends only to edge.<flow edge>, no other edge for a UDP watcher whose edge is gone"]
+fn kill_9_of_an_edge_under_udp_load_with_one_notifier() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    edge_kill(1, "udp");
+}
+
+fn edge_kill(notifiers: usize, transport: &str) {
+    let mut c = Cluster::start(2, 3, notifiers);
+    // Over TCP the UAs on the killed edge see their connection close and
+    // move to the other edge at once; over UDP they wait for Timer F.
+    let mut load = Load::start(&c, transport, 20);
+    c.wait_for_steady(&mut load, 8);
+    assert!(!load.exited(), "the load ended before the kill");
+    c.kill9("edge1");
+    let result = load.finish();
+    assert_passed(&c, "edge kill -9", &result);
+    assert!(moves(&result.2) > 0.0, "the UAs of the killed edge moved");
+}
+
+/// No kill: presentities watched by everybody change several times a second
+/// while every subscription is refreshed every ~3 s, with two notifier
+/// processes, so that a refresh's NOTIFY job and a change's job for the same
+/// subscription are taken by both. Each subscription's NOTIFYs must still
+/// come in CSeq and version order.
+#[test]
+#[ignore = "server gap: two notifier processes may have NOTIFYs of one dialog in flight at once; CSeq follows version order, but a lower CSeq can arrive after a higher one (partitioning jobs by AoR across notifiers would fix it)"]
+fn two_notifiers_keep_each_dialogs_notifies_in_order() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    hot_presentities(2);
+}
+
+/// The control for the test above: one notifier process.
+#[test]
+fn one_notifier_keeps_each_dialogs_notifies_in_order() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    hot_presentities(1);
+}
+
+fn hot_presentities(notifiers: usize) {
+    let c = Cluster::start(2, 3, notifiers);
+    let load = Load::start_with(
+        &c,
+        &[
+            ("--users", "60"),
+            ("--buddies", "3"),
+            ("--receptionists", "3"),
+            ("--publish-rate", "150"),
+            ("--message-rate", "0"),
+            ("--subscribe-expires", "4"),
+            ("--duration", "15"),
+        ],
+    );
+    let result = load.finish();
+    let what = format!("hot presentities, {notifiers} notifier(s)");
+    assert_passed(&c, &what, &result);
+}
