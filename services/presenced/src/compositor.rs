@@ -114,8 +114,19 @@ impl Compositor {
             let bus = bus.clone();
             let btx = senders[shard as usize % workers].1.clone();
             async move {
-                if let Err(e) = bus.serve(&shard_subject(shard), btx).await {
-                    tracing::error!(shard, error = %e, "cannot serve shard");
+                // A shard held but not served would answer nobody: retry
+                // (the bus may be reconnecting) before giving up loudly.
+                let mut pause = Duration::from_millis(100);
+                for attempt in 1..=8 {
+                    match bus.serve(&shard_subject(shard), btx.clone()).await {
+                        Ok(()) => return,
+                        Err(e) if attempt < 8 => {
+                            tracing::warn!(shard, attempt, error = %e, "cannot serve shard yet");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
+                        Err(e) => tracing::error!(shard, error = %e, "cannot serve shard"),
+                    }
                 }
             }
         };

@@ -38,6 +38,24 @@ const TIMER_J: Duration = Duration::from_secs(32);
 
 pub use presence_core::commands::{OutRequest, Outcome};
 
+/// A SUBSCRIBE being answered: removes its entry from `Edge::answering` and
+/// releases the held NOTIFYs when dropped.
+struct Answering<'a> {
+    edge: &'a Edge,
+    call_id: String,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.edge
+            .answering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.call_id);
+    }
+}
+
 /// A client transaction waiting for its final response.
 struct Waiter {
     tx: oneshot::Sender<Response>,
@@ -568,7 +586,8 @@ impl Edge {
                 }
             }
         }
-        // Held while the SUBSCRIBE is handled; dropping it releases NOTIFYs.
+        // Held while the SUBSCRIBE is handled; dropping it (also on an early
+        // return or a panic) releases the dialog's NOTIFYs.
         let answering = match (req.method.is(rsip::Method::Subscribe), req.call_id()) {
             (true, Some(call_id)) => {
                 let (tx, rx) = watch::channel(());
@@ -576,7 +595,11 @@ impl Edge {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(call_id.to_string(), rx);
-                Some((call_id.to_string(), tx))
+                Some(Answering {
+                    edge: self,
+                    call_id: call_id.to_string(),
+                    _done: tx,
+                })
             }
             _ => None,
         };
@@ -596,13 +619,7 @@ impl Edge {
             t.expiry.push_back((Instant::now() + keep, key));
         }
         self.send_src(src, bytes);
-        if let Some((call_id, done)) = answering {
-            self.answering
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&call_id);
-            drop(done);
-        }
+        drop(answering);
         let label = method_label(method);
         self.metrics
             .edge_responses
