@@ -505,9 +505,12 @@ impl Edge {
     }
 
     async fn on_message(self: &Arc<Self>, data: &[u8], src: Source, kind: TransportKind) {
-        if let Some(peek) = presence_sip::peek_response(data) {
-            if self.complete_peeked(peek) {
-                return;
+        // Datagrams were peeked on the UDP loop already; stream frames here.
+        if kind == TransportKind::Stream {
+            if let Some(peek) = presence_sip::peek_response(data) {
+                if self.complete_peeked(peek) {
+                    return;
+                }
             }
         }
         let msg = match parse(data, kind, self.cfg.max_message) {

@@ -453,6 +453,26 @@ impl Notifier {
         }
     }
 
+    /// The CSeq for a NOTIFY carrying `version`; `Err` with how the send
+    /// ends when it must not go out: superseded by a newer version (counted,
+    /// and done), or the store failed (try again).
+    async fn take_cseq(&self, sub: &Subscription, version: u64) -> Result<u32, Sent> {
+        match self.store.next_cseq(&sub.id, version).await {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => {
+                self.metrics
+                    .notifier_notifies
+                    .with_label_values(&["superseded"])
+                    .inc();
+                Err(Sent::Answered(200))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take a NOTIFY CSeq");
+                Err(Sent::StoreFailed)
+            }
+        }
+    }
+
     /// Send one NOTIFY carrying document `version` (`u64::MAX` for the final
     /// one); `Some(code)` of the final answer, `None` if no answer. A NOTIFY
     /// for a newer version that already took its CSeq (another notifier)
@@ -464,19 +484,9 @@ impl Notifier {
         body: Option<Bytes>,
         version: u64,
     ) -> Sent {
-        let cseq = match self.store.next_cseq(&sub.id, version).await {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                self.metrics
-                    .notifier_notifies
-                    .with_label_values(&["superseded"])
-                    .inc();
-                return Sent::Answered(200);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot take a NOTIFY CSeq");
-                return Sent::StoreFailed;
-            }
+        let cseq = match self.take_cseq(sub, version).await {
+            Ok(c) => c,
+            Err(not_sent) => return not_sent,
         };
         let mut h = rsip::Headers::default();
         let mut push = |name: &str, value: String| h.push(rsip::headers::make_header(name, value));
@@ -535,19 +545,9 @@ impl Notifier {
                     // not report progress): then this NOTIFY is moot, and
                     // otherwise it goes again with a fresh CSeq above any
                     // number taken meanwhile.
-                    match self.store.next_cseq(&sub.id, version).await {
-                        Ok(Some(c)) => set_cseq(&mut req.headers, c),
-                        Ok(None) => {
-                            self.metrics
-                                .notifier_notifies
-                                .with_label_values(&["superseded"])
-                                .inc();
-                            return Sent::Answered(200);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot take a NOTIFY CSeq");
-                            return Sent::StoreFailed;
-                        }
+                    match self.take_cseq(sub, version).await {
+                        Ok(c) => set_cseq(&mut req.headers, c),
+                        Err(not_sent) => return not_sent,
                     }
                 }
                 Err(_) => break None,

@@ -15,260 +15,37 @@
 //! The tests share the machine's few cores, so they run one at a time.
 
 mod common;
+mod harness;
 
 use common::{body_str, pidf, Tp, Ua, WAIT};
+use harness::{Cluster, PATIENCE};
 use presence_core::shard_of;
 use presence_redis::{RedisConfig, RedisStore};
 use presence_sip::HeaderAccess;
 use presence_store::{Leases, Op, Store, StoreError};
-use presence_testkit::nats::NatsServer;
 use presence_testkit::redis::RedisServer;
 use presenced::leases::{FencedStore, LeaseMetrics, ShardLeases};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One cluster test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Generous: how long a test waits for something that should happen.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 const SHARDS: u32 = 16;
 
-struct Proc {
-    node: String,
-    child: Option<Child>,
-    http: SocketAddr,
-    sip: Option<SocketAddr>,
-    log: PathBuf,
+/// The cluster of these tests (the harness is shared with tests/failover.rs).
+fn start(edges: usize, compositors: usize, notifiers: usize, extra: &[&str]) -> Cluster {
+    Cluster::start("cluster", SHARDS, (edges, compositors, notifiers), extra)
 }
 
-struct Cluster {
-    redis: RedisServer,
-    nats: NatsServer,
-    procs: Vec<Proc>,
-    dir: PathBuf,
-    extra: Vec<String>,
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-impl Cluster {
-    /// Redis, NATS, and `edges` + `compositors` + `notifiers` processes.
-    async fn start(edges: usize, compositors: usize, notifiers: usize, extra: &[&str]) -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "presenced-cluster-{}-{}",
-            std::process::id(),
-            common::rand_token()
-        ));
-        std::fs::create_dir_all(&dir).expect("state dir");
-        let mut c = Cluster {
-            redis: RedisServer::start(),
-            nats: NatsServer::start(),
-            procs: Vec::new(),
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        for i in 0..compositors {
-            c.spawn("compositor", &format!("comp{i}"));
-        }
-        for i in 0..notifiers {
-            c.spawn("notifier", &format!("notif{i}"));
-        }
-        for i in 0..edges {
-            c.spawn("edge", &format!("edge{i}"));
-        }
-        c.wait_ready().await;
-        c
-    }
-
-    fn spawn(&mut self, role: &str, node: &str) {
-        let http = addr(presence_testkit::free_port());
-        let sip = (role == "edge").then(|| addr(presence_testkit::free_port()));
-        let log = self.dir.join(format!("{node}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
-        cmd.args(["--target", role])
-            .args(["--redis", &self.redis.url()])
-            .args(["--nats", &self.nats.url()])
-            .args(["--node-id", node])
-            .args(["--shards", &SHARDS.to_string()])
-            .args(["--http-listen", &http.to_string()])
-            .args(["--domain", "example.com"])
-            .args(["--nonce-secret", "cluster-test-secret"])
-            .args(["--log", "info"])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if let Some(sip) = sip {
-            cmd.args(["--sip-listen", &sip.to_string()]);
-        }
-        let child = cmd.spawn().expect("start presenced");
-        self.procs.push(Proc {
-            node: node.to_string(),
-            child: Some(child),
-            http,
-            sip,
-            log,
-        });
-    }
-
-    fn proc(&self, node: &str) -> &Proc {
-        self.procs
-            .iter()
-            .find(|p| p.node == node)
-            .unwrap_or_else(|| panic!("no process {node}"))
-    }
-
-    fn edge(&self, i: usize) -> SocketAddr {
-        self.proc(&format!("edge{i}")).sip.expect("an edge")
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for p in &self.procs {
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            s += &format!("--- {} ---\n", p.node);
-            for l in tail.into_iter().rev() {
-                s += l;
-                s += "\n";
-            }
-        }
-        s
-    }
-
-    /// Every live process answers /readyz, and the live compositors own all shards.
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        for p in self.procs.iter().filter(|p| p.child.is_some()) {
-            loop {
-                if let Some((200, _)) = get(p.http, "/readyz").await {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} not ready\n{}",
-                    p.node,
-                    self.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        loop {
-            let owned = self.owned().await;
-            if owned.iter().map(|(_, n)| n).sum::<u32>() == SHARDS {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "shards not all owned: {owned:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Shards owned per live compositor, from its /metrics.
-    async fn owned(&self) -> Vec<(String, u32)> {
-        let mut v = Vec::new();
-        for p in &self.procs {
-            if p.child.is_none() || !p.node.starts_with("comp") {
-                continue;
-            }
-            let n = metric(p.http, "presence_compositor_shards_owned")
-                .await
-                .unwrap_or(0.0);
-            v.push((p.node.clone(), n as u32));
-        }
-        v
-    }
-
-    fn kill9(&mut self, node: &str) {
-        let p = self
-            .procs
-            .iter_mut()
-            .find(|p| p.node == node)
-            .expect("process");
-        if let Some(mut c) = p.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, and wait for the process to exit.
-    fn terminate(&mut self, node: &str) {
-        let p = self
-            .procs
-            .iter_mut()
-            .find(|p| p.node == node)
-            .expect("process");
-        if let Some(mut c) = p.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + PATIENCE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("{node} did not exit on SIGTERM");
-        }
-    }
-
-    async fn leases(&self) -> RedisStore {
-        RedisStore::connect(
-            RedisConfig::new(&self.redis.url(), SHARDS).expect("redis config"),
-            &prometheus::Registry::new(),
-        )
-        .await
-        .expect("connect to redis")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("cluster logs kept in {}", self.dir.display());
-        }
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let fut = common::http(addr, "GET", path, b"");
-    // The helper panics on a refused connection; probe the port first.
-    tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (code, body) = tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .ok()?;
-    Some((code, String::from_utf8_lossy(&body).to_string()))
-}
-
-async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let (_, body) = get(addr, "/metrics").await?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// The cluster's Redis, as a lease table to read.
+async fn leases(c: &Cluster) -> RedisStore {
+    RedisStore::connect(
+        RedisConfig::new(&c.redis.url(), SHARDS).expect("redis config"),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .expect("connect to redis")
 }
 
 /// A user whose AoR lands in a shard `pred` accepts.
@@ -306,7 +83,7 @@ async fn register(ua: &mut Ua, expires: u32) -> presence_sip::Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_on_one_edge_sees_a_publish_through_another() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start(2, 2, 1, &[]).await;
+    let c = start(2, 2, 1, &[]);
     let mut alice = Ua::new(Tp::Udp, c.edge(0), "alice").await;
     let mut bob = Ua::new(Tp::Tcp, c.edge(1), "bob").await;
     let aor = alice.aor.clone();
@@ -328,13 +105,13 @@ async fn a_watcher_on_one_edge_sees_a_publish_through_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_compositors_shards_are_taken_over_without_loss() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(1, 2, 1, &[]).await;
-    let owned = c.owned().await;
+    let mut c = start(1, 2, 1, &[]);
+    let owned = c.owned_by();
     assert!(
         owned.iter().all(|(_, n)| *n > 0),
         "both own shards: {owned:?}"
     );
-    let redis = c.leases().await;
+    let redis = leases(&c).await;
     let mut victim_shards = Vec::new();
     for s in 0..SHARDS {
         if redis.owner_of(s).await.expect("owner").map(|l| l.owner) == Some("comp1".into()) {
@@ -392,8 +169,8 @@ async fn a_killed_compositors_shards_are_taken_over_without_loss() {
         takeover.as_secs_f64(),
         served.as_secs_f64()
     );
-    c.wait_ready().await;
-    assert_eq!(c.owned().await, vec![("comp0".to_string(), SHARDS)]);
+    c.wait_ready();
+    assert_eq!(c.owned_by(), vec![("comp0".to_string(), SHARDS)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,18 +178,18 @@ async fn a_gracefully_stopped_compositor_hands_its_shards_back_at_once() {
     let _serial = SERIAL.lock().await;
     // Long leases: a takeover within the test's wait can only come from the
     // released leases, not from their expiry.
-    let mut c = Cluster::start(1, 2, 1, &["--lease-ttl-ms", "60000"]).await;
+    let mut c = start(1, 2, 1, &["--lease-ttl-ms", "60000"]);
     let stopped_at = Instant::now();
     c.terminate("comp1");
     let exit = stopped_at.elapsed();
     loop {
-        if c.owned().await == vec![("comp0".to_string(), SHARDS)] {
+        if c.owned_by() == vec![("comp0".to_string(), SHARDS)] {
             break;
         }
         assert!(
             stopped_at.elapsed() < Duration::from_secs(50),
             "shards not taken over after a graceful stop: {:?}\n{}",
-            c.owned().await,
+            c.owned_by(),
             c.logs()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -502,7 +279,7 @@ const USERS: &str = "alice@example.com:secret\nbob@example.com:hunter2\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_scenarios_across_edges() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start(2, 2, 1, &[]).await;
+    let c = start(2, 2, 1, &[]);
     let (a, b) = (c.edge(0), c.edge(1));
 
     // REGISTER through one edge, query through the other.
@@ -585,7 +362,7 @@ async fn digest_nonces_work_on_every_edge() {
     let _serial = SERIAL.lock().await;
     let users = common::TempFile::new(USERS);
     let path = users.0.display().to_string();
-    let c = Cluster::start(2, 1, 1, &["--users", &path]).await;
+    let c = start(2, 1, 1, &["--users", &path]);
     let mut alice_a = Ua::new(Tp::Udp, c.edge(0), "alice").await;
     let aor = alice_a.aor.clone();
     let req = alice_a

@@ -31,10 +31,9 @@
 //!
 //! Run: `cargo test -p presenced --test failover -- --nocapture --test-threads=1`.
 
-use presence_testkit::nats::NatsServer;
-use presence_testkit::redis::RedisServer;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod harness;
+
+use harness::{metric_sum, Cluster, PATIENCE};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -42,9 +41,6 @@ use std::time::{Duration, Instant};
 
 /// One cluster at a time: the machine has few cores.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// How long the harness waits for something that should happen.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 const SHARDS: u32 = 64;
 const LEASE_TTL_MS: &str = "1500";
@@ -54,166 +50,17 @@ const USERS: u32 = 300;
 const PUBLISH_RATE: u32 = 100;
 const STEADY_S: u32 = 25;
 
-struct Proc {
-    node: String,
-    role: String,
-    child: Option<Child>,
-    http: SocketAddr,
-    sip: Option<SocketAddr>,
-    log: PathBuf,
-}
-
-struct Cluster {
-    redis: RedisServer,
-    nats: NatsServer,
-    procs: Vec<Proc>,
-    dir: PathBuf,
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+/// The cluster of these tests: lease TTL 1.5 s, so that takeovers are quick.
+fn start(edges: usize, compositors: usize, notifiers: usize) -> Cluster {
+    Cluster::start(
+        "failover",
+        SHARDS,
+        (edges, compositors, notifiers),
+        &["--lease-ttl-ms", LEASE_TTL_MS],
+    )
 }
 
 impl Cluster {
-    fn start(edges: usize, compositors: usize, notifiers: usize) -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "presenced-failover-{}-{}",
-            std::process::id(),
-            presence_testkit::free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("state dir");
-        let mut c = Cluster {
-            redis: RedisServer::start(),
-            nats: NatsServer::start(),
-            procs: Vec::new(),
-            dir,
-        };
-        for i in 0..compositors {
-            c.spawn("compositor", &format!("comp{i}"));
-        }
-        for i in 0..notifiers {
-            c.spawn("notifier", &format!("notif{i}"));
-        }
-        for i in 0..edges {
-            c.spawn("edge", &format!("edge{i}"));
-        }
-        c.wait_ready();
-        c
-    }
-
-    fn spawn(&mut self, role: &str, node: &str) {
-        let http = addr(presence_testkit::free_port());
-        let sip = (role == "edge").then(|| addr(presence_testkit::free_port()));
-        let log = self.dir.join(format!("{node}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
-        cmd.args(["--target", role])
-            .args(["--redis", &self.redis.url()])
-            .args(["--nats", &self.nats.url()])
-            .args(["--node-id", node])
-            .args(["--shards", &SHARDS.to_string()])
-            .args(["--lease-ttl-ms", LEASE_TTL_MS])
-            .args(["--http-listen", &http.to_string()])
-            .args(["--domain", "example.com"])
-            .args(["--nonce-secret", "failover-test-secret"])
-            .args(["--log", "info"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if let Some(sip) = sip {
-            cmd.args(["--sip-listen", &sip.to_string()]);
-        }
-        let child = cmd.spawn().expect("start presenced");
-        self.procs.push(Proc {
-            node: node.to_string(),
-            role: role.to_string(),
-            child: Some(child),
-            http,
-            sip,
-            log,
-        });
-    }
-
-    fn live(&self, role: &str) -> impl Iterator<Item = &Proc> {
-        let role = role.to_string();
-        self.procs
-            .iter()
-            .filter(move |p| p.role == role && p.child.is_some())
-    }
-
-    fn edges(&self) -> Vec<SocketAddr> {
-        self.live("edge").filter_map(|p| p.sip).collect()
-    }
-
-    /// The last lines of every process's log.
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for p in &self.procs {
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            s += &format!("--- {} ---\n", p.node);
-            for l in tail.into_iter().rev() {
-                s += l;
-                s += "\n";
-            }
-        }
-        s
-    }
-
-    /// Lines of every log that are warnings or errors (a short summary).
-    fn warnings(&self) -> String {
-        let mut s = String::new();
-        for p in &self.procs {
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            let bad: Vec<&str> = text
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
-                .collect();
-            if bad.is_empty() {
-                continue;
-            }
-            s += &format!("--- {}: {} warning/error lines ---\n", p.node, bad.len());
-            for l in bad.iter().take(8) {
-                s += l;
-                s += "\n";
-            }
-        }
-        s
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        for p in self.procs.iter().filter(|p| p.child.is_some()) {
-            while !matches!(http_get(p.http, "/readyz"), Some((200, _))) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} not ready\n{}",
-                    p.node,
-                    self.logs()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        while self.owned() != SHARDS {
-            assert!(
-                Instant::now() < deadline,
-                "shards not all owned\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Shards owned by the live compositors, summed from their /metrics.
-    fn owned(&self) -> u32 {
-        self.live("compositor")
-            .map(|p| {
-                metric_sum(p.http, "presence_compositor_shards_owned", "").unwrap_or(0.0) as u32
-            })
-            .sum()
-    }
-
     /// PUBLISH requests the live edges have received.
     fn publishes(&self) -> f64 {
         self.live("edge")
@@ -236,34 +83,6 @@ impl Cluster {
         println!("{what}: {n} notify jobs redelivered by JetStream to the live notifiers");
     }
 
-    /// Send a signal (`-STOP`, `-CONT`, …) to a live process.
-    fn signal(&self, node: &str, sig: &str) {
-        let p = self
-            .procs
-            .iter()
-            .find(|p| p.node == node)
-            .unwrap_or_else(|| panic!("no process {node}"));
-        let pid = p.child.as_ref().expect("a live process").id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill {sig} {node}");
-    }
-
-    fn kill9(&mut self, node: &str) {
-        let p = self
-            .procs
-            .iter_mut()
-            .find(|p| p.node == node)
-            .unwrap_or_else(|| panic!("no process {node}"));
-        if let Some(mut c) = p.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
     /// Wait until the steady state of the load runs (the edges have seen the
     /// setup's PUBLISHes and some seconds of changes), or the load ended.
     fn wait_for_steady(&self, load: &mut Load, seconds: u32) {
@@ -282,54 +101,6 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("cluster logs kept in {}", self.dir.display());
-        }
-    }
-}
-
-/// A blocking HTTP GET; `None` when nothing answers.
-fn http_get(to: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-/// The sum of a metric's samples whose labels contain `labels`.
-fn metric_sum(to: SocketAddr, name: &str, labels: &str) -> Option<f64> {
-    let (_, body) = http_get(to, "/metrics")?;
-    let mut sum = None;
-    for l in body.lines() {
-        let Some(rest) = l.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) || !rest.contains(labels) {
-            continue;
-        }
-        if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            *sum.get_or_insert(0.0) += v;
-        }
-    }
-    sum
 }
 
 /// The newest modification time of the files under `dir`.
@@ -548,7 +319,7 @@ fn assert_passed(c: &Cluster, what: &str, result: &(Option<i32>, String, String)
 #[test]
 fn baseline_under_load_passes_the_canary() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let c = Cluster::start(2, 3, 2);
+    let c = start(2, 3, 2);
     let load = Load::start(&c, "udp", 10);
     let result = load.finish();
     assert_passed(&c, "baseline", &result);
@@ -558,7 +329,7 @@ fn baseline_under_load_passes_the_canary() {
 #[test]
 fn kill_9_of_a_compositor_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = Cluster::start(2, 3, 2);
+    let mut c = start(2, 3, 2);
     let mut load = Load::start(&c, "udp", 10);
     c.wait_for_steady(&mut load, 8);
     assert!(!load.exited(), "the load ended before the kill");
@@ -584,7 +355,7 @@ fn kill_9_of_a_compositor_under_load() {
 #[test]
 fn kill_9_of_a_notifier_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = Cluster::start(2, 3, 2);
+    let mut c = start(2, 3, 2);
     // The killed worker's unacked jobs come back after JetStream's ack_wait
     // (10 s in cluster.rs): the deadline must leave room for that.
     let mut load = Load::start(&c, "udp", 20);
@@ -618,7 +389,7 @@ fn quick_restart_of_nats_server_under_load() {
 }
 
 fn nats_restart(outage_ms: u64) {
-    let mut c = Cluster::start(2, 3, 2);
+    let mut c = start(2, 3, 2);
     let mut load = Load::start(&c, "udp", 20);
     c.wait_for_steady(&mut load, 8);
     assert!(!load.exited(), "the load ended before the restart");
@@ -664,7 +435,7 @@ fn kill_9_of_an_edge_under_udp_load_with_one_notifier() {
 }
 
 fn edge_kill(notifiers: usize, transport: &str) {
-    let mut c = Cluster::start(2, 3, notifiers);
+    let mut c = start(2, 3, notifiers);
     // Over TCP the UAs on the killed edge see their connection close and
     // move to the other edge at once; over UDP they wait for Timer F.
     let mut load = Load::start(&c, transport, 20);
@@ -696,7 +467,7 @@ fn one_notifier_keeps_each_dialogs_notifies_in_order() {
 }
 
 fn hot_presentities(notifiers: usize) {
-    let c = Cluster::start(2, 3, notifiers);
+    let c = start(2, 3, notifiers);
     let load = Load::start_with(
         &c,
         &[

@@ -1,0 +1,335 @@
+//! A local cluster for tests: a real `redis-server` and `nats-server`
+//! (testkit, free ports) and `presenced` roles as child processes of the
+//! built binary, one role per process, as in production. Blocking (std
+//! only), so it serves plain and tokio tests alike. Processes are killed and
+//! the state directory removed on drop (kept, with a note, after a panic).
+#![allow(dead_code)] // each test file uses its own part of it
+
+use presence_testkit::nats::NatsServer;
+use presence_testkit::redis::RedisServer;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the harness waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Proc {
+    pub node: String,
+    pub role: String,
+    pub child: Option<Child>,
+    pub http: SocketAddr,
+    pub sip: Option<SocketAddr>,
+    pub log: PathBuf,
+}
+
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub nats: NatsServer,
+    pub procs: Vec<Proc>,
+    pub dir: PathBuf,
+    pub shards: u32,
+    extra: Vec<String>,
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Cluster {
+    /// Redis, NATS, and `edges` + `compositors` + `notifiers` processes
+    /// (nodes `edge<i>`, `comp<i>`, `notif<i>`) with `extra` flags each;
+    /// returns when every process is ready and all shards are owned.
+    pub fn start(
+        name: &str,
+        shards: u32,
+        (edges, compositors, notifiers): (usize, usize, usize),
+        extra: &[&str],
+    ) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "presenced-{name}-{}-{}",
+            std::process::id(),
+            presence_testkit::free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let mut c = Cluster {
+            redis: RedisServer::start(),
+            nats: NatsServer::start(),
+            procs: Vec::new(),
+            dir,
+            shards,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..compositors {
+            c.spawn("compositor", &format!("comp{i}"));
+        }
+        for i in 0..notifiers {
+            c.spawn("notifier", &format!("notif{i}"));
+        }
+        for i in 0..edges {
+            c.spawn("edge", &format!("edge{i}"));
+        }
+        c.wait_ready();
+        c
+    }
+
+    /// A free port no process of this cluster was given yet (a port the
+    /// kernel just reported free can come back from the next probe).
+    fn fresh_port(&self) -> u16 {
+        loop {
+            let port = presence_testkit::free_port();
+            let taken = self
+                .procs
+                .iter()
+                .any(|p| p.http.port() == port || p.sip.is_some_and(|s| s.port() == port));
+            if !taken {
+                return port;
+            }
+        }
+    }
+
+    fn spawn(&mut self, role: &str, node: &str) {
+        let http = addr(self.fresh_port());
+        let sip = (role == "edge").then(|| {
+            let mut port = self.fresh_port();
+            while port == http.port() {
+                port = self.fresh_port();
+            }
+            addr(port)
+        });
+        let log = self.dir.join(format!("{node}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+        cmd.args(["--target", role])
+            .args(["--redis", &self.redis.url()])
+            .args(["--nats", &self.nats.url()])
+            .args(["--node-id", node])
+            .args(["--shards", &self.shards.to_string()])
+            .args(["--http-listen", &http.to_string()])
+            .args(["--domain", "example.com"])
+            .args(["--nonce-secret", "cluster-test-secret"])
+            .args(["--log", "info"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if let Some(sip) = sip {
+            cmd.args(["--sip-listen", &sip.to_string()]);
+        }
+        let child = cmd.spawn().expect("start presenced");
+        self.procs.push(Proc {
+            node: node.to_string(),
+            role: role.to_string(),
+            child: Some(child),
+            http,
+            sip,
+            log,
+        });
+    }
+
+    pub fn proc(&self, node: &str) -> &Proc {
+        self.procs
+            .iter()
+            .find(|p| p.node == node)
+            .unwrap_or_else(|| panic!("no process {node}"))
+    }
+
+    fn proc_mut(&mut self, node: &str) -> &mut Proc {
+        self.procs
+            .iter_mut()
+            .find(|p| p.node == node)
+            .unwrap_or_else(|| panic!("no process {node}"))
+    }
+
+    /// The live processes of a role.
+    pub fn live(&self, role: &str) -> impl Iterator<Item = &Proc> {
+        let role = role.to_string();
+        self.procs
+            .iter()
+            .filter(move |p| p.role == role && p.child.is_some())
+    }
+
+    /// SIP address of edge `i`.
+    pub fn edge(&self, i: usize) -> SocketAddr {
+        self.proc(&format!("edge{i}")).sip.expect("an edge")
+    }
+
+    /// SIP addresses of the live edges.
+    pub fn edges(&self) -> Vec<SocketAddr> {
+        self.live("edge").filter_map(|p| p.sip).collect()
+    }
+
+    /// The last lines of every process's log.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            s += &format!("--- {} ---\n", p.node);
+            for l in tail.into_iter().rev() {
+                s += l;
+                s += "\n";
+            }
+        }
+        s
+    }
+
+    /// Lines of every log that are warnings or errors (a short summary).
+    pub fn warnings(&self) -> String {
+        let mut s = String::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let bad: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
+                .collect();
+            if bad.is_empty() {
+                continue;
+            }
+            s += &format!("--- {}: {} warning/error lines ---\n", p.node, bad.len());
+            for l in bad.iter().take(8) {
+                s += l;
+                s += "\n";
+            }
+        }
+        s
+    }
+
+    /// Every live process answers /readyz, and the live compositors own all shards.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        for i in 0..self.procs.len() {
+            while !matches!(http_get(self.procs[i].http, "/readyz"), Some((200, _))) {
+                let Some(child) = self.procs[i].child.as_mut() else {
+                    break;
+                };
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{} exited before it was ready ({status})\n{}",
+                        self.procs[i].node,
+                        self.logs()
+                    );
+                }
+                let p = &self.procs[i];
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not ready\n{}",
+                    p.node,
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        while self.owned() != self.shards {
+            assert!(
+                Instant::now() < deadline,
+                "shards not all owned: {:?}\n{}",
+                self.owned_by(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Shards owned per live compositor, from its /metrics.
+    pub fn owned_by(&self) -> Vec<(String, u32)> {
+        self.live("compositor")
+            .map(|p| {
+                let n = metric_sum(p.http, "presence_compositor_shards_owned", "").unwrap_or(0.0);
+                (p.node.clone(), n as u32)
+            })
+            .collect()
+    }
+
+    /// Shards owned by the live compositors together.
+    pub fn owned(&self) -> u32 {
+        self.owned_by().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Send a signal (`-STOP`, `-CONT`, …) to a live process.
+    pub fn signal(&self, node: &str, sig: &str) {
+        let pid = self.proc(node).child.as_ref().expect("a live process").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {node}");
+    }
+
+    pub fn kill9(&mut self, node: &str) {
+        if let Some(mut c) = self.proc_mut(node).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the process to exit.
+    pub fn terminate(&mut self, node: &str) {
+        self.signal(node, "-TERM");
+        let Some(mut c) = self.proc_mut(node).child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!("{node} did not exit on SIGTERM");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cluster logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// A blocking HTTP GET; `None` when nothing answers.
+pub fn http_get(to: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// The sum of a metric's samples whose labels contain `labels`.
+pub fn metric_sum(to: SocketAddr, name: &str, labels: &str) -> Option<f64> {
+    let (_, body) = http_get(to, "/metrics")?;
+    let mut sum = None;
+    for l in body.lines() {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) || !rest.contains(labels) {
+            continue;
+        }
+        if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
