@@ -4,8 +4,9 @@
 
 use crate::config::{Settings, Transport};
 use crate::engine::{Endpoint, Engine, TcpOut, Wire};
-use crate::scan::{self, Frame};
+use crate::scan;
 use crate::stats::Report;
+use presence_sip::{frame_stream, StreamFrame};
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -170,16 +171,17 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
                 buf.extend_from_slice(&chunk[..n]);
                 let mut off = 0;
                 loop {
-                    match scan::frame(&buf[off..]) {
-                        Frame::Skip(k) => off += k,
-                        Frame::Message(k) => {
+                    match frame_stream(&buf[off..], scan::MAX_MESSAGE) {
+                        Ok(StreamFrame::KeepAlive { len, .. }) => off += len,
+                        Ok(StreamFrame::Message { skip, len }) => {
+                            let at = off + skip;
                             engine
                                 .borrow_mut()
-                                .on_message(i as u32, peer, &buf[off..off + k]);
-                            off += k;
+                                .on_message(i as u32, peer, &buf[at..at + len]);
+                            off = at + len;
                         }
-                        Frame::NeedMore => break,
-                        Frame::Error => {
+                        Ok(StreamFrame::NeedMore) => break,
+                        Err(_) => {
                             let mut e = engine.borrow_mut();
                             e.stats.unparseable += 1;
                             e.on_tcp_closed(i as u32);

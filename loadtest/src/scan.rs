@@ -12,7 +12,7 @@ pub const MAX_VIAS: usize = 8;
 /// Most challenge headers kept (WWW-Authenticate / Proxy-Authenticate).
 pub const MAX_CHALLENGES: usize = 4;
 /// Largest message accepted on a stream before the framing gives up.
-pub const MAX_MESSAGE: usize = 65536;
+pub const MAX_MESSAGE: usize = presence_sip::DEFAULT_MAX_MESSAGE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start<'a> {
@@ -179,25 +179,10 @@ fn tag(v: &[u8]) -> Option<&[u8]> {
     param(v, b"tag").filter(|t| !t.is_empty())
 }
 
-/// The offset just past the blank line ending the header section.
-pub fn header_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(off) = buf[i..].iter().position(|b| *b == b'\n') {
-        let p = i + off;
-        match buf.get(p + 1) {
-            Some(b'\n') => return Some(p + 2),
-            Some(b'\r') if buf.get(p + 2) == Some(&b'\n') => return Some(p + 3),
-            _ => {}
-        }
-        i = p + 1;
-    }
-    None
-}
-
 /// Scan one message. `datagram`: the body is the rest of the input when
 /// Content-Length is absent (RFC 3261 §18.3); on a stream the caller framed it.
 pub fn scan(buf: &[u8]) -> Option<Scanned<'_>> {
-    let end = header_end(buf)?;
+    let end = presence_sip::frame::header_end(buf)?;
     let head = &buf[..end];
     let line_end = head.iter().position(|b| *b == b'\n')?;
     let start_line = trim(&head[..line_end]);
@@ -357,64 +342,6 @@ fn header_id(name: &[u8]) -> H {
     }
 }
 
-/// What the front of a stream buffer holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Frame {
-    /// Keep-alive CRLFs to discard.
-    Skip(usize),
-    /// A whole message of this many bytes.
-    Message(usize),
-    NeedMore,
-    /// The stream cannot be framed (too large, no or bad Content-Length).
-    Error,
-}
-
-/// Find the first message in a stream buffer.
-pub fn frame(buf: &[u8]) -> Frame {
-    let lead = buf
-        .iter()
-        .take_while(|b| **b == b'\r' || **b == b'\n')
-        .count();
-    if lead > 0 {
-        return Frame::Skip(lead);
-    }
-    let Some(end) = header_end(buf) else {
-        return if buf.len() > MAX_MESSAGE {
-            Frame::Error
-        } else {
-            Frame::NeedMore
-        };
-    };
-    let head = &buf[..end];
-    let mut cl: Option<usize> = None;
-    for line in head.split(|b| *b == b'\n').skip(1) {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            continue;
-        }
-        if matches!(header_id(trim(&line[..colon])), H::ContentLength) {
-            match parse_u32(trim(&line[colon + 1..])) {
-                Some(n) => cl = Some(n as usize),
-                None => return Frame::Error,
-            }
-        }
-    }
-    let Some(cl) = cl else {
-        return Frame::Error;
-    };
-    let total = end + cl;
-    if total > MAX_MESSAGE {
-        return Frame::Error;
-    }
-    if buf.len() < total {
-        Frame::NeedMore
-    } else {
-        Frame::Message(total)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,29 +436,8 @@ l: 0\r\n\r\n";
         assert_eq!(find(b"", b"a"), None);
     }
 
-    #[test]
-    fn frames_a_stream() {
-        let mut stream = Vec::new();
-        stream.extend_from_slice(b"\r\n\r\n");
-        stream.extend_from_slice(NOTIFY);
-        stream.extend_from_slice(NOTIFY);
-        assert_eq!(frame(&stream), Frame::Skip(4));
-        let rest = &stream[4..];
-        assert_eq!(frame(rest), Frame::Message(NOTIFY.len()));
-        assert_eq!(frame(&rest[..NOTIFY.len() - 1]), Frame::NeedMore);
-        assert_eq!(frame(&rest[..10]), Frame::NeedMore);
-        assert_eq!(
-            frame(b"NOTIFY sip:a SIP/2.0\r\nCall-ID: x\r\n\r\n"),
-            Frame::Error
-        );
-        assert_eq!(
-            frame(b"NOTIFY sip:a SIP/2.0\r\nl: zz\r\n\r\n"),
-            Frame::Error
-        );
-    }
-
-    /// Property: no input panics the scanner or the framer, and whatever
-    /// they report stays inside the input.
+    /// Property: no input panics the scanner, and whatever it reports stays
+    /// inside the input.
     #[test]
     fn no_input_panics() {
         let seed = std::env::var("LOADTEST_FUZZ_SEED")
@@ -602,10 +508,6 @@ l: 0\r\n\r\n";
                 if let Some(s) = scan(&input) {
                     let _ = (s.branch(), s.cseq(), s.from_tag(), s.to_tag(), s.expires());
                     assert!(s.body.len() <= input.len());
-                }
-                match frame(&input) {
-                    Frame::Skip(n) | Frame::Message(n) => assert!(n <= input.len() && n > 0),
-                    Frame::NeedMore | Frame::Error => {}
                 }
             });
             assert!(
