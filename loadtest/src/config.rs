@@ -278,7 +278,7 @@ impl Settings {
             }
         };
         let alg_text = pick!(auth_algorithm, "sha-256".to_string());
-        let auth_algorithm = crate::digest::Alg::parse(&alg_text).unwrap_or_else(|| {
+        let auth_algorithm = crate::digest::parse_alg(&alg_text).unwrap_or_else(|| {
             errors.push(format!("--auth-algorithm {alg_text:?}: sha-256 or md5"));
             crate::digest::Alg::Sha256
         });

@@ -26,17 +26,32 @@ impl Algorithm {
             Algorithm::Sha256 => "SHA-256",
         }
     }
-    fn parse(s: &str) -> Option<Algorithm> {
-        match s.to_ascii_uppercase().as_str() {
-            "MD5" => Some(Algorithm::Md5),
-            "SHA-256" => Some(Algorithm::Sha256),
-            _ => None,
+    /// The `algorithm` parameter's value (RFC 8760: `MD5`, `SHA-256`).
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        if s.eq_ignore_ascii_case("MD5") {
+            Some(Algorithm::Md5)
+        } else if s.eq_ignore_ascii_case("SHA-256") {
+            Some(Algorithm::Sha256)
+        } else {
+            None
         }
     }
     pub fn hash(&self, data: &str) -> String {
+        self.hash_parts(&[data.as_bytes()])
+    }
+    /// The lowercase hex digest of the concatenation of `parts`.
+    pub fn hash_parts(&self, parts: &[&[u8]]) -> String {
         match self {
-            Algorithm::Md5 => hex(&Md5::digest(data.as_bytes())),
-            Algorithm::Sha256 => hex(&Sha256::digest(data.as_bytes())),
+            Algorithm::Md5 => {
+                let mut h = Md5::new();
+                parts.iter().for_each(|p| h.update(p));
+                hex(&h.finalize())
+            }
+            Algorithm::Sha256 => {
+                let mut h = Sha256::new();
+                parts.iter().for_each(|p| h.update(p));
+                hex(&h.finalize())
+            }
         }
     }
 }
