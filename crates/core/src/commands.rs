@@ -126,7 +126,7 @@ impl Reply {
 }
 
 /// Work for the notifiers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotifyJob {
     /// The document of (aor, event) changed to `version`: tell every watcher.
     Changed {
@@ -164,4 +164,7 @@ pub struct Outcome {
     pub headers: presence_sip::rsip::Headers,
     pub body: Bytes,
     pub timed_out: bool,
+    /// Not sent: the edge already sent (or is about to send) a NOTIFY of the
+    /// same dialog with a higher CSeq, i.e. an equal or newer document.
+    pub superseded: bool,
 }

@@ -362,6 +362,7 @@ fn edge_messages_round_trip() {
             headers: vec![],
             body: body(&mut r),
             timed_out: r.random_bool(0.5),
+            superseded: r.random_bool(0.5),
         };
         assert_eq!(
             <pb::Outcome as Envelope>::decode(&Envelope::encode(&out)),

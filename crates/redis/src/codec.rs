@@ -5,7 +5,8 @@
 //! Decoding never panics: bad input is `None`.
 
 use bytes::Bytes;
-use presence_core::{Binding, Flow, Publication, Subscription, Transport, View};
+use presence_core::commands::NotifyJob;
+use presence_core::{Binding, EndReason, Flow, Publication, Subscription, Transport, View};
 use presence_store::ExpiryKey;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -338,6 +339,72 @@ pub fn decode_expiry_key(b: &[u8]) -> Option<ExpiryKey> {
     Some(k)
 }
 
+const END_REASONS: [EndReason; 6] = [
+    EndReason::Unsubscribed,
+    EndReason::Timeout,
+    EndReason::Deactivated,
+    EndReason::Rejected,
+    EndReason::Noresource,
+    EndReason::Gone,
+];
+
+/// A notify job in a shard's outbox.
+pub fn encode_job(j: &NotifyJob) -> Vec<u8> {
+    let mut w = W::new();
+    match j {
+        NotifyJob::Changed {
+            aor,
+            event,
+            version,
+            at_ms,
+        } => {
+            w.0.push(b'c');
+            w.str(aor);
+            w.str(event);
+            w.u64(*version);
+            w.u64(*at_ms);
+        }
+        NotifyJob::Refresh { id } => {
+            w.0.push(b'r');
+            w.str(id);
+        }
+        NotifyJob::Terminated { sub, reason } => {
+            w.0.push(b't');
+            let code = END_REASONS.iter().position(|r| r == reason).unwrap_or(0);
+            w.u64(code as u64);
+            w.str(&sub.aor);
+            w.str(&sub.event);
+            w.bytes(&encode_subscription(sub));
+        }
+    }
+    w.0
+}
+
+pub fn decode_job(b: &[u8]) -> Option<NotifyJob> {
+    let mut r = R::new(b)?;
+    let j = match r.u8()? {
+        b'c' => NotifyJob::Changed {
+            aor: r.str()?,
+            event: r.str()?,
+            version: r.u64()?,
+            at_ms: r.u64()?,
+        },
+        b'r' => NotifyJob::Refresh { id: r.str()? },
+        b't' => {
+            let reason = *END_REASONS.get(usize::try_from(r.u64()?).ok()?)?;
+            let (aor, event) = (r.str()?, r.str()?);
+            let sub = decode_subscription(&aor, &event, r.bytes()?)?;
+            NotifyJob::Terminated {
+                sub: Box::new(sub),
+                reason,
+            }
+        }
+        _ => return None,
+    };
+    r.end()?;
+    Some(j)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,8 +486,24 @@ mod tests {
         };
         assert_eq!(
             decode_subscription("sip:a@x", "dialog", &encode_subscription(&s)),
-            Some(s)
+            Some(s.clone())
         );
+        let mut jobs = vec![
+            NotifyJob::Changed {
+                aor: "sip:a@x".into(),
+                event: "presence".into(),
+                version: u64::MAX,
+                at_ms: 1_700_000_000_000,
+            },
+            NotifyJob::Refresh { id: "abc".into() },
+        ];
+        jobs.extend(END_REASONS.iter().map(|r| NotifyJob::Terminated {
+            sub: Box::new(s.clone()),
+            reason: *r,
+        }));
+        for j in jobs {
+            assert_eq!(decode_job(&encode_job(&j)), Some(j));
+        }
         for k in [
             ExpiryKey::Publication {
                 aor: "sip:a@x".into(),
@@ -464,6 +547,14 @@ mod tests {
         long.push(0);
         assert_eq!(decode_subscription("a", "e", &long), None);
         assert_eq!(decode_expiry_key(b""), None);
+        let job = encode_job(&NotifyJob::Terminated {
+            sub: Box::new(decode_subscription("a", "e", &p).expect("valid")),
+            reason: EndReason::Gone,
+        });
+        for n in 0..job.len() {
+            assert_eq!(decode_job(&job[..n]), None, "{n}");
+        }
+        assert_eq!(decode_job(&[FORMAT, b't', 6]), None);
         assert_eq!(decode_expiry_key(&[FORMAT, b'x']), None);
         assert_eq!(
             decode_bindings("a", &[FORMAT, 0xff, 0xff, 0xff, 0xff, 0x0f]),

@@ -109,6 +109,11 @@ while ai <= #ARGV do
     redis.call('SADD', k, arg())
   elseif op == 'U' then
     redis.call('ZREM', x, arg())
+  elseif op == 'Q' then
+    local oq, o = key(), key()
+    local id = arg()
+    redis.call('ZADD', oq, 0, id)
+    redis.call('HSET', o, id, arg())
   else
     return redis.error_reply('ERR unknown op ' .. tostring(op))
   end
@@ -147,14 +152,44 @@ return 1
 "#;
 
 /// Next NOTIFY CSeq: KEYS[1] the id hash, ARGV[1] grace ms (TTL of a counter
-/// whose subscription was never stored, e.g. a fetch).
+/// whose subscription was never stored, e.g. a fetch), ARGV[2] the version.
+/// Nil when a newer version took one, or the NOTIFYs are over (`e`).
 pub const NEXT_CSEQ: &str = r#"
-local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local st = redis.call('HMGET', KEYS[1], 'v', 'e')
+if st[2] then return false end
+local v = tonumber(st[1] or '0')
 if tonumber(ARGV[2]) < v then return false end
 redis.call('HSET', KEYS[1], 'v', ARGV[2])
 local c = redis.call('HINCRBY', KEYS[1], 'c', 1)
 if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return c
+"#;
+
+/// The NOTIFYs of a subscription are over: KEYS[1] the id hash, ARGV[1]
+/// grace ms. The mark keeps the hash at least that long.
+pub const END_CSEQ: &str = r#"
+redis.call('HSET', KEYS[1], 'e', 1)
+local t = redis.call('PTTL', KEYS[1])
+if t >= 0 and t < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if t == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
+/// The first ARGV[1] jobs of a shard's outbox: KEYS[1] the id ZSET (all
+/// scores 0, so ids sort as bytes), KEYS[2] the id → job HASH. Returns
+/// id, job, id, job, … (an id whose job is gone is skipped).
+pub const OUTBOX: &str = r#"
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
+  local j = redis.call('HGET', KEYS[2], id)
+  if j then
+    out[#out + 1] = id
+    out[#out + 1] = j
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
 "#;
 
 /// KEYS[1] lease, KEYS[2] fence counter; ARGV[1] owner, ARGV[2] ttl ms.

@@ -31,6 +31,7 @@ use crate::metrics::RedisMetrics;
 use crate::scripts;
 use async_trait::async_trait;
 use bytes::Bytes;
+use presence_core::commands::NotifyJob;
 use presence_core::{shard_of, Binding, Document, Publication, Subscription};
 use presence_store::{Counts, ExpiryKey, Lease, Leases, Op, Store, StoreError, StoreResult};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -81,6 +82,8 @@ struct Scripts {
     watchers: Script,
     locate: Script,
     next_cseq: Script,
+    end_cseq: Script,
+    outbox: Script,
     acquire: Script,
     renew: Script,
     release: Script,
@@ -146,7 +149,11 @@ fn op_aor(op: &Op) -> Option<&str> {
         | Op::DeleteHardState { aor, .. }
         | Op::MarkKnown { aor } => Some(aor),
         Op::Unindex(ExpiryKey::Publication { aor, .. } | ExpiryKey::Bindings { aor }) => Some(aor),
-        Op::DeleteSubscription { .. } | Op::Unindex(ExpiryKey::Subscription { .. }) => None,
+        // A job may announce another shard's AoR (a terminated watcher's
+        // subscription belongs to its presentity's shard, as its batch does).
+        Op::DeleteSubscription { .. }
+        | Op::Unindex(ExpiryKey::Subscription { .. })
+        | Op::Enqueue { .. } => None,
     }
 }
 
@@ -193,6 +200,8 @@ impl RedisStore {
                 watchers: Script::new(scripts::WATCHERS),
                 locate: Script::new(scripts::LOCATE),
                 next_cseq: Script::new(scripts::NEXT_CSEQ),
+                end_cseq: Script::new(scripts::END_CSEQ),
+                outbox: Script::new(scripts::OUTBOX),
                 acquire: Script::new(scripts::ACQUIRE),
                 renew: Script::new(scripts::RENEW),
                 release: Script::new(scripts::RELEASE),
@@ -380,6 +389,13 @@ impl RedisStore {
                 Op::Unindex(key) => {
                     args.push(b"U".to_vec());
                     args.push(codec::encode_expiry_key(&key));
+                }
+                Op::Enqueue { id, job } => {
+                    keys.push(format!("{tag}oq").into_bytes());
+                    keys.push(format!("{tag}o").into_bytes());
+                    args.push(b"Q".to_vec());
+                    args.push(id.into_bytes());
+                    args.push(codec::encode_job(&job));
                 }
             }
         }
@@ -619,10 +635,66 @@ impl Store for RedisStore {
 
     async fn drop_cseq(&self, id: &str) -> StoreResult<()> {
         self.timed("drop_cseq", async {
+            let mut c = self.conn.clone();
             let _: i64 = self
-                .query(redis::cmd("HDEL").arg(self.sid_key(id)).arg("c").arg("v"))
-                .await?;
+                .scripts
+                .end_cseq
+                .key(self.sid_key(id))
+                .arg(self.grace_ms)
+                .invoke_async(&mut c)
+                .await
+                .map_err(backend)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn outbox(&self, shard: u32, limit: usize) -> StoreResult<Vec<(String, NotifyJob)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.timed("outbox", async {
+            let mut c = self.conn.clone();
+            let flat: Vec<Vec<u8>> = self
+                .scripts
+                .outbox
+                .key(self.shard_key(shard, "oq"))
+                .key(self.shard_key(shard, "o"))
+                .arg(limit)
+                .invoke_async(&mut c)
+                .await
+                .map_err(backend)?;
+            flat.chunks(2)
+                .map(|pair| match pair {
+                    [id, job] => Ok((
+                        String::from_utf8(id.clone()).map_err(|_| corrupt("outbox id"))?,
+                        codec::decode_job(job).ok_or_else(|| corrupt("outbox job"))?,
+                    )),
+                    _ => Err(corrupt("outbox listing")),
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn outbox_done(&self, shard: u32, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.timed("outbox_done", async {
+            // The job first: an id left without its job (a failure between
+            // the two) is skipped and cleaned up by the OUTBOX script.
+            let mut pipe = redis::pipe();
+            pipe.cmd("HDEL")
+                .arg(self.shard_key(shard, "o"))
+                .arg(ids)
+                .ignore()
+                .cmd("ZREM")
+                .arg(self.shard_key(shard, "oq"))
+                .arg(ids)
+                .ignore();
+            let mut c = self.conn.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(backend)
         })
         .await
     }

@@ -7,7 +7,10 @@ use crate::bus::{BusError, Requests, WorkQueue};
 use crate::lease::{Lease, Leases};
 use crate::store::{ExpiryKey, Op, Store, StoreError};
 use bytes::Bytes;
-use presence_core::{shard_of, Binding, Flow, Publication, Subscription, Transport, View};
+use presence_core::commands::NotifyJob;
+use presence_core::{
+    shard_of, Binding, EndReason, Flow, Publication, Subscription, Transport, View,
+};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -269,7 +272,59 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     assert_eq!(s.next_cseq("s1", 7).await.expect("cseq"), Some(3));
     assert_eq!(s.next_cseq("s1", u64::MAX).await.expect("cseq"), Some(4)); // final
     s.drop_cseq("s1").await.expect("drop");
-    assert_eq!(s.next_cseq("s1", 1).await.expect("cseq"), Some(1));
+    // Over: no NOTIFY after the final one, not even a redelivered final.
+    assert_eq!(s.next_cseq("s1", 9).await.expect("cseq"), None);
+    assert_eq!(s.next_cseq("s1", u64::MAX).await.expect("cseq"), None);
+    assert_eq!(s.next_cseq("s2", 1).await.expect("cseq"), Some(1));
+
+    // The outbox: jobs committed with a batch, listed in id order per shard,
+    // kept until done.
+    let jobs = [
+        (
+            "0002",
+            NotifyJob::Changed {
+                aor: a.into(),
+                event: "presence".into(),
+                version: 7,
+                at_ms: 1_700_000_000_123,
+            },
+        ),
+        ("0001", NotifyJob::Refresh { id: "s1".into() }),
+        (
+            "0003",
+            NotifyJob::Terminated {
+                sub: Box::new(subscription("gone", a, 9_000)),
+                reason: EndReason::Timeout,
+            },
+        ),
+    ];
+    let mut ops = vec![Op::MarkKnown { aor: a.into() }];
+    ops.extend(jobs.iter().map(|(id, job)| Op::Enqueue {
+        id: id.to_string(),
+        job: job.clone(),
+    }));
+    s.commit(k, ops).await.expect("commit");
+    let ids = |v: Vec<(String, NotifyJob)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let all = s.outbox(k, 10).await.expect("outbox");
+    assert_eq!(ids(all.clone()), ["0001", "0002", "0003"]);
+    for (id, job) in &jobs {
+        let stored = all.iter().find(|(i, _)| i == id).map(|(_, j)| j);
+        assert_eq!(stored, Some(job), "outbox job {id} round-trips");
+    }
+    assert_eq!(ids(s.outbox(k, 2).await.expect("outbox")), ["0001", "0002"]);
+    let other = (k + 1) % shards;
+    assert!(s.outbox(other, 10).await.expect("outbox").is_empty());
+    s.outbox_done(k, &["0002".into(), "unknown".into()])
+        .await
+        .expect("done");
+    assert_eq!(
+        ids(s.outbox(k, 10).await.expect("outbox")),
+        ["0001", "0003"]
+    );
+    s.outbox_done(k, &["0001".into(), "0003".into()])
+        .await
+        .expect("done");
+    assert!(s.outbox(k, 10).await.expect("outbox").is_empty());
 
     let c = s.counts().await.expect("counts");
     assert_eq!((c.subscriptions, c.bindings, c.documents), (1, 0, 1));
@@ -389,10 +444,17 @@ pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32)
                 doc("stale"),
                 Op::MarkKnown { aor: a.into() },
                 Op::PutSubscription(subscription("stale-sub", a, 5_000)),
+                Op::Enqueue {
+                    id: "stale-job".into(),
+                    job: NotifyJob::Refresh {
+                        id: "stale-sub".into(),
+                    },
+                },
             ],
         )
         .await;
     assert_eq!(stale, Err(StoreError::Fenced));
+    assert!(store.outbox(k, 10).await.expect("outbox").is_empty());
     assert!(store
         .publications(a, "presence")
         .await

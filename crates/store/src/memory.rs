@@ -5,8 +5,9 @@ use crate::lease::{Lease, Leases};
 use crate::store::{Counts, ExpiryKey, Op, Store, StoreError, StoreResult};
 use async_trait::async_trait;
 use bytes::Bytes;
+use presence_core::commands::NotifyJob;
 use presence_core::{Binding, Document, Publication, Subscription};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -45,6 +46,10 @@ struct Inner {
     known: HashSet<String>,
     /// Per subscription: last NOTIFY CSeq and the newest version it carried.
     cseq: HashMap<String, (u32, u64)>,
+    /// Subscriptions whose NOTIFYs are over, with when that was (tokio time).
+    ended: HashMap<String, Instant>,
+    /// shard → outbox id → job
+    outbox: HashMap<u32, BTreeMap<String, NotifyJob>>,
     index: HashMap<u32, ShardIndex>,
     /// shard → (owner, token, expires)
     leases: HashMap<u32, (String, u64, Instant)>,
@@ -60,6 +65,9 @@ impl Inner {
             .filter(|(_, _, until)| *until > Instant::now())
     }
 }
+
+/// How long an ended subscription's mark is kept (see [`Store::drop_cseq`]).
+const ENDED_MEMORY: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -189,6 +197,9 @@ fn apply(inner: &mut Inner, shard: u32, ops: Vec<Op>) -> Vec<u64> {
                 inner.known.insert(aor);
             }
             Op::Unindex(key) => inner.index.entry(shard).or_default().remove(&key),
+            Op::Enqueue { id, job } => {
+                inner.outbox.entry(shard).or_default().insert(id, job);
+            }
         }
     }
     versions
@@ -271,6 +282,9 @@ impl Store for MemoryStore {
 
     async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
         let mut g = self.lock();
+        if g.ended.contains_key(id) {
+            return Ok(None);
+        }
         let (c, v) = g.cseq.entry(id.to_string()).or_insert((0, 0));
         if version < *v {
             return Ok(None);
@@ -281,7 +295,40 @@ impl Store for MemoryStore {
     }
 
     async fn drop_cseq(&self, id: &str) -> StoreResult<()> {
-        self.lock().cseq.remove(id);
+        let mut g = self.lock();
+        g.cseq.remove(id);
+        let now = Instant::now();
+        // Forget marks older than a record's safety net would keep it, a
+        // batch at a time (amortised over the calls).
+        if g.ended.len() >= 1024 && g.ended.len().is_power_of_two() {
+            g.ended
+                .retain(|_, at| now.saturating_duration_since(*at) < ENDED_MEMORY);
+        }
+        g.ended.insert(id.to_string(), now);
+        Ok(())
+    }
+
+    async fn outbox(&self, shard: u32, limit: usize) -> StoreResult<Vec<(String, NotifyJob)>> {
+        Ok(self
+            .lock()
+            .outbox
+            .get(&shard)
+            .map(|o| {
+                o.iter()
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn outbox_done(&self, shard: u32, ids: &[String]) -> StoreResult<()> {
+        let mut g = self.lock();
+        if let Some(o) = g.outbox.get_mut(&shard) {
+            for id in ids {
+                o.remove(id);
+            }
+        }
         Ok(())
     }
 

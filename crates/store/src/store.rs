@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use presence_core::commands::NotifyJob;
 use presence_core::{Binding, Document, Publication, Subscription};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +76,15 @@ pub enum Op {
     },
     /// Drop an index entry whose record is gone.
     Unindex(ExpiryKey),
+    /// Put a notify job in the shard's outbox under `id` (unique; ids sort
+    /// in the order the jobs should be pushed). The job is stored with the
+    /// change it announces, in the same atomic batch, and stays until
+    /// [`Store::outbox_done`]: a crash between the commit and the push to
+    /// the notify queue leaves it there for the next owner to push.
+    Enqueue {
+        id: String,
+        job: NotifyJob,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,8 +134,18 @@ pub trait Store: Send + Sync + 'static {
     /// lower CSeq (RFC 3261 §12.2.2) never applies an older document after a
     /// newer one. The same version may take several CSeqs (refreshes).
     async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>>;
-    /// Forget the CSeq counter of an ended subscription.
+    /// The subscription's NOTIFYs are over (its final NOTIFY went out):
+    /// from now on [`Store::next_cseq`] answers `None` for it, whatever the
+    /// version, so a redelivered job never sends another NOTIFY after the
+    /// final one. The mark lives about as long as the subscription's record
+    /// would have (the safety-net TTL), then is freed.
     async fn drop_cseq(&self, id: &str) -> StoreResult<()>;
+
+    /// Jobs in `shard`'s outbox ([`Op::Enqueue`]) in id order, at most `limit`.
+    async fn outbox(&self, shard: u32, limit: usize) -> StoreResult<Vec<(String, NotifyJob)>>;
+    /// Remove outbox entries (their jobs are in the notify queue). Unknown
+    /// ids are ignored. Not fenced: whoever pushed a job may clear it.
+    async fn outbox_done(&self, shard: u32, ids: &[String]) -> StoreResult<()>;
 
     async fn counts(&self) -> StoreResult<Counts>;
 }

@@ -292,6 +292,7 @@ fn outcome_to_pb(o: &Outcome) -> pb::Outcome {
         headers: headers_to_pb(&o.headers),
         body: o.body.clone(),
         timed_out: o.timed_out,
+        superseded: o.superseded,
     }
 }
 
@@ -303,6 +304,7 @@ fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome, BusError> {
         headers: headers_from_pb(o.headers),
         body: o.body,
         timed_out: o.timed_out,
+        superseded: o.superseded,
     })
 }
 

@@ -6,6 +6,7 @@
 
 use crate::leases::{LeaseEvent, ShardLeases};
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{
@@ -15,25 +16,31 @@ use presence_core::digest::Users;
 use presence_core::packages::Registry;
 use presence_core::policy::{Decision, Policy};
 use presence_core::{shard_of, Binding, EndReason, Publication, Subscription};
-use presence_store::{ExpiryKey, Incoming, Op, Requests, Store, StoreError, WorkQueue};
+use presence_store::{ExpiryKey, Incoming, Op, Requests, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 pub struct Compositor {
     pub store: Arc<dyn Store>,
-    pub jobs: Arc<dyn WorkQueue<NotifyJob>>,
     pub packages: Registry,
     pub policy: Policy,
     pub users: Option<Users>,
     pub clock: Clock,
     pub shards: u32,
     pub metrics: Arc<Metrics>,
+    /// Where notify jobs wait between their commit and their push.
+    pub outbox: Outbox,
 }
 
 pub fn shard_subject(shard: u32) -> String {
     format!("shard.{shard}")
 }
+
+/// Every this many ticks (of 200 ms) the relay sweeps every owned outbox
+/// for jobs older than [`OUTBOX_SWEEP_AGE_MS`].
+const OUTBOX_SWEEP_TICKS: u64 = 50;
+const OUTBOX_SWEEP_AGE_MS: u64 = 5_000;
 
 enum Work {
     Request(Incoming<Command, Reply>),
@@ -137,6 +144,7 @@ impl Compositor {
         match &leases {
             None => {
                 for shard in 0..self.shards {
+                    self.outbox.mark(shard);
                     serve(shard).await;
                 }
             }
@@ -151,6 +159,7 @@ impl Compositor {
         // The sweeper: every shard's due expiries go through its worker, so
         // they are serialised with the shard's other writes.
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut ticks: u64 = 0;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Counting reads every shard: often in one process, seldom in a cluster.
         let mut stats = tokio::time::interval(if leases.is_some() {
@@ -169,6 +178,8 @@ impl Compositor {
                 Some(ev) = event => match ev {
                     LeaseEvent::Acquired(shard) => {
                         tracing::debug!(shard, "serving shard");
+                        // Jobs a previous owner committed but did not push.
+                        self.outbox.mark(shard);
                         serve(shard).await;
                     }
                     LeaseEvent::Lost(shard) => {
@@ -178,6 +189,11 @@ impl Compositor {
                 },
                 _ = tick.tick() => {
                     let now = self.clock.now_ms();
+                    ticks += 1;
+                    // Now and then, every owned outbox: jobs older than a
+                    // push takes, that nobody pushes (belt and braces).
+                    let sweep = ticks.is_multiple_of(OUTBOX_SWEEP_TICKS).then_some(OUTBOX_SWEEP_AGE_MS);
+                    self.outbox.tick(&*self.store, &owned(), now, sweep).await;
                     for shard in owned() {
                         match self.store.due(shard, now, 512).await {
                             Ok(keys) => {
@@ -218,6 +234,8 @@ impl Compositor {
         for h in handles {
             let _ = h.await;
         }
+        // What was pushed leaves the outbox now, not as duplicates later.
+        self.outbox.flush(&*self.store).await;
         if let Some(l) = &leases {
             l.release_all().await;
             tracing::info!("shard leases handed back");
@@ -269,7 +287,8 @@ impl Compositor {
     }
 
     /// Commit `ops` plus a recomposition of (aor, event) if its document
-    /// changed, then emit the jobs. Returns nothing: callers build replies.
+    /// changed, with the notify jobs in the outbox (the change's job
+    /// first), then push the jobs. Returns nothing: callers build replies.
     async fn commit_and_notify(
         &self,
         aor: &str,
@@ -279,39 +298,49 @@ impl Compositor {
         view: Option<&Overlay<'_>>,
     ) -> Result<(), StoreError> {
         let shard = shard_of(aor, self.shards);
-        let doc_op = self.recompose(aor, event, view).await?;
-        let recomposed = doc_op.is_some();
-        ops.extend(doc_op);
-        let versions = self.store.commit(shard, ops).await?;
-        if recomposed {
-            if let Some(version) = versions.last() {
-                jobs.insert(
-                    0,
-                    NotifyJob::Changed {
-                        aor: aor.to_string(),
-                        event: event.to_string(),
-                        version: *version,
-                        at_ms: self.clock.now_ms(),
-                    },
-                );
-            }
+        if let Some((op, version)) = self.recompose(aor, event, view).await? {
+            ops.push(op);
+            jobs.insert(
+                0,
+                NotifyJob::Changed {
+                    aor: aor.to_string(),
+                    event: event.to_string(),
+                    version,
+                    at_ms: self.clock.now_ms(),
+                },
+            );
         }
-        for job in jobs {
-            if self.jobs.push(job).await.is_err() {
-                tracing::error!("notify queue closed");
-            }
+        self.commit_with_jobs(shard, ops, jobs).await
+    }
+
+    /// Commit `ops` with `jobs` in the shard's outbox (one atomic batch),
+    /// then push the jobs to the notify queue.
+    async fn commit_with_jobs(
+        &self,
+        shard: u32,
+        mut ops: Vec<Op>,
+        jobs: Vec<NotifyJob>,
+    ) -> Result<(), StoreError> {
+        let (enqueue, ids) = self.outbox.enqueue(self.clock.now_ms(), &jobs);
+        ops.extend(enqueue);
+        if ops.is_empty() {
+            return Ok(());
         }
+        self.store.commit(shard, ops).await?;
+        self.outbox.push(shard, ids.into_iter().zip(jobs)).await;
         Ok(())
     }
 
     /// A new document for (aor, event) if the state differs from the stored
-    /// one. `overlay` is the state about to be committed (not yet in the store).
+    /// one, with the version it will have (the shard's writes are serialised
+    /// here, so it is the stored one plus one). `overlay` is the state about
+    /// to be committed (not yet in the store).
     async fn recompose(
         &self,
         aor: &str,
         event: &str,
         overlay: Option<&Overlay<'_>>,
-    ) -> Result<Option<Op>, StoreError> {
+    ) -> Result<Option<(Op, u64)>, StoreError> {
         let Some(package) = self.packages.get(event) else {
             return Ok(None);
         };
@@ -333,17 +362,19 @@ impl Compositor {
         bindings.retain(|b| b.expires_at_ms > now);
         let composed = package.compose(aor, &pubs, hard.as_deref(), &bindings);
         let current = self.store.document(aor, event).await?;
-        if current.is_some_and(|d| {
+        if current.as_ref().is_some_and(|d| {
             d.body.as_ref() == composed.body.as_slice() && d.content_type == composed.content_type
         }) {
             return Ok(None);
         }
-        Ok(Some(Op::PutDocument {
+        let version = current.map_or(1, |d| d.version + 1);
+        let op = Op::PutDocument {
             aor: aor.to_string(),
             event: event.to_string(),
             content_type: composed.content_type,
             body: Bytes::from(composed.body),
-        }))
+        };
+        Ok(Some((op, version)))
     }
 
     async fn register(&self, c: RegisterCmd) -> Result<Reply, StoreError> {
@@ -501,15 +532,13 @@ impl Compositor {
             }
             let view = sub.view;
             if c.expires == 0 {
-                self.store
-                    .commit(shard, vec![Op::DeleteSubscription { id: id.clone() }])
-                    .await?;
                 sub.remote_cseq = c.cseq;
-                self.push(NotifyJob::Terminated {
+                let job = NotifyJob::Terminated {
                     sub: Box::new(sub),
                     reason: EndReason::Unsubscribed,
-                })
-                .await;
+                };
+                let ops = vec![Op::DeleteSubscription { id: id.clone() }];
+                self.commit_with_jobs(shard, ops, vec![job]).await?;
                 return Ok(Reply::Subscribed {
                     id: id.clone(),
                     expires: 0,
@@ -520,10 +549,9 @@ impl Compositor {
             sub.expires_at_ms = now + c.expires as u64 * 1000;
             sub.remote_target = c.remote_target;
             sub.flow = c.flow;
-            self.store
-                .commit(shard, vec![Op::PutSubscription(sub)])
+            let job = NotifyJob::Refresh { id: id.clone() };
+            self.commit_with_jobs(shard, vec![Op::PutSubscription(sub)], vec![job])
                 .await?;
-            self.push(NotifyJob::Refresh { id: id.clone() }).await;
             return Ok(Reply::Subscribed {
                 id: id.clone(),
                 expires: c.expires,
@@ -557,18 +585,19 @@ impl Compositor {
         let has_doc = self.store.document(&c.aor, &c.event).await?.is_some();
         let mut ops = Vec::new();
         if !has_doc {
-            ops.extend(self.recompose(&c.aor, &c.event, None).await?);
+            ops.extend(
+                self.recompose(&c.aor, &c.event, None)
+                    .await?
+                    .map(|(op, _)| op),
+            );
         }
         if c.expires == 0 {
             // A fetch: one NOTIFY with the state, then terminated.
-            if !ops.is_empty() {
-                self.store.commit(shard, ops).await?;
-            }
-            self.push(NotifyJob::Terminated {
+            let job = NotifyJob::Terminated {
                 sub: Box::new(sub),
                 reason: EndReason::Unsubscribed,
-            })
-            .await;
+            };
+            self.commit_with_jobs(shard, ops, vec![job]).await?;
             return Ok(Reply::Subscribed {
                 id,
                 expires: 0,
@@ -576,8 +605,8 @@ impl Compositor {
             });
         }
         ops.push(Op::PutSubscription(sub));
-        self.store.commit(shard, ops).await?;
-        self.push(NotifyJob::Refresh { id: id.clone() }).await;
+        let job = NotifyJob::Refresh { id: id.clone() };
+        self.commit_with_jobs(shard, ops, vec![job]).await?;
         Ok(Reply::Subscribed {
             id,
             expires: c.expires,
@@ -614,16 +643,15 @@ impl Compositor {
     async fn end_subscription(&self, id: &str, reason: EndReason) -> Result<Reply, StoreError> {
         if let Some(sub) = self.store.subscription(id).await? {
             let shard = shard_of(&sub.aor, self.shards);
-            self.store
-                .commit(shard, vec![Op::DeleteSubscription { id: id.to_string() }])
-                .await?;
+            let ops = vec![Op::DeleteSubscription { id: id.to_string() }];
             if reason != EndReason::Gone {
-                self.push(NotifyJob::Terminated {
+                let job = NotifyJob::Terminated {
                     sub: Box::new(sub),
                     reason,
-                })
-                .await;
+                };
+                self.commit_with_jobs(shard, ops, vec![job]).await?;
             } else {
+                self.store.commit(shard, ops).await?;
                 self.store.drop_cseq(id).await?;
             }
         }
@@ -707,14 +735,12 @@ impl Compositor {
                         .compositor_expired
                         .with_label_values(&["subscription"])
                         .inc();
-                    self.store
-                        .commit(shard, vec![Op::DeleteSubscription { id: id.clone() }])
-                        .await?;
-                    self.push(NotifyJob::Terminated {
+                    let job = NotifyJob::Terminated {
                         sub: Box::new(sub),
                         reason: EndReason::Timeout,
-                    })
-                    .await;
+                    };
+                    let ops = vec![Op::DeleteSubscription { id: id.clone() }];
+                    self.commit_with_jobs(shard, ops, vec![job]).await?;
                 }
                 Some(_) => {}
                 None => {
@@ -747,12 +773,6 @@ impl Compositor {
             }
         }
         Ok(())
-    }
-
-    async fn push(&self, job: NotifyJob) {
-        if self.jobs.push(job).await.is_err() {
-            tracing::error!("notify queue closed");
-        }
     }
 }
 

@@ -56,6 +56,44 @@ impl Drop for Answering<'_> {
     }
 }
 
+/// The NOTIFYs of one dialog that pass through this edge: they leave one at
+/// a time and in CSeq order, whichever notifier numbered them. A NOTIFY whose
+/// CSeq is not above the last one sent, or below one already waiting, is
+/// superseded (its CSeq was taken for an older or equal document) and not
+/// sent. Kept for [`DIALOG_MEMORY`] after the last NOTIFY, so a late older
+/// one is still recognised.
+struct DialogOut {
+    /// Highest CSeq sent (or being sent).
+    sent: u32,
+    /// Highest CSeq waiting for the one in flight.
+    waiting: u32,
+    busy: bool,
+    /// Bumped whenever the NOTIFY in flight completes; waiters watch it.
+    turn: watch::Sender<u64>,
+    last_used: Instant,
+}
+
+/// How long the edge remembers a dialog's last NOTIFY CSeq after it was
+/// answered: longer than a notifier keeps retrying one NOTIFY (32 s).
+const DIALOG_MEMORY: Duration = Duration::from_secs(64);
+
+/// The turn of one NOTIFY on its dialog; ending it lets the next one go.
+struct DialogTurn<'a> {
+    edge: &'a Edge,
+    key: String,
+}
+
+impl Drop for DialogTurn<'_> {
+    fn drop(&mut self) {
+        let mut d = self.edge.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = d.get_mut(&self.key) {
+            e.busy = false;
+            e.last_used = Instant::now();
+            e.turn.send_modify(|n| *n += 1);
+        }
+    }
+}
+
 /// A client transaction waiting for its final response.
 struct Waiter {
     tx: oneshot::Sender<Response>,
@@ -110,6 +148,8 @@ pub struct Edge {
     /// until the answer is out, so the 2xx reaches the subscriber first (RFC
     /// 6665 §4.1.2.4 makes subscribers cope with the other order; few do it well).
     answering: Mutex<HashMap<String, watch::Receiver<()>>>,
+    /// NOTIFY order per dialog (Call-ID and our tag), see [`DialogOut`].
+    dialogs: Mutex<HashMap<String, DialogOut>>,
 }
 
 /// Bound sockets, so that bind errors surface before anything runs.
@@ -173,6 +213,7 @@ impl Edge {
             server_txns: Mutex::new(TxnTable::default()),
             client_txns: Mutex::new(HashMap::new()),
             answering: Mutex::new(HashMap::new()),
+            dialogs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -200,9 +241,12 @@ impl Edge {
         }
         let (tx, mut rx) = mpsc::channel::<Incoming<OutRequest, Outcome>>(8192);
         let subject = crate::notifier::edge_subject(&self.cfg.id);
-        if let Err(e) = out_bus.serve(&subject, tx).await {
-            tracing::error!(error = %e, "cannot serve the edge subject");
+        for s in [subject.as_str(), crate::notifier::ANY_EDGE] {
+            if let Err(e) = out_bus.serve(s, tx.clone()).await {
+                tracing::error!(subject = s, error = %e, "cannot serve an edge subject");
+            }
         }
+        drop(tx);
         let me = self.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(inc) = rx.recv().await {
@@ -221,6 +265,7 @@ impl Edge {
             }
         }
         let _ = out_bus.unserve(&subject).await;
+        let _ = out_bus.unserve(crate::notifier::ANY_EDGE).await;
         for t in tasks {
             t.abort();
         }
@@ -228,6 +273,14 @@ impl Edge {
 
     fn sweep_transactions(&self) {
         let now = Instant::now();
+        self.dialogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, d| {
+                d.busy
+                    || d.turn.receiver_count() > 0
+                    || now.saturating_duration_since(d.last_used) < DIALOG_MEMORY
+            });
         let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((deadline, _)) = t.expiry.front() {
             if *deadline > now {
@@ -1259,11 +1312,87 @@ impl Edge {
         }
     }
 
+    /// Wait for this NOTIFY's turn on its dialog (see [`DialogOut`]);
+    /// `Err(())` when it is superseded and must not be sent. A NOTIFY whose
+    /// dialog cannot be read from its headers goes at once.
+    async fn dialog_turn(&self, headers: &rsip::Headers) -> Result<Option<DialogTurn<'_>>, ()> {
+        let (mut call_id, mut from, mut cseq) = (None, None, None);
+        for h in headers.iter() {
+            let name = h.name();
+            if name.eq_ignore_ascii_case("Call-ID") {
+                call_id = Some(h.value().trim());
+            } else if name.eq_ignore_ascii_case("From") {
+                // Written the same way on every NOTIFY of a subscription
+                // (our tag is the subscription's id): no need to parse it.
+                from = Some(h.value().trim());
+            } else if name.eq_ignore_ascii_case("CSeq") {
+                cseq = h
+                    .value()
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok());
+            }
+        }
+        let (Some(call_id), Some(cseq)) = (call_id, cseq) else {
+            return Ok(None);
+        };
+        let key = format!("{call_id}\n{}", from.unwrap_or_default());
+        let mut rx = {
+            let mut d = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+            let e = d.entry(key.clone()).or_insert_with(|| DialogOut {
+                sent: 0,
+                waiting: 0,
+                busy: false,
+                turn: watch::channel(0).0,
+                last_used: Instant::now(),
+            });
+            e.turn.subscribe()
+        };
+        loop {
+            {
+                let mut d = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(e) = d.get_mut(&key) else {
+                    return Ok(None);
+                };
+                if cseq <= e.sent || cseq < e.waiting {
+                    return Err(());
+                }
+                if !e.busy {
+                    e.busy = true;
+                    e.sent = cseq;
+                    return Ok(Some(DialogTurn { edge: self, key }));
+                }
+                e.waiting = e.waiting.max(cseq);
+            }
+            if rx.changed().await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Send a request through a flow as a client transaction.
     pub async fn send_request(self: &Arc<Self>, out: OutRequest) -> Outcome {
         let method = out.method.clone();
+        let mut _turn = None;
         if method == "NOTIFY" {
             self.after_subscribe_answered(&out.headers).await;
+            match self.dialog_turn(&out.headers).await {
+                Ok(t) => _turn = t,
+                Err(()) => {
+                    self.metrics
+                        .edge_client_transactions
+                        .with_label_values(&["NOTIFY", "superseded"])
+                        .inc();
+                    return Outcome {
+                        code: 0,
+                        reason: "Superseded".into(),
+                        headers: rsip::Headers::default(),
+                        body: Bytes::new(),
+                        timed_out: false,
+                        superseded: true,
+                    };
+                }
+            }
         }
         let branch = format!("z9hG4bK{}", new_tag());
         let local = if out.flow.edge == self.cfg.id {
@@ -1322,7 +1451,10 @@ impl Edge {
                 }
             }
             Transport::Tcp => {
-                let mut sent = self.send_conn(out.flow.conn, bytes.clone());
+                // A connection number means something only on the edge that
+                // numbered it; another edge looks the remote up or connects.
+                let mut sent =
+                    out.flow.edge == self.cfg.id && self.send_conn(out.flow.conn, bytes.clone());
                 if !sent {
                     let existing = self
                         .by_remote
@@ -1391,6 +1523,7 @@ impl Edge {
                     headers,
                     body: resp.body,
                     timed_out: false,
+                    superseded: false,
                 }
             }
             None => {
@@ -1404,6 +1537,7 @@ impl Edge {
                     headers: rsip::Headers::default(),
                     body: Bytes::new(),
                     timed_out: true,
+                    superseded: false,
                 }
             }
         }

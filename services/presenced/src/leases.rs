@@ -22,6 +22,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use presence_core::commands::NotifyJob;
 use presence_core::{Binding, Document, Publication, Subscription};
 use presence_store::{Counts, ExpiryKey, Leases, Op, Store, StoreError, StoreResult};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
@@ -552,6 +553,12 @@ impl Store for FencedStore {
     }
     async fn drop_cseq(&self, id: &str) -> StoreResult<()> {
         self.inner.drop_cseq(id).await
+    }
+    async fn outbox(&self, shard: u32, limit: usize) -> StoreResult<Vec<(String, NotifyJob)>> {
+        self.inner.outbox(shard, limit).await
+    }
+    async fn outbox_done(&self, shard: u32, ids: &[String]) -> StoreResult<()> {
+        self.inner.outbox_done(shard, ids).await
     }
     async fn counts(&self) -> StoreResult<Counts> {
         self.inner.counts().await

@@ -17,6 +17,7 @@ pub mod leases;
 pub mod metrics;
 pub mod notifier;
 pub mod ops;
+pub mod outbox;
 
 use crate::cluster::{Backends, HandoverRetry, RetryMetrics};
 use crate::compositor::Compositor;
@@ -25,6 +26,7 @@ use crate::edge::{Edge, EdgeConfig, Listeners};
 use crate::leases::{FencedStore, LeaseMetrics, ShardLeases};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
+use crate::outbox::Outbox;
 use presence_core::commands::{Command, Reply};
 use presence_core::digest::Verifier;
 use presence_core::packages::Registry;
@@ -155,13 +157,13 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
         };
         let compositor = Arc::new(Compositor {
             store: compositor_store,
-            jobs: jobs.clone(),
             packages: packages.clone(),
             policy: cfg.policy.clone(),
             users: cfg.users.clone(),
             clock,
             shards: cfg.shards,
             metrics: metrics.clone(),
+            outbox: Outbox::new(jobs.clone(), metrics.clone()),
         });
         let bus = backends.shards_bus.clone();
         tasks.push(match leased {

@@ -22,8 +22,10 @@ pub struct Metrics {
     pub compositor_documents: IntGauge,
     pub compositor_expired: IntCounterVec,
     pub compositor_store_errors: IntCounter,
+    pub compositor_outbox: IntCounterVec,
     pub notifier_notifies: IntCounterVec,
     pub notifier_latency_seconds: HistogramVec,
+    pub notifier_rerouted: IntCounter,
     pub notifier_queue_depth: IntGauge,
 }
 
@@ -66,6 +68,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(store_errors.clone()))
+            .expect("unique metric");
+        let rerouted = IntCounter::new(
+            "presence_notifier_rerouted_total",
+            "NOTIFYs sent through another edge because the watcher's edge was gone",
+        )
+        .expect("valid metric");
+        r.register(Box::new(rerouted.clone()))
             .expect("unique metric");
         Metrics {
             edge_requests: counter(
@@ -133,6 +142,12 @@ impl Metrics {
                 &["kind"],
             ),
             compositor_store_errors: store_errors,
+            compositor_outbox: counter(
+                &r,
+                "presence_compositor_outbox_jobs_total",
+                "Notify jobs of the outbox: relayed = pushed by the relay (after a failed push, or left by a previous owner), push_failed = a push to the notify queue failed (the job stays in the outbox)",
+                &["outcome"],
+            ),
             notifier_notifies: counter(
                 &r,
                 "presence_notifier_notifies_total",
@@ -145,6 +160,7 @@ impl Metrics {
                 "State change to NOTIFY answered",
                 &["event"],
             ),
+            notifier_rerouted: rerouted,
             notifier_queue_depth: gauge(&r, "presence_notifier_queue_depth", "Notify jobs waiting"),
             registry: r,
         }

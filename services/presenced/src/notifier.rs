@@ -17,7 +17,7 @@ use presence_core::commands::{Command, NotifyJob, Reply};
 use presence_core::packages::Registry;
 use presence_core::{shard_of, EndReason, Subscription, View};
 use presence_sip::rsip;
-use presence_store::{Requests, Store, WorkQueue};
+use presence_store::{BusError, Requests, Store, WorkQueue};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,6 +99,9 @@ enum Sent {
     Answered(u16),
     /// Nobody answered: the edge was unreachable for as long as a transaction lasts.
     NoAnswer,
+    /// Not sent, and not owed: a NOTIFY for a newer (or the same) document
+    /// took a higher CSeq first (another notifier, or a retry of ours).
+    Superseded,
     /// Not sent: the store failed before (try again).
     StoreFailed,
 }
@@ -141,6 +144,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 pub fn edge_subject(edge: &str) -> String {
     format!("edge.{edge}")
 }
+
+/// Served by every edge (one of them takes each request): the way to a
+/// watcher whose own edge is gone. Any edge can send to a UDP watcher (from
+/// its own socket) or open a new TCP connection to it.
+pub const ANY_EDGE: &str = "edges.any";
 
 impl Notifier {
     #[allow(clippy::too_many_arguments)]
@@ -368,6 +376,7 @@ impl Notifier {
                 let outcome = match self.send(&sub, &state, body, version).await {
                     Sent::Answered(code) => Some(code),
                     Sent::NoAnswer => None,
+                    Sent::Superseded => return Next::Continue,
                     Sent::StoreFailed => return Next::Retry(Pending::Latest { force }),
                 };
                 match outcome {
@@ -464,7 +473,7 @@ impl Notifier {
                     .notifier_notifies
                     .with_label_values(&["superseded"])
                     .inc();
-                Err(Sent::Answered(200))
+                Err(Sent::Superseded)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take a NOTIFY CSeq");
@@ -527,7 +536,7 @@ impl Notifier {
         // F: 32 s). If the bus cannot reach it (restarting, a NATS hiccup),
         // try again for as long as a transaction would have lasted; only
         // then is the watcher deemed gone.
-        let subject = edge_subject(&sub.flow.edge);
+        let mut subject = edge_subject(&sub.flow.edge);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(32);
         let mut req = req;
         let outcome = loop {
@@ -537,6 +546,14 @@ impl Notifier {
                 .await
             {
                 Ok(o) => break Some(o),
+                // Nobody serves the watcher's edge: it is gone (an edge that
+                // restarts comes back under a new id). Another edge sends it;
+                // nothing went out, so the CSeq still holds.
+                Err(BusError::NoResponders(_)) if subject != ANY_EDGE => {
+                    tracing::debug!(edge = %subject, "edge gone; sending through another");
+                    self.metrics.notifier_rerouted.inc();
+                    subject = ANY_EDGE.to_string();
+                }
                 Err(e) if tokio::time::Instant::now() < give_up => {
                     tracing::debug!(error = %e, edge = %subject, "edge unreachable; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -553,6 +570,13 @@ impl Notifier {
                 Err(_) => break None,
             }
         };
+        if outcome.as_ref().is_some_and(|o| o.superseded) {
+            self.metrics
+                .notifier_notifies
+                .with_label_values(&["superseded"])
+                .inc();
+            return Sent::Superseded;
+        }
         let code = outcome
             .as_ref()
             .and_then(|o| (o.code > 0).then_some(o.code));

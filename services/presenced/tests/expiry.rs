@@ -10,6 +10,7 @@ use presence_core::{shard_of, EndReason, Flow, Transport};
 use presence_store::{MemoryBus, MemoryQueue, MemoryStore, Requests, Store, WorkQueue};
 use presenced::compositor::{shard_subject, Compositor};
 use presenced::metrics::Metrics;
+use presenced::outbox::Outbox;
 use presenced::Clock;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,15 +30,16 @@ async fn rig() -> Rig {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let jobs = Arc::new(MemoryQueue::new());
     let bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
+    let metrics = Arc::new(Metrics::new());
     let c = Arc::new(Compositor {
         store: store.clone(),
-        jobs: jobs.clone(),
         packages: Registry::default(),
         policy: Policy::new(&["example.com".to_string()]),
         users: None,
         clock: Clock::new(),
         shards: SHARDS,
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
+        outbox: Outbox::new(jobs.clone(), metrics),
     });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(c.run(bus.clone(), 2, rx));

@@ -81,6 +81,23 @@ impl Cluster {
             })
             .sum();
         println!("{what}: {n} notify jobs redelivered by JetStream to the live notifiers");
+        let outbox = |outcome: &str| -> f64 {
+            self.live("compositor")
+                .map(|p| {
+                    metric_sum(
+                        p.http,
+                        "presence_compositor_outbox_jobs_total",
+                        &format!("outcome=\"{outcome}\""),
+                    )
+                    .unwrap_or(0.0)
+                })
+                .sum()
+        };
+        println!(
+            "{what}: {} notify job pushes failed (kept in the outbox), {} jobs relayed from outboxes by the live compositors",
+            outbox("push_failed"),
+            outbox("relayed")
+        );
     }
 
     /// Wait until the steady state of the load runs (the edges have seen the
@@ -373,7 +390,6 @@ fn kill_9_of_a_notifier_under_load() {
 }
 
 #[test]
-#[ignore = "not yet reliable: passed 4 runs in a row since bus errors are retried, but a notify job pushed while NATS is down can still be lost (no outbox between commit and push)"]
 fn restart_of_nats_server_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     nats_restart(2000);
@@ -382,7 +398,6 @@ fn restart_of_nats_server_under_load() {
 /// `NatsServer::restart()` alone: down for about 0.1 s. The bug above needs
 /// a NOTIFY in flight at that moment, so this passes more often.
 #[test]
-#[ignore = "as restart_of_nats_server_under_load: no outbox between commit and notify job push yet"]
 fn quick_restart_of_nats_server_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     nats_restart(0);
@@ -409,15 +424,14 @@ fn nats_restart(outage_ms: u64) {
 }
 
 #[test]
-#[ignore = "server gap: two notifier processes may have NOTIFYs of one dialog in flight at once; CSeq follows version order, but a lower CSeq can arrive after a higher one (partitioning jobs by AoR across notifiers would fix it)"]
 fn kill_9_of_an_edge_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     edge_kill(2, "tcp");
 }
 
 /// The same with one notifier process: the edge failover itself (UAs move,
-/// re-register, re-publish, re-subscribe; nothing lost) without the
-/// cross-notifier ordering bug that the 2-notifier test above trips over.
+/// re-register, re-publish, re-subscribe; nothing lost) with every NOTIFY
+/// numbered by one process.
 #[test]
 fn kill_9_of_an_edge_under_load_with_one_notifier() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -428,7 +442,6 @@ fn kill_9_of_an_edge_under_load_with_one_notifier() {
 /// (Timer F, 32 s) and then it moves. Until then the notifiers reach its
 /// dialogs through the other edge (any edge can send to a UDP address).
 #[test]
-#[ignore = "server gap: the notifier sends only to edge.<flow edge>, no other edge for a UDP watcher whose edge is gone"]
 fn kill_9_of_an_edge_under_udp_load_with_one_notifier() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     edge_kill(1, "udp");
@@ -453,13 +466,12 @@ fn edge_kill(notifiers: usize, transport: &str) {
 /// subscription are taken by both. Each subscription's NOTIFYs must still
 /// come in CSeq and version order.
 #[test]
-#[ignore = "server gap: two notifier processes may have NOTIFYs of one dialog in flight at once; CSeq follows version order, but a lower CSeq can arrive after a higher one (partitioning jobs by AoR across notifiers would fix it)"]
 fn two_notifiers_keep_each_dialogs_notifies_in_order() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     hot_presentities(2);
 }
 
-/// The control for the test above: one notifier process.
+/// The same with one notifier process (every CSeq numbered by one process).
 #[test]
 fn one_notifier_keeps_each_dialogs_notifies_in_order() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
