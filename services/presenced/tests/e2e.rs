@@ -1,46 +1,96 @@
-//! End-to-end tests: the all-in-one server driven over real UDP and TCP
-//! sockets by a tiny user agent (tests/common). Every scenario runs over
-//! both transports.
+//! End-to-end tests: the server driven over real UDP and TCP sockets by a
+//! tiny user agent (tests/common). Every scenario runs four times:
+//!
+//! - `name::udp`, `name::tcp`: against the all-in-one server in this process
+//!   (in-memory store, bus and queue);
+//! - `name::cluster_udp`, `name::cluster_tcp`: against a cluster of
+//!   `presenced` processes (tests/harness): a real `redis-server` and
+//!   `nats-server` on free ports, 2 edges, 2 compositors and 1 notifier, one
+//!   role per process. The UAs of the presentity side (PUBLISH, REGISTER of
+//!   the presentity, MESSAGE senders) talk to edge 0 and those of the
+//!   watcher side (subscribers, MESSAGE recipients, who also REGISTER
+//!   through their own edge) to edge 1, so every NOTIFY and relayed
+//!   MESSAGE crosses from one edge to the other through the compositors,
+//!   Redis, JetStream and the notifier. Cluster tests run one at a time.
+//!
+//! Run only the all-in-one ones with `-- --skip cluster_`, only the cluster
+//! ones with `-- cluster_`.
 
 mod common;
+mod harness;
 
 use common::*;
 use presence_sip::{HeaderAccess, Message, Response};
 use std::time::Duration;
 
-/// Run a scenario `async fn name(tp: Tp)` as two tests, `name::udp` and `name::tcp`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {$(
+/// Run each scenario `async fn name(tp: Tp, mode: Mode)` as four tests:
+/// `name::udp` and `name::tcp` on the all-in-one server, `name::cluster_udp`
+/// and `name::cluster_tcp` on a cluster of processes. A cluster variant may
+/// carry attributes (`name, cluster_tcp: #[ignore = "server gap: …"];`).
+///
+/// Every scenario has its cluster variants. Two needed a stand-in there:
+/// - the checks of what a 2xx stored (`s.store()`: publish, watcher_481,
+///   expiry, retransmission) read the cluster's Redis, the system of
+///   record, instead of the in-process store;
+/// - answer_before_notify delays the SUBSCRIBE answer with a fault hook
+///   that is not a flag, so the processes of a cluster cannot have it: its
+///   cluster variants check the order under the cluster's own latencies
+///   (the answer and the first NOTIFY reach the edge by different NATS
+///   paths), without the forced 50 ms.
+///
+/// A cluster variant marked `#[ignore = "server gap: …"]` fails because of
+/// a server bug named in the marker; `-- --ignored` runs it.
+macro_rules! scenarios {
+    ($(
+        $name:ident
+        $(, cluster_udp: #[$udp_attr:meta])?
+        $(, cluster_tcp: #[$tcp_attr:meta])?
+    ;)*) => {$(
         mod $name {
+            use super::{Mode, Tp};
             #[tokio::test]
             async fn udp() {
-                super::$name(super::Tp::Udp).await
+                super::$name(Tp::Udp, Mode::AllInOne).await
             }
             #[tokio::test]
             async fn tcp() {
-                super::$name(super::Tp::Tcp).await
+                super::$name(Tp::Tcp, Mode::AllInOne).await
+            }
+            #[tokio::test]
+            $(#[$udp_attr])?
+            async fn cluster_udp() {
+                super::$name(Tp::Udp, Mode::Cluster).await
+            }
+            #[tokio::test]
+            $(#[$tcp_attr])?
+            async fn cluster_tcp() {
+                super::$name(Tp::Tcp, Mode::Cluster).await
             }
         }
     )*};
 }
 
-both!(
-    options,
-    register,
-    publish,
-    subscribe,
-    expiry,
-    hard_state,
-    registration_presence,
-    policy,
-    message,
-    digest,
-    digest_stale,
-    robustness,
-    retransmission,
-    answer_before_notify,
-);
+scenarios! {
+    options;
+    register;
+    publish;
+    subscribe;
+    watcher_481;
+    expiry;
+    hard_state;
+    registration_presence;
+    policy;
+    message, cluster_tcp: #[ignore = "server gap: a MESSAGE to a TCP flow on another edge is sent by the sender's edge over its own connection with the same local id (Edge::message calls send_request directly, not edge.<id>): the wrong UA gets it"];
+    digest, cluster_tcp: #[ignore = "server gap: a MESSAGE to a TCP flow on another edge is sent by the sender's edge over its own connection with the same local id (Edge::message calls send_request directly, not edge.<id>): the wrong UA gets it"];
+    digest_stale;
+    robustness;
+    retransmission;
+    no_call_id_400;
+    answer_before_notify;
+}
 
+/// How long a "nothing more comes" check listens, in both modes (a NOTIFY
+/// that should not be sent would come within milliseconds of its cause).
 const SHORT: Duration = Duration::from_millis(1000);
 
 fn list_contains(r: &Response, header: &str, item: &str) -> bool {
@@ -122,9 +172,9 @@ fn sub_state(n: &presence_sip::Request) -> String {
 }
 
 // 1. OPTIONS
-async fn options(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut ua = Ua::new(tp, s.sip, "alice").await;
+async fn options(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut ua = s.ua(tp, PRESENTITY, "alice").await;
     let req = ua.req("OPTIONS", "sip:example.com");
     let r = ua.send(&req).await;
     assert_eq!(r.code, 200);
@@ -148,9 +198,9 @@ async fn options(tp: Tp) {
 }
 
 // 2. REGISTER
-async fn register(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut ua = Ua::new(tp, s.sip, "alice").await;
+async fn register(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut ua = s.ua(tp, PRESENTITY, "alice").await;
     let cid = "reg-call@e2e";
     let c1 = "sip:alice@192.0.2.10:5070";
     let c2 = "sip:alice@192.0.2.11:5070";
@@ -218,9 +268,9 @@ async fn register(tp: Tp) {
 }
 
 // 3. PUBLISH
-async fn publish(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut ua = Ua::new(tp, s.sip, "alice").await;
+async fn publish(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut ua = s.ua(tp, PRESENTITY, "alice").await;
     let aor = ua.aor.clone();
 
     let r = do_publish(&mut ua, None, 60, Some(pidf(&aor, "t1", true, "first"))).await;
@@ -312,11 +362,11 @@ async fn publish(tp: Tp) {
 }
 
 // 4. SUBSCRIBE and NOTIFY
-async fn subscribe(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut alice = Ua::new(tp, s.sip, "alice").await;
-    let mut bob = Ua::new(tp, s.sip, "bob").await;
-    let mut carol = Ua::new(tp, s.sip, "carol").await;
+async fn subscribe(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
+    let mut carol = s.ua(tp, WATCHER, "carol").await;
     let aor = alice.aor.clone();
     let e1 = publish_note(&mut alice, None, 600, true, "note-one").await;
 
@@ -352,9 +402,7 @@ async fn subscribe(tp: Tp) {
 
     // A modification reaches the watcher.
     let e2 = publish_note(&mut alice, Some(&e1), 600, true, "note-two").await;
-    let n = bob
-        .notify_containing("note-two", Duration::from_secs(5))
-        .await;
+    let n = bob.notify_containing("note-two", s.wait()).await;
     assert!(!body_str(&n).contains("note-one"));
     cseqs.push(cseq_of(&n));
 
@@ -424,10 +472,10 @@ async fn subscribe(tp: Tp) {
 }
 
 /// A watcher answering 481 is removed: the next change sends it nothing.
-async fn watcher_481(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut alice = Ua::new(tp, s.sip, "alice").await;
-    let mut dave = Ua::new(tp, s.sip, "dave").await;
+async fn watcher_481(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let mut dave = s.ua(tp, WATCHER, "dave").await;
     let aor = alice.aor.clone();
     let e1 = publish_note(&mut alice, None, 600, true, "n1").await;
     let (r, dialog, _) = dave.subscribe(&aor, 600).await;
@@ -439,10 +487,10 @@ async fn watcher_481(tp: Tp) {
     dave.answer_code
         .store(481, std::sync::atomic::Ordering::SeqCst);
     let e2 = publish_note(&mut alice, Some(&e1), 600, true, "n2").await;
-    let n = dave.notify_containing("n2", Duration::from_secs(5)).await;
+    let n = dave.notify_containing("n2", s.wait()).await;
     assert_eq!(n.call_id(), Some(dialog.call_id.as_str()));
     // The subscription goes away.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + s.wait();
     while !s
         .store()
         .watchers(&aor, "presence")
@@ -465,14 +513,13 @@ async fn watcher_481(tp: Tp) {
     );
     s.shutdown().await;
 }
-both!(watcher_481);
 
 // 5. Expiry with short real expiries.
-async fn expiry(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut alice = Ua::new(tp, s.sip, "alice").await;
-    let mut bob = Ua::new(tp, s.sip, "bob").await;
-    let mut carol = Ua::new(tp, s.sip, "carol").await;
+async fn expiry(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
+    let mut carol = s.ua(tp, WATCHER, "carol").await;
     let aor = alice.aor.clone();
 
     // Publication expiry while subscribed.
@@ -487,7 +534,9 @@ async fn expiry(tp: Tp) {
     let r = do_publish(&mut alice, None, 2, Some(pidf(&aor, "t1", true, "brief"))).await;
     assert_eq!(r.code, 200);
     assert_eq!(r.expires(), Some(Ok(2)));
-    let n = bob.notify_containing("brief", Duration::from_secs(3)).await;
+    let n = bob
+        .notify_containing("brief", s.patience(Duration::from_secs(3)))
+        .await;
     assert!(body_str(&n).contains("<basic>open</basic>"));
 
     // Subscription expiry (runs concurrently with the publication's).
@@ -496,7 +545,7 @@ async fn expiry(tp: Tp) {
     assert_eq!(r.expires(), Some(Ok(2)));
 
     let n = bob
-        .notify_containing("<basic>closed</basic>", Duration::from_secs(5))
+        .notify_containing("<basic>closed</basic>", s.wait())
         .await;
     assert!(!body_str(&n).contains("brief"), "{}", body_str(&n));
     assert!(s
@@ -506,7 +555,7 @@ async fn expiry(tp: Tp) {
         .unwrap()
         .is_empty());
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + s.wait();
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let n = carol
@@ -523,10 +572,10 @@ async fn expiry(tp: Tp) {
 }
 
 // 6. Hard state
-async fn hard_state(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut hs = Ua::new(tp, s.sip, "hs").await;
-    let mut bob = Ua::new(tp, s.sip, "bob").await;
+async fn hard_state(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut hs = s.ua(tp, PRESENTITY, "hs").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
     let aor = "sip:hs@example.com";
     let (r, _, _) = bob.subscribe(aor, 600).await;
     assert_eq!(r.code, 200);
@@ -542,32 +591,26 @@ async fn hard_state(tp: Tp) {
     )
     .await;
     assert!(code == 200 || code == 204, "PUT hard-state: {code}");
-    let n = bob
-        .notify_containing("hard-note", Duration::from_secs(5))
-        .await;
+    let n = bob.notify_containing("hard-note", s.wait()).await;
     assert!(body_str(&n).contains("<basic>open</basic>"));
 
     let etag = publish_note(&mut hs, None, 600, false, "soft-note").await;
-    let n = bob
-        .notify_containing("soft-note", Duration::from_secs(5))
-        .await;
+    let n = bob.notify_containing("soft-note", s.wait()).await;
     assert!(!body_str(&n).contains("hard-note"), "{}", body_str(&n));
     assert!(body_str(&n).contains("<basic>closed</basic>"));
 
     let r = do_publish(&mut hs, Some(&etag), 0, None).await;
     assert_eq!(r.code, 200);
-    let n = bob
-        .notify_containing("hard-note", Duration::from_secs(5))
-        .await;
+    let n = bob.notify_containing("hard-note", s.wait()).await;
     assert!(!body_str(&n).contains("soft-note"));
     s.shutdown().await;
 }
 
 // 7. Presence derived from registrations
-async fn registration_presence(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut carol = Ua::new(tp, s.sip, "carol").await;
-    let mut bob = Ua::new(tp, s.sip, "bob").await;
+async fn registration_presence(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut carol = s.ua(tp, PRESENTITY, "carol").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
     let aor = carol.aor.clone();
     let (r, _, _) = bob.subscribe(&aor, 600).await;
     assert_eq!(r.code, 200);
@@ -581,27 +624,26 @@ async fn registration_presence(tp: Tp) {
     let contact = format!("<{}>", carol.contact_uri());
     let r = do_register(&mut carol, "carol-reg@e2e", Some(&contact), Some("600")).await;
     assert_eq!(r.code, 200);
-    bob.notify_containing("<basic>open</basic>", Duration::from_secs(5))
-        .await;
+    bob.notify_containing("<basic>open</basic>", s.wait()).await;
 
     let r = do_register(&mut carol, "carol-reg@e2e", Some("*"), Some("0")).await;
     assert_eq!(r.code, 200);
-    bob.notify_containing("<basic>closed</basic>", Duration::from_secs(5))
+    bob.notify_containing("<basic>closed</basic>", s.wait())
         .await;
     s.shutdown().await;
 }
 
 // 8. Watcher policy
-async fn policy(tp: Tp) {
+async fn policy(tp: Tp, mode: Mode) {
     let rules = "sip:alice@example.com polite-block sip:mallory@example.com\n\
                  sip:alice@example.com block sip:trudy@example.com\n\
                  sip:alice@example.com allow sip:carol@partner.org\n";
-    let s = start(None, Some(rules), &[]).await;
-    let mut alice = Ua::new(tp, s.sip, "alice").await;
+    let s = start(mode, None, Some(rules), &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
     let aor = alice.aor.clone();
     publish_note(&mut alice, None, 600, true, "secret-note").await;
 
-    let mut eve = Ua::new(tp, s.sip, "eve").await;
+    let mut eve = s.ua(tp, WATCHER, "eve").await;
     eve.aor = "sip:eve@evil.org".into();
     let (r, _, _) = eve.subscribe(&aor, 600).await;
     assert_eq!(r.code, 403);
@@ -610,7 +652,7 @@ async fn policy(tp: Tp) {
         .await
         .is_none());
 
-    let mut mallory = Ua::new(tp, s.sip, "mallory").await;
+    let mut mallory = s.ua(tp, WATCHER, "mallory").await;
     let (r, _, _) = mallory.subscribe(&aor, 600).await;
     assert_eq!(r.code, 200);
     let n = mallory.notify().await;
@@ -624,11 +666,11 @@ async fn policy(tp: Tp) {
         assert!(!body_str(&n).contains("secret"), "{}", body_str(&n));
     }
 
-    let mut trudy = Ua::new(tp, s.sip, "trudy").await;
+    let mut trudy = s.ua(tp, WATCHER, "trudy").await;
     let (r, _, _) = trudy.subscribe(&aor, 600).await;
     assert_eq!(r.code, 403);
 
-    let mut carol = Ua::new(tp, s.sip, "carol").await;
+    let mut carol = s.ua(tp, WATCHER, "carol").await;
     carol.aor = "sip:carol@partner.org".into();
     let (r, _, _) = carol.subscribe(&aor, 600).await;
     assert_eq!(r.code, 200);
@@ -640,10 +682,10 @@ async fn policy(tp: Tp) {
 }
 
 // 9. MESSAGE
-async fn message(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut alice = Ua::new(tp, s.sip, "alice").await;
-    let mut bob = Ua::new(tp, s.sip, "bob").await;
+async fn message(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
     let contact = format!("<{}>", bob.contact_uri());
     let r = do_register(&mut bob, "bob-reg@e2e", Some(&contact), Some("600")).await;
     assert_eq!(r.code, 200);
@@ -658,12 +700,16 @@ async fn message(tp: Tp) {
     let r = alice.send(&req).await;
     assert_eq!(r.code, 200, "{}", r.reason);
     let m = bob
-        .recv_request("MESSAGE", WAIT)
+        .recv_request("MESSAGE", s.wait())
         .await
         .expect("MESSAGE delivered");
     assert_eq!(&m.body[..], text.as_bytes());
     assert_eq!(m.header("Content-Type"), Some("text/plain;charset=UTF-8"));
     assert_eq!(m.call_id(), Some(req.call_id.as_str()));
+    assert!(
+        alice.raw_requests.lock().unwrap().is_empty(),
+        "the sender was sent a request"
+    );
 
     let cpim = "From: <sip:alice@example.com>\r\nTo: <sip:bob@example.com>\r\nDateTime: 2024-01-01T12:00:00Z\r\n\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nhello";
     let req = alice
@@ -672,7 +718,7 @@ async fn message(tp: Tp) {
     let r = alice.send(&req).await;
     assert_eq!(r.code, 200);
     let m = bob
-        .recv_request("MESSAGE", WAIT)
+        .recv_request("MESSAGE", s.wait())
         .await
         .expect("CPIM MESSAGE delivered");
     assert_eq!(&m.body[..], cpim.as_bytes());
@@ -694,7 +740,7 @@ async fn message(tp: Tp) {
     assert_eq!(alice.send(&req).await.code, 404);
 
     // Known, no contact.
-    let mut dave = Ua::new(tp, s.sip, "dave").await;
+    let mut dave = s.ua(tp, WATCHER, "dave").await;
     let c = format!("<{}>", dave.contact_uri());
     assert_eq!(
         do_register(&mut dave, "dave@e2e", Some(&c), Some("600"))
@@ -714,7 +760,7 @@ async fn message(tp: Tp) {
     assert_eq!(alice.send(&req).await.code, 480);
 
     // Only an INVITE-capable contact.
-    let mut erin = Ua::new(tp, s.sip, "erin").await;
+    let mut erin = s.ua(tp, WATCHER, "erin").await;
     let c = format!("<{}>;methods=\"INVITE\"", erin.contact_uri());
     assert_eq!(
         do_register(&mut erin, "erin@e2e", Some(&c), Some("600"))
@@ -736,11 +782,11 @@ async fn message(tp: Tp) {
 const USERS: &str = "alice@example.com:secret\nbob@example.com:hunter2\n";
 
 // 10. Digest
-async fn digest(tp: Tp) {
-    let s = start(Some(USERS), None, &[]).await;
-    let mut alice = Ua::new(tp, s.sip, "alice").await;
+async fn digest(tp: Tp, mode: Mode) {
+    let s = start(mode, Some(USERS), None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
     alice.password = "secret".into();
-    let mut bob = Ua::new(tp, s.sip, "bob").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
     bob.password = "hunter2".into();
     let contact = format!("<{}>", alice.contact_uri());
     let aor = alice.aor.clone();
@@ -828,7 +874,7 @@ async fn digest(tp: Tp) {
     let r = alice.send(&authed).await;
     assert_eq!(r.code, 200, "{}", r.reason);
     let m = bob
-        .recv_request("MESSAGE", WAIT)
+        .recv_request("MESSAGE", s.wait())
         .await
         .expect("relayed MESSAGE");
     assert_eq!(&m.body[..], b"authenticated hello");
@@ -856,9 +902,9 @@ async fn digest(tp: Tp) {
     s.shutdown().await;
 }
 
-async fn digest_stale(tp: Tp) {
-    let s = start(Some(USERS), None, &["--nonce-lifetime", "1"]).await;
-    let mut alice = Ua::new(tp, s.sip, "alice").await;
+async fn digest_stale(tp: Tp, mode: Mode) {
+    let s = start(mode, Some(USERS), None, &["--nonce-lifetime", "1"]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
     let aor = alice.aor.clone();
     let req = alice
         .req("REGISTER", "sip:example.com")
@@ -898,23 +944,23 @@ async fn digest_stale(tp: Tp) {
 }
 
 // 11. Robustness
-async fn robustness(tp: Tp) {
-    let s = start(None, None, &[]).await;
+async fn robustness(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
 
     // Garbage, and an empty datagram / keep-alive.
-    let g = Ua::new(tp, s.sip, "garbage").await;
+    let g = s.ua(tp, PRESENTITY, "garbage").await;
     g.send_raw(b"\x00\x01garbage that is not SIP\r\n\r\n").await;
     g.send_raw(b"").await;
     g.send_raw(b"\r\n\r\n").await;
 
     // No Call-ID: answered 400 (the top Via says where), and the next
     // request on the same socket is served.
-    let mut ua = Ua::new(tp, s.sip, "alice").await;
+    let mut ua = s.ua(tp, PRESENTITY, "alice").await;
     let mut req = ua.req("OPTIONS", "sip:example.com");
     req.no_call_id = true;
     ua.send_raw(&req.encode(tp, ua.local)).await;
     let r = ua
-        .response_within(&req.branch, WAIT)
+        .response_within(&req.branch, s.wait())
         .await
         .expect("a 400 for a request without Call-ID");
     assert_eq!(r.code, 400);
@@ -928,13 +974,13 @@ async fn robustness(tp: Tp) {
 
     if tp == Tp::Tcp {
         // Too large: 413, and the connection is closed.
-        let mut big = Ua::new(tp, s.sip, "big").await;
+        let mut big = s.ua(tp, PRESENTITY, "big").await;
         let req = big
             .req("MESSAGE", "sip:alice@example.com")
             .body("text/plain", vec![b'x'; 70 * 1024]);
         let r = big.send(&req).await;
         assert_eq!(r.code, 413);
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + s.wait();
         while !big.closed.load(std::sync::atomic::Ordering::SeqCst) {
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -945,15 +991,15 @@ async fn robustness(tp: Tp) {
     }
 
     // Still serving, on a fresh socket.
-    let mut fresh = Ua::new(tp, s.sip, "fresh").await;
+    let mut fresh = s.ua(tp, PRESENTITY, "fresh").await;
     let req = fresh.req("OPTIONS", "sip:example.com");
     assert_eq!(fresh.send(&req).await.code, 200);
     s.shutdown().await;
 }
 
-async fn retransmission(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut ua = Ua::new(tp, s.sip, "alice").await;
+async fn retransmission(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut ua = s.ua(tp, PRESENTITY, "alice").await;
     let aor = ua.aor.clone();
     let req = publish_req(&mut ua, None, 600, Some(pidf(&aor, "t1", true, "once")));
     let bytes = req.encode(tp, ua.local);
@@ -975,9 +1021,9 @@ async fn retransmission(tp: Tp) {
 }
 
 /// A request with Via/From/To/CSeq but no Call-ID gets 400 (RFC 3261 §8.2.6).
-async fn no_call_id_400(tp: Tp) {
-    let s = start(None, None, &[]).await;
-    let mut ua = Ua::new(tp, s.sip, "alice").await;
+async fn no_call_id_400(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut ua = s.ua(tp, PRESENTITY, "alice").await;
     let mut req = ua.req("OPTIONS", "sip:example.com");
     req.no_call_id = true;
     let r = ua.send(&req).await;
@@ -987,27 +1033,22 @@ async fn no_call_id_400(tp: Tp) {
     s.shutdown().await;
 }
 
-mod no_call_id_400 {
-    #[tokio::test]
-    async fn udp() {
-        super::no_call_id_400(super::Tp::Udp).await
-    }
-    #[tokio::test]
-    async fn tcp() {
-        super::no_call_id_400(super::Tp::Tcp).await
-    }
-}
-
 /// The 2xx to a SUBSCRIBE reaches the subscriber before the dialog's first
 /// NOTIFY, every time (the edge holds the NOTIFY until the answer is out),
-/// even when the answer is slow to leave (a fault hook delays it by 50 ms).
-async fn answer_before_notify(tp: Tp) {
-    let faults = presenced::config::Faults {
-        delay_subscribe_answer_ms: 50,
-        ..Default::default()
+/// even when the answer is slow to leave (all-in-one: a fault hook delays
+/// it by 50 ms; a cluster cannot take the hook, see `scenarios!`).
+async fn answer_before_notify(tp: Tp, mode: Mode) {
+    let s = match mode {
+        Mode::AllInOne => {
+            let faults = presenced::config::Faults {
+                delay_subscribe_answer_ms: 50,
+                ..Default::default()
+            };
+            start_with_faults(None, None, &[], faults).await
+        }
+        Mode::Cluster => start(mode, None, None, &[]).await,
     };
-    let s = start_with_faults(None, None, &[], faults).await;
-    let mut bob = Ua::new(tp, s.sip, "bob").await;
+    let mut bob = s.ua(tp, PRESENTITY, "bob").await;
     let req = bob
         .req("PUBLISH", &bob.aor.clone())
         .h("Event", "presence")
@@ -1016,7 +1057,7 @@ async fn answer_before_notify(tp: Tp) {
             pidf(&bob.aor, "t1", true, "here").into_bytes(),
         );
     assert_eq!(bob.send(&req).await.code, 200);
-    let mut carol = Ua::new(tp, s.sip, "carol").await;
+    let mut carol = s.ua(tp, WATCHER, "carol").await;
     for round in 0..10 {
         let req = carol
             .req("SUBSCRIBE", &bob.aor)
@@ -1025,7 +1066,10 @@ async fn answer_before_notify(tp: Tp) {
             .h("Expires", "60");
         carol.send_raw(&req.encode(tp, carol.local)).await;
         let first = carol
-            .wait_for(WAIT, |m| !matches!(m, Message::Response(r) if r.code < 200))
+            .wait_for(
+                s.wait(),
+                |m| !matches!(m, Message::Response(r) if r.code < 200),
+            )
             .await
             .expect("an answer or a NOTIFY");
         match first {

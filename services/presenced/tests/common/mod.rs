@@ -1,7 +1,17 @@
-//! A tiny SIP user agent for the end-to-end tests: UDP or TCP, requests
-//! formatted as text, responses matched by branch, incoming requests answered
-//! automatically (with a configurable code) and kept for inspection, Digest
-//! (MD5 and SHA-256, qop=auth). Every wait has a timeout.
+//! What the end-to-end tests drive and what they drive it with.
+//!
+//! - [`TestServer`]: the server under test, started by [`start`] as the
+//!   all-in-one server in this process ([`Mode::AllInOne`], in-memory
+//!   backends) or as a cluster of `presenced` processes on a real Redis and
+//!   NATS ([`Mode::Cluster`], through `tests/harness`, so a test file that
+//!   has `mod common;` also has `mod harness;`). Both take the same users
+//!   file, policy file and flags; [`TestServer::at`] addresses edge `i`
+//!   (one address all-in-one), [`TestServer::store`] is the system of record
+//!   (the in-memory store, or the cluster's Redis).
+//! - [`Ua`]: a tiny SIP user agent: UDP or TCP, requests formatted as text,
+//!   responses matched by branch, incoming requests answered automatically
+//!   (with a configurable code) and kept for inspection, Digest (MD5 and
+//!   SHA-256, qop=auth). Every wait has a timeout.
 #![allow(dead_code)]
 
 use presence_sip::{frame_stream, parse, HeaderAccess, Message, Request, Response, StreamFrame};
@@ -79,30 +89,167 @@ impl Drop for TempFile {
     }
 }
 
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The all-in-one server in this process, on the in-memory backends.
+    AllInOne,
+    /// A cluster of `presenced` processes on a real Redis and NATS
+    /// (tests/harness): [`CLUSTER_EDGES`] edges, [`CLUSTER_COMPOSITORS`]
+    /// compositors, one notifier.
+    Cluster,
+}
+
+/// The SIP side of a scenario that talks to the presentity's edge: PUBLISH,
+/// REGISTER of the presentity, MESSAGE senders. See [`TestServer::at`].
+pub const PRESENTITY: usize = 0;
+/// The SIP side of a scenario that talks to the watchers' edge:
+/// subscribers, MESSAGE recipients. See [`TestServer::at`].
+pub const WATCHER: usize = 1;
+
+pub const CLUSTER_EDGES: usize = 2;
+pub const CLUSTER_COMPOSITORS: usize = 2;
+/// Shards of the test cluster (the all-in-one server gets 8).
+pub const CLUSTER_SHARDS: u32 = 16;
+/// How long a UA waits for what should come when the server is a cluster:
+/// every request crosses NATS to a compositor and Redis, every NOTIFY
+/// crosses JetStream, a notifier and NATS again, on a shared 2-core machine.
+pub const CLUSTER_WAIT: Duration = Duration::from_secs(15);
+
+/// One cluster at a time in a test binary: each starts Redis, NATS and
+/// several processes, and the machine has few cores. (An async mutex, so a
+/// test that fails while holding it does not poison the others.)
+static CLUSTER_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+enum Running {
+    AllInOne(Server),
+    Cluster(crate::harness::Cluster),
+}
+
+/// The server under test, all-in-one or a cluster, stopped by
+/// [`TestServer::shutdown`] or on drop.
 pub struct TestServer {
-    pub server: Option<Server>,
-    pub sip: SocketAddr,
+    pub mode: Mode,
+    running: Option<Running>,
+    /// The SIP address of each edge (one in all-in-one).
+    sips: Vec<SocketAddr>,
+    /// An operations (HTTP) address: the all-in-one server's, or the first
+    /// edge process's in a cluster (any role serves `/admin`).
     pub http: SocketAddr,
+    /// The system of record: the all-in-one server's in-memory store, or the
+    /// cluster's Redis.
+    store: Arc<dyn presence_store::Store>,
     _files: Vec<TempFile>,
+    // Last, so that the next cluster starts only after this one is gone.
+    _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl TestServer {
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
+    /// The SIP address of edge `i`: scenarios put the presentity side on
+    /// [`PRESENTITY`] and the watcher side on [`WATCHER`]. All-in-one has
+    /// one address for every `i`.
+    pub fn at(&self, i: usize) -> SocketAddr {
+        match self.mode {
+            Mode::AllInOne => self.sips[0],
+            Mode::Cluster => *self
+                .sips
+                .get(i)
+                .unwrap_or_else(|| panic!("the test cluster has no edge {i}")),
         }
     }
+
+    /// How long to wait for something that should come: [`WAIT`]
+    /// all-in-one, [`CLUSTER_WAIT`] in a cluster.
+    pub fn wait(&self) -> Duration {
+        self.patience(WAIT)
+    }
+
+    /// `d` all-in-one; at least [`CLUSTER_WAIT`] in a cluster.
+    pub fn patience(&self, d: Duration) -> Duration {
+        match self.mode {
+            Mode::AllInOne => d,
+            Mode::Cluster => d.max(CLUSTER_WAIT),
+        }
+    }
+
+    /// A UA for `user@example.com` over `tp` to edge `i` (see [`Self::at`]),
+    /// as patient as this server needs.
+    pub async fn ua(&self, tp: Tp, i: usize, user: &str) -> Ua {
+        let mut ua = Ua::new(tp, self.at(i), user).await;
+        ua.patience = self.wait();
+        ua
+    }
+
+    /// The store the servers write to, to check what a 2xx promised.
     pub fn store(&self) -> &Arc<dyn presence_store::Store> {
-        &self.server.as_ref().expect("running").store
+        &self.store
+    }
+
+    pub async fn shutdown(mut self) {
+        match self.running.take() {
+            Some(Running::AllInOne(s)) => s.shutdown().await,
+            Some(Running::Cluster(c)) => {
+                // Killing and reaping processes blocks.
+                let _ = tokio::task::spawn_blocking(move || drop(c)).await;
+            }
+            None => {}
+        }
     }
 }
 
-/// Start a server on free ports; `users` / `policy` are file contents.
-pub async fn start(users: Option<&str>, policy: Option<&str>, extra: &[&str]) -> TestServer {
-    start_with_faults(users, policy, extra, presenced::config::Faults::default()).await
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(Running::Cluster(c)) = &self.running {
+            if std::thread::panicking() {
+                eprintln!("cluster warnings and errors:\n{}", c.warnings());
+            }
+        }
+    }
 }
 
-/// [`start`] with test-only fault hooks switched on.
+/// The users / policy files and flags of a server: a users file and a
+/// policy file are written from their contents.
+fn server_args(
+    users: Option<&str>,
+    policy: Option<&str>,
+    extra: &[&str],
+) -> (Vec<String>, Vec<TempFile>) {
+    let mut args = Vec::new();
+    let mut files = Vec::new();
+    if let Some(u) = users {
+        let f = TempFile::new(u);
+        args.push("--users".into());
+        args.push(f.0.display().to_string());
+        files.push(f);
+    }
+    if let Some(p) = policy {
+        let f = TempFile::new(p);
+        args.push("--policy".into());
+        args.push(f.0.display().to_string());
+        files.push(f);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    (args, files)
+}
+
+/// Start a server of `mode` on free ports; `users` / `policy` are file
+/// contents, `extra` more flags (given to every process of a cluster).
+pub async fn start(
+    mode: Mode,
+    users: Option<&str>,
+    policy: Option<&str>,
+    extra: &[&str],
+) -> TestServer {
+    match mode {
+        Mode::AllInOne => {
+            start_with_faults(users, policy, extra, presenced::config::Faults::default()).await
+        }
+        Mode::Cluster => start_cluster(users, policy, extra).await,
+    }
+}
+
+/// The all-in-one server with test-only fault hooks switched on (they are
+/// not flags, so a cluster of processes cannot have them).
 pub async fn start_with_faults(
     users: Option<&str>,
     policy: Option<&str>,
@@ -123,30 +270,55 @@ pub async fn start_with_faults(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut files = Vec::new();
-    if let Some(u) = users {
-        let f = TempFile::new(u);
-        args.push("--users".into());
-        args.push(f.0.display().to_string());
-        files.push(f);
-    }
-    if let Some(p) = policy {
-        let f = TempFile::new(p);
-        args.push("--policy".into());
-        args.push(f.0.display().to_string());
-        files.push(f);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let (more, files) = server_args(users, policy, extra);
+    args.extend(more);
     use clap::Parser;
     let parsed = presenced::config::Args::parse_from(&args);
     let mut cfg = presenced::config::Config::from_args(&parsed).expect("valid config");
     cfg.faults = faults;
     let server = presenced::start_all(cfg).await.expect("server starts");
     TestServer {
-        sip: server.sip_addrs[0],
+        mode: Mode::AllInOne,
+        sips: vec![server.sip_addrs[0]],
         http: server.http_addr,
-        server: Some(server),
+        store: server.store.clone(),
+        running: Some(Running::AllInOne(server)),
         _files: files,
+        _serial: None,
+    }
+}
+
+/// A cluster (tests/harness) with the same files and flags as [`start`]
+/// gives the all-in-one server; returns once every process is ready and
+/// every shard owned.
+async fn start_cluster(users: Option<&str>, policy: Option<&str>, extra: &[&str]) -> TestServer {
+    let serial = CLUSTER_SERIAL.lock().await;
+    let (args, files) = server_args(users, policy, extra);
+    let c = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::harness::Cluster::start(
+            "e2e",
+            CLUSTER_SHARDS,
+            (CLUSTER_EDGES, CLUSTER_COMPOSITORS, 1),
+            &args,
+        )
+    })
+    .await
+    .expect("the cluster starts");
+    let redis = presence_redis::RedisStore::connect(
+        presence_redis::RedisConfig::new(&c.redis.url(), CLUSTER_SHARDS).expect("redis config"),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .expect("connect to the cluster's redis");
+    TestServer {
+        mode: Mode::Cluster,
+        sips: (0..CLUSTER_EDGES).map(|i| c.edge(i)).collect(),
+        http: c.proc("edge0").http,
+        store: Arc::new(redis),
+        running: Some(Running::Cluster(c)),
+        _files: files,
+        _serial: Some(serial),
     }
 }
 
@@ -256,6 +428,9 @@ pub struct Ua {
     pub raw_requests: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Set when the TCP connection was closed by the server.
     pub closed: Arc<std::sync::atomic::AtomicBool>,
+    /// How long [`Ua::send`], [`Ua::response`] and [`Ua::notify`] wait
+    /// ([`WAIT`] unless the server needs more, see [`TestServer::ua`]).
+    pub patience: Duration,
     cseq: u32,
 }
 
@@ -408,6 +583,7 @@ impl Ua {
             answer_code,
             raw_requests,
             closed,
+            patience: WAIT,
             cseq: 0,
         }
     }
@@ -480,7 +656,7 @@ impl Ua {
 
     /// The final response to the request whose branch is `branch`.
     pub async fn response(&mut self, branch: &str) -> Option<Response> {
-        self.response_within(branch, WAIT).await
+        self.response_within(branch, self.patience).await
     }
 
     pub async fn response_within(&mut self, branch: &str, timeout: Duration) -> Option<Response> {
@@ -506,7 +682,7 @@ impl Ua {
             Some(r) => r,
             None => panic!(
                 "no response to {} {} within {:?} over {:?}",
-                req.method, req.uri, WAIT, self.tp
+                req.method, req.uri, self.patience, self.tp
             ),
         }
     }
@@ -526,11 +702,12 @@ impl Ua {
         }
     }
 
-    /// Next NOTIFY (panics if none within `WAIT`).
+    /// Next NOTIFY (panics if none within the UA's patience).
     pub async fn notify(&mut self) -> Request {
-        self.recv_request("NOTIFY", WAIT)
+        let patience = self.patience;
+        self.recv_request("NOTIFY", patience)
             .await
-            .unwrap_or_else(|| panic!("no NOTIFY within {WAIT:?} over {:?}", self.tp))
+            .unwrap_or_else(|| panic!("no NOTIFY within {patience:?} over {:?}", self.tp))
     }
 
     /// NOTIFYs until one whose body contains `needle` (panics after `timeout`).
