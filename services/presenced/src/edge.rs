@@ -150,6 +150,9 @@ pub struct Edge {
     answering: Mutex<HashMap<String, watch::Receiver<()>>>,
     /// NOTIFY order per dialog (Call-ID and our tag), see [`DialogOut`].
     dialogs: Mutex<HashMap<String, DialogOut>>,
+    /// The bus to the other edges (set by [`Edge::run`]): a relayed MESSAGE
+    /// whose target's flow is on another edge goes out through that edge.
+    out_bus: std::sync::OnceLock<Arc<dyn Requests<OutRequest, Outcome>>>,
 }
 
 /// Bound sockets, so that bind errors surface before anything runs.
@@ -214,6 +217,7 @@ impl Edge {
             client_txns: Mutex::new(HashMap::new()),
             answering: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
+            out_bus: std::sync::OnceLock::new(),
         }
     }
 
@@ -239,6 +243,7 @@ impl Edge {
                 me.accept_loop(local, listener).await
             }));
         }
+        let _ = self.out_bus.set(out_bus.clone());
         let (tx, mut rx) = mpsc::channel::<Incoming<OutRequest, Outcome>>(8192);
         let subject = crate::notifier::edge_subject(&self.cfg.id);
         for s in [subject.as_str(), crate::notifier::ANY_EDGE] {
@@ -1230,7 +1235,7 @@ impl Edge {
                 body: req.body.clone(),
             };
             let me = self.clone();
-            set.spawn(async move { me.send_request(out).await });
+            set.spawn(async move { me.send_via_flow_edge(out).await });
         }
         let mut best: Option<Outcome> = None;
         while let Some(res) = set.join_next().await {
@@ -1368,6 +1373,38 @@ impl Edge {
                 return Ok(None);
             }
         }
+    }
+
+    /// Send a request through the edge that holds its flow: here, or over
+    /// the bus on `edge.<id>` (a TCP flow's connection exists only there,
+    /// and a UDP UA behind NAT answers only its own edge's address). When
+    /// that edge is gone, any edge sends it; when the bus fails, it counts
+    /// as a timeout.
+    async fn send_via_flow_edge(self: &Arc<Self>, out: OutRequest) -> Outcome {
+        let bus = match self.out_bus.get() {
+            Some(bus) if out.flow.edge != self.cfg.id => bus.clone(),
+            _ => return self.send_request(out).await,
+        };
+        let subject = crate::notifier::edge_subject(&out.flow.edge);
+        // Timer F on the far edge, plus the bus hops.
+        let wait = TIMER_F + Duration::from_secs(2);
+        let result = match bus.request(&subject, out.clone(), wait).await {
+            Err(presence_store::BusError::NoResponders(_)) => {
+                bus.request(crate::notifier::ANY_EDGE, out, wait).await
+            }
+            other => other,
+        };
+        result.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, edge = %subject, "cannot relay through the flow's edge");
+            Outcome {
+                code: 408,
+                reason: "Request Timeout".into(),
+                headers: rsip::Headers::default(),
+                body: Bytes::new(),
+                timed_out: true,
+                superseded: false,
+            }
+        })
     }
 
     /// Send a request through a flow as a client transaction.

@@ -80,8 +80,8 @@ scenarios! {
     hard_state;
     registration_presence;
     policy;
-    message, cluster_tcp: #[ignore = "server gap: a MESSAGE to a TCP flow on another edge is sent by the sender's edge over its own connection with the same local id (Edge::message calls send_request directly, not edge.<id>): the wrong UA gets it"];
-    digest, cluster_tcp: #[ignore = "server gap: a MESSAGE to a TCP flow on another edge is sent by the sender's edge over its own connection with the same local id (Edge::message calls send_request directly, not edge.<id>): the wrong UA gets it"];
+    message;
+    digest;
     digest_stale;
     robustness;
     retransmission;
