@@ -135,6 +135,17 @@ pub enum NotifyJob {
         version: u64,
         at_ms: u64,
     },
+    /// A share of a large fan-out: the change of (aor, event) to `version`,
+    /// for these subscriptions only. A notifier that takes a `Changed` with
+    /// many watchers keeps one batch and queues the others as `ChangedFor`,
+    /// so that several notifiers share the fan-out.
+    ChangedFor {
+        aor: String,
+        event: String,
+        version: u64,
+        at_ms: u64,
+        ids: Vec<String>,
+    },
     /// A subscription was created or refreshed: send it the current state.
     Refresh { id: String },
     /// A subscription ended: final NOTIFY (the record is already gone).

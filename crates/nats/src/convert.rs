@@ -562,6 +562,21 @@ impl From<&NotifyJob> for pb::NotifyJob {
                 version: *version,
                 at_ms: *at_ms,
             }),
+            NotifyJob::ChangedFor {
+                aor,
+                event,
+                version,
+                at_ms,
+                ids,
+            } => Job::ChangedFor(pb::ChangedFor {
+                change: Some(pb::Changed {
+                    aor: aor.clone(),
+                    event: event.clone(),
+                    version: *version,
+                    at_ms: *at_ms,
+                }),
+                ids: ids.clone(),
+            }),
             NotifyJob::Refresh { id } => Job::Refresh(pb::Refresh { id: id.clone() }),
             NotifyJob::Terminated { sub, reason } => Job::Terminated(pb::Terminated {
                 sub: Some(sub.as_ref().into()),
@@ -583,6 +598,16 @@ impl TryFrom<pb::NotifyJob> for NotifyJob {
                 version: c.version,
                 at_ms: c.at_ms,
             },
+            Job::ChangedFor(f) => {
+                let c = required(f.change, "changed_for.change")?;
+                NotifyJob::ChangedFor {
+                    aor: c.aor,
+                    event: c.event,
+                    version: c.version,
+                    at_ms: c.at_ms,
+                    ids: f.ids,
+                }
+            }
             Job::Refresh(r) => NotifyJob::Refresh { id: r.id },
             Job::Terminated(t) => NotifyJob::Terminated {
                 sub: Box::new(required(t.sub, "terminated.sub")?.try_into()?),

@@ -244,7 +244,7 @@ fn reply(r: &mut StdRng) -> Reply {
 }
 
 fn job(r: &mut StdRng) -> NotifyJob {
-    match r.random_range(0..3) {
+    match r.random_range(0..4) {
         0 => NotifyJob::Changed {
             aor: text(r),
             event: text(r),
@@ -252,6 +252,13 @@ fn job(r: &mut StdRng) -> NotifyJob {
             at_ms: r.random(),
         },
         1 => NotifyJob::Refresh { id: text(r) },
+        2 => NotifyJob::ChangedFor {
+            aor: text(r),
+            event: text(r),
+            version: r.random(),
+            at_ms: r.random(),
+            ids: (0..r.random_range(0..5)).map(|_| text(r)).collect(),
+        },
         _ => NotifyJob::Terminated {
             sub: Box::new(subscription(r)),
             reason: reason(r),

@@ -364,6 +364,20 @@ pub fn encode_job(j: &NotifyJob) -> Vec<u8> {
             w.u64(*version);
             w.u64(*at_ms);
         }
+        NotifyJob::ChangedFor {
+            aor,
+            event,
+            version,
+            at_ms,
+            ids,
+        } => {
+            w.0.push(b'f');
+            w.str(aor);
+            w.str(event);
+            w.u64(*version);
+            w.u64(*at_ms);
+            w.strs(ids);
+        }
         NotifyJob::Refresh { id } => {
             w.0.push(b'r');
             w.str(id);
@@ -388,6 +402,13 @@ pub fn decode_job(b: &[u8]) -> Option<NotifyJob> {
             event: r.str()?,
             version: r.u64()?,
             at_ms: r.u64()?,
+        },
+        b'f' => NotifyJob::ChangedFor {
+            aor: r.str()?,
+            event: r.str()?,
+            version: r.u64()?,
+            at_ms: r.u64()?,
+            ids: r.strs()?,
         },
         b'r' => NotifyJob::Refresh { id: r.str()? },
         b't' => {
@@ -494,6 +515,13 @@ mod tests {
                 event: "presence".into(),
                 version: u64::MAX,
                 at_ms: 1_700_000_000_000,
+            },
+            NotifyJob::ChangedFor {
+                aor: "sip:a@x".into(),
+                event: "dialog".into(),
+                version: 3,
+                at_ms: 4,
+                ids: vec!["s1".into(), String::new(), "s3".into()],
             },
             NotifyJob::Refresh { id: "abc".into() },
         ];

@@ -47,6 +47,14 @@ pub struct Args {
         default_value_t = 6000
     )]
     pub handover_wait_ms: u64,
+    /// A notifier splits the NOTIFYs of one change with more watchers than
+    /// this into batches of this size, shared with the other notifiers.
+    #[arg(
+        long = "notify-batch",
+        env = "PRESENCE_NOTIFY_BATCH",
+        default_value_t = crate::notifier::DEFAULT_BATCH
+    )]
+    pub notify_batch: usize,
     /// SIP listen address, UDP and TCP (repeatable).
     #[arg(
         long = "sip-listen",
@@ -141,6 +149,7 @@ pub struct Config {
     pub node_id: String,
     pub lease_ttl: Duration,
     pub handover_wait: Duration,
+    pub notify_batch: usize,
     /// Deliberate misbehaviour for tests of the tools that watch us (the load
     /// generator's canary). Only settable through this library API, never
     /// from the command line or the environment.
@@ -235,6 +244,9 @@ impl Config {
         if !(300..=600_000).contains(&args.lease_ttl_ms) {
             errors.push("--lease-ttl-ms must be between 300 and 600000".into());
         }
+        if !(1..=100_000).contains(&args.notify_batch) {
+            errors.push("--notify-batch must be between 1 and 100000".into());
+        }
         if args.handover_wait_ms > 30_000 {
             errors.push("--handover-wait-ms must be at most 30000 (SIP Timer F is 32 s)".into());
         }
@@ -307,6 +319,7 @@ impl Config {
             node_id,
             lease_ttl: Duration::from_millis(args.lease_ttl_ms),
             handover_wait: Duration::from_millis(args.handover_wait_ms),
+            notify_batch: args.notify_batch,
             faults: Faults::default(),
         })
     }

@@ -185,7 +185,8 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
                 cfg.shards,
                 metrics.clone(),
             )
-            .with_faults(cfg.faults),
+            .with_faults(cfg.faults)
+            .with_batch(cfg.notify_batch),
         );
         tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));
     }

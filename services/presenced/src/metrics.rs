@@ -26,6 +26,7 @@ pub struct Metrics {
     pub notifier_notifies: IntCounterVec,
     pub notifier_latency_seconds: HistogramVec,
     pub notifier_rerouted: IntCounter,
+    pub notifier_batches: IntCounterVec,
     pub notifier_queue_depth: IntGauge,
 }
 
@@ -161,6 +162,12 @@ impl Metrics {
                 &["event"],
             ),
             notifier_rerouted: rerouted,
+            notifier_batches: counter(
+                &r,
+                "presence_notifier_fanout_batches_total",
+                "Batches of large fan-outs: queued = split off a change with more watchers than --notify-batch and queued for any notifier, taken = such a batch handled here",
+                &["outcome"],
+            ),
             notifier_queue_depth: gauge(&r, "presence_notifier_queue_depth", "Notify jobs waiting"),
             registry: r,
         }

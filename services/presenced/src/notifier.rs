@@ -36,7 +36,13 @@ pub struct Notifier {
     slots: Mutex<HashMap<String, Slot>>,
     faults: Faults,
     sent: AtomicU64,
+    /// A change with more watchers than this is split into batches of this
+    /// size, all but one queued for other notifiers.
+    batch: usize,
 }
+
+/// Default of `--notify-batch`.
+pub const DEFAULT_BATCH: usize = 500;
 
 #[derive(Default)]
 struct Slot {
@@ -174,7 +180,14 @@ impl Notifier {
             slots: Mutex::new(HashMap::new()),
             faults: Faults::default(),
             sent: AtomicU64::new(0),
+            batch: DEFAULT_BATCH,
         }
+    }
+
+    /// Split fan-outs into batches of `n` watchers (at least 1).
+    pub fn with_batch(mut self, n: usize) -> Notifier {
+        self.batch = n.max(1);
+        self
     }
 
     /// Install test-only fault hooks (see [`Faults`]).
@@ -234,7 +247,10 @@ impl Notifier {
     async fn handle(self: &Arc<Self>, job: NotifyJob) -> Option<Arc<JobDone>> {
         match job {
             NotifyJob::Changed {
-                aor, event, at_ms, ..
+                aor,
+                event,
+                version,
+                at_ms,
             } => {
                 let watchers = match self.store.watchers(&aor, &event).await {
                     Ok(w) => w,
@@ -243,16 +259,38 @@ impl Notifier {
                         return None;
                     }
                 };
-                let done = JobDone::new(watchers.len());
-                for sub in watchers {
-                    self.schedule(
-                        &sub.id,
-                        Pending::Latest { force: false },
-                        Some(at_ms),
-                        done.clone(),
-                    );
+                let mut ids: Vec<String> = watchers.into_iter().map(|s| s.id).collect();
+                if ids.len() > self.batch {
+                    // A large fan-out: other notifiers take all batches but
+                    // the first. If queueing one fails the job is not taken
+                    // (it comes back; batches queued twice only coalesce).
+                    let rest = ids.split_off(self.batch);
+                    for chunk in rest.chunks(self.batch) {
+                        let share = NotifyJob::ChangedFor {
+                            aor: aor.clone(),
+                            event: event.clone(),
+                            version,
+                            at_ms,
+                            ids: chunk.to_vec(),
+                        };
+                        if let Err(e) = self.jobs.push(share).await {
+                            tracing::warn!(error = %e, "cannot queue a fan-out batch");
+                            return None;
+                        }
+                        self.metrics
+                            .notifier_batches
+                            .with_label_values(&["queued"])
+                            .inc();
+                    }
                 }
-                Some(done)
+                Some(self.schedule_changes(&ids, at_ms))
+            }
+            NotifyJob::ChangedFor { ids, at_ms, .. } => {
+                self.metrics
+                    .notifier_batches
+                    .with_label_values(&["taken"])
+                    .inc();
+                Some(self.schedule_changes(&ids, at_ms))
             }
             NotifyJob::Refresh { id } => {
                 let done = JobDone::new(1);
@@ -266,6 +304,20 @@ impl Notifier {
                 Some(done)
             }
         }
+    }
+
+    /// Schedule the NOTIFY of a change for each of these subscriptions.
+    fn schedule_changes(self: &Arc<Self>, ids: &[String], at_ms: u64) -> Arc<JobDone> {
+        let done = JobDone::new(ids.len());
+        for id in ids {
+            self.schedule(
+                id,
+                Pending::Latest { force: false },
+                Some(at_ms),
+                done.clone(),
+            );
+        }
+        done
     }
 
     fn schedule(self: &Arc<Self>, id: &str, p: Pending, at_ms: Option<u64>, done: Arc<JobDone>) {

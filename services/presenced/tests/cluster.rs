@@ -18,7 +18,7 @@ mod common;
 mod harness;
 
 use common::{body_str, pidf, Tp, Ua, WAIT};
-use harness::{Cluster, PATIENCE};
+use harness::{metric_sum, Cluster, PATIENCE};
 use presence_core::shard_of;
 use presence_redis::{RedisConfig, RedisStore};
 use presence_sip::HeaderAccess;
@@ -378,4 +378,53 @@ async fn digest_nonces_work_on_every_edge() {
         common::authorize(&r, &req, "MD5", "alice", "secret", None).expect("an MD5 challenge");
     let r = alice_b.send(&retry).await;
     assert_eq!(r.code, 200, "{} {}", r.code, r.reason);
+}
+
+/// A change with more watchers than `--notify-batch` is split into batches
+/// that go back on the notify queue for any notifier: every watcher still
+/// gets the new document, and every queued batch is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_is_shared_in_batches() {
+    let _serial = SERIAL.lock().await;
+    const WATCHERS: usize = 23;
+    const BATCH: usize = 5;
+    let c = start(2, 1, 2, &["--notify-batch", "5"]);
+    let mut alice = Ua::new(Tp::Udp, c.edge(0), "alice").await;
+    let aor = alice.aor.clone();
+    let r = publish(&mut alice, None, "before").await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let etag = r.sip_etag().expect("SIP-ETag").to_string();
+    let mut watchers = Vec::new();
+    for i in 0..WATCHERS {
+        let mut w = Ua::new(Tp::Udp, c.edge(i % 2), &format!("watcher{i}")).await;
+        let (r, _, _) = w.subscribe(&aor, 600).await;
+        assert_eq!(r.code, 200, "{}", r.reason);
+        w.notify_containing("before", PATIENCE).await;
+        watchers.push(w);
+    }
+    let r = publish(&mut alice, Some(&etag), "after").await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    for w in &mut watchers {
+        w.notify_containing("after", PATIENCE).await;
+    }
+    let batches = |outcome: &str| -> (f64, Vec<f64>) {
+        let per: Vec<f64> = c
+            .live("notifier")
+            .map(|p| {
+                metric_sum(
+                    p.http,
+                    "presence_notifier_fanout_batches_total",
+                    &format!("outcome=\"{outcome}\""),
+                )
+                .unwrap_or(0.0)
+            })
+            .collect();
+        (per.iter().sum(), per)
+    };
+    let want = WATCHERS.div_ceil(BATCH) as f64 - 1.0;
+    let (queued, _) = batches("queued");
+    let (taken, per) = batches("taken");
+    assert!(queued >= want, "{queued} batches queued, want {want}");
+    assert!(taken >= queued, "every queued batch is taken: {taken} of {queued}");
+    println!("fan-out of {WATCHERS} in batches of {BATCH}: {queued} queued, taken per notifier {per:?}");
 }
