@@ -7,8 +7,9 @@
 /// KEYS[1] expiry index (ZSET deadline → encoded ExpiryKey), KEYS[2] lease
 /// (HASH o=owner t=token), KEYS[3] counters (HASH p s b d), then the keys of
 /// the ops, consumed in order.
-/// ARGV[1] fence ('' = unfenced), ARGV[2] grace ms, ARGV[3] the shard's key
-/// prefix (`<prefix>:{k}:`), then the ops, each a code and its arguments.
+/// ARGV[1] fence token ('' = unfenced), ARGV[2] fence owner, ARGV[3] grace
+/// ms, ARGV[4] the shard's key prefix (`<prefix>:{k}:`), then the ops, each
+/// a code and its arguments.
 ///
 /// A fenced batch is checked before any write, so a refused batch changes
 /// nothing. Returns the new version of each document, in order.
@@ -18,10 +19,11 @@
 /// plus the grace, whatever the clock skew between the server and us.
 pub const COMMIT: &str = r#"
 local x, lease, cnt = KEYS[1], KEYS[2], KEYS[3]
-local fence, grace, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local fence, owner, grace, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 if fence ~= '' then
-  if redis.call('HGET', lease, 't') ~= fence then
-    return redis.error_reply('FENCED lease token mismatch')
+  local l = redis.call('HMGET', lease, 't', 'o')
+  if l[1] ~= fence or l[2] ~= owner then
+    return redis.error_reply('FENCED lease owner or token mismatch')
   end
 end
 local tm = redis.call('TIME')
@@ -39,7 +41,7 @@ local function extend(k, deadline)
     redis.call('PEXPIREAT', k, t)
   end
 end
-local ai, ki = 4, 4
+local ai, ki = 5, 4
 local function arg() local v = ARGV[ai]; ai = ai + 1; return v end
 local function key() local v = KEYS[ki]; ki = ki + 1; return v end
 local versions = {}

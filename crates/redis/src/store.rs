@@ -269,7 +269,7 @@ impl RedisStore {
     async fn commit_inner(
         &self,
         shard: u32,
-        fence: Option<u64>,
+        fence: Option<&Lease>,
         ops: Vec<Op>,
     ) -> StoreResult<Vec<u64>> {
         if shard >= self.shards {
@@ -296,7 +296,11 @@ impl RedisStore {
         ];
         let mut args: Vec<Vec<u8>> = vec![
             fence
-                .map(|f| f.to_string())
+                .map(|f| f.token.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+            fence
+                .map(|f| f.owner.clone())
                 .unwrap_or_default()
                 .into_bytes(),
             self.grace_ms.to_string().into_bytes(),
@@ -435,7 +439,12 @@ impl Store for RedisStore {
             .await
     }
 
-    async fn commit_fenced(&self, shard: u32, fence: u64, ops: Vec<Op>) -> StoreResult<Vec<u64>> {
+    async fn commit_fenced(
+        &self,
+        shard: u32,
+        fence: &Lease,
+        ops: Vec<Op>,
+    ) -> StoreResult<Vec<u64>> {
         self.timed("commit_fenced", self.commit_inner(shard, Some(fence), ops))
             .await
     }

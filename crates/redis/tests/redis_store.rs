@@ -6,7 +6,7 @@ use bytes::Bytes;
 use presence_core::{shard_of, Binding, Flow, Publication, Subscription, Transport, View};
 use presence_redis::{RedisConfig, RedisStore};
 use presence_store::contract::{lease_contract, store_contract};
-use presence_store::{ExpiryKey, Leases, Op, Store, StoreError};
+use presence_store::{ExpiryKey, Lease, Leases, Op, Store, StoreError};
 use presence_testkit::redis::{RedisCluster, RedisServer};
 use redis::AsyncCommands;
 use std::collections::HashSet;
@@ -237,7 +237,10 @@ async fn a_batch_lands_in_one_slot_of_the_cluster() {
         .expect("free");
     s.commit_fenced(
         k,
-        token,
+        &Lease {
+            owner: "me".into(),
+            token,
+        },
         vec![Op::DeleteSubscription { id: "sub-1".into() }],
     )
     .await

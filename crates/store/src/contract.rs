@@ -330,6 +330,13 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     assert_eq!((c.subscriptions, c.bindings, c.documents), (1, 0, 1));
 }
 
+fn lease(owner: &str, token: u64) -> Lease {
+    Lease {
+        owner: owner.into(),
+        token,
+    }
+}
+
 /// Lease and fenced-commit contract: `store` and `leases` are the same
 /// backend. Uses the shard of its AoR and the next one, and a few hundred milliseconds of (real or
 /// paused) tokio time for one lease to run out.
@@ -355,7 +362,9 @@ pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32)
     // Nobody holds the shard: nothing passes a fence.
     assert_eq!(leases.owner_of(k).await.expect("owner"), None);
     assert_eq!(
-        store.commit_fenced(k, 1, vec![doc("x")]).await,
+        store
+            .commit_fenced(k, &lease("owner-a", 1), vec![doc("x")])
+            .await,
         Err(StoreError::Fenced)
     );
     assert_eq!(version().await, None);
@@ -386,16 +395,30 @@ pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32)
 
     // The holder's token passes, any other is fenced and changes nothing.
     assert_eq!(
-        store.commit_fenced(k, t1, vec![doc("one")]).await,
+        store
+            .commit_fenced(k, &lease("owner-a", t1), vec![doc("one")])
+            .await,
         Ok(vec![1])
     );
     assert_eq!(
-        store.commit_fenced(k, t1 + 1, vec![doc("x")]).await,
+        store
+            .commit_fenced(k, &lease("owner-a", t1 + 1), vec![doc("x")])
+            .await,
+        Err(StoreError::Fenced)
+    );
+    // The holder's token in another owner's hands (a backend that lost its
+    // fence counter could hand it out again) is fenced too.
+    assert_eq!(
+        store
+            .commit_fenced(k, &lease("owner-b", t1), vec![doc("x")])
+            .await,
         Err(StoreError::Fenced)
     );
     assert_eq!(version().await, Some(1));
     assert_eq!(
-        store.commit_fenced(other, t_other, vec![]).await,
+        store
+            .commit_fenced(other, &lease("owner-b", t_other), vec![])
+            .await,
         Ok(vec![]),
         "other shard, own token"
     );
@@ -438,7 +461,7 @@ pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32)
     let stale = store
         .commit_fenced(
             k,
-            t1,
+            &lease("owner-a", t1),
             vec![
                 Op::PutPublication(publication(a, "stale", 5_000, 1)),
                 doc("stale"),
@@ -478,7 +501,9 @@ pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32)
 
     // The new owner writes on top of the old state.
     assert_eq!(
-        store.commit_fenced(k, t2, vec![doc("two")]).await,
+        store
+            .commit_fenced(k, &lease("owner-b", t2), vec![doc("two")])
+            .await,
         Ok(vec![2])
     );
 
@@ -487,7 +512,9 @@ pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32)
     leases.release(k, "owner-b", t2).await.expect("release");
     assert_eq!(leases.owner_of(k).await.expect("owner"), None);
     assert_eq!(
-        store.commit_fenced(k, t2, vec![doc("x")]).await,
+        store
+            .commit_fenced(k, &lease("owner-b", t2), vec![doc("x")])
+            .await,
         Err(StoreError::Fenced)
     );
     let t3 = leases
@@ -504,11 +531,15 @@ pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32)
         .expect("own shard");
     assert!(t4 > t3);
     assert_eq!(
-        store.commit_fenced(k, t3, vec![doc("x")]).await,
+        store
+            .commit_fenced(k, &lease("owner-a", t3), vec![doc("x")])
+            .await,
         Err(StoreError::Fenced)
     );
     assert_eq!(
-        store.commit_fenced(k, t4, vec![doc("three")]).await,
+        store
+            .commit_fenced(k, &lease("owner-a", t4), vec![doc("three")])
+            .await,
         Ok(vec![3])
     );
 

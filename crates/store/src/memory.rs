@@ -211,9 +211,17 @@ impl Store for MemoryStore {
         Ok(apply(&mut self.lock(), shard, ops))
     }
 
-    async fn commit_fenced(&self, shard: u32, fence: u64, ops: Vec<Op>) -> StoreResult<Vec<u64>> {
+    async fn commit_fenced(
+        &self,
+        shard: u32,
+        fence: &Lease,
+        ops: Vec<Op>,
+    ) -> StoreResult<Vec<u64>> {
         let mut g = self.lock();
-        if g.live_lease(shard).map(|l| l.1) != Some(fence) {
+        if !g
+            .live_lease(shard)
+            .is_some_and(|l| l.0 == fence.owner && l.1 == fence.token)
+        {
             return Err(StoreError::Fenced);
         }
         Ok(apply(&mut g, shard, ops))

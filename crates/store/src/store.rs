@@ -2,6 +2,7 @@
 //! shard (one Lua script on Redis, one lock in memory); each batch also keeps
 //! the shard's expiry index (deadline → key) in step with the records.
 
+use crate::lease::Lease;
 use async_trait::async_trait;
 use bytes::Bytes;
 use presence_core::commands::NotifyJob;
@@ -101,11 +102,14 @@ pub trait Store: Send + Sync + 'static {
     /// in order.
     async fn commit(&self, shard: u32, ops: Vec<Op>) -> StoreResult<Vec<u64>>;
 
-    /// [`Store::commit`] under a fence: applied only if `fence` is the token
-    /// of `shard`'s live lease (see [`crate::Leases`]), checked atomically with
-    /// the batch. Otherwise nothing changes and the result is
-    /// [`StoreError::Fenced`].
-    async fn commit_fenced(&self, shard: u32, fence: u64, ops: Vec<Op>) -> StoreResult<Vec<u64>>;
+    /// [`Store::commit`] under a fence: applied only if `fence` is `shard`'s
+    /// live lease, owner and token both (see [`crate::Leases`]), checked
+    /// atomically with the batch. Otherwise nothing changes and the result
+    /// is [`StoreError::Fenced`]. Comparing the owner too keeps a stale
+    /// writer out even if a backend failover lost the fence counter and
+    /// handed its token out again.
+    async fn commit_fenced(&self, shard: u32, fence: &Lease, ops: Vec<Op>)
+        -> StoreResult<Vec<u64>>;
 
     async fn publications(&self, aor: &str, event: &str) -> StoreResult<Vec<Publication>>;
     async fn bindings(&self, aor: &str) -> StoreResult<Vec<Binding>>;

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use presence_core::commands::NotifyJob;
 use presence_core::{Binding, Document, Publication, Subscription};
-use presence_store::{Counts, ExpiryKey, Leases, Op, Store, StoreError, StoreResult};
+use presence_store::{Counts, ExpiryKey, Lease, Leases, Op, Store, StoreError, StoreResult};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -507,14 +507,23 @@ impl FencedStore {
 #[async_trait]
 impl Store for FencedStore {
     async fn commit(&self, shard: u32, ops: Vec<Op>) -> StoreResult<Vec<u64>> {
-        let fence = self.leases.fence(shard).ok_or(StoreError::Fenced)?;
-        self.commit_fenced(shard, fence, ops).await
+        let token = self.leases.fence(shard).ok_or(StoreError::Fenced)?;
+        let lease = Lease {
+            owner: self.leases.owner().to_string(),
+            token,
+        };
+        self.commit_fenced(shard, &lease, ops).await
     }
 
-    async fn commit_fenced(&self, shard: u32, fence: u64, ops: Vec<Op>) -> StoreResult<Vec<u64>> {
+    async fn commit_fenced(
+        &self,
+        shard: u32,
+        fence: &Lease,
+        ops: Vec<Op>,
+    ) -> StoreResult<Vec<u64>> {
         let r = self.inner.commit_fenced(shard, fence, ops).await;
         if matches!(r, Err(StoreError::Fenced)) {
-            self.leases.fenced(shard, fence);
+            self.leases.fenced(shard, fence.token);
         }
         r
     }
@@ -625,7 +634,10 @@ mod tests {
         let r = fenced
             .commit_fenced(
                 2,
-                token,
+                &Lease {
+                    owner: "a".into(),
+                    token,
+                },
                 vec![Op::MarkKnown {
                     aor: "sip:x@y".into(),
                 }],

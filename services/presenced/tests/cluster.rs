@@ -22,7 +22,7 @@ use harness::{metric_sum, Cluster, PATIENCE};
 use presence_core::shard_of;
 use presence_redis::{RedisConfig, RedisStore};
 use presence_sip::HeaderAccess;
-use presence_store::{Leases, Op, Store, StoreError};
+use presence_store::{Lease, Leases, Op, Store, StoreError};
 use presence_testkit::redis::RedisServer;
 use presenced::leases::{FencedStore, LeaseMetrics, ShardLeases};
 use std::sync::Arc;
@@ -250,7 +250,11 @@ async fn a_stale_owners_write_is_fenced() {
     assert!(fresh > stale);
     // a wakes up and writes with its old token: refused, nothing changes,
     // and a stops considering itself the owner.
-    let r = store_a.commit_fenced(shard, stale, mark()).await;
+    let stale = Lease {
+        owner: "a".into(),
+        token: stale,
+    };
+    let r = store_a.commit_fenced(shard, &stale, mark()).await;
     assert_eq!(r, Err(StoreError::Fenced));
     assert!(a.fence(shard).is_none());
     assert_eq!(
@@ -425,6 +429,11 @@ async fn a_large_fan_out_is_shared_in_batches() {
     let (queued, _) = batches("queued");
     let (taken, per) = batches("taken");
     assert!(queued >= want, "{queued} batches queued, want {want}");
-    assert!(taken >= queued, "every queued batch is taken: {taken} of {queued}");
-    println!("fan-out of {WATCHERS} in batches of {BATCH}: {queued} queued, taken per notifier {per:?}");
+    assert!(
+        taken >= queued,
+        "every queued batch is taken: {taken} of {queued}"
+    );
+    println!(
+        "fan-out of {WATCHERS} in batches of {BATCH}: {queued} queued, taken per notifier {per:?}"
+    );
 }

@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# Cluster figures on this machine: presence-loadtest against a local cluster
+# (scripts/cluster-up.sh: redis-server, nats-server, EDGES edges, C
+# compositors, NOTIFIERS notifiers) for each C in COMPOSITORS, and against the
+# all-in-one `presenced` on the same loads for the ratio. Besides the
+# loadtest's figures it measures the CPU time of every process over the
+# steady state, split by role, so the cost of the Redis and NATS hops per
+# PUBLISH is visible. The table goes into docs/benchmarks.md between the
+# "cluster-bench:begin/end" markers. Run it as `make cluster-bench`.
+#
+# Knobs (environment):
+#   COMPOSITORS="1 2 3"   compositor counts, one cluster each
+#   EDGES=2 NOTIFIERS=2   the rest of the cluster
+#   USERS=2000 BUDDIES=10 DURATION=12   shape of every step (seconds of steady state)
+#   FANOUT_RATE=1000      PUBLISH/s of the fan-out load (NOTIFY/s = rate x BUDDIES)
+#   PUBLISH_RATE=4000     PUBLISH/s offered to the publish-only load (no
+#                         watchers); above the cluster's capacity, so the
+#                         delivered rate is what it can do
+#   ALL_IN_ONE=1          also run the all-in-one server (0: cluster only)
+#   BIN=target/release    presenced and presence-loadtest; when unset they
+#                         are built first (give a copy to measure a fixed build)
+#   OUT=target/cluster-bench/<time>  reports, CPU samples, cluster logs
+#   DOC=docs/benchmarks.md           where the table goes ("-" for stdout only)
+#
+# Every step starts its cluster (or server) on empty state and stops it
+# afterwards, also on failure; cluster logs stay in $OUT/<step>/state/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+COMPOSITORS=${COMPOSITORS:-1 2 3}
+EDGES=${EDGES:-2}
+NOTIFIERS=${NOTIFIERS:-2}
+USERS=${USERS:-2000}
+BUDDIES=${BUDDIES:-10}
+DURATION=${DURATION:-12}
+FANOUT_RATE=${FANOUT_RATE:-1000}
+PUBLISH_RATE=${PUBLISH_RATE:-4000}
+ALL_IN_ONE=${ALL_IN_ONE:-1}
+SHARDS=256
+OUT=${OUT:-$ROOT/target/cluster-bench/$(date +%Y%m%d-%H%M%S)}
+DOC=${DOC:-$ROOT/docs/benchmarks.md}
+mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if [[ -z "${BIN:-}" ]]; then
+  ${CARGO:-cargo} build --release --locked -p presenced -p presence-loadtest
+  BIN=$ROOT/target/release
+fi
+BIN=$(realpath "$BIN")
+[[ -x $BIN/presenced && -x $BIN/presence-loadtest ]] || { echo "no binaries in $BIN" >&2; exit 2; }
+
+# What is running now and is ours to stop (a finished step's pids are forgotten).
+STATE="" AIO_PID="" LT_PID="" SAMPLER_PID="" OWN_LOCK=""
+LOCK=/tmp/presence-bench.lock
+cleanup() {
+  [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null
+  [[ -n $LT_PID ]] && kill "$LT_PID" 2>/dev/null
+  [[ -n $STATE ]] && STATE=$STATE scripts/cluster-down.sh >/dev/null
+  [[ -n $AIO_PID ]] && { kill "$AIO_PID" 2>/dev/null; wait "$AIO_PID" 2>/dev/null; }
+  [[ -n $OWN_LOCK ]] && rm -f "$LOCK"
+  return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# As loadtest/bench.sh: tell the other engineers' tools on this shared
+# machine that a benchmark runs (they wait before starting cargo).
+[[ -e $LOCK ]] || OWN_LOCK=1
+touch "$LOCK"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Until killed: every 0.2 s, "wall-clock-seconds name utime+stime-ticks" for
+# each name=pid argument (/proc/<pid>/stat counts all threads).
+sample_cpu() {
+  python3 - "$@" <<'PY'
+import sys, time
+procs = [a.split("=", 1) for a in sys.argv[2:]]
+with open(sys.argv[1], "w") as out:
+    while True:
+        now = time.time()
+        for name, pid in procs:
+            try:
+                f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out.write(f"{now:.3f} {name} {int(f[11]) + int(f[12])}\n")
+        out.flush()
+        time.sleep(0.2)
+PY
+}
+
+# Until every process of the cluster answers /readyz and the compositors
+# share all shards evenly (each at most its fair share plus the slack).
+wait_ready() {
+  python3 - "$STATE/endpoints.txt" "$1" "$SHARDS" <<'PY'
+import re, sys, time, urllib.request
+endpoints, comps, shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+procs = [l.split()[:3] for l in open(endpoints) if "/metrics" in l]
+target = -(-shards // comps)
+slack = max(target // 16, 1)
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except Exception:
+        return None, ""
+def gauge(text, name):
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else -1
+deadline, good = time.time() + 60, 0
+while time.time() < deadline:
+    ready = all(get(u.replace("/metrics", "/readyz"))[0] == 200 for _, _, u in procs)
+    owned = []
+    for _, role, u in procs:
+        if role == "compositor":
+            text = get(u)[1]
+            if gauge(text, "presence_compositor_cluster_members") != comps:
+                owned.append(-1)
+            owned.append(gauge(text, "presence_compositor_shards_owned"))
+    ok = ready and min(owned) >= 0 and sum(owned) == shards and max(owned) <= target + slack
+    good = good + 1 if ok else 0
+    if good == 3:  # stable for a second
+        sys.exit(0)
+    time.sleep(0.5)
+sys.exit(f"cluster not ready within 60 s (shards owned: {owned})")
+PY
+}
+
+# One load against the running server(s): run_load DIR TARGETS BUDDIES RATE name=pid...
+run_load() {
+  local dir=$1 targets=$2 buddies=$3 rate=$4 rc=0
+  shift 4
+  date +%s.%N >"$dir/t0"
+  "$BIN/presence-loadtest" --target "$targets" --users "$USERS" --buddies "$buddies" \
+    --publish-rate "$rate" --duration "$DURATION" --no-teardown --no-progress \
+    --report "$dir/report.json" >"$dir/loadtest.txt" 2>&1 &
+  LT_PID=$!
+  sample_cpu "$dir/cpu.txt" "$@" "loadtest=$LT_PID" &
+  SAMPLER_PID=$!
+  wait "$LT_PID" || rc=$?
+  LT_PID=""
+  sleep 0.3
+  kill "$SAMPLER_PID" 2>/dev/null || true
+  wait "$SAMPLER_PID" 2>/dev/null || true
+  SAMPLER_PID=""
+  echo "$rc" >"$dir/rc"
+  grep -E 'canary|passed|FAILED|failed' "$dir/loadtest.txt" | tail -3 >&2 || true
+}
+
+# name=pid for every process of the cluster in $STATE.
+cluster_pids() {
+  local f
+  for f in "$STATE"/*.pid; do printf '%s=%s\n' "$(basename "$f" .pid)" "$(cat "$f")"; done
+}
+
+step_cluster() { # compositors load buddies rate
+  local c=$1 load=$2 buddies=$3 rate=$4
+  local dir=$OUT/c$c-$load
+  mkdir -p "$dir"
+  log "cluster, $c compositor(s): $load, $USERS users x $buddies buddies, $rate PUBLISH/s for ${DURATION}s"
+  STATE=$dir/state
+  # USERS etc. mean other things to cluster-up: set them explicitly.
+  STATE=$STATE PRESENCED=$BIN/presenced EDGES=$EDGES COMPOSITORS=$c NOTIFIERS=$NOTIFIERS \
+    SHARDS=$SHARDS USERS="" POLICY="" SIP_BASE="" LOG=info DOMAIN=example.com \
+    scripts/cluster-up.sh >"$dir/cluster-up.txt"
+  wait_ready "$c"
+  local targets
+  targets=$(grep -o 'sip:127.0.0.1:[0-9]*' "$STATE/endpoints.txt" | sed 's/^sip://' | paste -sd,)
+  # shellcheck disable=SC2046
+  run_load "$dir" "$targets" "$buddies" "$rate" $(cluster_pids)
+  # Warnings and errors of the cluster's processes (presenced, NATS [WRN]/[ERR]).
+  grep -HE 'WARN|ERROR|\[WRN\]|\[ERR\]' "$STATE"/*.log >"$dir/log-problems.txt" || true
+  STATE=$STATE scripts/cluster-down.sh >/dev/null
+  STATE=""
+}
+
+step_all_in_one() { # load buddies rate
+  local load=$1 buddies=$2 rate=$3
+  local dir=$OUT/aio-$load sip http
+  mkdir -p "$dir"
+  log "all-in-one: $load, $USERS users x $buddies buddies, $rate PUBLISH/s for ${DURATION}s"
+  sip=$(free_port) http=$(free_port)
+  "$BIN/presenced" --sip-listen "127.0.0.1:$sip" --http-listen "127.0.0.1:$http" \
+    --domain example.com >"$dir/server.log" 2>&1 &
+  AIO_PID=$!
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$http/readyz" >/dev/null && break
+    kill -0 "$AIO_PID" || { echo "presenced exited; see $dir/server.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  run_load "$dir" "127.0.0.1:$sip" "$buddies" "$rate" "all-in-one=$AIO_PID"
+  grep -HE 'WARN|ERROR' "$dir/server.log" >"$dir/log-problems.txt" || true
+  kill "$AIO_PID"
+  wait "$AIO_PID" 2>/dev/null || true
+  AIO_PID=""
+}
+
+START=$(date +%s)
+log "binaries: $BIN; output: $OUT"
+for c in $COMPOSITORS; do
+  step_cluster "$c" fanout "$BUDDIES" "$FANOUT_RATE"
+  step_cluster "$c" publish 0 "$PUBLISH_RATE"
+done
+if [[ $ALL_IN_ONE == 1 ]]; then
+  step_all_in_one fanout "$BUDDIES" "$FANOUT_RATE"
+  step_all_in_one publish 0 "$PUBLISH_RATE"
+fi
+log "measured in $(($(date +%s) - START)) s"
+
+python3 - "$OUT" "$DOC" "$(getconf CLK_TCK)" <<PY
+import glob, json, os, re, sys
+out, doc, hz = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cmd = ('COMPOSITORS="$COMPOSITORS" EDGES=$EDGES NOTIFIERS=$NOTIFIERS USERS=$USERS '
+       'BUDDIES=$BUDDIES FANOUT_RATE=$FANOUT_RATE PUBLISH_RATE=$PUBLISH_RATE DURATION=$DURATION '
+       'ALL_IN_ONE=$ALL_IN_ONE make cluster-bench')
+loads = {"fanout": ("fan-out", $FANOUT_RATE), "publish": ("PUBLISH only", $PUBLISH_RATE)}
+ROLES = ["redis", "nats", "edge", "compositor", "notifier", "all-in-one"]
+
+def cpu_at(samples, t):
+    """ticks at wall time t, linearly between the samples around it."""
+    before = [s for s in samples if s[0] <= t]
+    after = [s for s in samples if s[0] >= t]
+    if not before or not after:
+        return None
+    (t0, v0), (t1, v1) = before[-1], after[0]
+    return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+
+def step(name):
+    d = os.path.join(out, name)
+    try:
+        rep = json.load(open(os.path.join(d, "report.json")))
+    except (OSError, ValueError):
+        return None
+    t0 = float(open(os.path.join(d, "t0")).read())
+    samples = {}
+    for line in open(os.path.join(d, "cpu.txt")):
+        t, who, ticks = line.split()
+        samples.setdefault(who, []).append((float(t), int(ticks)))
+    # The steady window: whole timeline seconds inside the steady phase.
+    steady = [s for s in rep["timeline"] if s["phase"] == "steady"]
+    a, b = steady[0]["t"], steady[-1]["t"]
+    pubs = sum(s["publishes"] for s in steady[1:])
+    notifies = sum(s["notifies"] for s in steady[1:])
+    cpu = {}
+    for who, ss in samples.items():
+        x, y = cpu_at(ss, t0 + a), cpu_at(ss, t0 + b)
+        if x is None or y is None:
+            continue
+        role = "loadtest" if who == "loadtest" else re.sub(r"-[0-9]+$", "", who)
+        cpu[role] = cpu.get(role, 0.0) + (y - x) / hz
+    c = rep["canary"]
+    faults = {k: v for k, v in c.items() if v}
+    pub = rep["requests"]["PUBLISH"]
+    problems = os.path.join(d, "log-problems.txt")
+    return dict(
+        passed=rep["passed"], failures="; ".join(rep.get("failures", [])), faults=faults,
+        errors=rep["errors"], moves=rep["failover"]["moves"],
+        pub=pub["steady_rate_per_s"], pub_p50=pub["latency"]["p50_ms"], pub_p99=pub["latency"]["p99_ms"],
+        retrans=pub["retransmissions"], notify=rep["notify"]["steady_per_s"],
+        n_p50=rep["notify"]["latency"]["p50_ms"], n_p99=rep["notify"]["latency"]["p99_ms"],
+        window=b - a, pubs=pubs, notifies=notifies, cpu=cpu,
+        log_problems=sum(1 for _ in open(problems)) if os.path.exists(problems) else 0,
+        state=os.path.join(d, "state") if name.startswith("c") else os.path.join(d, "server.log"),
+    )
+
+names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "c*-*")))
+names.sort(key=lambda n: (n.split("-")[1] != "fanout", int(n[1:].split("-")[0])))
+names += [f"aio-{l}" for l in ("fanout", "publish") if os.path.isdir(os.path.join(out, f"aio-{l}"))]
+rows = [(n, step(n)) for n in names]
+
+def who(n):
+    return "all-in-one" if n.startswith("aio") else n[1:].split("-")[0]
+
+def verdict(x):
+    if x["passed"]:
+        v = "clean"
+    else:
+        v = "**NOT CLEAN: " + (x["failures"] or ", ".join(f"{k} {v}" for k, v in x["faults"].items())) + "**"
+    if x["retrans"]:
+        v += f"; {x['retrans']} PUBLISH retransmissions"
+    if x["moves"]:
+        v += f"; {x['moves']} UAs moved edge"
+    return v
+
+lines = [f"Command: \`{cmd}\` (raw reports, CPU samples and cluster logs: \`{out}\`, not committed).", ""]
+lines.append(
+    f"Each row starts its cluster on empty state (redis-server, nats-server with JetStream, "
+    f"$EDGES edges, C compositors, $NOTIFIERS notifiers, each its own process) or the all-in-one "
+    f"\`presenced\`, sets up $USERS UAs (REGISTER, PUBLISH, SUBSCRIBE to $BUDDIES buddies in the "
+    f"fan-out load, none in the PUBLISH-only one), spread over both edges (\`--target e1,e2\`), then "
+    f"sends $DURATION s of open-loop PUBLISH modifies. CPU is utime + stime of every process "
+    f"(all threads, from /proc) over the whole seconds of the steady state, divided by the "
+    f"PUBLISHes sent in them; a fan-out PUBLISH includes its $BUDDIES NOTIFYs. "
+    f"\"cores busy\" is all server processes' CPU over that window (the machine has 2).")
+for load, (label, rate) in loads.items():
+    sel = [(n, x) for n, x in rows if n.endswith(load)]
+    if not sel:
+        continue
+    lines += ["", f"**{label}**, {rate} PUBLISH/s offered" +
+              (f" × {'$BUDDIES'} watchers" if load == "fanout" else " (no watchers)"), ""]
+    lines.append("| compositors | canary | PUBLISH/s | PUBLISH p50 / p99 ms | NOTIFY/s | change→NOTIFY p50 / p99 ms | server µs CPU per PUBLISH | cores busy | redis | nats | edges | compositors | notifiers | loadtest µs/PUBLISH |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, x in sel:
+        if x is None:
+            lines.append(f"| {who(n)} | no data | | | | | | | | | | | | |")
+            continue
+        per = lambda s: s * 1e6 / max(x["pubs"], 1)
+        server = sum(v for k, v in x["cpu"].items() if k != "loadtest")
+        split = " | ".join(f"{per(x['cpu'][r]):.0f}" if r in x["cpu"] else "–"
+                           for r in ("redis", "nats", "edge", "compositor", "notifier"))
+        if n.startswith("aio"):
+            split = f"all in one process: {per(x['cpu'].get('all-in-one', 0)):.0f} | | | |"
+        notify = f"{x['notify']:.0f}" if load == "fanout" else "–"
+        lat = f"{x['n_p50']:.1f} / {x['n_p99']:.0f}" if load == "fanout" else "–"
+        lines.append(
+            f"| {who(n)} | {verdict(x)} | {x['pub']:.0f} | {x['pub_p50']:.1f} / {x['pub_p99']:.0f} | {notify} | {lat} | "
+            f"{per(server):.0f} | {server / x['window']:.2f} | {split} | {per(x['cpu'].get('loadtest', 0)):.0f} |")
+    aio = dict(sel).get(f"aio-{load}")
+    if aio:
+        base = sum(v for k, v in aio["cpu"].items() if k != "loadtest") * 1e6 / max(aio["pubs"], 1)
+        ratios = []
+        for n, x in sel:
+            if x and not n.startswith("aio"):
+                s = sum(v for k, v in x["cpu"].items() if k != "loadtest") * 1e6 / max(x["pubs"], 1)
+                ratios.append(f"{who(n)}: {s / base:.1f}×")
+        if ratios:
+            lines += ["", "Server CPU per PUBLISH, cluster ÷ all-in-one, by compositors: " + ", ".join(ratios) + "."]
+bad = [(n, x) for n, x in rows if x and (not x["passed"] or x["log_problems"])]
+if bad:
+    lines.append("")
+    for n, x in bad:
+        if not x["passed"]:
+            lines.append(f"- **{n}: the canary is not clean** ({x['failures']}); logs: \`{x['state']}\`.")
+        if x["log_problems"]:
+            lines.append(f"- {n}: {x['log_problems']} WARN/ERROR lines in the logs (\`{x['state']}\`).")
+table = "\n".join(lines) + "\n"
+print(table)
+for n, x in rows:
+    if x:
+        print(f"{n}: window {x['window']:.0f} s, {x['pubs']} PUBLISH, {x['notifies']} NOTIFY, CPU s "
+              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(x["cpu"].items()))
+              + f"; {x['log_problems']} WARN/ERROR log lines", file=sys.stderr)
+if doc != "-":
+    text = open(doc).read()
+    begin, end = "<!-- cluster-bench:begin -->", "<!-- cluster-bench:end -->"
+    if begin in text and end in text:
+        text = text[: text.index(begin) + len(begin)] + "\n" + table + text[text.index(end):]
+    else:
+        text += f"\n## Cluster mode on the same 2 cores\n\n{begin}\n{table}{end}\n"
+    open(doc, "w").write(text)
+PY
