@@ -56,12 +56,11 @@ BIN=$(realpath "$BIN")
 STATE="" AIO_PID="" LT_PID="" SAMPLER_PID="" OWN_LOCK=""
 LOCK=/tmp/presence-bench.lock
 cleanup() {
-  [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null
-  [[ -n $LT_PID ]] && kill "$LT_PID" 2>/dev/null
-  [[ -n $STATE ]] && STATE=$STATE scripts/cluster-down.sh >/dev/null
-  [[ -n $AIO_PID ]] && { kill "$AIO_PID" 2>/dev/null; wait "$AIO_PID" 2>/dev/null; }
-  [[ -n $OWN_LOCK ]] && rm -f "$LOCK"
-  return 0
+  if [[ -n $SAMPLER_PID ]]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi
+  if [[ -n $LT_PID ]]; then kill "$LT_PID" 2>/dev/null || true; fi
+  if [[ -n $STATE ]]; then STATE=$STATE scripts/cluster-down.sh >/dev/null || true; fi
+  if [[ -n $AIO_PID ]]; then kill "$AIO_PID" 2>/dev/null || true; wait "$AIO_PID" 2>/dev/null || true; fi
+  if [[ -n $OWN_LOCK ]]; then rm -f "$LOCK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -76,8 +75,8 @@ free_port() {
 
 # Until killed: every 0.2 s, "wall-clock-seconds name utime+stime-ticks" for
 # each name=pid argument (/proc/<pid>/stat counts all threads).
-sample_cpu() {
-  python3 - "$@" <<'PY'
+# Usage: python3 -c "$SAMPLER" FILE name=pid...
+SAMPLER='
 import sys, time
 procs = [a.split("=", 1) for a in sys.argv[2:]]
 with open(sys.argv[1], "w") as out:
@@ -91,8 +90,7 @@ with open(sys.argv[1], "w") as out:
             out.write(f"{now:.3f} {name} {int(f[11]) + int(f[12])}\n")
         out.flush()
         time.sleep(0.2)
-PY
-}
+'
 
 # Until every process of the cluster answers /readyz and the compositors
 # share all shards evenly (each at most its fair share plus the slack).
@@ -140,7 +138,7 @@ run_load() {
     --publish-rate "$rate" --duration "$DURATION" --no-teardown --no-progress \
     --report "$dir/report.json" >"$dir/loadtest.txt" 2>&1 &
   LT_PID=$!
-  sample_cpu "$dir/cpu.txt" "$@" "loadtest=$LT_PID" &
+  python3 -c "$SAMPLER" "$dir/cpu.txt" "$@" "loadtest=$LT_PID" &
   SAMPLER_PID=$!
   wait "$LT_PID" || rc=$?
   LT_PID=""
@@ -212,17 +210,20 @@ if [[ $ALL_IN_ONE == 1 ]]; then
 fi
 log "measured in $(($(date +%s) - START)) s"
 
-python3 - "$OUT" "$DOC" "$(getconf CLK_TCK)" <<PY
+
+export COMPOSITORS EDGES NOTIFIERS USERS BUDDIES DURATION FANOUT_RATE PUBLISH_RATE ALL_IN_ONE
+python3 - "$OUT" "$DOC" "$(getconf CLK_TCK)" <<'PY'
 import glob, json, os, re, sys
 out, doc, hz = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cmd = ('COMPOSITORS="$COMPOSITORS" EDGES=$EDGES NOTIFIERS=$NOTIFIERS USERS=$USERS '
-       'BUDDIES=$BUDDIES FANOUT_RATE=$FANOUT_RATE PUBLISH_RATE=$PUBLISH_RATE DURATION=$DURATION '
-       'ALL_IN_ONE=$ALL_IN_ONE make cluster-bench')
-loads = {"fanout": ("fan-out", $FANOUT_RATE), "publish": ("PUBLISH only", $PUBLISH_RATE)}
-ROLES = ["redis", "nats", "edge", "compositor", "notifier", "all-in-one"]
+E = os.environ
+cmd = " ".join(f'{k}="{E[k]}"' if " " in E[k] else f"{k}={E[k]}" for k in (
+    "COMPOSITORS", "EDGES", "NOTIFIERS", "USERS", "BUDDIES", "FANOUT_RATE", "PUBLISH_RATE",
+    "DURATION", "ALL_IN_ONE")) + " make cluster-bench"
+LOADS = {"fanout": f"fan-out, {E['FANOUT_RATE']} PUBLISH/s × {E['BUDDIES']} watchers",
+         "publish": f"PUBLISH only, {E['PUBLISH_RATE']}/s offered"}
 
 def cpu_at(samples, t):
-    """ticks at wall time t, linearly between the samples around it."""
+    """Ticks at wall time t, linear between the samples around it."""
     before = [s for s in samples if s[0] <= t]
     after = [s for s in samples if s[0] >= t]
     if not before or not after:
@@ -241,110 +242,110 @@ def step(name):
     for line in open(os.path.join(d, "cpu.txt")):
         t, who, ticks = line.split()
         samples.setdefault(who, []).append((float(t), int(ticks)))
-    # The steady window: whole timeline seconds inside the steady phase.
+    # The window: the whole timeline seconds inside the steady phase.
     steady = [s for s in rep["timeline"] if s["phase"] == "steady"]
     a, b = steady[0]["t"], steady[-1]["t"]
-    pubs = sum(s["publishes"] for s in steady[1:])
-    notifies = sum(s["notifies"] for s in steady[1:])
     cpu = {}
     for who, ss in samples.items():
         x, y = cpu_at(ss, t0 + a), cpu_at(ss, t0 + b)
-        if x is None or y is None:
-            continue
-        role = "loadtest" if who == "loadtest" else re.sub(r"-[0-9]+$", "", who)
-        cpu[role] = cpu.get(role, 0.0) + (y - x) / hz
-    c = rep["canary"]
-    faults = {k: v for k, v in c.items() if v}
+        if x is not None and y is not None:
+            role = re.sub(r"-[0-9]+$", "", who)
+            cpu[role] = cpu.get(role, 0.0) + (y - x) / hz
+    pubs = max(sum(s["publishes"] for s in steady[1:]), 1)
     pub = rep["requests"]["PUBLISH"]
     problems = os.path.join(d, "log-problems.txt")
     return dict(
-        passed=rep["passed"], failures="; ".join(rep.get("failures", [])), faults=faults,
-        errors=rep["errors"], moves=rep["failover"]["moves"],
+        passed=rep["passed"], failures="; ".join(rep.get("failures", [])),
+        faults={k: v for k, v in rep["canary"].items() if v}, moves=rep["failover"]["moves"],
         pub=pub["steady_rate_per_s"], pub_p50=pub["latency"]["p50_ms"], pub_p99=pub["latency"]["p99_ms"],
         retrans=pub["retransmissions"], notify=rep["notify"]["steady_per_s"],
         n_p50=rep["notify"]["latency"]["p50_ms"], n_p99=rep["notify"]["latency"]["p99_ms"],
-        window=b - a, pubs=pubs, notifies=notifies, cpu=cpu,
+        window=b - a, pubs=pubs, cpu=cpu,
+        us={k: v * 1e6 / pubs for k, v in cpu.items()},
+        server_us=sum(v for k, v in cpu.items() if k != "loadtest") * 1e6 / pubs,
+        server_cores=sum(v for k, v in cpu.items() if k != "loadtest") / (b - a),
         log_problems=sum(1 for _ in open(problems)) if os.path.exists(problems) else 0,
-        state=os.path.join(d, "state") if name.startswith("c") else os.path.join(d, "server.log"),
+        logs=os.path.join(d, "state/") if name[0] == "c" else os.path.join(d, "server.log"),
     )
 
-names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "c*-*")))
-names.sort(key=lambda n: (n.split("-")[1] != "fanout", int(n[1:].split("-")[0])))
-names += [f"aio-{l}" for l in ("fanout", "publish") if os.path.isdir(os.path.join(out, f"aio-{l}"))]
+names = []
+for load in LOADS:
+    cs = sorted(int(p.split("/c")[-1].split("-")[0]) for p in glob.glob(f"{out}/c*-{load}"))
+    names += [f"c{c}-{load}" for c in cs]
+    if os.path.isdir(f"{out}/aio-{load}"):
+        names.append(f"aio-{load}")
 rows = [(n, step(n)) for n in names]
 
 def who(n):
     return "all-in-one" if n.startswith("aio") else n[1:].split("-")[0]
+
+def load_of(n):
+    return LOADS[n.split("-")[-1]]
 
 def verdict(x):
     if x["passed"]:
         v = "clean"
     else:
         v = "**NOT CLEAN: " + (x["failures"] or ", ".join(f"{k} {v}" for k, v in x["faults"].items())) + "**"
-    if x["retrans"]:
-        v += f"; {x['retrans']} PUBLISH retransmissions"
     if x["moves"]:
-        v += f"; {x['moves']} UAs moved edge"
+        v += f"; {x['moves']} UAs moved to the other edge"
     return v
 
-lines = [f"Command: \`{cmd}\` (raw reports, CPU samples and cluster logs: \`{out}\`, not committed).", ""]
+lines = [f"Command: `{cmd}` (raw reports, CPU samples and cluster logs: `{out}`, not committed).", ""]
 lines.append(
-    f"Each row starts its cluster on empty state (redis-server, nats-server with JetStream, "
-    f"$EDGES edges, C compositors, $NOTIFIERS notifiers, each its own process) or the all-in-one "
-    f"\`presenced\`, sets up $USERS UAs (REGISTER, PUBLISH, SUBSCRIBE to $BUDDIES buddies in the "
-    f"fan-out load, none in the PUBLISH-only one), spread over both edges (\`--target e1,e2\`), then "
-    f"sends $DURATION s of open-loop PUBLISH modifies. CPU is utime + stime of every process "
-    f"(all threads, from /proc) over the whole seconds of the steady state, divided by the "
-    f"PUBLISHes sent in them; a fan-out PUBLISH includes its $BUDDIES NOTIFYs. "
-    f"\"cores busy\" is all server processes' CPU over that window (the machine has 2).")
-for load, (label, rate) in loads.items():
-    sel = [(n, x) for n, x in rows if n.endswith(load)]
-    if not sel:
+    f"Each row starts on empty state: a cluster of separate processes (redis-server, nats-server "
+    f"with JetStream, {E['EDGES']} edges, C compositors, {E['NOTIFIERS']} notifiers; "
+    f"`scripts/cluster-up.sh`) or the all-in-one `presenced`. presence-loadtest sets up "
+    f"{E['USERS']} UAs over UDP (REGISTER, PUBLISH, and in the fan-out load SUBSCRIBE to "
+    f"{E['BUDDIES']} buddies), spread over the edges (`--target e1,e2`), then sends "
+    f"{E['DURATION']} s of open-loop PUBLISH modifies. CPU is utime + stime of each process "
+    f"(all threads, /proc/<pid>/stat) over the whole seconds of the steady state, divided by the "
+    f"PUBLISHes sent in them; a fan-out PUBLISH includes its NOTIFYs. Cores busy = CPU seconds "
+    f"per second (the machine has 2, shared by all processes and the load generator).")
+lines += ["", "| compositors | load | canary | PUBLISH/s | PUBLISH p50 / p99 ms | PUBLISH retransmissions | NOTIFY/s | change→NOTIFY p50 / p99 ms |",
+          "|---|---|---|---|---|---|---|---|"]
+for n, x in rows:
+    if x is None:
+        lines.append(f"| {who(n)} | {load_of(n)} | no report | | | | | |")
         continue
-    lines += ["", f"**{label}**, {rate} PUBLISH/s offered" +
-              (f" × {'$BUDDIES'} watchers" if load == "fanout" else " (no watchers)"), ""]
-    lines.append("| compositors | canary | PUBLISH/s | PUBLISH p50 / p99 ms | NOTIFY/s | change→NOTIFY p50 / p99 ms | server µs CPU per PUBLISH | cores busy | redis | nats | edges | compositors | notifiers | loadtest µs/PUBLISH |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, x in sel:
-        if x is None:
-            lines.append(f"| {who(n)} | no data | | | | | | | | | | | | |")
-            continue
-        per = lambda s: s * 1e6 / max(x["pubs"], 1)
-        server = sum(v for k, v in x["cpu"].items() if k != "loadtest")
-        split = " | ".join(f"{per(x['cpu'][r]):.0f}" if r in x["cpu"] else "–"
-                           for r in ("redis", "nats", "edge", "compositor", "notifier"))
-        if n.startswith("aio"):
-            split = f"all in one process: {per(x['cpu'].get('all-in-one', 0)):.0f} | | | |"
-        notify = f"{x['notify']:.0f}" if load == "fanout" else "–"
-        lat = f"{x['n_p50']:.1f} / {x['n_p99']:.0f}" if load == "fanout" else "–"
-        lines.append(
-            f"| {who(n)} | {verdict(x)} | {x['pub']:.0f} | {x['pub_p50']:.1f} / {x['pub_p99']:.0f} | {notify} | {lat} | "
-            f"{per(server):.0f} | {server / x['window']:.2f} | {split} | {per(x['cpu'].get('loadtest', 0)):.0f} |")
-    aio = dict(sel).get(f"aio-{load}")
-    if aio:
-        base = sum(v for k, v in aio["cpu"].items() if k != "loadtest") * 1e6 / max(aio["pubs"], 1)
-        ratios = []
-        for n, x in sel:
-            if x and not n.startswith("aio"):
-                s = sum(v for k, v in x["cpu"].items() if k != "loadtest") * 1e6 / max(x["pubs"], 1)
-                ratios.append(f"{who(n)}: {s / base:.1f}×")
-        if ratios:
-            lines += ["", "Server CPU per PUBLISH, cluster ÷ all-in-one, by compositors: " + ", ".join(ratios) + "."]
-bad = [(n, x) for n, x in rows if x and (not x["passed"] or x["log_problems"])]
-if bad:
-    lines.append("")
-    for n, x in bad:
-        if not x["passed"]:
-            lines.append(f"- **{n}: the canary is not clean** ({x['failures']}); logs: \`{x['state']}\`.")
-        if x["log_problems"]:
-            lines.append(f"- {n}: {x['log_problems']} WARN/ERROR lines in the logs (\`{x['state']}\`).")
+    fan = n.endswith("fanout")
+    lines.append(
+        f"| {who(n)} | {load_of(n)} | {verdict(x)} | {x['pub']:.0f} | {x['pub_p50']:.1f} / {x['pub_p99']:.0f} | "
+        f"{x['retrans']} | {x['notify']:.0f} | " +
+        (f"{x['n_p50']:.1f} / {x['n_p99']:.0f} |" if fan else "– |"))
+lines += ["", "CPU per PUBLISH in the steady state, µs, by role (all processes of a role together):", "",
+          "| compositors | load | redis | nats | edges | compositors | notifiers | **server total** | × all-in-one | server cores busy | load generator |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+base = {n.split("-")[-1]: x["server_us"] for n, x in rows if x and n.startswith("aio")}
+for n, x in rows:
+    if x is None:
+        continue
+    if n.startswith("aio"):
+        split = "(one process) | | | | "
+    else:
+        split = " | ".join(f"{x['us'][r]:.0f}" if r in x["us"] else "–"
+                           for r in ("redis", "nats", "edge", "compositor", "notifier")) + " | "
+    ratio = base.get(n.split("-")[-1])
+    lines.append(
+        f"| {who(n)} | {load_of(n)} | {split}**{x['server_us']:.0f}** | "
+        f"{x['server_us'] / ratio:.1f}× | {x['server_cores']:.2f} | {x['us'].get('loadtest', 0):.0f} |"
+        if ratio else
+        f"| {who(n)} | {load_of(n)} | {split}**{x['server_us']:.0f}** | – | {x['server_cores']:.2f} | {x['us'].get('loadtest', 0):.0f} |")
+notes = []
+for n, x in rows:
+    if x and not x["passed"]:
+        notes.append(f"- **{n}: the canary is NOT clean** ({x['failures']}); logs: `{x['logs']}`.")
+    if x and x["log_problems"]:
+        notes.append(f"- {n}: {x['log_problems']} WARN/ERROR lines in the logs (`{x['logs']}`).")
+if notes:
+    lines += [""] + notes
 table = "\n".join(lines) + "\n"
 print(table)
 for n, x in rows:
     if x:
-        print(f"{n}: window {x['window']:.0f} s, {x['pubs']} PUBLISH, {x['notifies']} NOTIFY, CPU s "
-              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(x["cpu"].items()))
-              + f"; {x['log_problems']} WARN/ERROR log lines", file=sys.stderr)
+        print(f"{n}: window {x['window']:.0f} s, {x['pubs']} PUBLISH; CPU s " +
+              ", ".join(f"{k} {v:.2f}" for k, v in sorted(x["cpu"].items())) +
+              f"; {x['log_problems']} WARN/ERROR log lines", file=sys.stderr)
 if doc != "-":
     text = open(doc).read()
     begin, end = "<!-- cluster-bench:begin -->", "<!-- cluster-bench:end -->"

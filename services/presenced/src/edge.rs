@@ -61,7 +61,9 @@ impl Drop for Answering<'_> {
 /// CSeq is not above the last one sent, or below one already waiting, is
 /// superseded (its CSeq was taken for an older or equal document) and not
 /// sent. Kept for [`DIALOG_MEMORY`] after the last NOTIFY, so a late older
-/// one is still recognised.
+/// one is still recognised. Small on purpose (an edge may carry a million
+/// dialogs): the key is a 128-bit hash, the wake-up channel exists only
+/// while a NOTIFY waits.
 struct DialogOut {
     /// Highest CSeq sent (or being sent).
     sent: u32,
@@ -69,18 +71,30 @@ struct DialogOut {
     waiting: u32,
     busy: bool,
     /// Bumped whenever the NOTIFY in flight completes; waiters watch it.
-    turn: watch::Sender<u64>,
+    turn: Option<watch::Sender<u64>>,
     last_used: Instant,
 }
 
 /// How long the edge remembers a dialog's last NOTIFY CSeq after it was
-/// answered: longer than a notifier keeps retrying one NOTIFY (32 s).
-const DIALOG_MEMORY: Duration = Duration::from_secs(64);
+/// answered: longer than a NOTIFY numbered by a notifier takes to get here.
+const DIALOG_MEMORY: Duration = Duration::from_secs(40);
+
+/// A dialog's key in the table: two independent 64-bit hashes of its
+/// Call-ID and From (a collision of both is beyond any real table size).
+fn dialog_key(call_id: &str, from: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (salt, call_id, from).hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
 
 /// The turn of one NOTIFY on its dialog; ending it lets the next one go.
 struct DialogTurn<'a> {
     edge: &'a Edge,
-    key: String,
+    key: u128,
 }
 
 impl Drop for DialogTurn<'_> {
@@ -89,7 +103,13 @@ impl Drop for DialogTurn<'_> {
         if let Some(e) = d.get_mut(&self.key) {
             e.busy = false;
             e.last_used = Instant::now();
-            e.turn.send_modify(|n| *n += 1);
+            if let Some(turn) = &e.turn {
+                if turn.receiver_count() == 0 {
+                    e.turn = None;
+                } else {
+                    turn.send_modify(|n| *n += 1);
+                }
+            }
         }
     }
 }
@@ -149,7 +169,7 @@ pub struct Edge {
     /// 6665 §4.1.2.4 makes subscribers cope with the other order; few do it well).
     answering: Mutex<HashMap<String, watch::Receiver<()>>>,
     /// NOTIFY order per dialog (Call-ID and our tag), see [`DialogOut`].
-    dialogs: Mutex<HashMap<String, DialogOut>>,
+    dialogs: Mutex<HashMap<u128, DialogOut>>,
     /// The bus to the other edges (set by [`Edge::run`]): a relayed MESSAGE
     /// whose target's flow is on another edge goes out through that edge.
     out_bus: std::sync::OnceLock<Arc<dyn Requests<OutRequest, Outcome>>>,
@@ -283,7 +303,7 @@ impl Edge {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, d| {
                 d.busy
-                    || d.turn.receiver_count() > 0
+                    || d.turn.as_ref().is_some_and(|t| t.receiver_count() > 0)
                     || now.saturating_duration_since(d.last_used) < DIALOG_MEMORY
             });
         let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
@@ -1341,24 +1361,18 @@ impl Edge {
         let (Some(call_id), Some(cseq)) = (call_id, cseq) else {
             return Ok(None);
         };
-        let key = format!("{call_id}\n{}", from.unwrap_or_default());
-        let mut rx = {
-            let mut d = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
-            let e = d.entry(key.clone()).or_insert_with(|| DialogOut {
-                sent: 0,
-                waiting: 0,
-                busy: false,
-                turn: watch::channel(0).0,
-                last_used: Instant::now(),
-            });
-            e.turn.subscribe()
-        };
+        let key = dialog_key(call_id, from.unwrap_or_default());
+        let mut rx: Option<watch::Receiver<u64>> = None;
         loop {
             {
                 let mut d = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(e) = d.get_mut(&key) else {
-                    return Ok(None);
-                };
+                let e = d.entry(key).or_insert_with(|| DialogOut {
+                    sent: 0,
+                    waiting: 0,
+                    busy: false,
+                    turn: None,
+                    last_used: Instant::now(),
+                });
                 if cseq <= e.sent || cseq < e.waiting {
                     return Err(());
                 }
@@ -1368,8 +1382,17 @@ impl Edge {
                     return Ok(Some(DialogTurn { edge: self, key }));
                 }
                 e.waiting = e.waiting.max(cseq);
+                if rx.is_none() {
+                    // Subscribed under the lock: the turn's end cannot slip
+                    // in between.
+                    let turn = e.turn.get_or_insert_with(|| watch::channel(0).0);
+                    rx = Some(turn.subscribe());
+                }
             }
-            if rx.changed().await.is_err() {
+            let Some(r) = rx.as_mut() else {
+                return Ok(None);
+            };
+            if r.changed().await.is_err() {
                 return Ok(None);
             }
         }
@@ -1597,4 +1620,145 @@ fn rank(code: u16) -> u8 {
 fn contact_listing(b: &Binding, now_ms: u64) -> String {
     let remaining = b.expires_at_ms.saturating_sub(now_ms).div_ceil(1000);
     format!("<{}>{};expires={remaining}", b.uri, b.params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_store::MemoryBus;
+
+    /// A watcher's UDP socket that answers NOTIFYs by hand.
+    struct Watcher(UdpSocket);
+
+    impl Watcher {
+        /// The next NOTIFY whose CSeq is not in `seen` (retransmissions of
+        /// unanswered ones are skipped); `None` if none comes within `wait`.
+        async fn next_new(&self, seen: &[u32], wait: Duration) -> Option<(u32, String)> {
+            let mut buf = vec![0u8; 65536];
+            let deadline = Instant::now() + wait;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let (n, _) = tokio::time::timeout(left, self.0.recv_from(&mut buf))
+                    .await
+                    .ok()?
+                    .expect("recv");
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let cseq = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CSeq: "))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .expect("a CSeq");
+                if !seen.contains(&cseq) {
+                    return Some((cseq, text));
+                }
+            }
+        }
+
+        /// Answer a NOTIFY (as received) with 200.
+        async fn ok(&self, notify: &str, to: SocketAddr) {
+            let mut answer = String::from("SIP/2.0 200 OK\r\n");
+            for l in notify.lines() {
+                let name = l.split(':').next().unwrap_or("");
+                if ["Via", "From", "To", "Call-ID", "CSeq"].contains(&name) {
+                    answer.push_str(l);
+                    answer.push_str("\r\n");
+                }
+            }
+            answer.push_str("Content-Length: 0\r\n\r\n");
+            self.0.send_to(answer.as_bytes(), to).await.expect("send");
+        }
+    }
+
+    fn notify(flow: &Flow, cseq: u32) -> OutRequest {
+        let mut headers = rsip::Headers::default();
+        for (n, v) in [
+            ("To", "<sip:w@example.com>;tag=w1".to_string()),
+            ("From", "<sip:p@example.com>;tag=sub1".to_string()),
+            ("Call-ID", "dialog-1".to_string()),
+            ("CSeq", format!("{cseq} NOTIFY")),
+            ("Event", "presence".to_string()),
+            ("Subscription-State", "active;expires=60".to_string()),
+        ] {
+            headers.push(rsip::headers::make_header(n, v));
+        }
+        OutRequest {
+            flow: flow.clone(),
+            method: "NOTIFY".into(),
+            uri: "sip:w@127.0.0.1".into(),
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    /// NOTIFYs of one dialog numbered by different notifiers arrive at the
+    /// edge in any order: they leave one at a time, in CSeq order, and one
+    /// overtaken by a higher CSeq is not sent at all.
+    #[tokio::test]
+    async fn notifies_of_a_dialog_leave_one_at_a_time_in_cseq_order() {
+        let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("addr")])
+            .await
+            .expect("bind");
+        let local = listeners.udp[0].0;
+        let cfg = EdgeConfig {
+            id: "e1".into(),
+            domains: vec!["example.com".into()],
+            verifier: None,
+            min_expires: 2,
+            max_expires: 3600,
+            max_message: 65536,
+            shards: 8,
+            packages: Registry::default(),
+            delay_subscribe_answer: Duration::ZERO,
+        };
+        let edge = Arc::new(Edge::new(
+            cfg,
+            Arc::new(MemoryBus::new()),
+            Clock::new(),
+            Arc::new(Metrics::new()),
+            listeners.udp.clone(),
+        ));
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(
+            edge.clone()
+                .run(listeners.tcp, Arc::new(MemoryBus::new()), stop_rx),
+        );
+        let w = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let flow = Flow {
+            transport: Transport::Udp,
+            remote: w.0.local_addr().expect("addr"),
+            local,
+            edge: "e1".into(),
+            conn: 0,
+        };
+        let send = |cseq| {
+            let (edge, out) = (edge.clone(), notify(&flow, cseq));
+            tokio::spawn(async move { edge.send_request(out).await })
+        };
+        let quiet = Duration::from_millis(700);
+
+        let five = send(5);
+        let (c, first) = w.next_new(&[], PATIENCE).await.expect("CSeq 5 is sent");
+        assert_eq!(c, 5);
+        // 7 and 6 arrive while 5 is unanswered: neither goes out yet.
+        let seven = send(7);
+        let six = send(6);
+        assert_eq!(w.next_new(&[5], quiet).await, None, "one at a time");
+        w.ok(&first, local).await;
+        assert_eq!(five.await.expect("task").code, 200);
+        // 7 goes next; 6 was overtaken and is not sent.
+        let (c, second) = w.next_new(&[5], PATIENCE).await.expect("CSeq 7 is sent");
+        assert_eq!(c, 7);
+        let o = six.await.expect("task");
+        assert!(o.superseded, "CSeq 6 superseded: {o:?}");
+        w.ok(&second, local).await;
+        let o = seven.await.expect("task");
+        assert_eq!((o.code, o.superseded), (200, false));
+        // A late lower CSeq is not sent either.
+        let o = send(6).await.expect("task");
+        assert!(o.superseded);
+        assert_eq!(w.next_new(&[5, 7], quiet).await, None);
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(5);
 }
