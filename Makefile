@@ -1,7 +1,7 @@
 # The two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test test-deps build release lint fmt check-config bench smoke cluster-up cluster-down cluster-test
+.PHONY: run test test-deps build release lint fmt check-config bench cluster-bench smoke cluster-up cluster-down cluster-test
 
 run:
 	$(CARGO) run --release -p presenced --
@@ -34,6 +34,12 @@ check-config:
 # into docs/benchmarks.md. Knobs: RATES, USERS, BUDDIES, DURATION, SERVERS.
 bench:
 	loadtest/bench.sh
+
+# Cluster figures on this machine (docs/benchmarks.md §3): 1, 2 and 3
+# compositors and the all-in-one server on the same loads, CPU split by role.
+# Knobs: COMPOSITORS, NOTIFIERS, USERS, DURATION, FANOUT_RATE, PUBLISH_RATE, BIN.
+cluster-bench:
+	loadtest/cluster-bench.sh
 
 # The load generator's smoke profile against a freshly started server.
 smoke:
