@@ -179,3 +179,29 @@ pub struct Outcome {
     /// same dialog with a higher CSeq, i.e. an equal or newer document.
     pub superseded: bool,
 }
+
+impl Outcome {
+    /// No final answer came (Timer F, or the request could not be sent).
+    pub fn timeout() -> Outcome {
+        Outcome {
+            code: 408,
+            reason: "Request Timeout".into(),
+            headers: presence_sip::rsip::Headers::default(),
+            body: Bytes::new(),
+            timed_out: true,
+            superseded: false,
+        }
+    }
+
+    /// Not sent: see [`Outcome::superseded`].
+    pub fn superseded() -> Outcome {
+        Outcome {
+            code: 0,
+            reason: "Superseded".into(),
+            headers: presence_sip::rsip::Headers::default(),
+            body: Bytes::new(),
+            timed_out: false,
+            superseded: true,
+        }
+    }
+}

@@ -1419,14 +1419,7 @@ impl Edge {
         };
         result.unwrap_or_else(|e| {
             tracing::debug!(error = %e, edge = %subject, "cannot relay through the flow's edge");
-            Outcome {
-                code: 408,
-                reason: "Request Timeout".into(),
-                headers: rsip::Headers::default(),
-                body: Bytes::new(),
-                timed_out: true,
-                superseded: false,
-            }
+            Outcome::timeout()
         })
     }
 
@@ -1443,14 +1436,7 @@ impl Edge {
                         .edge_client_transactions
                         .with_label_values(&["NOTIFY", "superseded"])
                         .inc();
-                    return Outcome {
-                        code: 0,
-                        reason: "Superseded".into(),
-                        headers: rsip::Headers::default(),
-                        body: Bytes::new(),
-                        timed_out: false,
-                        superseded: true,
-                    };
+                    return Outcome::superseded();
                 }
             }
         }
@@ -1591,14 +1577,7 @@ impl Edge {
                     .edge_client_transactions
                     .with_label_values(&[label, "timeout"])
                     .inc();
-                Outcome {
-                    code: 408,
-                    reason: "Request Timeout".into(),
-                    headers: rsip::Headers::default(),
-                    body: Bytes::new(),
-                    timed_out: true,
-                    superseded: false,
-                }
+                Outcome::timeout()
             }
         }
     }

@@ -209,6 +209,13 @@ mod tests {
         }
     }
 
+    fn switchable(down: bool) -> Arc<Switchable> {
+        Arc::new(Switchable {
+            q: MemoryQueue::new(),
+            down: down.into(),
+        })
+    }
+
     fn job(id: &str) -> NotifyJob {
         NotifyJob::Refresh { id: id.into() }
     }
@@ -226,10 +233,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_push_stays_in_the_outbox_until_relayed() {
         let store = MemoryStore::new();
-        let q = Arc::new(Switchable {
-            q: MemoryQueue::new(),
-            down: true.into(),
-        });
+        let q = switchable(true);
         let o = Outbox::new(q.clone(), Arc::new(Metrics::new()));
         let jobs = vec![job("a"), job("b")];
         let (ops, ids) = o.enqueue(1_000, &jobs);
@@ -251,10 +255,7 @@ mod tests {
     #[tokio::test]
     async fn jobs_left_by_a_dead_owner_are_pushed_by_the_next() {
         let store = MemoryStore::new();
-        let q = Arc::new(Switchable {
-            q: MemoryQueue::new(),
-            down: false.into(),
-        });
+        let q = switchable(false);
         // The previous owner committed and died before pushing.
         let dead = Outbox::new(q.clone(), Arc::new(Metrics::new()));
         let (ops, _) = dead.enqueue(1_000, &[job("left")]);
@@ -274,10 +275,7 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_leaves_young_jobs_to_their_pusher() {
         let store = MemoryStore::new();
-        let q = Arc::new(Switchable {
-            q: MemoryQueue::new(),
-            down: false.into(),
-        });
+        let q = switchable(false);
         let o = Outbox::new(q.clone(), Arc::new(Metrics::new()));
         let (old, _) = o.enqueue(1_000, &[job("old")]);
         let (young, _) = o.enqueue(9_000, &[job("young")]);
