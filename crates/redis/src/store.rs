@@ -18,7 +18,9 @@
 //! | `P:{k}:n` | HASH p, s, b, d | record counters for `counts()` | none |
 //! | `P:{k}:l` | HASH o, t | shard lease (owner, token) | the lease TTL |
 //! | `P:{k}:f` | counter | last fencing token | none |
-//! | `P:sid:<id>` | HASH k, c | shard of a subscription id, NOTIFY CSeq | deadline + grace |
+//! | `P:{k}:oq` | ZSET (scores 0) of outbox ids | outbox order | none |
+//! | `P:{k}:o` | HASH outbox id → notify job | outbox | none (emptied by the relay) |
+//! | `P:sid:<id>` | HASH k, c, v, e | shard of a subscription id, NOTIFY CSeq, the version it carried, ended mark | deadline + grace (at least grace once ended) |
 //!
 //! Subscription ids (the compositor's random To-tags) do not say their shard,
 //! so `P:sid:<id>` maps them. It is written before the batch that stores the
@@ -673,15 +675,41 @@ impl Store for RedisStore {
                 .invoke_async(&mut c)
                 .await
                 .map_err(backend)?;
-            flat.chunks(2)
-                .map(|pair| match pair {
-                    [id, job] => Ok((
-                        String::from_utf8(id.clone()).map_err(|_| corrupt("outbox id"))?,
-                        codec::decode_job(job).ok_or_else(|| corrupt("outbox job"))?,
-                    )),
-                    _ => Err(corrupt("outbox listing")),
-                })
-                .collect()
+            let mut jobs = Vec::new();
+            let mut bad: Vec<&[u8]> = Vec::new();
+            for pair in flat.chunks(2) {
+                let [id, job] = pair else { continue };
+                match (std::str::from_utf8(id), codec::decode_job(job)) {
+                    (Ok(id), Some(job)) => jobs.push((id.to_string(), job)),
+                    _ => bad.push(id),
+                }
+            }
+            // An entry that does not decode (a bug, or a format this build
+            // does not know) must not stop the jobs behind it: it is
+            // removed, counted and logged.
+            if !bad.is_empty() {
+                self.metrics
+                    .errors
+                    .with_label_values(&["outbox_undecodable"])
+                    .inc_by(bad.len() as u64);
+                tracing::error!(
+                    shard,
+                    n = bad.len(),
+                    "undecodable notify jobs removed from the outbox"
+                );
+                let mut pipe = redis::pipe();
+                pipe.cmd("HDEL")
+                    .arg(self.shard_key(shard, "o"))
+                    .arg(&bad)
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(self.shard_key(shard, "oq"))
+                    .arg(&bad)
+                    .ignore();
+                let mut c = self.conn.clone();
+                pipe.query_async::<()>(&mut c).await.map_err(backend)?;
+            }
+            Ok(jobs)
         })
         .await
     }

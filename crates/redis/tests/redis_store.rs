@@ -417,6 +417,38 @@ async fn a_batch_for_another_shard_is_refused() {
     assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
 }
 
+/// A job in an outbox that does not decode (a bug, or a format this build
+/// does not know) is removed and counted, and the jobs behind it still come.
+#[tokio::test]
+async fn an_undecodable_outbox_job_does_not_block_the_others() {
+    let server = RedisServer::start();
+    let s = standalone(&server).await;
+    let k = 3;
+    let job = presence_core::commands::NotifyJob::Refresh { id: "s1".into() };
+    s.commit(
+        k,
+        vec![Op::Enqueue {
+            id: "0002".into(),
+            job: job.clone(),
+        }],
+    )
+    .await
+    .expect("commit");
+    let (order, jobs) = (
+        format!("{}oq", s.shard_prefix(k)),
+        format!("{}o", s.shard_prefix(k)),
+    );
+    let raw = |args: &[&str]| presence_testkit::redis::command(server.port(), args).expect("raw");
+    raw(&["ZADD", &order, "0", "0001"]);
+    raw(&["HSET", &jobs, "0001", "\u{1}garbage"]);
+    assert_eq!(
+        s.outbox(k, 10).await.expect("outbox"),
+        vec![("0002".to_string(), job)]
+    );
+    assert_eq!(raw(&["ZCARD", &order]), "1", "the bad entry is gone");
+    assert_eq!(raw(&["HEXISTS", &jobs, "0001"]), "0", "the bad job is gone");
+}
+
 #[tokio::test]
 async fn a_dead_server_is_an_error_and_is_counted() {
     let mut server = RedisServer::start();

@@ -159,7 +159,36 @@ impl Compositor {
         // The sweeper: every shard's due expiries go through its worker, so
         // they are serialised with the shard's other writes.
         let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut ticks: u64 = 0;
+        // The outbox relay on its own task: a notify queue that hangs must
+        // not hold up expiries, serving or the lame-duck handover.
+        let (relay_stop_tx, mut relay_stop) = watch::channel(false);
+        let relay = {
+            let me = self.clone();
+            let leases = leases.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut ticks: u64 = 0;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = relay_stop.changed() => break,
+                    }
+                    ticks += 1;
+                    let owned = match &leases {
+                        None => (0..me.shards).collect::<Vec<u32>>(),
+                        Some(l) => l.owned(),
+                    };
+                    // Now and then, every owned outbox: jobs older than a
+                    // push takes, that nobody pushes (belt and braces).
+                    let sweep = ticks
+                        .is_multiple_of(OUTBOX_SWEEP_TICKS)
+                        .then_some(OUTBOX_SWEEP_AGE_MS);
+                    let now = me.clock.now_ms();
+                    me.outbox.tick(&*me.store, &owned, now, sweep).await;
+                }
+            })
+        };
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Counting reads every shard: often in one process, seldom in a cluster.
         let mut stats = tokio::time::interval(if leases.is_some() {
@@ -189,11 +218,6 @@ impl Compositor {
                 },
                 _ = tick.tick() => {
                     let now = self.clock.now_ms();
-                    ticks += 1;
-                    // Now and then, every owned outbox: jobs older than a
-                    // push takes, that nobody pushes (belt and braces).
-                    let sweep = ticks.is_multiple_of(OUTBOX_SWEEP_TICKS).then_some(OUTBOX_SWEEP_AGE_MS);
-                    self.outbox.tick(&*self.store, &owned(), now, sweep).await;
                     for shard in owned() {
                         match self.store.due(shard, now, 512).await {
                             Ok(keys) => {
@@ -235,6 +259,16 @@ impl Compositor {
             let _ = h.await;
         }
         // What was pushed leaves the outbox now, not as duplicates later.
+        // A relay pass stuck on a hung queue is left behind: what it did not
+        // push stays in the outbox for the next owner.
+        let _ = relay_stop_tx.send(true);
+        let relay_abort = relay.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), relay)
+            .await
+            .is_err()
+        {
+            relay_abort.abort();
+        }
         self.outbox.flush(&*self.store).await;
         if let Some(l) = &leases {
             l.release_all().await;

@@ -244,8 +244,9 @@ impl Config {
         if !(300..=600_000).contains(&args.lease_ttl_ms) {
             errors.push("--lease-ttl-ms must be between 300 and 600000".into());
         }
-        if !(1..=100_000).contains(&args.notify_batch) {
-            errors.push("--notify-batch must be between 1 and 100000".into());
+        // 10 000 ids of ~18 bytes stay well inside NATS's 1 MB payload.
+        if !(1..=10_000).contains(&args.notify_batch) {
+            errors.push("--notify-batch must be between 1 and 10000".into());
         }
         if args.handover_wait_ms > 30_000 {
             errors.push("--handover-wait-ms must be at most 30000 (SIP Timer F is 32 s)".into());

@@ -1411,11 +1411,18 @@ impl Edge {
         let subject = crate::notifier::edge_subject(&out.flow.edge);
         // Timer F on the far edge, plus the bus hops.
         let wait = TIMER_F + Duration::from_secs(2);
-        let result = match bus.request(&subject, out.clone(), wait).await {
-            Err(presence_store::BusError::NoResponders(_)) => {
-                bus.request(crate::notifier::ANY_EDGE, out, wait).await
+        let gone_at = Instant::now() + crate::notifier::EDGE_GONE_AFTER;
+        let result = loop {
+            match bus.request(&subject, out.clone(), wait).await {
+                // Nobody serves it: a NATS reconnection, or the edge is gone.
+                Err(presence_store::BusError::NoResponders(_)) if Instant::now() < gone_at => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(presence_store::BusError::NoResponders(_)) => {
+                    break bus.request(crate::notifier::ANY_EDGE, out, wait).await;
+                }
+                other => break other,
             }
-            other => other,
         };
         result.unwrap_or_else(|e| {
             tracing::debug!(error = %e, edge = %subject, "cannot relay through the flow's edge");

@@ -156,6 +156,16 @@ pub fn edge_subject(edge: &str) -> String {
 /// its own socket) or open a new TCP connection to it.
 pub const ANY_EDGE: &str = "edges.any";
 
+/// How long nobody may serve an edge's subject before the edge is taken for
+/// gone (and [`ANY_EDGE`] used): longer than a NATS reconnection leaves a
+/// live edge's subscription missing.
+pub const EDGE_GONE_AFTER: Duration = Duration::from_secs(4);
+
+/// How long a notifier waits for an edge's outcome: the edge may hold a
+/// NOTIFY while the dialog's previous one runs (up to Timer F), then run
+/// its own transaction (Timer F again).
+const OUTCOME_WAIT: Duration = Duration::from_secs(70);
+
 impl Notifier {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -590,22 +600,27 @@ impl Notifier {
         // then is the watcher deemed gone.
         let mut subject = edge_subject(&sub.flow.edge);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(32);
+        let mut unserved_since: Option<tokio::time::Instant> = None;
         let mut req = req;
         let outcome = loop {
-            match self
+            let result = self
                 .edges
-                .request(&subject, req.clone(), Duration::from_secs(40))
-                .await
-            {
-                Ok(o) => break Some(o),
-                // Nobody serves the watcher's edge: it is gone (an edge that
-                // restarts comes back under a new id). Another edge sends it;
-                // nothing went out, so the CSeq still holds.
-                Err(BusError::NoResponders(_)) if subject != ANY_EDGE => {
+                .request(&subject, req.clone(), OUTCOME_WAIT)
+                .await;
+            // Nobody has served the watcher's edge for a while: it is gone
+            // (an edge that restarts comes back under a new id). Another
+            // edge sends it; nothing went out, so the CSeq still holds.
+            if matches!(result, Err(BusError::NoResponders(_))) && subject != ANY_EDGE {
+                let since = *unserved_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= EDGE_GONE_AFTER {
                     tracing::debug!(edge = %subject, "edge gone; sending through another");
                     self.metrics.notifier_rerouted.inc();
                     subject = ANY_EDGE.to_string();
+                    continue;
                 }
+            }
+            match result {
+                Ok(o) => break Some(o),
                 Err(e) if tokio::time::Instant::now() < give_up => {
                     tracing::debug!(error = %e, edge = %subject, "edge unreachable; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;

@@ -71,8 +71,10 @@ impl Outbox {
         (ops, ids)
     }
 
-    /// Push committed jobs to the queue; a job whose push fails stays in the
-    /// outbox and the shard is relayed again later.
+    /// Push committed jobs to the queue, in order. At the first failed push
+    /// the rest wait too (a queue that refuses one would make each of them
+    /// wait for its timeout): they stay in the outbox and the shard is
+    /// relayed again later.
     pub async fn push(&self, shard: u32, entries: impl IntoIterator<Item = (String, NotifyJob)>) {
         for (id, job) in entries {
             match self.jobs.push(job).await {
@@ -90,6 +92,7 @@ impl Outbox {
                         .inc();
                     tracing::warn!(shard, error = %e, "notify job push failed; kept in the outbox");
                     self.mark(shard);
+                    return;
                 }
             }
         }
