@@ -139,8 +139,9 @@ enum Pending {
 }
 
 /// How long a notify job waits for its NOTIFYs before it is acknowledged
-/// anyway: Timer F (32 s) of the slowest one, plus slack.
-const JOB_ACK_LIMIT: Duration = Duration::from_secs(40);
+/// anyway: the longest an edge takes to answer one ([`OUTCOME_WAIT`]: a wait
+/// behind the dialog's previous NOTIFY and its own Timer F), plus slack.
+const JOB_ACK_LIMIT: Duration = Duration::from_secs(75);
 /// How often a job still waiting for its NOTIFYs tells its queue so (below
 /// JetStream's `ack_wait`, so it is not handed to another notifier meanwhile).
 const JOB_PROGRESS_EVERY: Duration = Duration::from_secs(3);
@@ -228,7 +229,7 @@ impl Notifier {
                     // Acknowledge once its NOTIFYs are answered; the puller
                     // goes on meanwhile, and the queue is told the job is
                     // still being worked on. Past the longest transaction
-                    // (Timer F) plus slack the job is acknowledged anyway:
+                    // (see JOB_ACK_LIMIT) the job is acknowledged anyway:
                     // its subscriptions were ended by the timeout.
                     tokio::spawn(async move {
                         let deadline = tokio::time::Instant::now() + JOB_ACK_LIMIT;
