@@ -9,6 +9,9 @@
 //!   lost); the takeover time is printed;
 //! - a graceful stop (SIGTERM) hands the shards back at once;
 //! - a stale owner's write is fenced (library level, on real Redis);
+//! - a notify job whose push fails (nats-server down) stays in the Redis
+//!   outbox and is relayed when NATS is back (library level, real parts);
+//! - a change with more watchers than `--notify-batch` is shared in batches;
 //! - the core end-to-end scenarios (REGISTER, PUBLISH, SUBSCRIBE, MESSAGE,
 //!   Digest) with the parties on different edges.
 //!
@@ -436,4 +439,72 @@ async fn a_large_fan_out_is_shared_in_batches() {
     println!(
         "fan-out of {WATCHERS} in batches of {BATCH}: {queued} queued, taken per notifier {per:?}"
     );
+}
+
+/// The outbox on real parts: a notify job whose JetStream push fails (the
+/// nats-server is down) stays in the shard's outbox in Redis, and the relay
+/// pushes it once NATS is back; then the outbox is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_push_fails_is_relayed_when_nats_is_back() {
+    use presence_core::commands::NotifyJob;
+    use presence_nats::{JetStreamQueue, NatsMetrics, QueueConfig};
+    use presence_testkit::nats::NatsServer;
+    use presenced::outbox::Outbox;
+
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mut nats = NatsServer::start();
+    let store = RedisStore::connect(
+        RedisConfig::new(&redis.url(), SHARDS).expect("redis config"),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .expect("connect to redis");
+    let client = presence_nats::connect(&nats.url(), "outbox-test")
+        .await
+        .expect("connect to nats");
+    let queue: Arc<JetStreamQueue<NotifyJob>> = Arc::new(
+        JetStreamQueue::new(client, QueueConfig::default(), NatsMetrics::default())
+            .await
+            .expect("queue"),
+    );
+    let metrics = Arc::new(presenced::metrics::Metrics::new());
+    let outbox = Outbox::new(queue.clone(), metrics.clone());
+    let counted = |outcome: &str| {
+        metrics
+            .compositor_outbox
+            .with_label_values(&[outcome])
+            .get()
+    };
+    let job = NotifyJob::Refresh { id: "sub-1".into() };
+    let shard = 5;
+    let (ops, ids) = outbox.enqueue(1_000, std::slice::from_ref(&job));
+    store.commit(shard, ops).await.expect("commit");
+
+    nats.kill();
+    outbox.push(shard, ids.into_iter().zip([job.clone()])).await;
+    let kept = store.outbox(shard, 10).await.expect("outbox");
+    assert_eq!(
+        kept.len(),
+        1,
+        "the job stays in the outbox while NATS is down"
+    );
+
+    nats.restart();
+    let deadline = Instant::now() + PATIENCE;
+    while !store.outbox(shard, 10).await.expect("outbox").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the relay never emptied the outbox"
+        );
+        outbox.tick(&store, &[shard], 2_000, None).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d = tokio::time::timeout(PATIENCE, queue.pull())
+        .await
+        .expect("the job reaches the queue")
+        .expect("pull");
+    assert_eq!(d.job(), &job);
+    d.ack();
+    assert!(counted("relayed") >= 1, "pushed by the relay");
 }
