@@ -118,13 +118,6 @@ impl Users {
         }
     }
 
-    pub fn insert(&mut self, user: &str, domain: &str, password: &str) {
-        self.map.insert(
-            (user.to_string(), domain.to_ascii_lowercase()),
-            password.to_string(),
-        );
-    }
-
     pub fn password(&self, user: &str, domain: &str) -> Option<&str> {
         self.map
             .get(&(user.to_string(), domain.to_ascii_lowercase()))
@@ -243,10 +236,6 @@ impl Verifier {
             lifetime_ms: lifetime_secs * 1000,
             users,
         }
-    }
-
-    pub fn users(&self) -> &Users {
-        &self.users
     }
 
     fn mac(&self, ts: u64, realm: &str) -> [u8; 16] {

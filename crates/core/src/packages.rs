@@ -42,8 +42,8 @@ pub trait EventPackage: Send + Sync {
     fn negotiate(&self, accept: Option<&[MediaType]>) -> Result<&'static str, ()> {
         let types = self.notify_types();
         match accept {
-            None => Ok(types[0]),
-            Some([]) => Ok(types[0]),
+            // No Accept (or an empty one): the package default, if it has one.
+            None | Some([]) => types.first().copied().ok_or(()),
             Some(list) => types
                 .iter()
                 .copied()
@@ -119,9 +119,6 @@ impl Default for Registry {
 }
 
 impl Registry {
-    pub fn with(packages: Vec<Arc<dyn EventPackage>>) -> Registry {
-        Registry { packages }
-    }
     pub fn get(&self, name: &str) -> Option<&Arc<dyn EventPackage>> {
         self.packages
             .iter()
@@ -136,11 +133,6 @@ impl Registry {
             .join(", ")
     }
     /// Union of what the packages accept in PUBLISH, for `Accept` on 415.
-    pub fn accept_header(&self, package: &str) -> String {
-        self.get(package)
-            .map(|p| p.publish_types().join(", "))
-            .unwrap_or_default()
-    }
     pub fn names(&self) -> Vec<&'static str> {
         self.packages.iter().map(|p| p.name()).collect()
     }
@@ -167,6 +159,48 @@ mod tests {
         assert_eq!(
             p.negotiate(Some(&[mt("application/cpim-pidf+xml")])),
             Ok("application/cpim-pidf+xml")
+        );
+    }
+
+    #[test]
+    fn negotiation_without_notify_types_refuses() {
+        struct Mute;
+        impl EventPackage for Mute {
+            fn name(&self) -> &'static str {
+                "mute"
+            }
+            fn publish_types(&self) -> &'static [&'static str] {
+                &[]
+            }
+            fn notify_types(&self) -> &'static [&'static str] {
+                &[]
+            }
+            fn check_body(&self, _: &[u8]) -> Result<(), String> {
+                Err("no bodies".into())
+            }
+            fn compose(
+                &self,
+                aor: &str,
+                _: &[Publication],
+                _: Option<&[u8]>,
+                _: &[Binding],
+            ) -> Composed {
+                self.neutral(aor)
+            }
+            fn neutral(&self, _: &str) -> Composed {
+                Composed {
+                    content_type: String::new(),
+                    body: Vec::new(),
+                }
+            }
+        }
+        let mt = |s: &str| MediaType::parse(s).unwrap();
+        assert_eq!(Mute.negotiate(None), Err(()));
+        assert_eq!(Mute.negotiate(Some(&[])), Err(()));
+        assert_eq!(Mute.negotiate(Some(&[mt("*/*")])), Err(()));
+        assert_eq!(
+            PresencePackage.negotiate(Some(&[])),
+            Ok("application/pidf+xml")
         );
     }
 

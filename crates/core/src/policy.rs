@@ -145,10 +145,6 @@ impl Policy {
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
-    pub fn local_domains(&self) -> &[String] {
-        &self.local_domains
-    }
-
     /// May `watcher` see `presentity` (both canonical AoRs)?
     pub fn decide(&self, presentity: &str, watcher: &str) -> Decision {
         if presentity == watcher {

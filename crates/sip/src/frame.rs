@@ -56,30 +56,26 @@ pub fn header_end(buf: &[u8]) -> Option<usize> {
 /// Content-Length value.
 pub fn content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
     let is_continuation = |l: &[u8]| matches!(l.first(), Some(b' ' | b'\t'));
-    let lines: Vec<&[u8]> = head.split(|b| *b == b'\n').collect();
+    let mut lines = head.split(|b| *b == b'\n').skip(1).peekable(); // skip the start line
     let mut found: Option<usize> = None;
-    let mut i = 1; // skip the start line
-    while i < lines.len() {
-        let line = lines[i];
-        i += 1;
+    while let Some(line) = lines.next() {
         if is_continuation(line) {
             // Part of the start line or of a header that is not ours.
             continue;
         }
-        let line = trim_ascii(line);
+        let line = line.trim_ascii();
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
-        let name = trim_ascii(&line[..colon]);
+        let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let mut value = trim_ascii(&line[colon + 1..]).to_vec();
-            while i < lines.len() && is_continuation(lines[i]) {
-                let more = trim_ascii(lines[i]);
+            let mut value = line[colon + 1..].trim_ascii().to_vec();
+            while let Some(more) = lines.next_if(|l| is_continuation(l)) {
+                let more = more.trim_ascii();
                 if !value.is_empty() && !more.is_empty() {
                     value.push(b' ');
                 }
                 value.extend_from_slice(more);
-                i += 1;
             }
             let text = std::str::from_utf8(&value).map_err(|_| FrameError::BadContentLength)?;
             if text.is_empty() || text.len() > 9 || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -93,24 +89,6 @@ pub fn content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
         }
     }
     Ok(found)
-}
-
-pub(crate) fn trim_ascii(mut s: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = s {
-        if first.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
-    while let [rest @ .., last] = s {
-        if last.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
-    s
 }
 
 /// Find one complete message at the front of `buf` (a TCP stream buffer).

@@ -206,7 +206,8 @@ impl NameAddr {
         param(&self.params, name)
     }
 
-    /// `user@host` with the host lower-cased, or `None` for a URI with no user part.
+    /// The user part of the URI (before the `@`), or `None` for a URI with no
+    /// user part.
     pub fn user(&self) -> Option<String> {
         self.uri.user().map(|u| u.to_string())
     }
@@ -311,6 +312,18 @@ impl Via {
             None => self.host.clone(),
         }
     }
+}
+
+/// The top Via of a header section: the first element of the first Via line
+/// that has one, parsed. Names are compared case-insensitively; a compact `v`
+/// must already be expanded (the parser does that). Only the first non-empty
+/// Via line is split.
+pub fn top_via(headers: &rsip::Headers) -> Option<Via> {
+    headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("Via"))
+        .find_map(|h| split_list(h.value()).first().copied())
+        .and_then(Via::parse)
 }
 
 /// `host[:port]`, IPv6 references in brackets. The host keeps its brackets.
@@ -522,6 +535,27 @@ mod tests {
         assert!(Via::parse("SIP/2.0/UDP").is_none());
         assert!(Via::parse("garbage").is_none());
         assert!(Via::parse("SIP/2.0/UDP host:notaport").is_none());
+    }
+
+    #[test]
+    fn top_via_is_the_first_element_over_all_via_lines() {
+        let mut hs = rsip::Headers::default();
+        hs.push(rsip::headers::make_header("Call-ID", "x".to_string()));
+        assert!(top_via(&hs).is_none());
+        hs.push(rsip::headers::make_header("via", " , ".to_string()));
+        hs.push(rsip::headers::make_header(
+            "Via",
+            "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2".to_string(),
+        ));
+        hs.push(rsip::headers::make_header(
+            "Via",
+            "SIP/2.0/UDP c".to_string(),
+        ));
+        let v = top_via(&hs).unwrap();
+        assert_eq!(
+            (v.host.as_str(), v.branch.as_deref()),
+            ("a", Some("z9hG4bK1"))
+        );
     }
 
     #[test]

@@ -147,9 +147,9 @@ pub trait HeaderAccess {
         self.list("Via")
     }
 
+    /// The first Via element over all Via lines, parsed (see [`headers::top_via`]).
     fn top_via(&self) -> Option<Via> {
-        let first = self.vias().into_iter().next()?;
-        Via::parse(&first)
+        headers::top_via(self.headers())
     }
 
     /// `Expires` as seconds: `None` if absent, `Some(Err)` if malformed.

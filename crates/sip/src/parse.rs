@@ -115,16 +115,9 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
     // the answer goes (§18.2.2) and its branch is what the client matches the
     // answer with (§17.1.3). A 400 for a missing Call-ID, From, To or CSeq
     // copies what is there, which tells the sender far more than silence.
-    // The top Via is read as `HeaderAccess::top_via` sees it (first element
-    // over all Via lines), so "answerable" and "parsed" agree.
-    let answerable = !is_response
-        && hs
-            .iter()
-            .filter(|h| h.name().eq_ignore_ascii_case("Via"))
-            .flat_map(|v| headers::split_list(v.value()))
-            .next()
-            .and_then(headers::Via::parse)
-            .is_some();
+    // The top Via is read by the same function as `HeaderAccess::top_via`,
+    // so "answerable" and "parsed" agree.
+    let answerable = !is_response && headers::top_via(&hs).is_some();
     let refuse = |status: u16, reason: String, hs: &rsip::Headers| ParseError {
         status,
         reason,

@@ -9,6 +9,8 @@
 //! (folded lines, quoted strings in the Via, no branch…); the caller then
 //! falls back to [`crate::parse`], which has the final word on bad input.
 
+use crate::headers::is_token_char;
+
 /// What [`peek_response`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponsePeek<'a> {
@@ -75,10 +77,6 @@ fn top_branch(value: &str) -> Option<&str> {
         }
     }
     None
-}
-
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
