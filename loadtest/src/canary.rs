@@ -53,29 +53,38 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Every fault counter with what it counts: the one list of them.
+    pub fn fields(&self) -> [(u64, &'static str); 12] {
+        [
+            (self.missing_notify, "missing NOTIFY (change not delivered)"),
+            (self.missing_initial_notify, "missing initial NOTIFY"),
+            (self.missing_final_notify, "missing final NOTIFY"),
+            (self.out_of_order_seq, "out-of-order document"),
+            (self.out_of_order_cseq, "out-of-order NOTIFY CSeq"),
+            (self.duplicate_notify, "duplicate NOTIFY"),
+            (self.unexpected_termination, "unexpected termination"),
+            (self.refresh_481, "in-dialog SUBSCRIBE answered 481"),
+            (self.notify_after_termination, "NOTIFY after termination"),
+            (
+                self.wrong_presentity,
+                "NOTIFY with another presentity's document",
+            ),
+            (self.lost_message, "lost MESSAGE"),
+            (self.duplicate_message, "duplicate MESSAGE"),
+        ]
+    }
+
+    /// All faults counted so far.
+    pub fn total(&self) -> u64 {
+        self.fields().iter().map(|(n, _)| n).sum()
+    }
+
     pub fn failures(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut f = |n: u64, what: &str| {
-            if n > 0 {
-                out.push(format!("{n} {what}"));
-            }
-        };
-        f(self.missing_notify, "missing NOTIFY (change not delivered)");
-        f(self.missing_initial_notify, "missing initial NOTIFY");
-        f(self.missing_final_notify, "missing final NOTIFY");
-        f(self.out_of_order_seq, "out-of-order document");
-        f(self.out_of_order_cseq, "out-of-order NOTIFY CSeq");
-        f(self.duplicate_notify, "duplicate NOTIFY");
-        f(self.unexpected_termination, "unexpected termination");
-        f(self.refresh_481, "in-dialog SUBSCRIBE answered 481");
-        f(self.notify_after_termination, "NOTIFY after termination");
-        f(
-            self.wrong_presentity,
-            "NOTIFY with another presentity's document",
-        );
-        f(self.lost_message, "lost MESSAGE");
-        f(self.duplicate_message, "duplicate MESSAGE");
-        out
+        self.fields()
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect()
     }
 }
 
@@ -488,6 +497,26 @@ mod tests {
         m.sent(6, 9);
         assert!(!m.received(6, 3, 1, &mut c));
         assert!(!m.received(99, 3, 1, &mut c));
+        assert_eq!(c.failures().len(), 2);
+    }
+
+    /// `fields` lists every counter (a new one must join the list), and
+    /// `total` adds them up.
+    #[test]
+    fn fields_cover_every_counter() {
+        let json = serde_json::to_value(Counters::default()).unwrap();
+        let fields = Counters::default().fields();
+        assert_eq!(fields.len(), json.as_object().unwrap().len());
+        let mut labels: Vec<&str> = fields.iter().map(|(_, what)| *what).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), fields.len());
+        let c = Counters {
+            missing_notify: 1,
+            duplicate_message: 2,
+            ..Counters::default()
+        };
+        assert_eq!(c.total(), 3);
         assert_eq!(c.failures().len(), 2);
     }
 }

@@ -28,7 +28,8 @@ const TIMER_F_US: u64 = 32_000_000;
 const BEHIND_US: u64 = 10_000;
 /// Most scheduled sends per tick (the rest go out on the next ticks, late).
 const MAX_BURST: u32 = 5000;
-const BRANCH_PREFIX: &[u8] = b"z9hG4bKlt.";
+/// Our Via branches: `z9hG4bKlt.<txn>.<gen>` (see [`Engine::request_head`]).
+const BRANCH_PREFIX: &str = "z9hG4bKlt.";
 /// NOTIFY faults described on stderr, at most.
 const FAULTS_LOGGED: u32 = 20;
 
@@ -329,6 +330,9 @@ impl Engine {
                 recovering: false,
             });
         }
+        // Invariant: `subs` is sorted by watcher (made only here, watcher by
+        // watcher, never reordered), so a watcher's subscriptions are one
+        // range, which `resume` finds by bisection.
         let mut subs = Vec::new();
         let mut watchers: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
         let zipf = (s.skew > 0.0).then(|| Zipf::new(n as usize, s.skew));
@@ -367,6 +371,7 @@ impl Engine {
                 });
             }
         }
+        debug_assert!(subs.is_sorted_by_key(|sb: &Sub| sb.watcher));
         use std::io::IsTerminal;
         Engine {
             run,
@@ -554,22 +559,32 @@ impl Engine {
         }
         t.live = false;
         let copy = Txn {
-            live: false,
-            gen: t.gen,
-            kind: t.kind,
-            ep: t.ep,
-            attempt: t.attempt,
-            creds: t.creds,
-            first_us: t.first_us,
-            interval_ms: t.interval_ms,
-            deadline_us: t.deadline_us,
-            to: t.to,
             data: Vec::new(),
+            ..*t
         };
         self.live_txns -= 1;
         self.live_by[copy.kind.method() as usize] -= 1;
         self.free.push(idx);
         Some(copy)
+    }
+
+    /// The start of every request: request line, Via with our branch for
+    /// transaction `idx` generation `gen` (what responses are matched by,
+    /// [`Engine::txn_of_branch`]) and Max-Forwards.
+    fn request_head(
+        out: &mut Vec<u8>,
+        method: &str,
+        ruri: &str,
+        tp: Transport,
+        host: &str,
+        idx: u32,
+        gen: u32,
+    ) {
+        let _ = write!(
+            out,
+            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {host};branch={BRANCH_PREFIX}{idx}.{gen};rport\r\nMax-Forwards: 70\r\n",
+            tp.via()
+        );
     }
 
     /// Write the request for `kind`; returns (endpoint, carried credentials).
@@ -596,10 +611,10 @@ impl Engine {
                 u.reg_cseq += 1;
                 let host = &self.eps[u.ep as usize].host;
                 let ruri = format!("sip:{d}");
+                Self::request_head(out, "REGISTER", &ruri, tp, host, idx, gen);
                 let _ = write!(
                     out,
-                    "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {host};branch=z9hG4bKlt.{idx}.{gen};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{n}@{d}>;tag=r{ua}\r\nTo: <sip:{n}@{d}>\r\nCall-ID: r{ua}.{run}\r\nCSeq: {} REGISTER\r\nContact: <sip:{n}@{host}{tcp_param}>;expires={expires}\r\n",
-                    tp.via(),
+                    "From: <sip:{n}@{d}>;tag=r{ua}\r\nTo: <sip:{n}@{d}>\r\nCall-ID: r{ua}.{run}\r\nCSeq: {} REGISTER\r\nContact: <sip:{n}@{host}{tcp_param}>;expires={expires}\r\n",
                     u.reg_cseq,
                     n = u.name,
                 );
@@ -622,10 +637,10 @@ impl Engine {
                 u.pub_cseq += 1;
                 let host = &self.eps[u.ep as usize].host;
                 let ruri = format!("sip:{}@{d}", u.name);
+                Self::request_head(out, "PUBLISH", &ruri, tp, host, idx, gen);
                 let _ = write!(
                     out,
-                    "PUBLISH {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {host};branch=z9hG4bKlt.{idx}.{gen};rport\r\nMax-Forwards: 70\r\nFrom: <{ruri}>;tag=p{ua}\r\nTo: <{ruri}>\r\nCall-ID: p{ua}.{run}\r\nCSeq: {} PUBLISH\r\nEvent: presence\r\nExpires: {expires}\r\n",
-                    tp.via(),
+                    "From: <{ruri}>;tag=p{ua}\r\nTo: <{ruri}>\r\nCall-ID: p{ua}.{run}\r\nCSeq: {} PUBLISH\r\nEvent: presence\r\nExpires: {expires}\r\n",
                     u.pub_cseq,
                 );
                 if let Some(etag) = &u.etag {
@@ -664,12 +679,8 @@ impl Engine {
                 let p = &self.uas[sb.presentity as usize];
                 let host = &self.eps[w.ep as usize].host;
                 let ruri = format!("sip:{}@{d}", p.name);
-                let _ = write!(
-                    out,
-                    "SUBSCRIBE {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {host};branch=z9hG4bKlt.{idx}.{gen};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{}@{d}>;tag=s{sub}\r\nTo: <{ruri}>",
-                    tp.via(),
-                    w.name,
-                );
+                Self::request_head(out, "SUBSCRIBE", &ruri, tp, host, idx, gen);
+                let _ = write!(out, "From: <sip:{}@{d}>;tag=s{sub}\r\nTo: <{ruri}>", w.name);
                 if let Some(tag) = &sb.remote_tag {
                     let _ = write!(out, ";tag={tag}");
                 }
@@ -691,10 +702,10 @@ impl Engine {
                 let host = &self.eps[f.ep as usize].host;
                 let ruri = format!("sip:{}@{d}", t.name);
                 let body = format!("lt {run} {id}");
+                Self::request_head(out, "MESSAGE", &ruri, tp, host, idx, gen);
                 let _ = write!(
                     out,
-                    "MESSAGE {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {host};branch=z9hG4bKlt.{idx}.{gen};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{}@{d}>;tag=m{id}\r\nTo: <{ruri}>\r\nCall-ID: m{id}.{run}\r\nCSeq: {} MESSAGE\r\nContent-Type: text/plain\r\n",
-                    tp.via(),
+                    "From: <sip:{}@{d}>;tag=m{id}\r\nTo: <{ruri}>\r\nCall-ID: m{id}.{run}\r\nCSeq: {} MESSAGE\r\nContent-Type: text/plain\r\n",
                     f.name,
                     u32::from(attempt) + 1,
                 );
@@ -879,10 +890,10 @@ impl Engine {
             let expires = self.s.publish_expires;
             self.start_txn(Kind::Publish { ua, seq, expires }, 0);
         }
-        let watched: Vec<u32> = (0..self.subs.len() as u32)
-            .filter(|i| self.subs[*i as usize].watcher == ua)
-            .collect();
-        for sub in watched {
+        // Subscriptions are sorted by watcher (see `Engine::new`).
+        let lo = self.subs.partition_point(|sb| sb.watcher < ua);
+        let hi = lo + self.subs[lo..].partition_point(|sb| sb.watcher == ua);
+        for sub in lo as u32..hi as u32 {
             let sb = &mut self.subs[sub as usize];
             match sb.state {
                 SubState::Pending | SubState::Active => {
@@ -927,7 +938,7 @@ impl Engine {
     }
 
     fn txn_of_branch(branch: &[u8]) -> Option<(u32, u32)> {
-        let rest = branch.strip_prefix(BRANCH_PREFIX)?;
+        let rest = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?;
         let dot = rest.iter().position(|b| *b == b'.')?;
         Some((
             scan::parse_u32(&rest[..dot])?,
@@ -1161,13 +1172,9 @@ impl Engine {
 
     /// A 401/407: answer it; `true` if the request went out again.
     fn challenged(&mut self, t: &Txn, s: &Scanned<'_>) -> bool {
-        let ua = match t.kind {
-            Kind::Register { ua, .. } | Kind::Publish { ua, .. } => ua,
-            Kind::Subscribe { sub, .. } => self.subs[sub as usize].watcher,
-            Kind::Message { from, .. } => from,
-        };
-        let chs: Vec<&[u8]> = s.challenges[..s.n_challenges].to_vec();
-        let Some(ch) = digest::choose(&chs, self.s.auth_algorithm) else {
+        let ua = self.ua_of(t.kind);
+        let Some(ch) = digest::choose(&s.challenges[..s.n_challenges], self.s.auth_algorithm)
+        else {
             self.stats.auth_failures += 1;
             return false;
         };
@@ -1448,7 +1455,7 @@ impl Engine {
         }
         if now >= self.next_second_us {
             self.next_second_us += 1_000_000;
-            let faults = self.faults();
+            let faults = self.canary.total();
             let sec = self.stats.roll(now as f64 / 1e6, self.phase.name(), faults);
             self.show_progress(&sec);
         }
@@ -1485,22 +1492,6 @@ impl Engine {
     /// The instant `us` after the start.
     pub fn instant_of(&self, us: u64) -> Instant {
         self.start + std::time::Duration::from_micros(us)
-    }
-
-    fn faults(&self) -> u64 {
-        let c = &self.canary;
-        c.missing_notify
-            + c.missing_initial_notify
-            + c.missing_final_notify
-            + c.out_of_order_seq
-            + c.out_of_order_cseq
-            + c.duplicate_notify
-            + c.unexpected_termination
-            + c.refresh_481
-            + c.notify_after_termination
-            + c.wrong_presentity
-            + c.lost_message
-            + c.duplicate_message
     }
 
     fn show_progress(&self, sec: &stats::Second) {

@@ -97,18 +97,12 @@ pub fn trim(v: &[u8]) -> &[u8] {
     &v[s..e.max(s)]
 }
 
+/// At most 10 digits (as many as `u32::MAX` has, leading zeros included).
 pub fn parse_u32(v: &[u8]) -> Option<u32> {
-    if v.is_empty() || v.len() > 10 {
+    if v.len() > 10 {
         return None;
     }
-    let mut n: u64 = 0;
-    for b in v {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u64::from(b - b'0');
-    }
-    u32::try_from(n).ok()
+    u32::try_from(parse_u64(v)?).ok()
 }
 
 pub fn parse_u64(v: &[u8]) -> Option<u64> {
@@ -434,6 +428,25 @@ l: 0\r\n\r\n";
         assert_eq!(find(b"abcabd", b"abd"), Some(3));
         assert_eq!(find(b"ab", b"abc"), None);
         assert_eq!(find(b"", b"a"), None);
+    }
+
+    #[test]
+    fn parses_numbers() {
+        assert_eq!(parse_u32(b"0"), Some(0));
+        assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
+        assert_eq!(parse_u32(b"4294967296"), None);
+        assert_eq!(parse_u32(b"0000000001"), Some(1));
+        assert_eq!(parse_u32(b"00000000001"), None);
+        assert_eq!(parse_u32(b""), None);
+        assert_eq!(parse_u32(b"+1"), None);
+        assert_eq!(parse_u32(b"1 "), None);
+        assert_eq!(
+            parse_u64(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(parse_u64(b"00000000000000000001"), None);
+        assert_eq!(parse_u64(b"12a"), None);
+        assert_eq!(parse_u64(b""), None);
     }
 
     /// Property: no input panics the scanner, and whatever it reports stays
