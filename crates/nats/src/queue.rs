@@ -238,10 +238,6 @@ where
         })
     }
 
-    pub fn config(&self) -> &QueueConfig {
-        &self.cfg
-    }
-
     /// Store a job; `Ok` once JetStream acknowledged it.
     pub async fn push(&self, job: &Job) -> Result<(), BusError> {
         let start = Instant::now();
@@ -500,18 +496,6 @@ impl<Job> JsDelivery<Job> {
     /// Not done: deliver it again (same as dropping it).
     pub fn release(self) {
         drop(self)
-    }
-
-    /// Still working on it: restart the `ack_wait` clock.
-    pub async fn in_progress(&self) -> Result<(), BusError> {
-        match &self.settle {
-            Some(s) => s
-                .acker
-                .ack_with(AckKind::Progress)
-                .await
-                .map_err(|e| BusError::Backend(e.to_string())),
-            None => Ok(()),
-        }
     }
 }
 

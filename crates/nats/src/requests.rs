@@ -78,10 +78,6 @@ impl<Req, Rep> NatsRequests<Req, Rep> {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     fn take_served(&self, subject: &str) -> Option<Served> {
         self.served
             .lock()

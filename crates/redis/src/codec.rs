@@ -339,6 +339,7 @@ pub fn decode_expiry_key(b: &[u8]) -> Option<ExpiryKey> {
     Some(k)
 }
 
+/// Decoding table of the reason codes written by [`encode_job`].
 const END_REASONS: [EndReason; 6] = [
     EndReason::Unsubscribed,
     EndReason::Timeout,
@@ -384,8 +385,16 @@ pub fn encode_job(j: &NotifyJob) -> Vec<u8> {
         }
         NotifyJob::Terminated { sub, reason } => {
             w.0.push(b't');
-            let code = END_REASONS.iter().position(|r| r == reason).unwrap_or(0);
-            w.u64(code as u64);
+            // Exhaustive, so a new reason cannot be stored as another.
+            let code: u64 = match reason {
+                EndReason::Unsubscribed => 0,
+                EndReason::Timeout => 1,
+                EndReason::Deactivated => 2,
+                EndReason::Rejected => 3,
+                EndReason::Noresource => 4,
+                EndReason::Gone => 5,
+            };
+            w.u64(code);
             w.str(&sub.aor);
             w.str(&sub.event);
             w.bytes(&encode_subscription(sub));

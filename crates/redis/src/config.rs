@@ -29,7 +29,6 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
-pub const DEFAULT_SHARDS: u32 = 256;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 
 impl RedisConfig {

@@ -19,6 +19,6 @@ pub mod metrics;
 mod scripts;
 pub mod store;
 
-pub use config::{RedisConfig, DEFAULT_GRACE, DEFAULT_SHARDS};
+pub use config::{RedisConfig, DEFAULT_GRACE};
 pub use metrics::RedisMetrics;
 pub use store::RedisStore;

@@ -12,7 +12,7 @@ pub const OPS: &[&str] = &[
     "publications",
     "bindings",
     "subscription",
-    "watchers",
+    "watcher_ids",
     "document",
     "hard_state",
     "is_known",

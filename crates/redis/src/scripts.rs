@@ -123,18 +123,6 @@ end
 return versions
 "#;
 
-/// The subscriptions watching one (aor, event): KEYS[1] watcher set,
-/// ARGV[1] prefix of the subscription keys. Returns their stored values
-/// (ids whose record is gone are skipped).
-pub const WATCHERS: &str = r#"
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local v = redis.call('GET', ARGV[1] .. id)
-  if v then out[#out + 1] = v end
-end
-return out
-"#;
-
 /// Where a subscription lives: KEYS[1] its id hash, ARGV[1] shard, ARGV[2]
 /// deadline, ARGV[3] grace ms. Also carries the NOTIFY CSeq counter (`c`).
 /// Its TTL only grows: a shorter refresh, or a late write of a fenced-out

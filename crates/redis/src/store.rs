@@ -81,7 +81,6 @@ impl ConnectionLike for Conn {
 
 struct Scripts {
     commit: Script,
-    watchers: Script,
     locate: Script,
     next_cseq: Script,
     end_cseq: Script,
@@ -199,7 +198,6 @@ impl RedisStore {
             prefix: config.prefix,
             scripts: Scripts {
                 commit: Script::new(scripts::COMMIT),
-                watchers: Script::new(scripts::WATCHERS),
                 locate: Script::new(scripts::LOCATE),
                 next_cseq: Script::new(scripts::NEXT_CSEQ),
                 end_cseq: Script::new(scripts::END_CSEQ),
@@ -214,10 +212,6 @@ impl RedisStore {
 
     pub fn metrics(&self) -> &RedisMetrics {
         &self.metrics
-    }
-
-    pub fn shards(&self) -> u32 {
-        self.shards
     }
 
     /// `<prefix>:{<shard>}:`, the start of every key of `shard`.
@@ -511,20 +505,10 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn watchers(&self, aor: &str, event: &str) -> StoreResult<Vec<Subscription>> {
-        self.timed("watchers", async {
-            let mut c = self.conn.clone();
-            let raw: Vec<Vec<u8>> = self
-                .scripts
-                .watchers
-                .key(self.aor_key("w", aor, Some(event)))
-                .arg(self.shard_key(shard_of(aor, self.shards), "s:"))
-                .invoke_async(&mut c)
+    async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>> {
+        self.timed("watcher_ids", async {
+            self.query(redis::cmd("SMEMBERS").arg(self.aor_key("w", aor, Some(event))))
                 .await
-                .map_err(backend)?;
-            raw.iter()
-                .map(|v| decode_stored_subscription(v).ok_or_else(|| corrupt("subscription")))
-                .collect()
         })
         .await
     }

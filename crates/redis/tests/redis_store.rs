@@ -303,7 +303,11 @@ async fn a_batch_lands_in_one_slot_of_the_cluster() {
     );
     assert_eq!(nodes_with_keys, 1);
     assert!(s.subscription("sub-1").await.expect("read").is_none());
-    assert!(s.watchers(aor, "presence").await.expect("read").is_empty());
+    assert!(s
+        .watcher_ids(aor, "presence")
+        .await
+        .expect("read")
+        .is_empty());
 }
 
 #[tokio::test]

@@ -46,6 +46,20 @@ impl<Req, Rep> Incoming<Req, Rep> {
     pub fn reply(self, rep: Rep) {
         let _ = self.reply.send(rep);
     }
+    /// The request itself (no copy) and the way to answer it.
+    pub fn into_parts(self) -> (Req, Replier<Rep>) {
+        (self.request, Replier(self.reply))
+    }
+}
+
+/// The answering half of an [`Incoming`].
+pub struct Replier<Rep>(oneshot::Sender<Rep>);
+
+impl<Rep> Replier<Rep> {
+    /// Answer; a caller that gave up is not an error.
+    pub fn reply(self, rep: Rep) {
+        let _ = self.0.send(rep);
+    }
 }
 
 #[async_trait]

@@ -162,13 +162,7 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     )
     .await
     .expect("commit");
-    let mut w: Vec<String> = s
-        .watchers(a, "presence")
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let mut w: Vec<String> = s.watcher_ids(a, "presence").await.expect("read");
     w.sort();
     assert_eq!(w, vec!["s1", "s2"]);
     assert_eq!(
@@ -187,7 +181,7 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
         .await
         .expect("commit");
     assert!(s.subscription("s2").await.expect("read").is_none());
-    assert_eq!(s.watchers(a, "presence").await.expect("read").len(), 1);
+    assert_eq!(s.watcher_ids(a, "presence").await.expect("read").len(), 1);
     assert!(s.due(k, 30_000, 10).await.expect("due").is_empty());
 
     // Bindings: replaced as a set, indexed at the earliest expiry.

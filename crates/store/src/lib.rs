@@ -12,7 +12,9 @@ pub mod lease;
 pub mod memory;
 pub mod store;
 
-pub use bus::{BusError, Delivery, Incoming, MemoryBus, MemoryQueue, Requests, Settle, WorkQueue};
+pub use bus::{
+    BusError, Delivery, Incoming, MemoryBus, MemoryQueue, Replier, Requests, Settle, WorkQueue,
+};
 pub use lease::{Lease, Leases};
 pub use memory::MemoryStore;
 pub use store::{Counts, ExpiryKey, Op, Store, StoreError, StoreResult};

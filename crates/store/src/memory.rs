@@ -246,15 +246,13 @@ impl Store for MemoryStore {
         Ok(self.lock().subscriptions.get(id).cloned())
     }
 
-    async fn watchers(&self, aor: &str, event: &str) -> StoreResult<Vec<Subscription>> {
-        let g = self.lock();
-        let Some(ids) = g.watchers.get(&pair(aor, event)) else {
-            return Ok(Vec::new());
-        };
-        Ok(ids
-            .iter()
-            .filter_map(|id| g.subscriptions.get(id).cloned())
-            .collect())
+    async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .lock()
+            .watchers
+            .get(&pair(aor, event))
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>> {

@@ -114,7 +114,9 @@ pub trait Store: Send + Sync + 'static {
     async fn publications(&self, aor: &str, event: &str) -> StoreResult<Vec<Publication>>;
     async fn bindings(&self, aor: &str) -> StoreResult<Vec<Binding>>;
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>>;
-    async fn watchers(&self, aor: &str, event: &str) -> StoreResult<Vec<Subscription>>;
+    /// Ids of the subscriptions watching (aor, event). One whose record has
+    /// just gone may still be listed: loading it then finds nothing.
+    async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>>;
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>>;
     async fn hard_state(&self, aor: &str, event: &str) -> StoreResult<Option<Bytes>>;
     async fn is_known(&self, aor: &str) -> StoreResult<bool>;

@@ -66,7 +66,7 @@ impl NatsServer {
     }
 
     fn spawn_and_wait(&mut self) {
-        let log = self.dir.join("nats.log");
+        let log = self.log_path();
         let mut cmd = Command::new(&self.bin);
         cmd.arg("-js")
             .arg("-sd")
@@ -123,11 +123,6 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// `http://127.0.0.1:<monitor port>` (`/varz`, `/jsz`, `/healthz`, ...).
-    pub fn monitor_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.monitor_port)
     }
 
     /// The JetStream store directory (kept across [`NatsServer::restart`]).

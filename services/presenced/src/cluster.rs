@@ -334,17 +334,19 @@ impl Requests<OutRequest, Outcome> for OutBus {
         // serving (its sender is dropped) or the edge's channel closes.
         tokio::spawn(async move {
             while let Some(inc) = prx.recv().await {
-                let Some(req) = out_from_pb(inc.request.clone()) else {
+                let subject = inc.subject.clone();
+                let (request, replier) = inc.into_parts();
+                let Some(req) = out_from_pb(request) else {
                     tracing::warn!("undecodable request on an edge subject");
                     continue; // dropped: the caller sees no responders
                 };
-                let (core, answer) = Incoming::new(inc.subject.clone(), req);
+                let (core, answer) = Incoming::new(subject, req);
                 if tx.send(core).await.is_err() {
                     break;
                 }
                 tokio::spawn(async move {
                     if let Ok(outcome) = answer.await {
-                        inc.reply(outcome_to_pb(&outcome));
+                        replier.reply(outcome_to_pb(&outcome));
                     }
                 });
             }

@@ -108,8 +108,9 @@ impl Compositor {
                             // No answer when the shard's lease is gone: the
                             // caller sees "no responders" and retries at the
                             // new owner.
-                            if let Some(reply) = me.try_apply(inc.request.clone()).await {
-                                inc.reply(reply);
+                            let (request, replier) = inc.into_parts();
+                            if let Some(reply) = me.try_apply(request).await {
+                                replier.reply(reply);
                             }
                         }
                         Work::Expire(shard, key) => me.expire(shard, key).await,
@@ -152,10 +153,7 @@ impl Compositor {
                 lease_task = Some(tokio::spawn(l.clone().run(lease_stop_rx)));
             }
         }
-        let owned = || match &leases {
-            None => (0..self.shards).collect::<Vec<u32>>(),
-            Some(l) => l.owned(),
-        };
+        let owned = || owned_shards(leases.as_deref(), self.shards);
         // The sweeper: every shard's due expiries go through its worker, so
         // they are serialised with the shard's other writes.
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -175,10 +173,7 @@ impl Compositor {
                         _ = relay_stop.changed() => break,
                     }
                     ticks += 1;
-                    let owned = match &leases {
-                        None => (0..me.shards).collect::<Vec<u32>>(),
-                        Some(l) => l.owned(),
-                    };
+                    let owned = owned_shards(leases.as_deref(), me.shards);
                     // Now and then, every owned outbox: jobs older than a
                     // push takes, that nobody pushes (belt and braces).
                     let sweep = ticks
@@ -299,12 +294,6 @@ impl Compositor {
             "Server Internal Error",
             vec![("Retry-After".into(), "5".into())],
         )
-    }
-
-    pub async fn apply(&self, cmd: Command) -> Reply {
-        self.apply_inner(cmd)
-            .await
-            .unwrap_or_else(|e| self.store_failure(e))
     }
 
     async fn apply_inner(&self, cmd: Command) -> Result<Reply, StoreError> {
@@ -449,7 +438,7 @@ impl Compositor {
                 now_ms: now,
             });
         }
-        let ops = vec![
+        let mut ops = vec![
             Op::PutBindings {
                 aor: c.aor.clone(),
                 bindings: bindings.clone(),
@@ -462,11 +451,7 @@ impl Compositor {
         };
         for event in self.packages.names() {
             // Only the first commit carries the binding ops.
-            let ops = if event == "presence" {
-                ops.clone()
-            } else {
-                Vec::new()
-            };
+            let ops = std::mem::take(&mut ops);
             self.commit_and_notify(&c.aor, event, ops, Vec::new(), Some(&overlay))
                 .await?;
         }
@@ -810,6 +795,14 @@ impl Compositor {
     }
 }
 
+/// The shards this process serves: its leased ones, or all of them.
+fn owned_shards(leases: Option<&ShardLeases>, shards: u32) -> Vec<u32> {
+    match leases {
+        None => (0..shards).collect(),
+        Some(l) => l.owned(),
+    }
+}
+
 /// State about to be committed, used instead of what the store holds.
 #[derive(Default)]
 struct Overlay<'a> {
@@ -842,17 +835,13 @@ fn q_of(b: &Binding) -> f64 {
     b.q.as_deref().and_then(|q| q.parse().ok()).unwrap_or(1.0)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// An unguessable entity-tag (128 random bits).
 pub fn new_etag() -> String {
-    hex(&rand::random::<[u8; 16]>())
+    format!("{:032x}", rand::random::<u128>())
 }
 
 pub fn new_tag() -> String {
-    hex(&rand::random::<[u8; 8]>())
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn next_seq() -> u64 {

@@ -79,6 +79,38 @@ struct DialogOut {
 /// answered: longer than a NOTIFY numbered by a notifier takes to get here.
 const DIALOG_MEMORY: Duration = Duration::from_secs(40);
 
+/// What the edge reads of a NOTIFY's dialog, in one pass over its headers.
+struct NotifyDialog<'a> {
+    call_id: Option<&'a str>,
+    /// Written the same way on every NOTIFY of a subscription (our tag is
+    /// the subscription's id): no need to parse it.
+    from: &'a str,
+    cseq: Option<u32>,
+}
+
+fn notify_dialog(headers: &rsip::Headers) -> NotifyDialog<'_> {
+    let mut d = NotifyDialog {
+        call_id: None,
+        from: "",
+        cseq: None,
+    };
+    for h in headers.iter() {
+        let name = h.name();
+        if name.eq_ignore_ascii_case("Call-ID") {
+            d.call_id = Some(h.value().trim());
+        } else if name.eq_ignore_ascii_case("From") {
+            d.from = h.value().trim();
+        } else if name.eq_ignore_ascii_case("CSeq") {
+            d.cseq = h
+                .value()
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok());
+        }
+    }
+    d
+}
+
 /// A dialog's key in the table: two independent 64-bit hashes of its
 /// Call-ID and From (a collision of both is beyond any real table size).
 fn dialog_key(call_id: &str, from: &str) -> u128 {
@@ -150,7 +182,47 @@ struct Conn {
 #[derive(Default)]
 struct TxnTable {
     entries: HashMap<String, Option<Bytes>>,
-    expiry: VecDeque<(Instant, String)>,
+    /// One queue per keep time ([`Keep`]), so each stays in deadline order
+    /// and the sweep can stop at its first entry not yet due.
+    expiry: [VecDeque<(Instant, String)>; 3],
+}
+
+/// How long a server transaction's entry is kept.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// While its request is handled: a guard, so that an entry whose handler
+    /// dies still goes away.
+    Guard,
+    /// After the answer over UDP: Timer J, retransmissions are answered.
+    Udp,
+    /// After the answer over TCP: briefly (no retransmissions on TCP).
+    Tcp,
+}
+
+impl Keep {
+    fn duration(self) -> Duration {
+        match self {
+            Keep::Guard => TIMER_F + TIMER_J,
+            Keep::Udp => TIMER_J,
+            Keep::Tcp => Duration::from_secs(1),
+        }
+    }
+}
+
+impl TxnTable {
+    fn expire_in(&mut self, keep: Keep, key: String) {
+        self.expiry[keep as usize].push_back((Instant::now() + keep.duration(), key));
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        for queue in &mut self.expiry {
+            while queue.front().is_some_and(|(deadline, _)| *deadline <= now) {
+                if let Some((_, key)) = queue.pop_front() {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 pub struct Edge {
@@ -241,10 +313,6 @@ impl Edge {
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.cfg.id
-    }
-
     /// Run the sockets and serve `edge.<id>` until shutdown.
     pub async fn run(
         self: Arc<Self>,
@@ -277,8 +345,8 @@ impl Edge {
             while let Some(inc) = rx.recv().await {
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let out = me.send_request(inc.request.clone()).await;
-                    inc.reply(out);
+                    let (request, replier) = inc.into_parts();
+                    replier.reply(me.send_request(request).await);
                 });
             }
         }));
@@ -306,14 +374,10 @@ impl Edge {
                     || d.turn.as_ref().is_some_and(|t| t.receiver_count() > 0)
                     || now.saturating_duration_since(d.last_used) < DIALOG_MEMORY
             });
-        let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((deadline, _)) = t.expiry.front() {
-            if *deadline > now {
-                break;
-            }
-            let (_, key) = t.expiry.pop_front().expect("front exists");
-            t.entries.remove(&key);
-        }
+        self.server_txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep(now);
     }
 
     async fn udp_loop(self: Arc<Self>, local: SocketAddr, sock: Arc<UdpSocket>) {
@@ -661,9 +725,7 @@ impl Edge {
                 }
                 None => {
                     t.entries.insert(key.clone(), None);
-                    // Guard: an entry whose handler dies still goes away.
-                    t.expiry
-                        .push_back((Instant::now() + TIMER_F + TIMER_J, key.clone()));
+                    t.expire_in(Keep::Guard, key.clone());
                 }
             }
         }
@@ -693,11 +755,11 @@ impl Edge {
         if let Some(key) = key {
             let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
             let keep = match src.transport {
-                Transport::Udp => TIMER_J,
-                Transport::Tcp => Duration::from_secs(1),
+                Transport::Udp => Keep::Udp,
+                Transport::Tcp => Keep::Tcp,
             };
             t.entries.insert(key.clone(), Some(bytes.clone()));
-            t.expiry.push_back((Instant::now() + keep, key));
+            t.expire_in(keep, key);
         }
         self.send_src(src, bytes);
         drop(answering);
@@ -1317,19 +1379,12 @@ impl Edge {
 
     /// Wait (briefly) while the SUBSCRIBE of this NOTIFY's dialog is still
     /// being answered here.
-    async fn after_subscribe_answered(&self, headers: &rsip::Headers) {
-        let Some(call_id) = headers
-            .iter()
-            .find(|h| h.name().eq_ignore_ascii_case("Call-ID"))
-            .map(|h| h.value().trim().to_string())
-        else {
-            return;
-        };
+    async fn after_subscribe_answered(&self, call_id: &str) {
         let pending = self
             .answering
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&call_id)
+            .get(call_id)
             .cloned();
         if let Some(mut rx) = pending {
             // Returns when the sender is dropped, i.e. the answer is out.
@@ -1338,30 +1393,14 @@ impl Edge {
     }
 
     /// Wait for this NOTIFY's turn on its dialog (see [`DialogOut`]);
-    /// `Err(())` when it is superseded and must not be sent. A NOTIFY whose
-    /// dialog cannot be read from its headers goes at once.
-    async fn dialog_turn(&self, headers: &rsip::Headers) -> Result<Option<DialogTurn<'_>>, ()> {
-        let (mut call_id, mut from, mut cseq) = (None, None, None);
-        for h in headers.iter() {
-            let name = h.name();
-            if name.eq_ignore_ascii_case("Call-ID") {
-                call_id = Some(h.value().trim());
-            } else if name.eq_ignore_ascii_case("From") {
-                // Written the same way on every NOTIFY of a subscription
-                // (our tag is the subscription's id): no need to parse it.
-                from = Some(h.value().trim());
-            } else if name.eq_ignore_ascii_case("CSeq") {
-                cseq = h
-                    .value()
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse::<u32>().ok());
-            }
-        }
-        let (Some(call_id), Some(cseq)) = (call_id, cseq) else {
-            return Ok(None);
-        };
-        let key = dialog_key(call_id, from.unwrap_or_default());
+    /// `Err(())` when it is superseded and must not be sent.
+    async fn dialog_turn(
+        &self,
+        call_id: &str,
+        from: &str,
+        cseq: u32,
+    ) -> Result<DialogTurn<'_>, ()> {
+        let key = dialog_key(call_id, from);
         let mut rx: Option<watch::Receiver<u64>> = None;
         loop {
             {
@@ -1379,7 +1418,7 @@ impl Edge {
                 if !e.busy {
                     e.busy = true;
                     e.sent = cseq;
-                    return Ok(Some(DialogTurn { edge: self, key }));
+                    return Ok(DialogTurn { edge: self, key });
                 }
                 e.waiting = e.waiting.max(cseq);
                 if rx.is_none() {
@@ -1389,11 +1428,11 @@ impl Edge {
                     rx = Some(turn.subscribe());
                 }
             }
-            let Some(r) = rx.as_mut() else {
-                return Ok(None);
-            };
-            if r.changed().await.is_err() {
-                return Ok(None);
+            // The channel closes only with its entry (swept): look again.
+            if let Some(r) = rx.as_mut() {
+                if r.changed().await.is_err() {
+                    rx = None;
+                }
             }
         }
     }
@@ -1435,15 +1474,21 @@ impl Edge {
         let method = out.method.clone();
         let mut _turn = None;
         if method == "NOTIFY" {
-            self.after_subscribe_answered(&out.headers).await;
-            match self.dialog_turn(&out.headers).await {
-                Ok(t) => _turn = t,
-                Err(()) => {
-                    self.metrics
-                        .edge_client_transactions
-                        .with_label_values(&["NOTIFY", "superseded"])
-                        .inc();
-                    return Outcome::superseded();
+            let dialog = notify_dialog(&out.headers);
+            if let Some(call_id) = dialog.call_id {
+                self.after_subscribe_answered(call_id).await;
+            }
+            // A NOTIFY whose dialog cannot be read goes at once.
+            if let (Some(call_id), Some(cseq)) = (dialog.call_id, dialog.cseq) {
+                match self.dialog_turn(call_id, dialog.from, cseq).await {
+                    Ok(t) => _turn = Some(t),
+                    Err(()) => {
+                        self.metrics
+                            .edge_client_transactions
+                            .with_label_values(&["NOTIFY", "superseded"])
+                            .inc();
+                        return Outcome::superseded();
+                    }
                 }
             }
         }
@@ -1747,4 +1792,24 @@ mod tests {
     }
 
     const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// An answered transaction's entry goes after its own keep time, also
+    /// when its (longer) guard entry is queued before it.
+    #[tokio::test(start_paused = true)]
+    async fn answered_transactions_are_kept_for_their_own_time() {
+        let mut t = TxnTable::default();
+        for (key, keep) in [("tcp", Keep::Tcp), ("udp", Keep::Udp)] {
+            t.entries.insert(key.into(), None);
+            t.expire_in(Keep::Guard, key.into());
+            t.entries.insert(key.into(), Some(Bytes::new()));
+            t.expire_in(keep, key.into());
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        t.sweep(Instant::now());
+        assert!(!t.entries.contains_key("tcp"), "TCP: kept about 1 s");
+        assert!(t.entries.contains_key("udp"), "UDP: kept for Timer J");
+        tokio::time::advance(TIMER_J).await;
+        t.sweep(Instant::now());
+        assert!(t.entries.is_empty());
+    }
 }

@@ -452,11 +452,6 @@ impl ShardLeases {
         self.publish_owned();
     }
 
-    /// Lame duck: take no more shards (the renewals go on).
-    pub fn stop_acquiring(&self) {
-        self.lock().stopping = true;
-    }
-
     /// Unserve-side of a graceful stop: every shard as an event, so the
     /// compositor stops serving them.
     pub fn unserve_all(&self) -> Vec<u32> {
@@ -537,8 +532,8 @@ impl Store for FencedStore {
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
         self.inner.subscription(id).await
     }
-    async fn watchers(&self, aor: &str, event: &str) -> StoreResult<Vec<Subscription>> {
-        self.inner.watchers(aor, event).await
+    async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>> {
+        self.inner.watcher_ids(aor, event).await
     }
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>> {
         self.inner.document(aor, event).await

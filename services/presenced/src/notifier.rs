@@ -88,15 +88,11 @@ impl JobDone {
 
 /// Replace the CSeq header of a NOTIFY being built.
 fn set_cseq(headers: &mut rsip::Headers, cseq: u32) {
-    let mut out = rsip::Headers::default();
-    for h in headers.iter() {
+    for h in headers.iter_mut() {
         if h.name().eq_ignore_ascii_case("CSeq") {
-            out.push(rsip::headers::make_header("CSeq", format!("{cseq} NOTIFY")));
-        } else {
-            out.push(h.clone());
+            *h = rsip::headers::make_header("CSeq", format!("{cseq} NOTIFY"));
         }
     }
-    *headers = out;
 }
 
 /// How a NOTIFY went.
@@ -263,14 +259,13 @@ impl Notifier {
                 version,
                 at_ms,
             } => {
-                let watchers = match self.store.watchers(&aor, &event).await {
-                    Ok(w) => w,
+                let mut ids = match self.store.watcher_ids(&aor, &event).await {
+                    Ok(ids) => ids,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot load watchers");
                         return None;
                     }
                 };
-                let mut ids: Vec<String> = watchers.into_iter().map(|s| s.id).collect();
                 if ids.len() > self.batch {
                     // A large fan-out: other notifiers take all batches but
                     // the first. If queueing one fails the job is not taken

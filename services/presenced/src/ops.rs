@@ -104,9 +104,12 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // Bytes, not a &str slice: the two digits may be anything, even
+        // half of a multi-byte character.
+        let digit = |c: u8| (c as char).to_digit(16);
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(hi), Some(lo)) = (digit(b[i + 1]), digit(b[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
                 i += 3;
                 continue;
             }
@@ -214,5 +217,23 @@ async fn state(ops: &Ops, req: &HttpRequest) -> (&'static str, &'static str, Vec
             "text/plain",
             b"store unavailable\n".to_vec(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding_never_panics_and_decodes_what_it_can() {
+        assert_eq!(
+            percent_decode("sip%3Aalice%40example.com"),
+            "sip:alice@example.com"
+        );
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        // Digits cut through a multi-byte character, or not hex at all.
+        assert_eq!(percent_decode("%1é"), "%1é");
+        assert_eq!(percent_decode("%é1x"), "%é1x");
+        assert_eq!(percent_decode("%+1x"), "% 1x");
     }
 }

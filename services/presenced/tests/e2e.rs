@@ -482,7 +482,10 @@ async fn watcher_481(tp: Tp, mode: Mode) {
     assert_eq!(r.code, 200);
     let n = dave.notify().await;
     assert!(body_str(&n).contains("n1"));
-    assert_eq!(s.store().watchers(&aor, "presence").await.unwrap().len(), 1);
+    assert_eq!(
+        s.store().watcher_ids(&aor, "presence").await.unwrap().len(),
+        1
+    );
 
     dave.answer_code
         .store(481, std::sync::atomic::Ordering::SeqCst);
@@ -493,7 +496,7 @@ async fn watcher_481(tp: Tp, mode: Mode) {
     let deadline = tokio::time::Instant::now() + s.wait();
     while !s
         .store()
-        .watchers(&aor, "presence")
+        .watcher_ids(&aor, "presence")
         .await
         .unwrap()
         .is_empty()
