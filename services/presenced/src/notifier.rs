@@ -135,8 +135,9 @@ enum Pending {
 }
 
 /// How long a notify job waits for its NOTIFYs before it is acknowledged
-/// anyway: the longest an edge takes to answer one ([`OUTCOME_WAIT`]: a wait
-/// behind the dialog's previous NOTIFY and its own Timer F), plus slack.
+/// anyway: the longest a NOTIFY takes (attempts for 32 s, the last one
+/// waiting [`ATTEMPT_WAIT`], behind the dialog's previous NOTIFY at the
+/// edge), plus slack.
 const JOB_ACK_LIMIT: Duration = Duration::from_secs(75);
 /// How often a job still waiting for its NOTIFYs tells its queue so (below
 /// JetStream's `ack_wait`, so it is not handed to another notifier meanwhile).
@@ -158,10 +159,14 @@ pub const ANY_EDGE: &str = "edges.any";
 /// live edge's subscription missing.
 pub const EDGE_GONE_AFTER: Duration = Duration::from_secs(4);
 
-/// How long a notifier waits for an edge's outcome: the edge may hold a
-/// NOTIFY while the dialog's previous one runs (up to Timer F), then run
-/// its own transaction (Timer F again).
-const OUTCOME_WAIT: Duration = Duration::from_secs(70);
+/// How long one attempt waits for the edge's outcome. Shorter than a slow
+/// transaction on purpose: a request or answer lost on the bus (a NATS
+/// restart) must not hold the subscription's NOTIFYs for long. An attempt
+/// that times out is sent again with a fresh CSeq, and the edge lets the
+/// attempts of a dialog out one at a time, the newest winning; only when
+/// the whole transaction time (32 s) passes without an answer is the
+/// watcher deemed gone.
+const ATTEMPT_WAIT: Duration = Duration::from_secs(8);
 
 impl Notifier {
     #[allow(clippy::too_many_arguments)]
@@ -601,7 +606,7 @@ impl Notifier {
         let outcome = loop {
             let result = self
                 .edges
-                .request(&subject, req.clone(), OUTCOME_WAIT)
+                .request(&subject, req.clone(), ATTEMPT_WAIT)
                 .await;
             // Nobody has served the watcher's edge for a while: it is gone
             // (an edge that restarts comes back under a new id). Another
