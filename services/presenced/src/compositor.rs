@@ -541,8 +541,19 @@ impl Compositor {
         let now = self.clock.now_ms();
         let shard = shard_of(&c.aor, self.shards);
         if let Some(id) = &c.dialog {
+            // The dialog's identifiers are not a secret (they travel in
+            // every NOTIFY): the request must also come from the same
+            // watcher (the authenticated identity with Digest on), for the
+            // same resource, event and event id. Anything else is another
+            // dialog, which does not exist here.
             let Some(mut sub) = self.store.subscription(id).await?.filter(|s| {
-                s.call_id == c.call_id && s.remote_tag == c.remote_tag && s.expires_at_ms > now
+                s.call_id == c.call_id
+                    && s.remote_tag == c.remote_tag
+                    && s.watcher == c.watcher
+                    && s.aor == c.aor
+                    && s.event == c.event
+                    && s.event_id == c.event_id
+                    && s.expires_at_ms > now
             }) else {
                 return Ok(Reply::refused(481, "Subscription Does Not Exist"));
             };

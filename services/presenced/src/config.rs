@@ -2,7 +2,7 @@
 //! reported at once, before any port is bound.
 
 use clap::Parser;
-use presence_core::digest::Users;
+use presence_core::digest::{Algorithm, Users};
 use presence_core::policy::Policy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,6 +81,15 @@ pub struct Args {
         default_value_t = 300
     )]
     pub nonce_lifetime: u64,
+    /// Digest algorithms offered, in preference order (MD5, SHA-256). Many
+    /// phones answer only the first challenge, and most know only MD5: keep
+    /// MD5 first unless every client of the fleet speaks SHA-256.
+    #[arg(
+        long = "digest-algorithms",
+        env = "PRESENCE_DIGEST_ALGORITHMS",
+        default_value = "MD5,SHA-256"
+    )]
+    pub digest_algorithms: String,
     /// Secret for stateless nonces (all edges of a cluster share it). Random if unset.
     #[arg(long = "nonce-secret", env = "PRESENCE_NONCE_SECRET")]
     pub nonce_secret: Option<String>,
@@ -134,6 +143,8 @@ pub struct Config {
     pub users: Option<Users>,
     pub nonce_lifetime: u64,
     pub nonce_secret: Vec<u8>,
+    /// Digest algorithms in preference order.
+    pub digest_algorithms: Vec<Algorithm>,
     pub http_listen: SocketAddr,
     pub policy: Policy,
     pub min_expires: u32,
@@ -280,6 +291,14 @@ impl Config {
                 policy.load_rules(text)
             });
         }
+        let digest_algorithms =
+            Algorithm::parse_list(&args.digest_algorithms).unwrap_or_else(|e| {
+                errors.push(format!(
+                    "--digest-algorithms {:?}: {e}",
+                    args.digest_algorithms
+                ));
+                Vec::new()
+            });
         if args.nonce_lifetime == 0 {
             errors.push("--nonce-lifetime must be at least 1 second".into());
         }
@@ -308,6 +327,7 @@ impl Config {
             users,
             nonce_lifetime: args.nonce_lifetime,
             nonce_secret,
+            digest_algorithms,
             http_listen: args.http_listen,
             policy,
             min_expires: args.min_expires,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use presence_core::commands::{
     Command, ContactSpec, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
 };
-use presence_core::digest::{Credentials, Verdict, Verifier};
+use presence_core::digest::{Client, Credentials, Verdict, Verifier};
 use presence_core::packages::Registry;
 use presence_core::{canonical_aor, shard_of, Binding, Flow, Transport};
 use presence_sip::{
@@ -847,7 +847,7 @@ impl Edge {
                     rsip::Method::Register => self.register(req, src, identity).await,
                     rsip::Method::Publish => self.publish(req, src, identity).await,
                     rsip::Method::Subscribe => self.subscribe(req, src, identity).await,
-                    _ => self.message(req, src).await,
+                    _ => self.message(req, src, identity).await,
                 }
             }
             rsip::Method::Notify => self.reply(req, src, 481, "Subscription Does Not Exist"),
@@ -884,6 +884,15 @@ impl Edge {
             "Authorization"
         };
         let now = self.clock.now_ms();
+        let from_aor = req
+            .from_addr()
+            .and_then(|f| canonical_aor(&f.uri))
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let client = Client {
+            addr: src.remote.ip(),
+            from: &from_aor,
+        };
         let mut stale = false;
         for value in req.header_all(header) {
             let Some(creds) = Credentials::parse(value) else {
@@ -892,8 +901,21 @@ impl Edge {
             if !creds.realm.eq_ignore_ascii_case(&realm) {
                 continue;
             }
-            match verifier.verify(&creds, req.method.as_str(), &req.uri_text, &realm, now) {
-                Verdict::Ok(who) => return Ok(Some(who.aor())),
+            match verifier.verify(
+                &creds,
+                req.method.as_str(),
+                &req.uri_text,
+                &realm,
+                client,
+                now,
+            ) {
+                Verdict::Ok(who) => {
+                    self.metrics
+                        .edge_authentications
+                        .with_label_values(&[who.algorithm().name()])
+                        .inc();
+                    return Ok(Some(who.aor()));
+                }
                 Verdict::Challenge { stale: s } => stale |= s,
                 Verdict::BadRequest(reason) => {
                     return Err(Box::new(self.reply(req, src, 400, reason)));
@@ -910,7 +932,7 @@ impl Edge {
             (401, "Unauthorized", "WWW-Authenticate")
         };
         let mut b = self.reply(req, src, code, reason);
-        for ch in verifier.challenges(&realm, now, stale) {
+        for ch in verifier.challenges(&realm, client, now, stale, rand::random()) {
             b = b.header(hname, ch);
         }
         Err(Box::new(b))
@@ -1265,10 +1287,27 @@ impl Edge {
 
     /// Pager-mode MESSAGE (RFC 3428): relay to the target's contacts and
     /// relay the best final answer back. The body passes byte for byte.
-    async fn message(self: &Arc<Self>, req: &Request, src: Source) -> ResponseBuilder {
+    ///
+    /// With Digest on, the sender is who authenticated: a From naming anyone
+    /// else is refused (403), and the relayed request carries our
+    /// `P-Asserted-Identity` for it. A P-Asserted-Identity or
+    /// P-Preferred-Identity from the UA is never passed on (RFC 3325 §5:
+    /// only a trusted node asserts identities, and no UA is one).
+    async fn message(
+        self: &Arc<Self>,
+        req: &Request,
+        src: Source,
+        identity: Option<String>,
+    ) -> ResponseBuilder {
         let Some(aor) = canonical_aor(&req.uri) else {
             return self.reply(req, src, 404, "Not Found");
         };
+        if let Some(id) = &identity {
+            let from = req.from_addr().and_then(|f| canonical_aor(&f.uri));
+            if from.as_ref().map(|f| f.as_str()) != Some(id.as_str()) {
+                return self.reply(req, src, 403, "Forbidden (From Is Not Your Identity)");
+            }
+        }
         if !self.is_local(aor.domain()) {
             return self.reply(req, src, 404, "Not Found (Domain Not Served Here)");
         }
@@ -1300,10 +1339,18 @@ impl Edge {
                     || n.eq_ignore_ascii_case("Route")
                     || n.eq_ignore_ascii_case("Proxy-Authorization")
                     || n.eq_ignore_ascii_case("Content-Length")
+                    || n.eq_ignore_ascii_case("P-Asserted-Identity")
+                    || n.eq_ignore_ascii_case("P-Preferred-Identity")
                 {
                     continue;
                 }
                 headers.push(h.clone());
+            }
+            if let Some(id) = &identity {
+                headers.push(rsip::headers::make_header(
+                    "P-Asserted-Identity",
+                    format!("<{id}>"),
+                ));
             }
             headers.push(rsip::headers::make_header(
                 "Max-Forwards",

@@ -191,10 +191,14 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
         tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));
     }
     if let Some(listeners) = listeners {
-        let verifier = cfg
-            .users
-            .clone()
-            .map(|u| Verifier::new(&cfg.nonce_secret, cfg.nonce_lifetime, u));
+        let verifier = cfg.users.clone().map(|u| {
+            Verifier::new(
+                &cfg.nonce_secret,
+                cfg.nonce_lifetime,
+                u,
+                cfg.digest_algorithms.clone(),
+            )
+        });
         // In a cluster the edge's subject must outlive a restart of the same
         // node (UDP watchers' NOTIFYs are addressed to it); alone, any name.
         let id = if cfg.nats.is_some() {

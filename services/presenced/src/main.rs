@@ -30,7 +30,15 @@ fn main() -> std::process::ExitCode {
             cfg.nats.as_deref().unwrap_or("in-memory"),
             cfg.sip_listen,
             cfg.domains,
-            if cfg.users.is_some() { "on" } else { "off" },
+            if cfg.users.is_some() {
+                cfg.digest_algorithms
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                "off".to_string()
+            },
             cfg.http_listen
         );
         return std::process::ExitCode::SUCCESS;

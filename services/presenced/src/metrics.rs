@@ -14,6 +14,7 @@ pub struct Metrics {
     pub edge_dropped: IntCounterVec,
     pub edge_retransmissions: IntCounter,
     pub edge_challenges: IntCounterVec,
+    pub edge_authentications: IntCounterVec,
     pub edge_tcp_connections: IntGauge,
     pub edge_client_transactions: IntCounterVec,
     pub compositor_publications: IntGauge,
@@ -108,6 +109,12 @@ impl Metrics {
                 "presence_edge_auth_challenges_total",
                 "Digest challenges sent",
                 &["stale"],
+            ),
+            edge_authentications: counter(
+                &r,
+                "presence_edge_authentications_total",
+                "Requests whose Digest credentials were accepted, by algorithm",
+                &["algorithm"],
             ),
             edge_tcp_connections: gauge(
                 &r,

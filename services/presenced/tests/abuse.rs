@@ -1,0 +1,267 @@
+//! The abuse review's findings, each as the attack that reproduced it on
+//! the server, now failing. The all-in-one server over real UDP and TCP
+//! sockets (tests/common); what is decided in the compositor is the same
+//! code in a cluster.
+
+mod common;
+mod harness;
+
+use common::*;
+use presence_sip::HeaderAccess;
+use std::time::Duration;
+
+const USERS: &str = "alice@example.com:secret\nbob@example.com:hunter2\n";
+
+macro_rules! both {
+    ($($name:ident;)*) => {$(
+        mod $name {
+            use super::Tp;
+            #[tokio::test]
+            async fn udp() {
+                super::$name(Tp::Udp).await
+            }
+            #[tokio::test]
+            async fn tcp() {
+                super::$name(Tp::Tcp).await
+            }
+        }
+    )*};
+}
+
+both! {
+    message_from_is_the_authenticated_user;
+    in_dialog_requests_must_match_the_subscription;
+    captured_authorization_is_not_replayable;
+}
+
+async fn authed(s: &TestServer, tp: Tp, i: usize, user: &str, password: &str) -> Ua {
+    let mut ua = s.ua(tp, i, user).await;
+    ua.password = password.into();
+    ua
+}
+
+async fn register(ua: &mut Ua) -> Req {
+    let contact = format!("<{}>", ua.contact_uri());
+    let aor = ua.aor.clone();
+    let req = ua
+        .req("REGISTER", "sip:example.com")
+        .to(&aor)
+        .h("Contact", contact)
+        .h("Expires", "600");
+    let (r, sent) = ua.send_auth(&req, "MD5").await;
+    assert_eq!(r.code, 200, "REGISTER {}: {}", ua.aor, r.reason);
+    sent
+}
+
+/// An authenticated user may not send a MESSAGE as somebody else, nor slip
+/// a P-Asserted-Identity past us: the relayed MESSAGE asserts who
+/// authenticated, and nothing the UA claimed.
+async fn message_from_is_the_authenticated_user(tp: Tp) {
+    let s = start(Mode::AllInOne, Some(USERS), None, &[]).await;
+    let mut alice = authed(&s, tp, PRESENTITY, "alice", "secret").await;
+    let mut bob = authed(&s, tp, WATCHER, "bob", "hunter2").await;
+    register(&mut bob).await;
+
+    // alice, authenticated as herself, claims to be bob.
+    let forged = alice
+        .req("MESSAGE", "sip:bob@example.com")
+        .from("sip:bob@example.com")
+        .body("text/plain", "it is me, bob");
+    let (r, _) = alice.send_auth(&forged, "MD5").await;
+    assert_eq!(r.code, 403, "{}", r.reason);
+    assert!(
+        bob.recv_request("MESSAGE", Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the forged MESSAGE must not be delivered"
+    );
+
+    // Her own From, with identities of her choosing: delivered, but with
+    // only the identity we assert.
+    let req = alice
+        .req("MESSAGE", "sip:bob@example.com")
+        .h("P-Asserted-Identity", "<sip:boss@example.com>")
+        .h("P-Preferred-Identity", "<sip:boss@example.com>")
+        .body("text/plain", "hello");
+    let (r, _) = alice.send_auth(&req, "MD5").await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let m = bob
+        .recv_request("MESSAGE", s.wait())
+        .await
+        .expect("MESSAGE");
+    let asserted: Vec<&str> = m.header_all("P-Asserted-Identity").collect();
+    assert_eq!(asserted, ["<sip:alice@example.com>"]);
+    assert!(m.header("P-Preferred-Identity").is_none());
+    s.shutdown().await;
+}
+
+/// Dialog identifiers travel in every NOTIFY; knowing bob's must not let
+/// alice refresh, move or end bob's subscription, and a refresh may not
+/// name another resource (or another shard's).
+async fn in_dialog_requests_must_match_the_subscription(tp: Tp) {
+    let s = start(Mode::AllInOne, Some(USERS), None, &[]).await;
+    let mut alice = authed(&s, tp, PRESENTITY, "alice", "secret").await;
+    let mut bob = authed(&s, tp, WATCHER, "bob", "hunter2").await;
+    let contact = format!("<{}>", bob.contact_uri());
+    let sub = bob
+        .req("SUBSCRIBE", "sip:alice@example.com")
+        .h("Event", "presence")
+        .h("Accept", "application/pidf+xml")
+        .h("Contact", contact.clone())
+        .h("Expires", "600");
+    let (r, sent) = bob.send_auth(&sub, "MD5").await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let dialog = Dialog {
+        call_id: sent.call_id.clone(),
+        local_tag: sent.from_tag.clone(),
+        remote_tag: r.to_addr().and_then(|t| t.tag).expect("a to-tag"),
+    };
+    bob.notify().await;
+
+    // alice ends bob's subscription with bob's dialog identifiers, her
+    // own (valid) credentials, and bob's From (the dialog's remote URI).
+    let alice_contact = format!("<{}>", alice.contact_uri());
+    for from in ["sip:alice@example.com", "sip:bob@example.com"] {
+        let mut end = alice
+            .req("SUBSCRIBE", "sip:alice@example.com")
+            .from(from)
+            .in_dialog(&dialog)
+            .h("Event", "presence")
+            .h("Contact", alice_contact.clone())
+            .h("Expires", "0");
+        end.cseq = 1000;
+        let (r, _) = alice.send_auth(&end, "MD5").await;
+        assert_eq!(r.code, 481, "From {from}: {}", r.reason);
+    }
+    // bob's own refresh naming a foreign resource (another domain, another shard).
+    let mut moved = bob
+        .req("SUBSCRIBE", "sip:carol@elsewhere.example.org")
+        .in_dialog(&dialog)
+        .h("Event", "presence")
+        .h("Contact", contact.clone())
+        .h("Expires", "600");
+    moved.cseq = 2000;
+    let (r, _) = bob.send_auth(&moved, "MD5").await;
+    assert_eq!(r.code, 481, "{}", r.reason);
+    // ... or another event package's.
+    let mut other_event = bob
+        .req("SUBSCRIBE", "sip:alice@example.com")
+        .in_dialog(&dialog)
+        .h("Event", "presence;id=7")
+        .h("Contact", contact.clone())
+        .h("Expires", "600");
+    other_event.cseq = 2001;
+    let (r, _) = bob.send_auth(&other_event, "MD5").await;
+    assert_eq!(r.code, 481, "{}", r.reason);
+    assert!(
+        bob.recv_request("NOTIFY", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing of bob's subscription changed"
+    );
+
+    // bob's subscription is intact: his own refresh works.
+    let mut refresh = bob
+        .req("SUBSCRIBE", "sip:alice@example.com")
+        .in_dialog(&dialog)
+        .h("Event", "presence")
+        .h("Contact", contact)
+        .h("Expires", "600");
+    refresh.cseq = 3000;
+    let (r, _) = bob.send_auth(&refresh, "MD5").await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n = bob.notify().await;
+    assert!(n
+        .header("Subscription-State")
+        .is_some_and(|v| v.starts_with("active")));
+    s.shutdown().await;
+}
+
+/// A captured Authorization, replayed on a new transaction from another
+/// socket, must not bind the replayer's contact; neither may credentials
+/// without qop (no nonce count to check) nor a nonce handed to another
+/// address.
+async fn captured_authorization_is_not_replayable(tp: Tp) {
+    let s = start(Mode::AllInOne, Some(USERS), None, &[]).await;
+    let mut alice = authed(&s, tp, PRESENTITY, "alice", "secret").await;
+    let sent = register(&mut alice).await;
+    let auth = sent
+        .headers
+        .iter()
+        .find(|(n, _)| n == "Authorization")
+        .map(|(_, v)| v.clone())
+        .expect("the REGISTER that got in carried credentials");
+
+    // The attacker: another socket on the same host, same credentials.
+    let mut mallory = s.ua(tp, PRESENTITY, "alice").await;
+    let contact = format!("<{}>", mallory.contact_uri());
+    let mut replay = mallory
+        .req("REGISTER", "sip:example.com")
+        .to("sip:alice@example.com")
+        .h("Contact", contact.clone())
+        .h("Expires", "600")
+        .h("Authorization", auth.clone());
+    replay.call_id = sent.call_id.clone();
+    replay.from_tag = sent.from_tag.clone();
+    replay.cseq = sent.cseq + 1;
+    let r = mallory.send(&replay).await;
+    assert_eq!(r.code, 401, "a replayed (nonce, nc) is challenged");
+    assert!(challenges(&r).iter().all(|c| c.stale));
+
+    // The same from another address: not a nonce of that address at all.
+    if tp == Tp::Udp {
+        let other = tokio::net::UdpSocket::bind("127.0.0.2:0")
+            .await
+            .expect("bind 127.0.0.2");
+        let local = other.local_addr().expect("addr");
+        let mut again = replay.next();
+        again.headers.retain(|(n, _)| n != "Contact");
+        let again = again.h("Contact", format!("<sip:alice@{local}>"));
+        other
+            .send_to(&again.encode(Tp::Udp, local), s.at(PRESENTITY))
+            .await
+            .expect("send");
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = tokio::time::timeout(s.wait(), other.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("recv");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("SIP/2.0 401"), "{text}");
+        assert!(!text.contains("stale=true"), "{text}");
+    }
+
+    // RFC 2069 credentials (no qop, nc, cnonce) for a fresh nonce: refused.
+    let fresh = mallory
+        .req("REGISTER", "sip:example.com")
+        .to("sip:alice@example.com")
+        .h("Contact", contact)
+        .h("Expires", "600");
+    let r = mallory.send(&fresh).await;
+    assert_eq!(r.code, 401);
+    let ch = challenges(&r)
+        .into_iter()
+        .find(|c| c.algorithm == "MD5")
+        .expect("an MD5 challenge");
+    let ha1 = md5_hex(&format!("alice:{}:secret", ch.realm));
+    let ha2 = md5_hex("REGISTER:sip:example.com");
+    let response = md5_hex(&format!("{ha1}:{}:{ha2}", ch.nonce));
+    let bare = fresh.next().h(
+        "Authorization",
+        format!(
+            "Digest username=\"alice\", realm=\"{}\", nonce=\"{}\", uri=\"sip:example.com\", response=\"{response}\", algorithm=MD5",
+            ch.realm, ch.nonce
+        ),
+    );
+    assert_eq!(mallory.send(&bare).await.code, 401, "qop=auth is required");
+
+    // Only alice's own contact is bound.
+    let bindings = s
+        .store()
+        .bindings("sip:alice@example.com")
+        .await
+        .expect("store");
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert!(bindings[0].uri.contains(&alice.local.to_string()));
+    s.shutdown().await;
+}
