@@ -5,6 +5,19 @@
 use crate::model::{Binding, EndReason, Flow, Subscription, View};
 use bytes::Bytes;
 
+/// Which SIP transaction a command answers and how long its edge waits.
+/// The shard owner answers a command whose `txn` it has answered recently
+/// with that first answer (an edge's retry after a lost reply must not
+/// apply a PUBLISH or SUBSCRIBE twice), and skips one dequeued after its
+/// `deadline_ms` (the edge has answered the UA already).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The SIP transaction key (empty: no deduplication).
+    pub txn: String,
+    /// Wall-clock ms after which nobody waits for the answer (0: none).
+    pub deadline_ms: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct ContactSpec {
     pub uri: String,
@@ -29,6 +42,7 @@ pub struct RegisterCmd {
     pub cseq: u32,
     pub flow: Flow,
     pub action: RegisterAction,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +53,7 @@ pub struct PublishCmd {
     pub expires: u32,
     /// (content type, body) for initial and modify; `None` for refresh/remove.
     pub body: Option<(String, Bytes)>,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +74,7 @@ pub struct SubscribeCmd {
     pub flow: Flow,
     pub expires: u32,
     pub content_type: String,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone)]

@@ -7,7 +7,8 @@
 
 use crate::pb;
 use presence_core::commands::{
-    Command, ContactSpec, NotifyJob, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
+    Command, ContactSpec, NotifyJob, Origin, PublishCmd, RegisterAction, RegisterCmd, Reply,
+    SubscribeCmd,
 };
 use presence_core::{Binding, EndReason, Flow, Subscription, Transport, View};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -304,6 +305,24 @@ impl From<pb::ContactSpec> for ContactSpec {
     }
 }
 
+impl From<&Origin> for pb::Origin {
+    fn from(o: &Origin) -> Self {
+        pb::Origin {
+            txn: o.txn.clone(),
+            deadline_ms: o.deadline_ms,
+        }
+    }
+}
+
+impl From<pb::Origin> for Origin {
+    fn from(o: pb::Origin) -> Self {
+        Origin {
+            txn: o.txn,
+            deadline_ms: o.deadline_ms,
+        }
+    }
+}
+
 impl From<&RegisterCmd> for pb::RegisterCmd {
     fn from(c: &RegisterCmd) -> Self {
         use pb::register_cmd::Action;
@@ -319,6 +338,7 @@ impl From<&RegisterCmd> for pb::RegisterCmd {
                     contacts: v.iter().map(Into::into).collect(),
                 }),
             }),
+            origin: Some((&c.origin).into()),
         }
     }
 }
@@ -339,6 +359,7 @@ impl TryFrom<pb::RegisterCmd> for RegisterCmd {
                     RegisterAction::Update(u.contacts.into_iter().map(Into::into).collect())
                 }
             },
+            origin: c.origin.map(Into::into).unwrap_or_default(),
         })
     }
 }
@@ -354,6 +375,7 @@ impl From<&PublishCmd> for pb::PublishCmd {
                 content_type: ct.clone(),
                 body: b.clone(),
             }),
+            origin: Some((&c.origin).into()),
         }
     }
 }
@@ -366,6 +388,7 @@ impl From<pb::PublishCmd> for PublishCmd {
             if_match: c.if_match,
             expires: c.expires,
             body: c.body.map(|b| (b.content_type, b.body)),
+            origin: c.origin.map(Into::into).unwrap_or_default(),
         }
     }
 }
@@ -388,6 +411,7 @@ impl From<&SubscribeCmd> for pb::SubscribeCmd {
             flow: Some((&c.flow).into()),
             expires: c.expires,
             content_type: c.content_type.clone(),
+            origin: Some((&c.origin).into()),
         }
     }
 }
@@ -411,6 +435,7 @@ impl TryFrom<pb::SubscribeCmd> for SubscribeCmd {
             flow: flow(c.flow)?,
             expires: c.expires,
             content_type: c.content_type,
+            origin: c.origin.map(Into::into).unwrap_or_default(),
         })
     }
 }

@@ -11,7 +11,8 @@
 
 use bytes::Bytes;
 use presence_core::commands::{
-    Command, ContactSpec, NotifyJob, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
+    Command, ContactSpec, NotifyJob, Origin, PublishCmd, RegisterAction, RegisterCmd, Reply,
+    SubscribeCmd,
 };
 use presence_core::{Binding, EndReason, Flow, Subscription, Transport, View};
 use presence_nats::{pb, DecodeError, Envelope};
@@ -153,6 +154,13 @@ fn subscription(r: &mut StdRng) -> Subscription {
     }
 }
 
+fn origin(r: &mut StdRng) -> Origin {
+    Origin {
+        txn: text(r),
+        deadline_ms: r.random(),
+    }
+}
+
 fn command(r: &mut StdRng) -> Command {
     match r.random_range(0..6) {
         0 => Command::Register(RegisterCmd {
@@ -175,6 +183,7 @@ fn command(r: &mut StdRng) -> Command {
                         .collect(),
                 ),
             },
+            origin: origin(r),
         }),
         1 => Command::Publish(PublishCmd {
             aor: text(r),
@@ -182,6 +191,7 @@ fn command(r: &mut StdRng) -> Command {
             if_match: opt(r, text),
             expires: r.random(),
             body: opt(r, |r| (text(r), body(r))),
+            origin: origin(r),
         }),
         2 => Command::Subscribe(SubscribeCmd {
             aor: text(r),
@@ -199,6 +209,7 @@ fn command(r: &mut StdRng) -> Command {
             flow: flow(r),
             expires: r.random(),
             content_type: text(r),
+            origin: origin(r),
         }),
         3 => Command::Route {
             aor: text(r),

@@ -7,10 +7,12 @@
 use crate::leases::{LeaseEvent, ShardLeases};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::recent::RecentReplies;
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{
-    Command, ContactSpec, NotifyJob, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
+    Command, ContactSpec, NotifyJob, Origin, PublishCmd, RegisterAction, RegisterCmd, Reply,
+    SubscribeCmd,
 };
 use presence_core::digest::Users;
 use presence_core::packages::Registry;
@@ -31,6 +33,8 @@ pub struct Compositor {
     pub metrics: Arc<Metrics>,
     /// Where notify jobs wait between their commit and their push.
     pub outbox: Outbox,
+    /// Answers by SIP transaction, for the edge's re-sends.
+    pub recent: RecentReplies,
 }
 
 pub fn shard_subject(shard: u32) -> String {
@@ -297,6 +301,41 @@ impl Compositor {
     }
 
     async fn apply_inner(&self, cmd: Command) -> Result<Reply, StoreError> {
+        let origin = match &cmd {
+            Command::Register(c) => Some((&c.aor, &c.origin)),
+            Command::Publish(c) => Some((&c.aor, &c.origin)),
+            Command::Subscribe(c) => Some((&c.aor, &c.origin)),
+            _ => None,
+        };
+        let Some((aor, Origin { txn, deadline_ms })) = origin else {
+            return self.apply_once(cmd).await;
+        };
+        let now = self.clock.now_ms();
+        let key = (!txn.is_empty()).then(|| RecentReplies::key(aor, txn));
+        if let Some(reply) = key.as_deref().and_then(|k| self.recent.get(k, now)) {
+            self.metrics
+                .compositor_retried_commands
+                .with_label_values(&["answered_again"])
+                .inc();
+            return Ok(reply);
+        }
+        if *deadline_ms != 0 && now > *deadline_ms {
+            // The edge has answered its UA already (503): applying it now
+            // would change state behind an error answer.
+            self.metrics
+                .compositor_retried_commands
+                .with_label_values(&["past_deadline"])
+                .inc();
+            return Ok(Reply::refused(503, "Service Unavailable"));
+        }
+        let reply = self.apply_once(cmd).await?;
+        if let Some(key) = key {
+            self.recent.put(key, reply.clone(), now);
+        }
+        Ok(reply)
+    }
+
+    async fn apply_once(&self, cmd: Command) -> Result<Reply, StoreError> {
         match cmd {
             Command::Register(c) => self.register(c).await,
             Command::Publish(c) => self.publish(c).await,

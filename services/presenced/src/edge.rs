@@ -10,7 +10,7 @@ use crate::metrics::{method_label, status_class, Metrics};
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{
-    Command, ContactSpec, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
+    Command, ContactSpec, Origin, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
 };
 use presence_core::digest::{Client, Credentials, Verdict, Verifier};
 use presence_core::packages::Registry;
@@ -35,6 +35,11 @@ const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 const TIMER_F: Duration = Duration::from_secs(32);
 const TIMER_J: Duration = Duration::from_secs(32);
+/// How long one request to a shard owner may take before it is sent again.
+const ASK_ATTEMPT: Duration = Duration::from_secs(4);
+/// How long the edge tries a shard owner for one SIP request before it
+/// answers 503: well inside the UA's 32 s transaction.
+const ASK_BUDGET: Duration = Duration::from_secs(10);
 
 pub use presence_core::commands::{OutRequest, Outcome};
 
@@ -938,19 +943,47 @@ impl Edge {
         Err(Box::new(b))
     }
 
+    /// Where a command comes from: the request's transaction key and the
+    /// time after which this edge no longer waits for its answer.
+    fn origin(&self, req: &Request) -> Origin {
+        Origin {
+            txn: req.transaction_key().unwrap_or_default(),
+            deadline_ms: self.clock.now_ms() + ASK_BUDGET.as_millis() as u64,
+        }
+    }
+
+    /// Ask the shard owner of `aor`. The retry policy for edge → shard
+    /// requests (ARCHITECTURE.md, "Retries"), the only one:
+    /// - nobody serves the shard (a handover): the cluster's `HandoverRetry`
+    ///   retries for `--handover-wait-ms`; then 503 here;
+    /// - no answer in [`ASK_ATTEMPT`] (a lost request or reply): the same
+    ///   command again, with the same transaction key, which the owner
+    ///   answers with its first answer instead of applying it twice;
+    /// - [`ASK_BUDGET`] is over: 503; the command carries that deadline, and
+    ///   an owner that dequeues it later does not apply it.
     async fn ask(&self, aor: &str, cmd: Command) -> Reply {
         let subject = shard_subject(shard_of(aor, self.cfg.shards));
-        // A handover makes a shard briefly unreachable: retry, then 503.
-        for attempt in 0..3 {
+        let deadline = Instant::now() + ASK_BUDGET;
+        let mut attempt = 0u32;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            attempt += 1;
             match self
                 .bus
-                .request(&subject, cmd.clone(), Duration::from_secs(5))
+                .request(&subject, cmd.clone(), left.min(ASK_ATTEMPT))
                 .await
             {
                 Ok(r) => return r,
+                Err(presence_store::BusError::NoResponders(_)) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "shard request failed");
-                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                    tracing::warn!(error = %e, attempt, "shard request failed; sending it again");
+                    if attempt > 1 {
+                        // A bus that fails at once must not spin.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         }
@@ -1085,6 +1118,7 @@ impl Edge {
             cseq,
             flow: self.flow(src),
             action,
+            origin: self.origin(req),
         });
         match self.ask(aor.as_str(), cmd).await {
             Reply::Registered { bindings, now_ms } => {
@@ -1162,6 +1196,7 @@ impl Edge {
             if_match,
             expires,
             body,
+            origin: self.origin(req),
         });
         match self.ask(aor.as_str(), cmd).await {
             Reply::Published { etag, expires } => self
@@ -1273,6 +1308,7 @@ impl Edge {
             flow: self.flow(src),
             expires,
             content_type: content_type.to_string(),
+            origin: self.origin(req),
         });
         match self.ask(aor.as_str(), cmd).await {
             Reply::Subscribed { id, expires, .. } => {

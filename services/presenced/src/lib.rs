@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod ops;
 pub mod outbox;
+pub mod recent;
 
 use crate::cluster::{Backends, HandoverRetry, RetryMetrics};
 use crate::compositor::Compositor;
@@ -164,6 +165,7 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
             shards: cfg.shards,
             metrics: metrics.clone(),
             outbox: Outbox::new(jobs.clone(), metrics.clone()),
+            recent: Default::default(),
         });
         let bus = backends.shards_bus.clone();
         tasks.push(match leased {

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub compositor_documents: IntGauge,
     pub compositor_expired: IntCounterVec,
     pub compositor_store_errors: IntCounter,
+    pub compositor_retried_commands: IntCounterVec,
     pub compositor_outbox: IntCounterVec,
     pub notifier_notifies: IntCounterVec,
     pub notifier_latency_seconds: HistogramVec,
@@ -150,6 +151,12 @@ impl Metrics {
                 &["kind"],
             ),
             compositor_store_errors: store_errors,
+            compositor_retried_commands: counter(
+                &r,
+                "presence_compositor_retried_commands_total",
+                "Commands an edge sent again: answered with the first answer, or past their deadline and not applied",
+                &["outcome"],
+            ),
             compositor_outbox: counter(
                 &r,
                 "presence_compositor_outbox_jobs_total",

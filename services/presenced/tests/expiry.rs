@@ -40,6 +40,7 @@ async fn rig() -> Rig {
         shards: SHARDS,
         metrics: metrics.clone(),
         outbox: Outbox::new(jobs.clone(), metrics),
+        recent: Default::default(),
     });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(c.run(bus.clone(), 2, rx));
@@ -100,6 +101,7 @@ async fn a_publication_ends_by_its_expires_and_recomposes() {
                 "application/pidf+xml".into(),
                 Bytes::from_static(PIDF.as_bytes()),
             )),
+            origin: Default::default(),
         }),
     )
     .await;
@@ -159,6 +161,7 @@ async fn a_refresh_moves_the_deadline() {
                     Bytes::from_static(PIDF.as_bytes()),
                 )
             }),
+            origin: Default::default(),
         })
     };
     let Reply::Published { etag, .. } = ask(&r, aor, publish(None, true)).await else {
@@ -208,6 +211,7 @@ async fn a_subscription_ends_with_a_timeout_notify() {
             flow: flow(),
             expires: 5,
             content_type: "application/pidf+xml".into(),
+            origin: Default::default(),
         }),
     )
     .await;
