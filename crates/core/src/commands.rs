@@ -116,29 +116,59 @@ pub enum Reply {
     },
     Routes(Vec<Binding>),
     Done,
-    /// A SIP error answer decided by the shard: code, reason, extra headers.
-    Refused {
-        code: u16,
-        reason: String,
-        headers: Vec<(String, String)>,
-    },
+    /// The shard owner said no, and why; the edge chooses the SIP answer
+    /// (one function, `edge::answers`).
+    Refused(Refusal),
 }
 
 impl Reply {
-    pub fn refused(code: u16, reason: &str) -> Reply {
-        Reply::Refused {
-            code,
-            reason: reason.to_string(),
-            headers: Vec::new(),
-        }
+    pub fn refused(why: Refusal) -> Reply {
+        Reply::Refused(why)
     }
-    pub fn refused_with(code: u16, reason: &str, headers: Vec<(String, String)>) -> Reply {
-        Reply::Refused {
-            code,
-            reason: reason.to_string(),
-            headers,
-        }
-    }
+}
+
+/// Why the shard owner refused a command. It says *why* only: which SIP
+/// status, reason phrase and headers that becomes is the edge's choice, made
+/// in one place. Mirrored by `Refused.Why` in proto/presence.proto.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// SIP-If-Match names no live publication (RFC 3903 §6: 412).
+    UnknownEtag,
+    /// An in-dialog request for a subscription that does not exist, or not
+    /// for this watcher, resource and event (RFC 6665: 481).
+    NoSuchSubscription,
+    /// A CSeq not above the last one of the same dialog or registration
+    /// (RFC 3261 §12.2.2 / §10.3: 500).
+    OutOfOrderCSeq,
+    /// The presentity's watcher policy rejects this watcher (403).
+    PolicyRejected,
+    /// An initial PUBLISH without a body (RFC 3903 §6: 400).
+    MissingBody,
+    /// Nobody is registered under the AoR, or nobody who takes the method (480).
+    NotRegistered,
+    /// The AoR is unknown here (404).
+    UnknownUser,
+    /// A per-resource or per-watcher limit is reached (403).
+    TooMany { what: Quota, limit: u32 },
+    /// The store failed; trying later may work (500 with Retry-After).
+    StoreFailed,
+    /// The shard owner is unreachable or the command came too late (503
+    /// with Retry-After).
+    Unavailable,
+}
+
+/// What a [`Refusal::TooMany`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Live publications of one AoR and event.
+    Publications,
+    /// Contacts bound to one AoR.
+    Contacts,
+    /// Subscriptions of one watcher.
+    WatcherSubscriptions,
+    /// Subscriptions to one resource and event.
+    Watchers,
 }
 
 /// Work for the notifiers.

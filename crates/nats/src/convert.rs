@@ -7,8 +7,8 @@
 
 use crate::pb;
 use presence_core::commands::{
-    Command, ContactSpec, NotifyJob, Origin, PublishCmd, RegisterAction, RegisterCmd, Reply,
-    SubscribeCmd,
+    Command, ContactSpec, NotifyJob, Origin, PublishCmd, Quota, Refusal, RegisterAction,
+    RegisterCmd, Reply, SubscribeCmd,
 };
 use presence_core::{Binding, EndReason, Flow, Subscription, Transport, View};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -517,15 +517,7 @@ impl From<&Reply> for pb::Reply {
                 bindings: b.iter().map(Into::into).collect(),
             }),
             Reply::Done => R::Done(pb::Done {}),
-            Reply::Refused {
-                code,
-                reason,
-                headers,
-            } => R::Refused(pb::Refused {
-                code: u32::from(*code),
-                reason: reason.clone(),
-                headers: headers_to_pb(headers),
-            }),
+            Reply::Refused(why) => R::Refused(refused_to_pb(*why)),
         };
         pb::Reply { reply: Some(reply) }
     }
@@ -537,6 +529,67 @@ pub fn status_code(v: u32) -> Result<u16, DecodeError> {
         Ok(c) if (100..=699).contains(&c) => Ok(c),
         _ => Err(invalid("code", format!("{v} is not a SIP status code"))),
     }
+}
+
+fn refused_to_pb(r: Refusal) -> pb::Refused {
+    use pb::refused::{Quota as Q, Why as W};
+    let (why, quota, limit) = match r {
+        Refusal::UnknownEtag => (W::UnknownEtag, Q::Unspecified, 0),
+        Refusal::NoSuchSubscription => (W::NoSuchSubscription, Q::Unspecified, 0),
+        Refusal::OutOfOrderCSeq => (W::OutOfOrderCseq, Q::Unspecified, 0),
+        Refusal::PolicyRejected => (W::PolicyRejected, Q::Unspecified, 0),
+        Refusal::MissingBody => (W::MissingBody, Q::Unspecified, 0),
+        Refusal::NotRegistered => (W::NotRegistered, Q::Unspecified, 0),
+        Refusal::UnknownUser => (W::UnknownUser, Q::Unspecified, 0),
+        Refusal::TooMany { what, limit } => (
+            W::TooMany,
+            match what {
+                Quota::Publications => Q::Publications,
+                Quota::Contacts => Q::Contacts,
+                Quota::WatcherSubscriptions => Q::WatcherSubscriptions,
+                Quota::Watchers => Q::Watchers,
+            },
+            limit,
+        ),
+        Refusal::StoreFailed => (W::StoreFailed, Q::Unspecified, 0),
+        Refusal::Unavailable => (W::Unavailable, Q::Unspecified, 0),
+        // A refusal added to core without a wire form: the receiver fails
+        // to decode it, and its caller answers as for any bus failure.
+        _ => (W::Unspecified, Q::Unspecified, 0),
+    };
+    pb::Refused {
+        why: why as i32,
+        quota: quota as i32,
+        limit,
+    }
+}
+
+fn refused_from_pb(f: &pb::Refused) -> Result<Refusal, DecodeError> {
+    use pb::refused::{Quota as Q, Why as W};
+    let why =
+        W::try_from(f.why).map_err(|_| invalid("why", format!("unknown refusal {}", f.why)))?;
+    Ok(match why {
+        W::Unspecified => return Err(invalid("why", "unspecified refusal".to_string())),
+        W::UnknownEtag => Refusal::UnknownEtag,
+        W::NoSuchSubscription => Refusal::NoSuchSubscription,
+        W::OutOfOrderCseq => Refusal::OutOfOrderCSeq,
+        W::PolicyRejected => Refusal::PolicyRejected,
+        W::MissingBody => Refusal::MissingBody,
+        W::NotRegistered => Refusal::NotRegistered,
+        W::UnknownUser => Refusal::UnknownUser,
+        W::TooMany => Refusal::TooMany {
+            what: match Q::try_from(f.quota) {
+                Ok(Q::Publications) => Quota::Publications,
+                Ok(Q::Contacts) => Quota::Contacts,
+                Ok(Q::WatcherSubscriptions) => Quota::WatcherSubscriptions,
+                Ok(Q::Watchers) => Quota::Watchers,
+                _ => return Err(invalid("quota", format!("unknown quota {}", f.quota))),
+            },
+            limit: f.limit,
+        },
+        W::StoreFailed => Refusal::StoreFailed,
+        W::Unavailable => Refusal::Unavailable,
+    })
 }
 
 impl TryFrom<pb::Reply> for Reply {
@@ -559,11 +612,7 @@ impl TryFrom<pb::Reply> for Reply {
             },
             R::Routes(r) => Reply::Routes(bindings(r.bindings)?),
             R::Done(_) => Reply::Done,
-            R::Refused(f) => Reply::Refused {
-                code: status_code(f.code)?,
-                reason: f.reason,
-                headers: headers_from_pb(f.headers),
-            },
+            R::Refused(f) => Reply::Refused(refused_from_pb(&f)?),
         })
     }
 }

@@ -11,8 +11,8 @@
 
 use bytes::Bytes;
 use presence_core::commands::{
-    Command, ContactSpec, NotifyJob, Origin, PublishCmd, RegisterAction, RegisterCmd, Reply,
-    SubscribeCmd,
+    Command, ContactSpec, NotifyJob, Origin, PublishCmd, Quota, Refusal, RegisterAction,
+    RegisterCmd, Reply, SubscribeCmd,
 };
 use presence_core::{Binding, EndReason, Flow, Subscription, Transport, View};
 use presence_nats::{pb, DecodeError, Envelope};
@@ -244,13 +244,26 @@ fn reply(r: &mut StdRng) -> Reply {
         },
         3 => Reply::Routes((0..r.random_range(0..3)).map(|_| binding(r)).collect()),
         4 => Reply::Done,
-        _ => Reply::Refused {
-            code: r.random_range(100..700),
-            reason: text(r),
-            headers: (0..r.random_range(0..3))
-                .map(|_| (text(r), text(r)))
-                .collect(),
-        },
+        _ => Reply::Refused(match r.random_range(0..11) {
+            0 => Refusal::UnknownEtag,
+            1 => Refusal::NoSuchSubscription,
+            2 => Refusal::OutOfOrderCSeq,
+            3 => Refusal::PolicyRejected,
+            4 => Refusal::MissingBody,
+            5 => Refusal::NotRegistered,
+            6 => Refusal::UnknownUser,
+            7 => Refusal::StoreFailed,
+            8 => Refusal::Unavailable,
+            _ => Refusal::TooMany {
+                what: [
+                    Quota::Publications,
+                    Quota::Contacts,
+                    Quota::WatcherSubscriptions,
+                    Quota::Watchers,
+                ][r.random_range(0..4)],
+                limit: r.random(),
+            },
+        }),
     }
 }
 
@@ -539,20 +552,21 @@ fn unknown_and_unspecified_enums_are_refused() {
 
 #[test]
 fn out_of_range_numbers_and_bad_addresses_are_refused() {
-    for code in [0, 99, 700, 65_536 + 200, u32::MAX] {
+    // A refusal without a reason we know, or a quota we do not, is refused.
+    for (why, quota) in [(0, 0), (11, 0), (-1, 0), (i32::MAX, 0), (8, 0), (8, 5)] {
         let r = pb::Reply {
             reply: Some(pb::reply::Reply::Refused(pb::Refused {
-                code,
-                reason: "x".into(),
-                headers: vec![],
+                why,
+                quota,
+                limit: 3,
             })),
         };
         assert!(
             matches!(
                 Reply::decode(&r.encode_to_vec()),
-                Err(DecodeError::Invalid { field: "code", .. })
+                Err(DecodeError::Invalid { .. })
             ),
-            "{code}"
+            "{why} {quota}"
         );
     }
     let bad = |ip: &[u8], port: u32, flowinfo: u32| pb::SocketAddr {

@@ -1,7 +1,7 @@
 //! The request/reply bus against a real `nats-server` (started by the testkit
 //! on free ports): the shared contract suite, and what NATS adds to it.
 
-use presence_core::commands::{Command, Reply};
+use presence_core::commands::{Command, Quota, Refusal, Reply};
 use presence_nats::{
     connect, request_with_retry, Envelope, NatsMetrics, NatsRequests, RequestsConfig,
 };
@@ -81,11 +81,10 @@ async fn commands_and_replies_travel_as_protobuf() {
     let shard: NatsRequests<Command, Reply> = bus(&server, "shard").await;
     let edge: NatsRequests<Command, Reply> = bus(&server, "edge").await;
     serve_with(&shard, "shard.7", |c| match c {
-        Command::Route { aor, method } => Reply::Refused {
-            code: 404,
-            reason: format!("{method} {aor}"),
-            headers: vec![("Retry-After".into(), "5".into())],
-        },
+        Command::Route { .. } => Reply::Refused(Refusal::TooMany {
+            what: Quota::Contacts,
+            limit: 10,
+        }),
         _ => Reply::Done,
     })
     .await;
@@ -101,11 +100,10 @@ async fn commands_and_replies_travel_as_protobuf() {
         .await;
     assert_eq!(
         rep,
-        Ok(Reply::Refused {
-            code: 404,
-            reason: "MESSAGE sip:a@example.com".into(),
-            headers: vec![("Retry-After".into(), "5".into())],
-        })
+        Ok(Reply::Refused(Refusal::TooMany {
+            what: Quota::Contacts,
+            limit: 10,
+        }))
     );
 }
 

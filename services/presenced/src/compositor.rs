@@ -11,8 +11,8 @@ use crate::recent::RecentReplies;
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{
-    Command, ContactSpec, NotifyJob, Origin, PublishCmd, RegisterAction, RegisterCmd, Reply,
-    SubscribeCmd,
+    Command, ContactSpec, NotifyJob, Origin, PublishCmd, Quota, Refusal, RegisterAction,
+    RegisterCmd, Reply, SubscribeCmd,
 };
 use presence_core::digest::Users;
 use presence_core::packages::Registry;
@@ -35,6 +35,34 @@ pub struct Compositor {
     pub outbox: Outbox,
     /// Answers by SIP transaction, for the edge's re-sends.
     pub recent: RecentReplies,
+    pub limits: Limits,
+}
+
+/// How much state one resource may hold: every table has a bound, so that
+/// no user (or forger) grows the store without limit. Reductions are always
+/// allowed; only growth past a limit is refused (`Refusal::TooMany`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Contacts bound to one AoR (`--max-contacts`).
+    pub contacts: u32,
+    /// Live publications of one AoR and event (`--max-publications`).
+    pub publications: u32,
+    /// Subscriptions to one AoR and event (`--max-watchers`).
+    pub watchers: u32,
+}
+
+impl Default for Limits {
+    /// A user has a handful of devices (Kamailio's registrar is often run
+    /// with max_contacts 5-10); a receptionist's line is watched by a few
+    /// hundred phones; a whole enterprise watching one person stays below
+    /// ten thousand.
+    fn default() -> Self {
+        Limits {
+            contacts: 10,
+            publications: 16,
+            watchers: 10_000,
+        }
+    }
 }
 
 pub fn shard_subject(shard: u32) -> String {
@@ -293,11 +321,7 @@ impl Compositor {
     fn store_failure(&self, e: StoreError) -> Reply {
         self.metrics.compositor_store_errors.inc();
         tracing::error!(error = %e, "store error while applying a command");
-        Reply::refused_with(
-            500,
-            "Server Internal Error",
-            vec![("Retry-After".into(), "5".into())],
-        )
+        Reply::refused(Refusal::StoreFailed)
     }
 
     async fn apply_inner(&self, cmd: Command) -> Result<Reply, StoreError> {
@@ -326,7 +350,7 @@ impl Compositor {
                 .compositor_retried_commands
                 .with_label_values(&["past_deadline"])
                 .inc();
-            return Ok(Reply::refused(503, "Service Unavailable"));
+            return Ok(Reply::refused(Refusal::Unavailable));
         }
         let reply = self.apply_once(cmd).await?;
         if let Some(key) = key {
@@ -461,7 +485,7 @@ impl Compositor {
                     if let Some(i) = existing {
                         let b = &bindings[i];
                         if b.call_id == c.call_id && c.cseq < b.cseq {
-                            return Ok(Reply::refused(500, "Out of Order CSeq"));
+                            return Ok(Reply::refused(Refusal::OutOfOrderCSeq));
                         }
                         bindings.remove(i);
                     }
@@ -470,6 +494,13 @@ impl Compositor {
                     }
                 }
             }
+        }
+        let limit = self.limits.contacts;
+        if bindings.len() > before.len() && bindings.len() > limit as usize {
+            return Ok(Reply::refused(Refusal::TooMany {
+                what: Quota::Contacts,
+                limit,
+            }));
         }
         if before == bindings {
             return Ok(Reply::Registered {
@@ -509,7 +540,7 @@ impl Compositor {
         match &c.if_match {
             Some(tag) => {
                 let Some(pos) = pubs.iter().position(|p| &p.etag == tag) else {
-                    return Ok(Reply::refused(412, "Conditional Request Failed"));
+                    return Ok(Reply::refused(Refusal::UnknownEtag));
                 };
                 let old = pubs.remove(pos);
                 ops.push(Op::DeletePublication {
@@ -546,8 +577,15 @@ impl Compositor {
             }
             None => {
                 let Some((ct, body)) = &c.body else {
-                    return Ok(Reply::refused(400, "Missing Body"));
+                    return Ok(Reply::refused(Refusal::MissingBody));
                 };
+                let limit = self.limits.publications;
+                if pubs.len() >= limit as usize {
+                    return Ok(Reply::refused(Refusal::TooMany {
+                        what: Quota::Publications,
+                        limit,
+                    }));
+                }
                 etag = new_etag();
                 let p = Publication {
                     etag: etag.clone(),
@@ -594,10 +632,10 @@ impl Compositor {
                     && s.event_id == c.event_id
                     && s.expires_at_ms > now
             }) else {
-                return Ok(Reply::refused(481, "Subscription Does Not Exist"));
+                return Ok(Reply::refused(Refusal::NoSuchSubscription));
             };
             if c.cseq <= sub.remote_cseq {
-                return Ok(Reply::refused(500, "Out of Order CSeq"));
+                return Ok(Reply::refused(Refusal::OutOfOrderCSeq));
             }
             let view = sub.view;
             if c.expires == 0 {
@@ -628,9 +666,17 @@ impl Compositor {
             });
         }
         let view = match self.policy.decide(&c.aor, &c.watcher) {
-            Decision::Reject => return Ok(Reply::refused(403, "Forbidden")),
+            Decision::Reject => return Ok(Reply::refused(Refusal::PolicyRejected)),
             Decision::Accept(view) => view,
         };
+        let limit = self.limits.watchers;
+        if c.expires > 0 && self.store.watcher_ids(&c.aor, &c.event).await?.len() >= limit as usize
+        {
+            return Ok(Reply::refused(Refusal::TooMany {
+                what: Quota::Watchers,
+                limit,
+            }));
+        }
         let id = new_tag();
         let sub = Subscription {
             id: id.clone(),
@@ -703,9 +749,9 @@ impl Compositor {
                 u.contains(user, domain)
             });
         Ok(if known {
-            Reply::refused(480, "Temporarily Unavailable")
+            Reply::refused(Refusal::NotRegistered)
         } else {
-            Reply::refused(404, "Not Found")
+            Reply::refused(Refusal::UnknownUser)
         })
     }
 

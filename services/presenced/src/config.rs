@@ -124,6 +124,27 @@ pub struct Args {
         default_value_t = 65536
     )]
     pub max_message_size: usize,
+    /// Contacts one AoR may have bound; a REGISTER adding more gets 403.
+    #[arg(
+        long = "max-contacts",
+        env = "PRESENCE_MAX_CONTACTS",
+        default_value_t = 10
+    )]
+    pub max_contacts: u32,
+    /// Live publications one AoR may have per event package; more get 403.
+    #[arg(
+        long = "max-publications",
+        env = "PRESENCE_MAX_PUBLICATIONS",
+        default_value_t = 16
+    )]
+    pub max_publications: u32,
+    /// Subscriptions one resource may have per event package; more get 403.
+    #[arg(
+        long = "max-watchers",
+        env = "PRESENCE_MAX_WATCHERS",
+        default_value_t = 10_000
+    )]
+    pub max_watchers: u32,
     /// Number of virtual shards (fixed per deployment).
     #[arg(long, env = "PRESENCE_SHARDS", default_value_t = 256)]
     pub shards: u32,
@@ -150,6 +171,8 @@ pub struct Config {
     pub min_expires: u32,
     pub max_expires: u32,
     pub max_message_size: usize,
+    /// State bounds per resource.
+    pub limits: crate::compositor::Limits,
     pub shards: u32,
     /// The roles this process runs.
     pub roles: Roles,
@@ -311,6 +334,15 @@ impl Config {
         if args.max_message_size < 1024 || args.max_message_size > 1 << 20 {
             errors.push("--max-message-size must be between 1024 and 1048576".into());
         }
+        for (flag, v, max) in [
+            ("--max-contacts", args.max_contacts, 1_000),
+            ("--max-publications", args.max_publications, 1_000),
+            ("--max-watchers", args.max_watchers, 1_000_000),
+        ] {
+            if v == 0 || v > max {
+                errors.push(format!("{flag} must be between 1 and {max}"));
+            }
+        }
         if args.shards == 0 || args.shards > 65536 {
             errors.push("--shards must be between 1 and 65536".into());
         }
@@ -333,6 +365,11 @@ impl Config {
             min_expires: args.min_expires,
             max_expires: args.max_expires,
             max_message_size: args.max_message_size,
+            limits: crate::compositor::Limits {
+                contacts: args.max_contacts,
+                publications: args.max_publications,
+                watchers: args.max_watchers,
+            },
             shards: args.shards,
             roles: roles.unwrap_or(Roles::ALL),
             redis: redis.map(str::to_string),

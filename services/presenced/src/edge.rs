@@ -10,7 +10,8 @@ use crate::metrics::{method_label, status_class, Metrics};
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{
-    Command, ContactSpec, Origin, PublishCmd, RegisterAction, RegisterCmd, Reply, SubscribeCmd,
+    Command, ContactSpec, Origin, PublishCmd, Refusal, RegisterAction, RegisterCmd, Reply,
+    SubscribeCmd,
 };
 use presence_core::digest::{Client, Credentials, Verdict, Verifier};
 use presence_core::packages::Registry;
@@ -987,23 +988,16 @@ impl Edge {
                 }
             }
         }
-        Reply::refused_with(
-            503,
-            "Service Unavailable",
-            vec![("Retry-After".into(), "5".into())],
-        )
+        Reply::refused(Refusal::Unavailable)
     }
 
     fn refusal(&self, req: &Request, src: Source, reply: Reply) -> ResponseBuilder {
         match reply {
-            Reply::Refused {
-                code,
-                reason,
-                headers,
-            } => {
-                let mut b = self.reply(req, src, code, &reason);
-                for (n, v) in headers {
-                    b = b.header(&n, v);
+            Reply::Refused(why) => {
+                let a = crate::answers::for_refusal(&why);
+                let mut b = self.reply(req, src, a.code, &a.reason);
+                for (n, v) in a.headers {
+                    b = b.header(n, v);
                 }
                 b
             }

@@ -9,6 +9,7 @@
 //! `run`, programmed against the store and bus traits only.
 #![forbid(unsafe_code)]
 
+pub mod answers;
 pub mod cluster;
 pub mod compositor;
 pub mod config;
@@ -166,6 +167,7 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
             metrics: metrics.clone(),
             outbox: Outbox::new(jobs.clone(), metrics.clone()),
             recent: Default::default(),
+            limits: cfg.limits,
         });
         let bus = backends.shards_bus.clone();
         tasks.push(match leased {

@@ -32,6 +32,7 @@ both! {
     message_from_is_the_authenticated_user;
     in_dialog_requests_must_match_the_subscription;
     captured_authorization_is_not_replayable;
+    state_per_resource_is_bounded;
 }
 
 async fn authed(s: &TestServer, tp: Tp, i: usize, user: &str, password: &str) -> Ua {
@@ -263,5 +264,100 @@ async fn captured_authorization_is_not_replayable(tp: Tp) {
         .expect("store");
     assert_eq!(bindings.len(), 1, "{bindings:?}");
     assert!(bindings[0].uri.contains(&alice.local.to_string()));
+    s.shutdown().await;
+}
+
+/// No user grows the store without bound: contacts, publications and
+/// watchers per resource have limits with a clear answer, and going back
+/// below a limit is always allowed.
+async fn state_per_resource_is_bounded(tp: Tp) {
+    let s = start(
+        Mode::AllInOne,
+        None,
+        None,
+        &[
+            "--max-contacts",
+            "3",
+            "--max-publications",
+            "2",
+            "--max-watchers",
+            "2",
+        ],
+    )
+    .await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let aor = alice.aor.clone();
+    let contacts = |n: std::ops::Range<u32>| -> String {
+        n.map(|i| format!("<sip:alice-{i}@192.0.2.1:5060>"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // 20 contacts in one REGISTER (the review's amplifier): refused whole.
+    let req = alice
+        .req("REGISTER", "sip:example.com")
+        .to(&aor)
+        .h("Contact", contacts(0..20))
+        .h("Expires", "600");
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 403, "{}", r.reason);
+    assert!(r.reason.contains("Contacts"), "{}", r.reason);
+    let bound = s.store().bindings(&aor).await.expect("store");
+    assert!(bound.is_empty(), "{bound:?}");
+    // Up to the limit, fine; one more, refused; replacing one, fine.
+    let req = alice
+        .req("REGISTER", "sip:example.com")
+        .to(&aor)
+        .h("Contact", contacts(0..3))
+        .h("Expires", "600");
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let req = alice
+        .req("REGISTER", "sip:example.com")
+        .to(&aor)
+        .h("Contact", contacts(3..4))
+        .h("Expires", "600");
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 403, "{}", r.reason);
+    let req = alice
+        .req("REGISTER", "sip:example.com")
+        .to(&aor)
+        .h(
+            "Contact",
+            format!("{};expires=0, {}", contacts(0..1), contacts(3..4)),
+        )
+        .h("Expires", "600");
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 200, "a swap stays within the limit: {}", r.reason);
+
+    // Publications.
+    let pidf = |basic: &str| {
+        format!(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{aor}"><tuple id="t"><status><basic>{basic}</basic></status></tuple></presence>"#
+        )
+    };
+    for expect in [200, 200, 403] {
+        let req = alice
+            .req("PUBLISH", &aor)
+            .h("Event", "presence")
+            .h("Expires", "600")
+            .body("application/pidf+xml", pidf("open"));
+        let r = alice.send(&req).await;
+        assert_eq!(r.code, expect, "{}", r.reason);
+    }
+    assert_eq!(
+        s.store()
+            .publications(&aor, "presence")
+            .await
+            .expect("store")
+            .len(),
+        2
+    );
+
+    // Watchers.
+    for (i, expect) in [200, 200, 403].into_iter().enumerate() {
+        let mut w = s.ua(tp, WATCHER, &format!("w{i}")).await;
+        let (r, _, _) = w.subscribe(&aor, 600).await;
+        assert_eq!(r.code, expect, "watcher {i}: {}", r.reason);
+    }
     s.shutdown().await;
 }

@@ -41,6 +41,7 @@ async fn rig() -> Rig {
         metrics: metrics.clone(),
         outbox: Outbox::new(jobs.clone(), metrics),
         recent: Default::default(),
+        limits: Default::default(),
     });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(c.run(bus.clone(), 2, rx));

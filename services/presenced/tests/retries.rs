@@ -88,6 +88,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
         metrics: metrics.clone(),
         outbox: Outbox::new(jobs, metrics.clone()),
         recent: Default::default(),
+        limits: Default::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(compositor.run(shards.clone(), 2, stop_rx.clone()));
@@ -220,7 +221,13 @@ async fn a_command_past_its_deadline_is_not_applied() {
         .request(&subject, cmd(now - 1), Duration::from_secs(5))
         .await
         .expect("reply");
-    assert!(matches!(late, Reply::Refused { code: 503, .. }), "{late:?}");
+    assert!(
+        matches!(
+            late,
+            Reply::Refused(presence_core::commands::Refusal::Unavailable)
+        ),
+        "{late:?}"
+    );
     assert!(r
         .store
         .publications(aor, "presence")
