@@ -218,7 +218,7 @@ async fn a_command_past_its_deadline_is_not_applied() {
     let now = Clock::new().now_ms();
     let late = r
         .shards
-        .request(&subject, cmd(now - 1), Duration::from_secs(5))
+        .request(&subject, cmd(now - 1_000), Duration::from_secs(5))
         .await
         .expect("reply");
     assert!(
