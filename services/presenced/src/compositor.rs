@@ -696,16 +696,10 @@ impl Compositor {
             content_type: c.content_type,
             view,
         };
-        // Make sure there is a document to send (e.g. a never-seen presentity).
-        let has_doc = self.store.document(&c.aor, &c.event).await?.is_some();
+        // No document is stored for a resource without state (a fetch of
+        // a never-used AoR must leave nothing behind): the notifier sends
+        // the package's "no state" document until something is composed.
         let mut ops = Vec::new();
-        if !has_doc {
-            ops.extend(
-                self.recompose(&c.aor, &c.event, None)
-                    .await?
-                    .map(|(op, _)| op),
-            );
-        }
         if c.expires == 0 {
             // A fetch: one NOTIFY with the state, then terminated.
             let job = NotifyJob::Terminated {

@@ -517,7 +517,14 @@ impl Notifier {
 
     fn body_for(&self, sub: &Subscription, doc: Option<Bytes>) -> Option<Bytes> {
         match sub.view {
-            View::Full => doc,
+            View::Full => doc.or_else(|| {
+                // Nothing was ever composed for this resource (no state is
+                // kept for an AoR nobody publishes or registers): the
+                // package's document for "no state".
+                self.packages
+                    .get(&sub.event)
+                    .map(|p| Bytes::from(p.compose(&sub.aor, &[], None, &[]).body))
+            }),
             View::Neutral => self
                 .packages
                 .get(&sub.event)

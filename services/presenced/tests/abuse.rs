@@ -33,6 +33,7 @@ both! {
     in_dialog_requests_must_match_the_subscription;
     captured_authorization_is_not_replayable;
     state_per_resource_is_bounded;
+    subscribing_to_nobody_leaves_nothing;
 }
 
 async fn authed(s: &TestServer, tp: Tp, i: usize, user: &str, password: &str) -> Ua {
@@ -359,5 +360,43 @@ async fn state_per_resource_is_bounded(tp: Tp) {
         let (r, _, _) = w.subscribe(&aor, 600).await;
         assert_eq!(r.code, expect, "watcher {i}: {}", r.reason);
     }
+    s.shutdown().await;
+}
+
+/// A fetch, or a subscription that ends, for an AoR that never published
+/// or registered gets the "no state" document and leaves no record behind.
+async fn subscribing_to_nobody_leaves_nothing(tp: Tp) {
+    let s = start(Mode::AllInOne, None, None, &[]).await;
+    let mut w = s.ua(tp, WATCHER, "watcher").await;
+    for (i, expires) in [0u32, 60].into_iter().enumerate() {
+        let nobody = format!("sip:nobody{i}@example.com");
+        let (r, dialog, sent) = w.subscribe(&nobody, expires).await;
+        assert_eq!(r.code, 200, "{}", r.reason);
+        let n = w.notify().await;
+        assert!(
+            body_str(&n).contains("<basic>closed</basic>"),
+            "{}",
+            body_str(&n)
+        );
+        if expires > 0 {
+            let mut end = sent.next().in_dialog(&dialog);
+            end.headers.retain(|(n, _)| n != "Expires");
+            let end = end.h("Expires", "0");
+            assert_eq!(w.send(&end).await.code, 200);
+            let last = w.notify().await;
+            assert!(last
+                .header("Subscription-State")
+                .is_some_and(|v| v.starts_with("terminated")));
+        }
+        let doc = s
+            .store()
+            .document(&nobody, "presence")
+            .await
+            .expect("store");
+        assert!(doc.is_none(), "{doc:?}");
+        assert!(!s.store().is_known(&nobody).await.expect("store"));
+    }
+    let counts = s.store().counts().await.expect("store");
+    assert_eq!((counts.documents, counts.subscriptions), (0, 0));
     s.shutdown().await;
 }
