@@ -92,8 +92,10 @@ port_free() {
 }
 
 start_ours() {
+  # The load tool's thousands of UAs share one address: no per-source rate.
   "$BIN/presenced" --sip-listen "127.0.0.1:$PORT" --http-listen 127.0.0.1:0 \
-    --domain example.com >"$1/server.log" 2>&1 &
+    --domain example.com --rate-per-source 1000000 --burst-per-source 1000000 \
+    >"$1/server.log" 2>&1 &
   SERVER_PID=$!
 }
 

@@ -186,7 +186,8 @@ step_all_in_one() { # load buddies rate
   log "all-in-one: $load, $USERS users x $buddies buddies, $rate PUBLISH/s for ${DURATION}s"
   sip=$(free_port) http=$(free_port)
   "$BIN/presenced" --sip-listen "127.0.0.1:$sip" --http-listen "127.0.0.1:$http" \
-    --domain example.com >"$dir/server.log" 2>&1 &
+    --domain example.com --rate-per-source 1000000 --burst-per-source 1000000 \
+    >"$dir/server.log" 2>&1 &
   AIO_PID=$!
   for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$http/readyz" >/dev/null && break

@@ -107,7 +107,9 @@ role() {
   local http; http=$(free_port)
   local args=(--target "$role" --redis "$REDIS_URL" --nats "$NATS_URL" --node-id "$name"
     --shards "$SHARDS" --domain "$DOMAIN" --nonce-secret "$SECRET"
-    --http-listen "127.0.0.1:$http" --log "$LOG" "${EXTRA[@]}")
+    --http-listen "127.0.0.1:$http" --log "$LOG"
+    --rate-per-source "${RATE_PER_SOURCE:-1000000}" --burst-per-source "${BURST_PER_SOURCE:-1000000}"
+    "${EXTRA[@]}")
   if [ -n "$sip" ]; then args+=(--sip-listen "127.0.0.1:$sip"); fi
   start "$name" "$PRESENCED" "${args[@]}"
   wait_tcp "$http" "$name"

@@ -145,6 +145,70 @@ pub struct Args {
         default_value_t = 10_000
     )]
     pub max_watchers: u32,
+    /// Requests an edge handles at once; more are dropped (UDP) or get 503 (TCP).
+    #[arg(
+        long = "max-inflight",
+        env = "PRESENCE_MAX_INFLIGHT",
+        default_value_t = 8192
+    )]
+    pub max_inflight: usize,
+    /// TCP connections an edge keeps open at most.
+    #[arg(
+        long = "max-connections",
+        env = "PRESENCE_MAX_CONNECTIONS",
+        default_value_t = 50_000
+    )]
+    pub max_connections: usize,
+    /// TCP connections one source address may keep open.
+    #[arg(
+        long = "max-connections-per-source",
+        env = "PRESENCE_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 512
+    )]
+    pub max_connections_per_source: usize,
+    /// Requests per second one source address may send on average.
+    #[arg(
+        long = "rate-per-source",
+        env = "PRESENCE_RATE_PER_SOURCE",
+        default_value_t = 200
+    )]
+    pub rate_per_source: u32,
+    /// Requests one source address may send at once above its rate.
+    #[arg(
+        long = "burst-per-source",
+        env = "PRESENCE_BURST_PER_SOURCE",
+        default_value_t = 1000
+    )]
+    pub burst_per_source: u32,
+    /// Seconds a TCP connection may stay silent between messages.
+    #[arg(
+        long = "idle-timeout",
+        env = "PRESENCE_IDLE_TIMEOUT",
+        default_value_t = 3900
+    )]
+    pub idle_timeout: u64,
+    /// Seconds a message (and a new connection's first one) has to arrive whole.
+    #[arg(
+        long = "header-timeout",
+        env = "PRESENCE_HEADER_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub header_timeout: u64,
+    /// Messages queued for one TCP connection; a peer that does not read is cut off.
+    #[arg(
+        long = "write-queue",
+        env = "PRESENCE_WRITE_QUEUE",
+        default_value_t = 1024
+    )]
+    pub write_queue: usize,
+    /// On SIGTERM, seconds to keep serving SIP while /readyz answers 503 and
+    /// OPTIONS 503 (load balancers take the node out), before stopping.
+    #[arg(
+        long = "drain-seconds",
+        env = "PRESENCE_DRAIN_SECONDS",
+        default_value_t = 0
+    )]
+    pub drain_seconds: u64,
     /// Number of virtual shards (fixed per deployment).
     #[arg(long, env = "PRESENCE_SHARDS", default_value_t = 256)]
     pub shards: u32,
@@ -173,6 +237,10 @@ pub struct Config {
     pub max_message_size: usize,
     /// State bounds per resource.
     pub limits: crate::compositor::Limits,
+    /// What one source may cost an edge.
+    pub edge_limits: crate::guard::EdgeLimits,
+    /// Lame-duck time on shutdown.
+    pub drain: Duration,
     pub shards: u32,
     /// The roles this process runs.
     pub roles: Roles,
@@ -343,6 +411,36 @@ impl Config {
                 errors.push(format!("{flag} must be between 1 and {max}"));
             }
         }
+        for (flag, v, min, max) in [
+            ("--max-inflight", args.max_inflight, 1, 1_000_000),
+            ("--max-connections", args.max_connections, 1, 10_000_000),
+            (
+                "--max-connections-per-source",
+                args.max_connections_per_source,
+                1,
+                10_000_000,
+            ),
+            (
+                "--rate-per-source",
+                args.rate_per_source as usize,
+                1,
+                1_000_000,
+            ),
+            (
+                "--burst-per-source",
+                args.burst_per_source as usize,
+                1,
+                10_000_000,
+            ),
+            ("--idle-timeout", args.idle_timeout as usize, 1, 86_400),
+            ("--header-timeout", args.header_timeout as usize, 1, 600),
+            ("--write-queue", args.write_queue, 1, 1_000_000),
+            ("--drain-seconds", args.drain_seconds as usize, 0, 3_600),
+        ] {
+            if v < min || v > max {
+                errors.push(format!("{flag} must be between {min} and {max}"));
+            }
+        }
         if args.shards == 0 || args.shards > 65536 {
             errors.push("--shards must be between 1 and 65536".into());
         }
@@ -370,6 +468,18 @@ impl Config {
                 publications: args.max_publications,
                 watchers: args.max_watchers,
             },
+            edge_limits: crate::guard::EdgeLimits {
+                max_inflight: args.max_inflight,
+                max_connections: args.max_connections,
+                max_connections_per_source: args.max_connections_per_source,
+                rate_per_source: args.rate_per_source,
+                burst_per_source: args.burst_per_source,
+                idle_timeout: Duration::from_secs(args.idle_timeout),
+                header_timeout: Duration::from_secs(args.header_timeout),
+                write_queue: args.write_queue,
+                amplification: crate::guard::AMPLIFICATION,
+            },
+            drain: Duration::from_secs(args.drain_seconds),
             shards: args.shards,
             roles: roles.unwrap_or(Roles::ALL),
             redis: redis.map(str::to_string),

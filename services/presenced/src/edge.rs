@@ -31,6 +31,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::guard::{EdgeLimits, SourceGuard};
+
 const ALLOW: &str = "REGISTER, PUBLISH, SUBSCRIBE, NOTIFY, MESSAGE, OPTIONS";
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -171,6 +173,8 @@ pub struct EdgeConfig {
     pub packages: Registry,
     /// Test-only: see `config::Faults::delay_subscribe_answer_ms`.
     pub delay_subscribe_answer: Duration,
+    /// What one source may cost (rates, connections, amplification).
+    pub limits: EdgeLimits,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -182,8 +186,20 @@ struct Source {
 }
 
 struct Conn {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    /// Tells the reader to close the connection (its writer gave up).
+    close: Arc<tokio::sync::Notify>,
 }
+
+/// The largest answer kept for retransmissions; a larger one is not kept,
+/// and a retransmission of its request is handled again (the shard owner
+/// answers a re-sent command from memory), so the table's memory stays
+/// bounded by its entry count times this.
+const MAX_CACHED_ANSWER: usize = 8 * 1024;
+
+/// At most this many forks of one MESSAGE (after merging contacts that
+/// share a flow: one device, one copy).
+const MAX_FORKS: usize = 10;
 
 #[derive(Default)]
 struct TxnTable {
@@ -251,6 +267,13 @@ pub struct Edge {
     /// The bus to the other edges (set by [`Edge::run`]): a relayed MESSAGE
     /// whose target's flow is on another edge goes out through that edge.
     out_bus: std::sync::OnceLock<Arc<dyn Requests<OutRequest, Outcome>>>,
+    /// Per-source rates, connections and UDP amplification budgets.
+    guard: Mutex<SourceGuard>,
+    /// Requests being handled: a permit each.
+    inflight: Arc<tokio::sync::Semaphore>,
+    /// Lame duck: still serving, but OPTIONS answers 503 so that SIP load
+    /// balancers take this node out.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Bound sockets, so that bind errors surface before anything runs.
@@ -302,6 +325,7 @@ impl Edge {
         metrics: Arc<Metrics>,
         udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     ) -> Edge {
+        let cfg_limits = cfg.limits;
         Edge {
             cfg,
             bus,
@@ -316,7 +340,30 @@ impl Edge {
             answering: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
             out_bus: std::sync::OnceLock::new(),
+            guard: Mutex::new(SourceGuard::new(cfg_limits)),
+            inflight: Arc::new(tokio::sync::Semaphore::new(cfg_limits.max_inflight.max(1))),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Go lame duck: OPTIONS gets 503 from now on, everything else is
+    /// still served (see `Server::shutdown`).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until no request is being handled, at most `grace`.
+    pub async fn finish_inflight(&self, grace: Duration) {
+        let all = self.cfg.limits.max_inflight.max(1) as u32;
+        let _ = tokio::time::timeout(grace, self.inflight.acquire_many(all)).await;
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, SourceGuard> {
+        self.guard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drop_counted(&self, reason: &str) {
+        self.metrics.edge_dropped.with_label_values(&[reason]).inc();
     }
 
     /// Run the sockets and serve `edge.<id>` until shutdown.
@@ -384,6 +431,7 @@ impl Edge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .sweep(now);
+        self.guard().sweep(now);
     }
 
     async fn udp_loop(self: Arc<Self>, local: SocketAddr, sock: Arc<UdpSocket>) {
@@ -404,12 +452,23 @@ impl Edge {
             {
                 continue; // keep-alive
             }
+            let now = Instant::now();
+            self.guard().received(remote, n, now);
             // Answers to our NOTIFYs are done with here, without a task.
             if let Some(peek) = presence_sip::peek_response(&buf[..n]) {
-                if self.complete_peeked(peek) {
+                if self.complete_peeked(peek, Some(remote)) {
                     continue;
                 }
+            } else if !self.guard().admit_request(remote.ip(), now) {
+                // Over its rate: dropped (answering a forged source would
+                // serve the forger); a real UA retransmits.
+                self.drop_counted("rate_limited");
+                continue;
             }
+            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+                self.drop_counted("overload");
+                continue;
+            };
             let src = Source {
                 transport: Transport::Udp,
                 remote,
@@ -418,7 +477,10 @@ impl Edge {
             };
             let data = Bytes::copy_from_slice(&buf[..n]);
             let me = self.clone();
-            tokio::spawn(async move { me.on_message(&data, src, TransportKind::Datagram).await });
+            tokio::spawn(async move {
+                me.on_message(&data, src, TransportKind::Datagram).await;
+                drop(permit);
+            });
         }
     }
 
@@ -426,6 +488,11 @@ impl Edge {
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
+                    if let Err(why) = self.guard().open_connection(remote.ip()) {
+                        tracing::debug!(%remote, ?why, "connection refused by limits");
+                        self.drop_counted("connection_limit");
+                        continue; // dropped: closed at once
+                    }
                     let _ = stream.set_nodelay(true);
                     self.clone().spawn_conn(stream, local, remote);
                 }
@@ -444,11 +511,15 @@ impl Edge {
         remote: SocketAddr,
     ) -> u64 {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Conn { tx });
+        let (tx, mut rx) = mpsc::channel::<Bytes>(self.cfg.limits.write_queue.max(1));
+        let close = Arc::new(tokio::sync::Notify::new());
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Conn {
+                tx,
+                close: close.clone(),
+            },
+        );
         self.by_remote
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -472,27 +543,55 @@ impl Edge {
             };
             let mut buf: Vec<u8> = Vec::with_capacity(8192);
             let mut chunk = vec![0u8; 16384];
+            let limits = me.cfg.limits;
+            // The first message, and every message once begun, must arrive
+            // whole within the header timeout; between messages the
+            // connection may idle for the idle timeout.
+            let mut partial_since = Some(Instant::now());
+            let mut last_message = Instant::now();
             'read: loop {
-                let n = match rd.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                let deadline = match partial_since {
+                    Some(t) => t + limits.header_timeout,
+                    None => last_message + limits.idle_timeout,
                 };
+                let n = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, rd.read(&mut chunk)) => match r {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(n)) => n,
+                        Err(_) => {
+                            me.drop_counted(if partial_since.is_some() {
+                                "header_timeout"
+                            } else {
+                                "idle_timeout"
+                            });
+                            break;
+                        }
+                    },
+                    _ = close.notified() => break,
+                };
+                if buf.is_empty() && partial_since.is_none() {
+                    partial_since = Some(Instant::now());
+                }
                 buf.extend_from_slice(&chunk[..n]);
                 loop {
                     match frame_stream(&buf, me.cfg.max_message) {
                         Ok(StreamFrame::NeedMore) => break,
                         Ok(StreamFrame::KeepAlive { len, ping }) => {
                             buf.drain(..len);
+                            last_message = Instant::now();
+                            if buf.is_empty() {
+                                partial_since = None;
+                            }
                             if ping {
                                 me.send_conn(id, Bytes::from_static(b"\r\n"));
                             }
                         }
                         Ok(StreamFrame::Message { skip, len }) => {
                             let msg: Vec<u8> = buf.drain(..skip + len).skip(skip).collect();
-                            let me2 = me.clone();
-                            tokio::spawn(async move {
-                                me2.on_message(&msg, src, TransportKind::Stream).await
-                            });
+                            let now = Instant::now();
+                            last_message = now;
+                            partial_since = (!buf.is_empty()).then_some(now);
+                            me.on_stream_frame(msg, src);
                         }
                         Err(e) => {
                             // Cannot find the next message: answer what we can and close.
@@ -548,13 +647,65 @@ impl Edge {
                 br.remove(&remote);
             }
             me.metrics.edge_tcp_connections.dec();
+            me.guard().close_connection(remote.ip());
         });
         id
     }
 
+    /// One framed message from a stream: answers to our requests at once,
+    /// requests within the source's rate and the in-flight bound on a task
+    /// of their own; over either bound, 503 with Retry-After (a TCP source
+    /// is not forged, and has no retransmission to fall back on).
+    fn on_stream_frame(self: &Arc<Self>, msg: Vec<u8>, src: Source) {
+        if let Some(peek) = presence_sip::peek_response(&msg) {
+            if self.complete_peeked(peek, None) {
+                return;
+            }
+        }
+        let admitted = self.guard().admit_request(src.remote.ip(), Instant::now());
+        let permit = if admitted {
+            self.inflight.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
+        let Some(permit) = permit else {
+            self.drop_counted(if admitted { "overload" } else { "rate_limited" });
+            if let Ok(Message::Request(req)) =
+                parse(&msg, TransportKind::Stream, self.cfg.max_message)
+            {
+                let b = self
+                    .reply(&req, src, 503, "Service Unavailable")
+                    .header("Retry-After", crate::answers::RETRY_AFTER_SECS.to_string());
+                self.send_src(src, Bytes::from(b.encode()));
+            }
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.on_message(&msg, src, TransportKind::Stream).await;
+            drop(permit);
+        });
+    }
+
+    /// Queue `bytes` on connection `id`. A connection whose writer queue is
+    /// full (its reader does not read) is closed and counted.
     fn send_conn(&self, id: u64, bytes: Bytes) -> bool {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.get(&id).is_some_and(|c| c.tx.send(bytes).is_ok())
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = conns.get(&id) else {
+            return false;
+        };
+        match c.tx.try_send(bytes) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(c) = conns.remove(&id) {
+                    c.close.notify_one();
+                }
+                drop(conns);
+                self.drop_counted("write_queue_full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     fn udp_socket(&self, local: SocketAddr) -> Option<Arc<UdpSocket>> {
@@ -622,12 +773,24 @@ impl Edge {
     /// Most responses answer our NOTIFYs: a peek at the code and branch is
     /// enough for them. `true` when the response was dealt with here; `false`
     /// when its transaction wants the whole message (run the parser).
-    fn complete_peeked(&self, peek: presence_sip::ResponsePeek<'_>) -> bool {
+    /// `from`: the UDP address it came from, which has now shown it can
+    /// receive what we send it.
+    fn complete_peeked(
+        &self,
+        peek: presence_sip::ResponsePeek<'_>,
+        from: Option<SocketAddr>,
+    ) -> bool {
         if peek.code < 200 {
             return true;
         }
         let mut txns = self.client_txns.lock().unwrap_or_else(|e| e.into_inner());
-        match txns.get(peek.branch).map(|w| w.whole) {
+        let known = txns.get(peek.branch).map(|w| w.whole);
+        if known.is_some() {
+            if let Some(from) = from {
+                self.guard().proven(from, Instant::now());
+            }
+        }
+        match known {
             Some(false) => {
                 if let Some(w) = txns.remove(peek.branch) {
                     drop(txns);
@@ -653,14 +816,7 @@ impl Edge {
     }
 
     async fn on_message(self: &Arc<Self>, data: &[u8], src: Source, kind: TransportKind) {
-        // Datagrams were peeked on the UDP loop already; stream frames here.
-        if kind == TransportKind::Stream {
-            if let Some(peek) = presence_sip::peek_response(data) {
-                if self.complete_peeked(peek) {
-                    return;
-                }
-            }
-        }
+        // Answers were peeked on the UDP loop or in `on_stream_frame`.
         let msg = match parse(data, kind, self.cfg.max_message) {
             Ok(m) => m,
             Err(e) => {
@@ -670,7 +826,12 @@ impl Edge {
             }
         };
         match msg {
-            Message::Response(resp) => self.on_response(resp),
+            Message::Response(resp) => {
+                if src.transport == Transport::Udp {
+                    self.guard().proven(src.remote, Instant::now());
+                }
+                self.on_response(resp)
+            }
             Message::Request(req) => self.on_request(req, src).await,
         }
     }
@@ -764,8 +925,12 @@ impl Edge {
                 Transport::Udp => Keep::Udp,
                 Transport::Tcp => Keep::Tcp,
             };
-            t.entries.insert(key.clone(), Some(bytes.clone()));
-            t.expire_in(keep, key);
+            if bytes.len() <= MAX_CACHED_ANSWER {
+                t.entries.insert(key.clone(), Some(bytes.clone()));
+                t.expire_in(keep, key);
+            } else {
+                t.entries.remove(&key);
+            }
         }
         self.send_src(src, bytes);
         drop(answering);
@@ -832,6 +997,9 @@ impl Edge {
             }
         };
         match method {
+            rsip::Method::Options if self.draining.load(Ordering::SeqCst) => self
+                .reply(req, src, 503, "Service Unavailable (Draining)")
+                .header("Retry-After", crate::answers::RETRY_AFTER_SECS.to_string()),
             rsip::Method::Options => self
                 .reply(req, src, 200, "OK")
                 .header("Allow", ALLOW)
@@ -916,6 +1084,11 @@ impl Edge {
                 now,
             ) {
                 Verdict::Ok(who) => {
+                    // It answered our challenge (the nonce is bound to its
+                    // address): it receives what we send it.
+                    if src.transport == Transport::Udp {
+                        self.guard().proven(src.remote, Instant::now());
+                    }
                     self.metrics
                         .edge_authentications
                         .with_label_values(&[who.algorithm().name()])
@@ -1359,7 +1532,13 @@ impl Edge {
             Reply::Routes(t) => t,
             other => return self.refusal(req, src, other),
         };
-        // Fork to every contact; the first 2xx wins, else the lowest class.
+        // Fork to every contact, one copy per flow (contacts that share a
+        // flow are one device), at most MAX_FORKS; the first 2xx wins, else
+        // the lowest class.
+        let mut targets = targets;
+        let mut seen_flows = std::collections::HashSet::new();
+        targets.retain(|t| seen_flows.insert((t.flow.edge.clone(), t.flow.remote, t.flow.conn)));
+        targets.truncate(MAX_FORKS);
         let mut set = tokio::task::JoinSet::new();
         for target in targets {
             let mut headers = rsip::Headers::default();
@@ -1614,8 +1793,15 @@ impl Edge {
                 let sock = self.udp_socket(local);
                 let mut interval = T1;
                 loop {
-                    if let Some(s) = &sock {
-                        let _ = s.try_send_to(&bytes, out.flow.remote);
+                    let allowed =
+                        self.guard()
+                            .may_send(out.flow.remote, bytes.len(), Instant::now());
+                    match &sock {
+                        Some(s) if allowed => {
+                            let _ = s.try_send_to(&bytes, out.flow.remote);
+                        }
+                        Some(_) => self.drop_counted("amplification"),
+                        None => {}
                     }
                     let wait = interval.min(deadline.saturating_duration_since(Instant::now()));
                     match tokio::time::timeout(wait, &mut rx).await {
@@ -1641,17 +1827,20 @@ impl Edge {
                         sent = self.send_conn(id, bytes.clone());
                     }
                 }
-                if !sent {
-                    if let Ok(Ok(stream)) = tokio::time::timeout(
+                if !sent && self.guard().open_connection(out.flow.remote.ip()).is_ok() {
+                    match tokio::time::timeout(
                         Duration::from_secs(5),
                         TcpStream::connect(out.flow.remote),
                     )
                     .await
                     {
-                        let _ = stream.set_nodelay(true);
-                        let local = stream.local_addr().unwrap_or(local);
-                        let id = self.clone().spawn_conn(stream, local, out.flow.remote);
-                        sent = self.send_conn(id, bytes.clone());
+                        Ok(Ok(stream)) => {
+                            let _ = stream.set_nodelay(true);
+                            let local = stream.local_addr().unwrap_or(local);
+                            let id = self.clone().spawn_conn(stream, local, out.flow.remote);
+                            sent = self.send_conn(id, bytes.clone());
+                        }
+                        _ => self.guard().close_connection(out.flow.remote.ip()),
                     }
                 }
                 if sent {
@@ -1818,6 +2007,7 @@ mod tests {
             shards: 8,
             packages: Registry::default(),
             delay_subscribe_answer: Duration::ZERO,
+            limits: EdgeLimits::default(),
         };
         let edge = Arc::new(Edge::new(
             cfg,

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod compositor;
 pub mod config;
 pub mod edge;
+pub mod guard;
 pub mod leases;
 pub mod metrics;
 pub mod notifier;
@@ -78,17 +79,40 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     ready: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The edge of this process, told to go lame duck first.
+    edge: Option<Arc<Edge>>,
+    drain: std::time::Duration,
+    /// The ops HTTP server stops last: /readyz answers 503 all along.
+    ops_shutdown: watch::Sender<bool>,
+    ops_task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
-    /// Graceful shutdown: readiness goes 503, roles stop (a compositor hands
-    /// its shard leases back after draining), tasks are joined.
+    /// Graceful shutdown, a sequence: `/readyz` answers 503 at once and the
+    /// edge goes lame duck (OPTIONS 503, everything else served) for the
+    /// drain time, so load balancers take the node out; then the roles stop
+    /// taking work (a compositor hands its shard leases back after draining
+    /// its queues), the edge finishes the requests in flight, every task is
+    /// joined, and the ops server stops last.
     pub async fn shutdown(self) {
+        let grace = std::time::Duration::from_secs(10);
         let _ = self.ready.send(false);
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+        if let Some(edge) = &self.edge {
+            edge.drain();
         }
+        if !self.drain.is_zero() {
+            tracing::info!(seconds = self.drain.as_secs(), "draining");
+            tokio::time::sleep(self.drain).await;
+        }
+        let _ = self.shutdown.send(true);
+        if let Some(edge) = &self.edge {
+            edge.finish_inflight(grace).await;
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(grace, t).await;
+        }
+        let _ = self.ops_shutdown.send(true);
+        let _ = tokio::time::timeout(grace, self.ops_task).await;
     }
 }
 
@@ -194,6 +218,7 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
         );
         tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));
     }
+    let mut edge_handle = None;
     if let Some(listeners) = listeners {
         let verifier = cfg.users.clone().map(|u| {
             Verifier::new(
@@ -223,12 +248,14 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
                 delay_subscribe_answer: std::time::Duration::from_millis(
                     cfg.faults.delay_subscribe_answer_ms,
                 ),
+                limits: cfg.edge_limits,
             },
             shards_bus.clone(),
             clock,
             metrics.clone(),
             listeners.udp,
         ));
+        edge_handle = Some(edge.clone());
         tasks.push(tokio::spawn(edge.run(
             listeners.tcp,
             edge_bus,
@@ -242,7 +269,9 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
         store: store.clone(),
         shards: cfg.shards,
     };
-    tasks.push(tokio::spawn(ops::serve(Arc::new(ops), http, shutdown_rx)));
+    let (ops_shutdown, ops_shutdown_rx) = watch::channel(false);
+    drop(shutdown_rx);
+    let ops_task = tokio::spawn(ops::serve(Arc::new(ops), http, ops_shutdown_rx));
     let _ = ready_tx.send(true);
     Ok(Server {
         sip_addrs,
@@ -253,5 +282,9 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
         shutdown: shutdown_tx,
         ready: ready_tx,
         tasks,
+        edge: edge_handle,
+        drain: cfg.drain,
+        ops_shutdown,
+        ops_task,
     })
 }

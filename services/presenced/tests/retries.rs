@@ -107,6 +107,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
             shards: 8,
             packages: Registry::default(),
             delay_subscribe_answer: Duration::ZERO,
+            limits: Default::default(),
         },
         Arc::new(LosesReplies {
             inner: shards.clone(),

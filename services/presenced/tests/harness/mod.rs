@@ -112,6 +112,14 @@ impl Cluster {
             .args(["--domain", "example.com"])
             .args(["--nonce-secret", "cluster-test-secret"])
             .args(["--log", "info"])
+            // Every simulated UA of a test comes from 127.0.0.1: one
+            // "source" carrying thousands of phones.
+            .args([
+                "--rate-per-source",
+                "1000000",
+                "--burst-per-source",
+                "1000000",
+            ])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(out)
