@@ -230,7 +230,7 @@ async fn a_silent_udp_address_gets_a_small_multiple() {
     let s = start(Mode::AllInOne, None, None, &[]).await;
     let mut alice = s.ua(Tp::Udp, 0, "alice").await;
     let aor = alice.aor.clone();
-    let note = "x".repeat(3000);
+    let note = "x".repeat(1200);
     let pidf = format!(
         r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{aor}"><tuple id="t"><status><basic>open</basic></status></tuple><note>{note}</note></presence>"#
     );
