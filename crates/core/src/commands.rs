@@ -210,6 +210,10 @@ pub struct OutRequest {
     /// Everything but our Via (and Content-Length).
     pub headers: presence_sip::rsip::Headers,
     pub body: Bytes,
+    /// Wall-clock ms after which nobody waits for the outcome (0: none):
+    /// the edge's transaction ends then at the latest. A re-send of the
+    /// same request carries the same deadline.
+    pub deadline_ms: u64,
 }
 
 /// The final answer to an [`OutRequest`]: 408 with `timed_out` when none came.
@@ -227,6 +231,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a transaction known only by its final code (0: no
+    /// answer came): what a re-send of a NOTIFY learns.
+    pub fn of_code(code: u16) -> Outcome {
+        if code == 0 {
+            return Outcome::timeout();
+        }
+        Outcome {
+            code,
+            reason: String::new(),
+            headers: presence_sip::rsip::Headers::default(),
+            body: Bytes::new(),
+            timed_out: false,
+            superseded: false,
+        }
+    }
+
     /// No final answer came (Timer F, or the request could not be sent).
     pub fn timeout() -> Outcome {
         Outcome {

@@ -382,6 +382,7 @@ fn edge_messages_round_trip() {
             uri: text(&mut r),
             headers: presence_nats::convert::headers_to_pb(&[(text(&mut r), text(&mut r))]),
             body: body(&mut r),
+            deadline_ms: r.random(),
         };
         assert_eq!(
             <pb::OutRequest as Envelope>::decode(&Envelope::encode(&req)),

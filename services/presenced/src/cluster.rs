@@ -272,6 +272,7 @@ fn out_to_pb(r: &OutRequest) -> pb::OutRequest {
         uri: r.uri.clone(),
         headers: headers_to_pb(&r.headers),
         body: r.body.clone(),
+        deadline_ms: r.deadline_ms,
     }
 }
 
@@ -282,6 +283,7 @@ fn out_from_pb(r: pb::OutRequest) -> Option<OutRequest> {
         uri: r.uri,
         headers: headers_from_pb(r.headers),
         body: r.body,
+        deadline_ms: r.deadline_ms,
     })
 }
 

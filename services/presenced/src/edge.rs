@@ -81,6 +81,25 @@ struct DialogOut {
     /// Bumped whenever the NOTIFY in flight completes; waiters watch it.
     turn: Option<watch::Sender<u64>>,
     last_used: Instant,
+    /// The final code of the NOTIFY in flight (CSeq `sent`), for a re-send
+    /// of the same NOTIFY to wait for instead of starting a second
+    /// transaction; `Some(0)` when it got no answer.
+    outcome: Option<watch::Sender<Option<u16>>>,
+    /// CSeq and final code (0: none came) of the last NOTIFY answered.
+    answered: (u32, u16),
+}
+
+/// What a NOTIFY arriving at its dialog does (see [`DialogOut`]).
+enum DialogStep<'a> {
+    /// Its turn: send it.
+    Go(DialogTurn<'a>),
+    /// The same NOTIFY (same CSeq) is in flight: a re-send of it, which
+    /// waits for that transaction's code.
+    Join(watch::Receiver<Option<u16>>),
+    /// The same NOTIFY was answered already: its code (0: none came).
+    Answered(u16),
+    /// A higher CSeq was sent or waits: not sent.
+    Superseded,
 }
 
 /// How long the edge remembers a dialog's last NOTIFY CSeq after it was
@@ -131,10 +150,12 @@ fn dialog_key(call_id: &str, from: &str) -> u128 {
     (u128::from(half(0)) << 64) | u128::from(half(1))
 }
 
-/// The turn of one NOTIFY on its dialog; ending it lets the next one go.
+/// The turn of one NOTIFY on its dialog; ending it lets the next one go,
+/// and tells re-sends of it the final code (`code`, 0 while none came).
 struct DialogTurn<'a> {
     edge: &'a Edge,
     key: u128,
+    code: u16,
 }
 
 impl Drop for DialogTurn<'_> {
@@ -143,6 +164,10 @@ impl Drop for DialogTurn<'_> {
         if let Some(e) = d.get_mut(&self.key) {
             e.busy = false;
             e.last_used = Instant::now();
+            e.answered = (e.sent, self.code);
+            if let Some(o) = e.outcome.take() {
+                let _ = o.send(Some(self.code));
+            }
             if let Some(turn) = &e.turn {
                 if turn.receiver_count() == 0 {
                     e.turn = None;
@@ -725,12 +750,25 @@ impl Edge {
         match src.transport {
             Transport::Udp => {
                 if let Some(sock) = self.udp_socket(src.local) {
-                    if let Err(e) = sock.try_send_to(&bytes, src.remote) {
-                        tracing::debug!(error = %e, "udp send failed");
-                        self.metrics
-                            .edge_dropped
-                            .with_label_values(&["send_failed"])
-                            .inc();
+                    match sock.try_send_to(&bytes, src.remote) {
+                        Ok(_) => {}
+                        // Not known writable yet (a fresh socket) or its
+                        // buffer is full: wait for it, briefly, off this path.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            let metrics = self.metrics.clone();
+                            tokio::spawn(async move {
+                                if !udp_send(&sock, &bytes, src.remote).await {
+                                    metrics
+                                        .edge_dropped
+                                        .with_label_values(&["send_failed"])
+                                        .inc();
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "udp send failed");
+                            self.drop_counted("send_failed");
+                        }
                     }
                 }
             }
@@ -1571,6 +1609,7 @@ impl Edge {
                 uri: target.uri.clone(),
                 headers,
                 body: req.body.clone(),
+                deadline_ms: self.clock.now_ms() + TIMER_F.as_millis() as u64,
             };
             let me = self.clone();
             set.spawn(async move { me.send_via_flow_edge(out).await });
@@ -1650,12 +1689,7 @@ impl Edge {
 
     /// Wait for this NOTIFY's turn on its dialog (see [`DialogOut`]);
     /// `Err(())` when it is superseded and must not be sent.
-    async fn dialog_turn(
-        &self,
-        call_id: &str,
-        from: &str,
-        cseq: u32,
-    ) -> Result<DialogTurn<'_>, ()> {
+    async fn dialog_turn(&self, call_id: &str, from: &str, cseq: u32) -> DialogStep<'_> {
         let key = dialog_key(call_id, from);
         let mut rx: Option<watch::Receiver<u64>> = None;
         loop {
@@ -1667,14 +1701,29 @@ impl Edge {
                     busy: false,
                     turn: None,
                     last_used: Instant::now(),
+                    outcome: None,
+                    answered: (0, 0),
                 });
+                if cseq == e.sent && cseq > 0 {
+                    if e.busy {
+                        let o = e.outcome.get_or_insert_with(|| watch::channel(None).0);
+                        return DialogStep::Join(o.subscribe());
+                    }
+                    if e.answered.0 == cseq {
+                        return DialogStep::Answered(e.answered.1);
+                    }
+                }
                 if cseq <= e.sent || cseq < e.waiting {
-                    return Err(());
+                    return DialogStep::Superseded;
                 }
                 if !e.busy {
                     e.busy = true;
                     e.sent = cseq;
-                    return Ok(DialogTurn { edge: self, key });
+                    return DialogStep::Go(DialogTurn {
+                        edge: self,
+                        key,
+                        code: 0,
+                    });
                 }
                 e.waiting = e.waiting.max(cseq);
                 if rx.is_none() {
@@ -1737,8 +1786,22 @@ impl Edge {
             // A NOTIFY whose dialog cannot be read goes at once.
             if let (Some(call_id), Some(cseq)) = (dialog.call_id, dialog.cseq) {
                 match self.dialog_turn(call_id, dialog.from, cseq).await {
-                    Ok(t) => _turn = Some(t),
-                    Err(()) => {
+                    DialogStep::Go(t) => _turn = Some(t),
+                    DialogStep::Join(mut rx) => {
+                        // A re-send (the notifier lost our answer): one
+                        // transaction per NOTIFY, its code for both.
+                        let code = loop {
+                            if let Some(code) = *rx.borrow_and_update() {
+                                break code;
+                            }
+                            if rx.changed().await.is_err() {
+                                break 0;
+                            }
+                        };
+                        return Outcome::of_code(code);
+                    }
+                    DialogStep::Answered(code) => return Outcome::of_code(code),
+                    DialogStep::Superseded => {
                         self.metrics
                             .edge_client_transactions
                             .with_label_values(&["NOTIFY", "superseded"])
@@ -1787,7 +1850,13 @@ impl Edge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(branch.clone(), Waiter { tx, whole });
-        let deadline = Instant::now() + TIMER_F;
+        // Timer F, or sooner if the asker stops waiting before.
+        let mut lifetime = TIMER_F;
+        if out.deadline_ms > 0 {
+            let left = out.deadline_ms.saturating_sub(self.clock.now_ms());
+            lifetime = lifetime.min(Duration::from_millis(left));
+        }
+        let deadline = Instant::now() + lifetime;
         let result = match out.flow.transport {
             Transport::Udp => {
                 let sock = self.udp_socket(local);
@@ -1798,7 +1867,9 @@ impl Edge {
                             .may_send(out.flow.remote, bytes.len(), Instant::now());
                     match &sock {
                         Some(s) if allowed => {
-                            let _ = s.try_send_to(&bytes, out.flow.remote);
+                            if !udp_send(s, &bytes, out.flow.remote).await {
+                                self.drop_counted("send_failed");
+                            }
                         }
                         Some(_) => self.drop_counted("amplification"),
                         None => {}
@@ -1857,6 +1928,9 @@ impl Edge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&branch);
+        if let (Some(t), Some(resp)) = (_turn.as_mut(), result.as_ref()) {
+            t.code = resp.code;
+        }
         let label = method_label(&method);
         match result {
             Some(resp) => {
@@ -1900,6 +1974,28 @@ impl Edge {
         }
     }
 }
+
+/// Send one datagram: at once if the socket takes it, else waiting for it
+/// to be writable (a socket never written to yet reports WouldBlock to
+/// `try_send_to`; a full send buffer too) for at most [`UDP_SEND_WAIT`].
+async fn udp_send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> bool {
+    match sock.try_send_to(bytes, to) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            matches!(
+                tokio::time::timeout(UDP_SEND_WAIT, sock.send_to(bytes, to)).await,
+                Ok(Ok(_))
+            )
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, %to, "udp send failed");
+            false
+        }
+    }
+}
+
+/// How long a datagram may wait for its socket to be writable.
+const UDP_SEND_WAIT: Duration = Duration::from_millis(200);
 
 /// Response preference when forking (RFC 3261 §16.7 simplified): 6xx, then
 /// 4xx other than 408/480, then 5xx, then 408/480.
@@ -1985,6 +2081,7 @@ mod tests {
             uri: "sip:w@127.0.0.1".into(),
             headers,
             body: Bytes::new(),
+            deadline_ms: 0,
         }
     }
 
@@ -2059,6 +2156,78 @@ mod tests {
     }
 
     const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// A notifier that lost the edge's answer sends the same NOTIFY again:
+    /// it joins the transaction in flight (one transaction per NOTIFY, not
+    /// two), and a re-send after the answer gets that answer unsent.
+    #[tokio::test]
+    async fn a_resent_notify_joins_its_transaction() {
+        let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("addr")])
+            .await
+            .expect("bind");
+        let local = listeners.udp[0].0;
+        let cfg = EdgeConfig {
+            id: "e1".into(),
+            domains: vec!["example.com".into()],
+            verifier: None,
+            min_expires: 2,
+            max_expires: 3600,
+            max_message: 65536,
+            shards: 8,
+            packages: Registry::default(),
+            delay_subscribe_answer: Duration::ZERO,
+            limits: EdgeLimits::default(),
+        };
+        let edge = Arc::new(Edge::new(
+            cfg,
+            Arc::new(MemoryBus::new()),
+            Clock::new(),
+            Arc::new(Metrics::new()),
+            listeners.udp.clone(),
+        ));
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(
+            edge.clone()
+                .run(listeners.tcp, Arc::new(MemoryBus::new()), stop_rx),
+        );
+        let w = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let flow = Flow {
+            transport: Transport::Udp,
+            remote: w.0.local_addr().expect("addr"),
+            local,
+            edge: "e1".into(),
+            conn: 0,
+        };
+        let send = || {
+            let (edge, out) = (edge.clone(), notify(&flow, 5));
+            tokio::spawn(async move { edge.send_request(out).await })
+        };
+        let first = send();
+        let (c, text) = w.next_new(&[], PATIENCE).await.expect("sent");
+        assert_eq!(c, 5);
+        let again = send();
+        // 800 ms unanswered: one transaction sends twice (0 and 0.5 s);
+        // two would send four times.
+        let mut copies = 1;
+        let mut buf = vec![0u8; 65536];
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(800), w.0.recv_from(&mut buf)).await
+        {
+            copies += 1;
+        }
+        assert_eq!(copies, 2, "one transaction's sends");
+        w.ok(&text, local).await;
+        assert_eq!(first.await.expect("task").code, 200);
+        let o = again.await.expect("task");
+        assert_eq!((o.code, o.superseded, o.timed_out), (200, false, false));
+        // Answered already: the code again, nothing sent.
+        assert_eq!(send().await.expect("task").code, 200);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), w.0.recv_from(&mut buf))
+                .await
+                .is_err()
+        );
+    }
 
     /// An answered transaction's entry goes after its own keep time, also
     /// when its (longer) guard entry is queued before it.

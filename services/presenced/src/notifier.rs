@@ -86,15 +86,6 @@ impl JobDone {
     }
 }
 
-/// Replace the CSeq header of a NOTIFY being built.
-fn set_cseq(headers: &mut rsip::Headers, cseq: u32) {
-    for h in headers.iter_mut() {
-        if h.name().eq_ignore_ascii_case("CSeq") {
-            *h = rsip::headers::make_header("CSeq", format!("{cseq} NOTIFY"));
-        }
-    }
-}
-
 /// How a NOTIFY went.
 enum Sent {
     /// The watcher's final answer (or 408 from the edge's Timer F).
@@ -162,9 +153,10 @@ pub const EDGE_GONE_AFTER: Duration = Duration::from_secs(4);
 /// How long one attempt waits for the edge's outcome. Shorter than a slow
 /// transaction on purpose: a request or answer lost on the bus (a NATS
 /// restart) must not hold the subscription's NOTIFYs for long. An attempt
-/// that times out is sent again with a fresh CSeq, and the edge lets the
-/// attempts of a dialog out one at a time, the newest winning; only when
-/// the whole transaction time (32 s) passes without an answer is the
+/// that times out sends the same NOTIFY again (same CSeq, same deadline):
+/// the edge joins it to the transaction it has in flight, or answers with
+/// the code that transaction got, so one NOTIFY is one transaction; only
+/// when the whole transaction time (32 s) passes without an answer is the
 /// watcher deemed gone.
 const ATTEMPT_WAIT: Duration = Duration::from_secs(8);
 
@@ -595,21 +587,25 @@ impl Notifier {
             tracing::debug!(sub = %sub.id, cseq, "fault hook: NOTIFY skipped");
             return Sent::Answered(200);
         }
+        // The edge that holds the watcher's flow runs the transaction (Timer
+        // F: 32 s, ending by the deadline at the latest). If the bus cannot
+        // reach it or loses its answer (restarting, a NATS hiccup), the same
+        // NOTIFY goes again: an edge that has it in flight or answered
+        // answers the re-send with that transaction's code (one transaction
+        // per NOTIFY, never two), one that lost it sends it. Only when a
+        // transaction's lifetime has passed is the watcher deemed gone.
+        let lifetime = Duration::from_secs(32);
         let req = OutRequest {
             flow: sub.flow.clone(),
             method: "NOTIFY".into(),
             uri: sub.remote_target.clone(),
             headers: h,
             body,
+            deadline_ms: self.clock.now_ms() + lifetime.as_millis() as u64,
         };
-        // The edge that holds the watcher's flow runs the transaction (Timer
-        // F: 32 s). If the bus cannot reach it (restarting, a NATS hiccup),
-        // try again for as long as a transaction would have lasted; only
-        // then is the watcher deemed gone.
         let mut subject = edge_subject(&sub.flow.edge);
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(32);
+        let give_up = tokio::time::Instant::now() + lifetime;
         let mut unserved_since: Option<tokio::time::Instant> = None;
-        let mut req = req;
         let outcome = loop {
             let result = self
                 .edges
@@ -630,17 +626,8 @@ impl Notifier {
             match result {
                 Ok(o) => break Some(o),
                 Err(e) if tokio::time::Instant::now() < give_up => {
-                    tracing::debug!(error = %e, edge = %subject, "edge unreachable; retrying");
+                    tracing::debug!(error = %e, edge = %subject, "edge unreachable; sending the same NOTIFY again");
                     tokio::time::sleep(RETRY_PAUSE).await;
-                    // Meanwhile another notifier may have numbered a newer
-                    // version (the queue handed it the job while we could
-                    // not report progress): then this NOTIFY is moot, and
-                    // otherwise it goes again with a fresh CSeq above any
-                    // number taken meanwhile.
-                    match self.take_cseq(sub, version).await {
-                        Ok(c) => set_cseq(&mut req.headers, c),
-                        Err(not_sent) => return not_sent,
-                    }
                 }
                 Err(_) => break None,
             }
