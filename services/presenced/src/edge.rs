@@ -1865,14 +1865,12 @@ impl Edge {
                     let allowed =
                         self.guard()
                             .may_send(out.flow.remote, bytes.len(), Instant::now());
-                    match &sock {
-                        Some(s) if allowed => {
-                            if !udp_send(s, &bytes, out.flow.remote).await {
-                                self.drop_counted("send_failed");
-                            }
+                    if let Some(s) = &sock {
+                        if !allowed {
+                            self.drop_counted("amplification");
+                        } else if !udp_send(s, &bytes, out.flow.remote).await {
+                            self.drop_counted("send_failed");
                         }
-                        Some(_) => self.drop_counted("amplification"),
-                        None => {}
                     }
                     let wait = interval.min(deadline.saturating_duration_since(Instant::now()));
                     match tokio::time::timeout(wait, &mut rx).await {
