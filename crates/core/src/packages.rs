@@ -57,7 +57,38 @@ pub trait EventPackage: Send + Sync {
 const PIDF_TYPES: &[&str] = &["application/pidf+xml", "application/cpim-pidf+xml"];
 
 /// RFC 3856 presence with PIDF (RFC 3863) bodies.
-pub struct PresencePackage;
+#[derive(Default)]
+pub struct PresencePackage {
+    /// Publications parsed once, not on every composition: a change of one
+    /// publication re-composes with every other one of the AoR.
+    parsed: ParsedCache,
+}
+
+/// Parsed PIDF bodies by their bytes (the key is the body itself, so no
+/// crafted body can stand in for another). Bounded: when full it starts
+/// over, which costs only re-parsing.
+#[derive(Default)]
+struct ParsedCache {
+    map: std::sync::Mutex<std::collections::HashMap<bytes::Bytes, Arc<pidf::Pidf>>>,
+}
+
+/// Bodies kept parsed at most (a PIDF is ~1 KB: ~10 MB at most).
+const PARSED_CACHE: usize = 10_000;
+
+impl ParsedCache {
+    fn get(&self, body: &bytes::Bytes) -> Option<Arc<pidf::Pidf>> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = map.get(body) {
+            return Some(p.clone());
+        }
+        let parsed = Arc::new(pidf::parse(body).ok()?);
+        if map.len() >= PARSED_CACHE {
+            map.clear();
+        }
+        map.insert(body.clone(), parsed.clone());
+        Some(parsed)
+    }
+}
 
 impl EventPackage for PresencePackage {
     fn name(&self) -> &'static str {
@@ -81,7 +112,8 @@ impl EventPackage for PresencePackage {
     ) -> Composed {
         let docs: Vec<pidf::Pidf> = publications
             .iter()
-            .filter_map(|p| pidf::parse(&p.body).ok())
+            .filter_map(|p| self.parsed.get(&p.body))
+            .map(|p| (*p).clone())
             .collect();
         let body = if !docs.is_empty() {
             pidf::compose(aor, &docs)
@@ -113,7 +145,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            packages: vec![Arc::new(PresencePackage)],
+            packages: vec![Arc::new(PresencePackage::default())],
         }
     }
 }
@@ -144,7 +176,7 @@ mod tests {
 
     #[test]
     fn negotiation() {
-        let p = PresencePackage;
+        let p = PresencePackage::default();
         let mt = |s: &str| MediaType::parse(s).unwrap();
         assert_eq!(p.negotiate(None), Ok("application/pidf+xml"));
         assert_eq!(p.negotiate(Some(&[mt("application/xpidf+xml")])), Err(()));
@@ -199,7 +231,7 @@ mod tests {
         assert_eq!(Mute.negotiate(Some(&[])), Err(()));
         assert_eq!(Mute.negotiate(Some(&[mt("*/*")])), Err(()));
         assert_eq!(
-            PresencePackage.negotiate(Some(&[])),
+            PresencePackage::default().negotiate(Some(&[])),
             Ok("application/pidf+xml")
         );
     }
@@ -214,7 +246,7 @@ mod tests {
 
     #[test]
     fn composition_falls_back_to_hard_state_then_registrations() {
-        let p = PresencePackage;
+        let p = PresencePackage::default();
         let none = p.compose("sip:a@example.com", &[], None, &[]);
         assert!(String::from_utf8(none.body)
             .unwrap()

@@ -46,6 +46,85 @@ pub enum PidfError {
     Xml(String),
     #[error("root element is not a PIDF <presence>")]
     NotPidf,
+    /// A DOCTYPE declares entities (billion laughs) and external resources;
+    /// PIDF needs none, and no watcher's parser should have to face one.
+    #[error("DOCTYPE declarations are not accepted")]
+    DocType,
+    #[error("entity reference &{0}; is not one of XML's five")]
+    Entity(String),
+    #[error("processing instructions are not accepted")]
+    ProcessingInstruction,
+    #[error("elements nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("an element with more than {MAX_ATTRIBUTES} attributes")]
+    TooManyAttributes,
+    #[error("more than {MAX_ELEMENTS} elements")]
+    TooManyElements,
+}
+
+/// Deepest nesting accepted: PIDF with RPID and a device is 5 deep; room for
+/// extensions, nowhere near what exhausts a watcher's recursive parser.
+pub const MAX_DEPTH: usize = 32;
+/// Most attributes on one element: real ones carry a handful. quick-xml's
+/// duplicate-attribute check is quadratic in the count, so the count is
+/// taken first without it, and the check runs only below this bound.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Most elements in one document (a PIDF with dozens of tuples has a few
+/// hundred).
+pub const MAX_ELEMENTS: usize = 4096;
+
+/// The predefined entities (XML 1.0 §4.6); character references are fine too.
+fn allowed_reference(name: &[u8]) -> bool {
+    matches!(name, b"amp" | b"lt" | b"gt" | b"apos" | b"quot")
+        || (name.first() == Some(&b'#') && name.len() > 1)
+}
+
+/// What every element must satisfy: bounded attributes, each well formed
+/// with no entity but XML's own.
+fn check_element(e: &quick_xml::events::BytesStart<'_>) -> Result<(), PidfError> {
+    if e.attributes().with_checks(false).count() > MAX_ATTRIBUTES {
+        return Err(PidfError::TooManyAttributes);
+    }
+    for attr in e.attributes() {
+        let attr = attr.map_err(|e| PidfError::Xml(e.to_string()))?;
+        let raw = attr.value.as_ref();
+        let mut rest = raw;
+        while let Some(i) = rest.iter().position(|b| *b == b'&') {
+            let after = &rest[i + 1..];
+            let Some(end) = after.iter().position(|b| *b == b';') else {
+                return Err(PidfError::Xml(
+                    "unterminated reference in an attribute".into(),
+                ));
+            };
+            if !allowed_reference(&after[..end]) {
+                return Err(PidfError::Entity(
+                    String::from_utf8_lossy(&after[..end]).into_owned(),
+                ));
+            }
+            rest = &after[end + 1..];
+        }
+    }
+    Ok(())
+}
+
+/// The events no PIDF document needs, refused in both passes.
+fn check_event(ev: &Event<'_>) -> Result<(), PidfError> {
+    match ev {
+        Event::DocType(_) => Err(PidfError::DocType),
+        Event::PI(_) => Err(PidfError::ProcessingInstruction),
+        Event::GeneralRef(r) => {
+            let name: &[u8] = r;
+            if allowed_reference(name) {
+                Ok(())
+            } else {
+                Err(PidfError::Entity(
+                    String::from_utf8_lossy(name).into_owned(),
+                ))
+            }
+        }
+        Event::Start(e) | Event::Empty(e) => check_element(e),
+        _ => Ok(()),
+    }
 }
 
 /// Parse and check a PIDF document.
@@ -57,6 +136,7 @@ pub fn parse(body: &[u8]) -> Result<Pidf, PidfError> {
         let ev = reader
             .read_event()
             .map_err(|e| PidfError::Xml(e.to_string()))?;
+        check_event(&ev)?;
         match ev {
             Event::Start(e) | Event::Empty(e) => {
                 if e.local_name().as_ref() != b"presence" {
@@ -102,15 +182,26 @@ fn parse_children(text: &str, mut pidf: Pidf) -> Result<Pidf, PidfError> {
     let mut depth = 0usize;
     let mut root_closed = false;
     let mut current: Option<(usize, Kind, Option<String>)> = None;
+    let mut elements = 0usize;
     loop {
         let before = reader.buffer_position() as usize;
         let ev = reader
             .read_event()
             .map_err(|e| PidfError::Xml(e.to_string()))?;
+        check_event(&ev)?;
+        if matches!(ev, Event::Start(_) | Event::Empty(_)) {
+            elements += 1;
+            if elements > MAX_ELEMENTS {
+                return Err(PidfError::TooManyElements);
+            }
+        }
         match ev {
             Event::Start(e) => {
                 if root_closed {
                     return Err(PidfError::Xml("content after the root element".into()));
+                }
+                if depth >= MAX_DEPTH {
+                    return Err(PidfError::TooDeep);
                 }
                 if depth == 1 {
                     current = Some((before, kind_of(e.local_name().as_ref()), id_of(&e)?));
@@ -301,6 +392,76 @@ mod tests {
 
     const B: &str = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" entity="sip:alice@example.com"><tuple id="laptop"><status><basic>closed</basic></status></tuple><tuple id="phone"><status><basic>closed</basic></status></tuple><dm:person id="p1"><rpid:activities><rpid:meeting/></rpid:activities></dm:person></presence>"#;
 
+    fn wrap(inner: &str) -> String {
+        format!(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:alice@example.com">{inner}</presence>"#
+        )
+    }
+
+    /// The review's XML attacks, each refused with its own reason; what
+    /// real documents carry still passes, byte for byte.
+    #[test]
+    fn hostile_documents_are_refused() {
+        let laughs = format!(
+            r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>{}"#,
+            wrap("<note>&lol2;</note>")
+        );
+        let deep = wrap(&format!("{}{}", "<x>".repeat(9000), "</x>".repeat(9000)));
+        let many_attrs = wrap(&format!(
+            "<tuple id=\"t\" {}><status><basic>open</basic></status></tuple>",
+            (0..5800)
+                .map(|i| format!("a{i}=\"v\""))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        let many_elems = wrap(&"<note>n</note>".repeat(MAX_ELEMENTS + 1));
+        let cases: Vec<(String, PidfError)> = vec![
+            (laughs, PidfError::DocType),
+            (
+                wrap("<note>&custom;</note>"),
+                PidfError::Entity("custom".into()),
+            ),
+            (
+                wrap(r#"<tuple id="&custom;"><status><basic>open</basic></status></tuple>"#),
+                PidfError::Entity("custom".into()),
+            ),
+            (
+                format!("<?php evil ?>{}", wrap("")),
+                PidfError::ProcessingInstruction,
+            ),
+            (deep, PidfError::TooDeep),
+            (many_attrs, PidfError::TooManyAttributes),
+            (many_elems, PidfError::TooManyElements),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(
+                parse(doc.as_bytes()),
+                Err(want.clone()),
+                "{}",
+                &doc[..doc.len().min(120)]
+            );
+        }
+        // At the bounds, and XML's own references: accepted, kept as sent.
+        let at_depth = wrap(&format!(
+            "<x>{}{}</x>",
+            "<y>".repeat(MAX_DEPTH - 3),
+            "</y>".repeat(MAX_DEPTH - 3)
+        ));
+        assert!(parse(at_depth.as_bytes()).is_ok());
+        let refs =
+            wrap(r#"<note xml:lang="fr">caf&#233; &amp; th&#xE9; &lt;ok&gt; &quot;&apos;</note>"#);
+        let p = parse(refs.as_bytes()).expect("XML's own references");
+        assert!(p.children[0].raw.contains("caf&#233; &amp; th&#xE9;"));
+        let attrs = wrap(&format!(
+            "<tuple id=\"t\" {}><status><basic>open</basic></status></tuple>",
+            (0..MAX_ATTRIBUTES - 1)
+                .map(|i| format!("a{i}=\"v&amp;\""))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        assert!(parse(attrs.as_bytes()).is_ok());
+    }
+
     #[test]
     fn checks_documents() {
         assert!(parse(A.as_bytes()).is_ok());
@@ -350,5 +511,37 @@ mod tests {
         let d = basic("sip:a&b@example.com", "t", true, Some("sip:x@y;a=<1>"));
         assert!(parse(d.as_bytes()).is_ok());
         assert!(d.contains("<basic>open</basic>"));
+    }
+
+    /// Property (deterministic seed, as crates/sip/tests/fuzz.rs): no cut
+    /// and splice of a real document panics `parse`, and anything accepted
+    /// composes into a document that is accepted again.
+    #[test]
+    fn parse_never_panics_and_what_it_accepts_recomposes() {
+        use rand::rngs::StdRng;
+        use rand::{RngExt, SeedableRng};
+        let mut r = StdRng::seed_from_u64(0x9d1f);
+        let seeds = [A.as_bytes(), B.as_bytes()];
+        for i in 0..20_000 {
+            let mut doc = seeds[i % 2].to_vec();
+            let cut = r.random_range(0..=doc.len());
+            doc.truncate(cut);
+            let at = r.random_range(0..=doc.len());
+            let junk: Vec<u8> = (0..r.random_range(0..16))
+                .map(|_| {
+                    if r.random_bool(0.5) {
+                        let soup = b"<>&;/=\"'!?#x ";
+                        soup[r.random_range(0..soup.len())]
+                    } else {
+                        r.random()
+                    }
+                })
+                .collect();
+            doc.splice(at..at, junk);
+            if let Ok(p) = parse(&doc) {
+                let again = compose("sip:alice@example.com", &[p]);
+                assert!(parse(again.as_bytes()).is_ok(), "#{i}: {again}");
+            }
+        }
     }
 }

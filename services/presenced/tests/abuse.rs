@@ -34,6 +34,7 @@ both! {
     captured_authorization_is_not_replayable;
     state_per_resource_is_bounded;
     subscribing_to_nobody_leaves_nothing;
+    hostile_xml_is_refused;
 }
 
 async fn authed(s: &TestServer, tp: Tp, i: usize, user: &str, password: &str) -> Ua {
@@ -398,5 +399,48 @@ async fn subscribing_to_nobody_leaves_nothing(tp: Tp) {
     }
     let counts = s.store().counts().await.expect("store");
     assert_eq!((counts.documents, counts.subscriptions), (0, 0));
+    s.shutdown().await;
+}
+
+/// Billion laughs, deep nesting and attribute floods are refused (400)
+/// before they reach a composition or a watcher.
+async fn hostile_xml_is_refused(tp: Tp) {
+    let s = start(Mode::AllInOne, None, None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let aor = alice.aor.clone();
+    let wrap = |inner: &str| {
+        format!(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{aor}">{inner}</presence>"#
+        )
+    };
+    let bodies = [
+        format!(
+            r#"<?xml version="1.0"?><!DOCTYPE p [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>{}"#,
+            wrap("<note>&b;</note>")
+        ),
+        wrap(&format!("{}{}", "<x>".repeat(9000), "</x>".repeat(9000))),
+        wrap(&format!(
+            "<tuple id=\"t\" {}><status><basic>open</basic></status></tuple>",
+            (0..5800)
+                .map(|i| format!("a{i}=\"v\""))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+    ];
+    for body in bodies {
+        let req = alice
+            .req("PUBLISH", &aor)
+            .h("Event", "presence")
+            .h("Expires", "600")
+            .body("application/pidf+xml", body);
+        let r = alice.send(&req).await;
+        assert_eq!(r.code, 400, "{}", r.reason);
+    }
+    assert!(s
+        .store()
+        .publications(&aor, "presence")
+        .await
+        .expect("store")
+        .is_empty());
     s.shutdown().await;
 }
