@@ -32,7 +32,16 @@ fn write_headers(out: &mut String, headers: &rsip::Headers, body_len: usize) {
         if h.name().eq_ignore_ascii_case("Content-Length") {
             continue;
         }
-        let _ = write!(out, "{}: {}\r\n", h.name(), h.value());
+        let (name, value) = (h.name(), h.value());
+        // Never a line break inside a header on the wire, whatever a value
+        // holds (the parser refuses them; this is the last line of defence
+        // for values built elsewhere): CR and LF become spaces.
+        if value.contains(['\r', '\n']) || name.contains(['\r', '\n']) {
+            let clean = |s: &str| s.replace(['\r', '\n'], " ");
+            let _ = write!(out, "{}: {}\r\n", clean(name), clean(value));
+        } else {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
     }
     let _ = write!(out, "Content-Length: {body_len}\r\n\r\n");
 }

@@ -37,6 +37,25 @@ impl ParseError {
     }
 }
 
+/// Most Via elements a request may carry. A presence server sits behind a
+/// few proxies (a UA, an SBC, a load balancer: ≤ 5 in practice); every Via
+/// is copied into the answer, so a request with hundreds of them would make
+/// us reflect its bulk at whatever address it names. Such a request is
+/// dropped (and counted), not answered.
+pub const MAX_VIA: usize = 16;
+
+/// Most header fields a message may carry (after unfolding). Real requests
+/// carry 10 to 30. Over it: 400 when answerable (an answer copies only Via,
+/// From, To, Call-ID and CSeq, so it stays small).
+pub const MAX_HEADERS: usize = 128;
+
+/// Control characters have no place in a header (RFC 3261 §25.1: TEXT-UTF8
+/// and LWS only); a bare CR or LF inside a value would let a header we copy
+/// into an answer inject headers of its own.
+fn has_control(s: &str) -> bool {
+    s.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
 /// Long names for the compact forms of RFC 3261 §7.3.3 and extensions.
 fn canonical_name(name: &str) -> Option<&'static str> {
     if name.len() != 1 {
@@ -88,6 +107,7 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
 
     let mut hs = rsip::Headers::default();
     let mut bad_header: Option<String> = None;
+    let mut vias = 0usize;
     for line in &lines {
         match line.split_once(':') {
             Some((name, value)) => {
@@ -97,6 +117,15 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
                     continue;
                 }
                 let name = canonical_name(name).unwrap_or(name);
+                // A value with a control character is left out, so that no
+                // answer can copy it; the message is then refused.
+                if has_control(value) {
+                    bad_header.get_or_insert_with(|| "Bad Header Value".to_string());
+                    continue;
+                }
+                if name.eq_ignore_ascii_case("Via") {
+                    vias += headers::split_list(value).len();
+                }
                 hs.push(rsip::headers::make_header(name, value.trim().to_string()));
             }
             None => {
@@ -117,6 +146,11 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
     // copies what is there, which tells the sender far more than silence.
     // The top Via is read by the same function as `HeaderAccess::top_via`,
     // so "answerable" and "parsed" agree.
+    if vias > MAX_VIA {
+        return Err(ParseError::drop(format!(
+            "{vias} Via elements (at most {MAX_VIA})"
+        )));
+    }
     let answerable = !is_response && headers::top_via(&hs).is_some();
     let refuse = |status: u16, reason: String, hs: &rsip::Headers| ParseError {
         status,
@@ -128,6 +162,13 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
         },
     };
 
+    if lines.len() > MAX_HEADERS {
+        return Err(refuse(
+            400,
+            format!("Too Many Headers (at most {MAX_HEADERS})"),
+            &hs,
+        ));
+    }
     // Size and body framing.
     if input.len() > max {
         return Err(refuse(413, "Request Entity Too Large".into(), &hs));
