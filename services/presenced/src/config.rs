@@ -100,6 +100,10 @@ pub struct Args {
         default_value = "127.0.0.1:9090"
     )]
     pub http_listen: SocketAddr,
+    /// File holding the bearer token for /admin/* (at least 16 characters).
+    /// Required when --http-listen is not a loopback address.
+    #[arg(long = "admin-token-file", env = "PRESENCE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Watcher policy rules file (presentity action watcher).
     #[arg(long, env = "PRESENCE_POLICY")]
     pub policy: Option<PathBuf>,
@@ -231,6 +235,8 @@ pub struct Config {
     /// Digest algorithms in preference order.
     pub digest_algorithms: Vec<Algorithm>,
     pub http_listen: SocketAddr,
+    /// Bearer token for /admin/*.
+    pub admin_token: Option<String>,
     pub policy: Policy,
     pub min_expires: u32,
     pub max_expires: u32,
@@ -390,6 +396,22 @@ impl Config {
                 ));
                 Vec::new()
             });
+        let admin_token = args.admin_token_file.as_ref().and_then(|path| {
+            load_file("--admin-token-file", path, &mut errors, |text| {
+                let token = text.trim();
+                if token.len() < 16 || token.contains(char::is_whitespace) {
+                    Err(vec!["the token must be one word of at least 16 characters"])
+                } else {
+                    Ok(token.to_string())
+                }
+            })
+        });
+        if args.admin_token_file.is_none() && !args.http_listen.ip().is_loopback() {
+            errors.push(format!(
+                "--http-listen {} is not loopback: --admin-token-file is required (the admin API changes anyone's presence)",
+                args.http_listen
+            ));
+        }
         if args.nonce_lifetime == 0 {
             errors.push("--nonce-lifetime must be at least 1 second".into());
         }
@@ -459,6 +481,7 @@ impl Config {
             nonce_secret,
             digest_algorithms,
             http_listen: args.http_listen,
+            admin_token,
             policy,
             min_expires: args.min_expires,
             max_expires: args.max_expires,

@@ -268,6 +268,11 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
         shards_bus,
         store: store.clone(),
         shards: cfg.shards,
+        admin: ops::AdminAccess {
+            token: cfg.admin_token.clone(),
+            domains: cfg.domains.clone(),
+            packages: Registry::default(),
+        },
     };
     let (ops_shutdown, ops_shutdown_rx) = watch::channel(false);
     drop(shutdown_rx);

@@ -8,6 +8,7 @@ use crate::compositor::shard_subject;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use presence_core::commands::{Command, Reply};
+use presence_core::packages::Registry;
 use presence_core::{shard_of, Aor};
 use presence_store::{Requests, Store};
 use std::sync::Arc;
@@ -22,6 +23,97 @@ pub struct Ops {
     pub shards_bus: Arc<dyn Requests<Command, Reply>>,
     pub store: Arc<dyn Store>,
     pub shards: u32,
+    /// Guards `/admin/*` (see [`Ops::admit`]).
+    pub admin: AdminAccess,
+}
+
+/// Who may use `/admin/*`. `/metrics`, `/healthz` and `/readyz` are open to
+/// whoever reaches the listener (Prometheus and the kubelet do).
+#[derive(Clone)]
+pub struct AdminAccess {
+    /// `--admin-token-file`: every admin request needs `Authorization:
+    /// Bearer <token>`. Required when the listener is not loopback.
+    pub token: Option<String>,
+    /// The served domains: an AoR elsewhere is not ours to change or show.
+    pub domains: Vec<String>,
+    /// The event packages served.
+    pub packages: Registry,
+}
+
+/// Why an admin request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// No or wrong bearer token (the answer does not say which).
+    Unauthorized,
+    /// Without a token the listener is loopback-only, and a browser tricked
+    /// into calling it (DNS rebinding) names another host: refused.
+    ForeignHost,
+}
+
+impl AdminAccess {
+    /// May this request use `/admin/*`?
+    pub fn admit(&self, headers: &[(String, String)]) -> Result<(), AdminRefusal> {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        };
+        match &self.token {
+            Some(token) => {
+                let given = header("Authorization")
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+                    .map(|(_, t)| t.trim())
+                    .unwrap_or("");
+                if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(AdminRefusal::Unauthorized)
+                }
+            }
+            None => {
+                let host = header("Host").unwrap_or("");
+                if is_loopback_host(host) {
+                    Ok(())
+                } else {
+                    Err(AdminRefusal::ForeignHost)
+                }
+            }
+        }
+    }
+
+    fn serves(&self, aor: &Aor) -> bool {
+        self.domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(aor.domain()))
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub async fn serve(ops: Arc<Ops>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
@@ -44,6 +136,7 @@ struct HttpRequest {
     method: String,
     path: String,
     query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
@@ -68,10 +161,15 @@ async fn read_request(stream: &mut TcpStream) -> Option<HttpRequest> {
     let mut first = lines.next()?.split_whitespace();
     let method = first.next()?.to_string();
     let target = first.next()?.to_string();
-    let length: usize = lines
+    let headers: Vec<(String, String)> = lines
+        .take(64)
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
     if length > 1 << 20 {
         return None;
@@ -95,6 +193,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<HttpRequest> {
         method,
         path: path.to_string(),
         query,
+        headers,
         body,
     })
 }
@@ -139,12 +238,32 @@ async fn handle(ops: Arc<Ops>, mut stream: TcpStream) {
                     )
                 }
             }
+            (_, p) if p.starts_with("/admin/") && ops.admin.admit(&req.headers).is_err() => {
+                match ops.admin.admit(&req.headers) {
+                    Err(AdminRefusal::ForeignHost) => (
+                        "403 Forbidden",
+                        "text/plain",
+                        b"the admin API answers loopback hosts only (or set --admin-token-file)\n"
+                            .to_vec(),
+                    ),
+                    _ => (
+                        "401 Unauthorized",
+                        "text/plain",
+                        b"a bearer token is required\n".to_vec(),
+                    ),
+                }
+            }
             (m, "/admin/hard-state") if m == "PUT" || m == "DELETE" => hard_state(&ops, &req).await,
             ("GET", "/admin/state") => state(&ops, &req).await,
             _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
         };
+    let challenge = if status.starts_with("401") {
+        "WWW-Authenticate: Bearer realm=\"presence-admin\"\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{challenge}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
@@ -167,6 +286,9 @@ async fn hard_state(ops: &Ops, req: &HttpRequest) -> (&'static str, &'static str
             b"aor=sip:user@domain required\n".to_vec(),
         );
     };
+    if let Some(refusal) = check_target(ops, &aor, param(req, "event")) {
+        return refusal;
+    }
     let event = param(req, "event").unwrap_or("presence").to_string();
     let body = if req.method == "PUT" {
         if let Err(e) = presence_core::pidf::parse(&req.body) {
@@ -200,6 +322,33 @@ async fn hard_state(ops: &Ops, req: &HttpRequest) -> (&'static str, &'static str
     }
 }
 
+type HttpAnswer = (&'static str, &'static str, Vec<u8>);
+
+/// An AoR of a served domain, and an event package we serve.
+fn check_target(ops: &Ops, aor: &Aor, event: Option<&str>) -> Option<HttpAnswer> {
+    if !ops.admin.serves(aor) {
+        return Some((
+            "404 Not Found",
+            "text/plain",
+            b"domain not served here\n".to_vec(),
+        ));
+    }
+    if let Some(e) = event {
+        if ops.admin.packages.get(e).is_none() {
+            return Some((
+                "400 Bad Request",
+                "text/plain",
+                format!(
+                    "unknown event package (served: {})\n",
+                    ops.admin.packages.allow_events()
+                )
+                .into_bytes(),
+            ));
+        }
+    }
+    None
+}
+
 async fn state(ops: &Ops, req: &HttpRequest) -> (&'static str, &'static str, Vec<u8>) {
     let Some(aor) = param(req, "aor").and_then(Aor::parse) else {
         return (
@@ -208,6 +357,9 @@ async fn state(ops: &Ops, req: &HttpRequest) -> (&'static str, &'static str, Vec
             b"aor=sip:user@domain required\n".to_vec(),
         );
     };
+    if let Some(refusal) = check_target(ops, &aor, param(req, "event")) {
+        return refusal;
+    }
     let event = param(req, "event").unwrap_or("presence");
     match ops.store.document(aor.as_str(), event).await {
         Ok(Some(d)) => ("200 OK", "application/pidf+xml", d.body.to_vec()),
@@ -222,7 +374,69 @@ async fn state(ops: &Ops, req: &HttpRequest) -> (&'static str, &'static str, Vec
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn admin_access_table() {
+        let open = AdminAccess {
+            token: None,
+            domains: vec!["example.com".into()],
+            packages: Registry::default(),
+        };
+        let tokened = AdminAccess {
+            token: Some("s3cret-token-0123456789".into()),
+            ..open.clone()
+        };
+        let rows: &[(&AdminAccess, &[(&str, &str)], Result<(), AdminRefusal>)] = &[
+            (&open, &[("Host", "127.0.0.1:9090")], Ok(())),
+            (&open, &[("Host", "localhost")], Ok(())),
+            (&open, &[("Host", "[::1]:9090")], Ok(())),
+            (
+                &open,
+                &[("host", "evil.example.net")],
+                Err(AdminRefusal::ForeignHost),
+            ),
+            (
+                &open,
+                &[("Host", "127.0.0.1.evil.net")],
+                Err(AdminRefusal::ForeignHost),
+            ),
+            (&open, &[], Err(AdminRefusal::ForeignHost)),
+            (
+                &tokened,
+                &[("Host", "127.0.0.1")],
+                Err(AdminRefusal::Unauthorized),
+            ),
+            (
+                &tokened,
+                &[("Authorization", "Bearer wrong")],
+                Err(AdminRefusal::Unauthorized),
+            ),
+            (
+                &tokened,
+                &[("Authorization", "Basic s3cret-token-0123456789")],
+                Err(AdminRefusal::Unauthorized),
+            ),
+            (
+                &tokened,
+                &[
+                    ("authorization", "bearer s3cret-token-0123456789"),
+                    ("Host", "presence-admin.svc"),
+                ],
+                Ok(()),
+            ),
+        ];
+        for (access, headers, want) in rows {
+            assert_eq!(&access.admit(&h(headers)), want, "{headers:?}");
+        }
+    }
 
     #[test]
     fn percent_decoding_never_panics_and_decodes_what_it_can() {
