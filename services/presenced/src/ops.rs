@@ -394,7 +394,12 @@ mod tests {
             token: Some("s3cret-token-0123456789".into()),
             ..open.clone()
         };
-        let rows: &[(&AdminAccess, &[(&str, &str)], Result<(), AdminRefusal>)] = &[
+        type Row<'a> = (
+            &'a AdminAccess,
+            &'a [(&'a str, &'a str)],
+            Result<(), AdminRefusal>,
+        );
+        let rows: &[Row] = &[
             (&open, &[("Host", "127.0.0.1:9090")], Ok(())),
             (&open, &[("Host", "localhost")], Ok(())),
             (&open, &[("Host", "[::1]:9090")], Ok(())),
