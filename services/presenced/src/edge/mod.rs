@@ -1,0 +1,425 @@
+//! The edge role: SIP sockets (UDP and TCP on the same port), framing,
+//! parsing, non-INVITE server transactions (retransmissions absorbed and
+//! answered from the table), client transactions for our NOTIFY and MESSAGE
+//! (Timer E/F over UDP, 32 s timeout), the flow table for TCP, Digest
+//! authentication, and the mapping SIP ⇄ typed commands for the shard owner.
+//! It keeps no presence state: killing it loses only in-flight transactions.
+//!
+//! One room per concern; this file holds the `Edge` itself, its life cycle
+//! (`run`, drain) and the request dispatch:
+//! - `transport`: the only socket I/O (UDP loop, TCP connections, sends);
+//! - `server_txn`: the retransmission-absorbing server transaction table;
+//! - `client_txn`: our NOTIFY/MESSAGE client transactions (Timer E/F);
+//! - `dialog_out`: per-dialog NOTIFY order, re-sends joining their transaction;
+//! - `auth`: Digest challenges and the accepted identity;
+//! - `mapping`: REGISTER/PUBLISH/SUBSCRIBE → command, the retry policy
+//!   towards the shard owner, refusals → SIP (via `crate::answers`);
+//! - `relay`: MESSAGE forking through the flows' edges.
+//!
+//! Not: limits (`crate::guard`), presence state, composition.
+
+mod auth;
+mod client_txn;
+mod dialog_out;
+mod mapping;
+mod relay;
+mod server_txn;
+#[cfg(test)]
+mod tests;
+mod transport;
+
+use client_txn::*;
+use dialog_out::*;
+use server_txn::*;
+pub use transport::Listeners;
+use transport::*;
+
+use crate::compositor::{new_tag, shard_subject};
+use crate::metrics::{method_label, status_class, Metrics};
+use crate::Clock;
+use bytes::Bytes;
+use presence_core::commands::{
+    Command, ContactSpec, Origin, PublishCmd, Refusal, RegisterAction, RegisterCmd, Reply,
+    SubscribeCmd,
+};
+use presence_core::digest::{Client, Credentials, Verdict, Verifier};
+use presence_core::packages::Registry;
+use presence_core::{canonical_aor, shard_of, Binding, Flow, Transport};
+use presence_sip::{
+    encode_request, frame_stream, parse, rsip, ContactValue, FrameError, HeaderAccess, Message,
+    Method, ParseError, Request, Response, ResponseBuilder, StreamFrame, TransportKind,
+};
+use presence_store::{Incoming, Requests};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::guard::{EdgeLimits, SourceGuard};
+
+const ALLOW: &str = "REGISTER, PUBLISH, SUBSCRIBE, NOTIFY, MESSAGE, OPTIONS";
+
+pub use presence_core::commands::{OutRequest, Outcome};
+
+pub struct EdgeConfig {
+    pub id: String,
+    pub domains: Vec<String>,
+    pub verifier: Option<Verifier>,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub max_message: usize,
+    pub shards: u32,
+    pub packages: Registry,
+    /// Test-only: see `config::Faults::delay_subscribe_answer_ms`.
+    pub delay_subscribe_answer: Duration,
+    /// What one source may cost (rates, connections, amplification).
+    pub limits: EdgeLimits,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    transport: Transport,
+    remote: SocketAddr,
+    local: SocketAddr,
+    conn: u64,
+}
+
+pub struct Edge {
+    cfg: EdgeConfig,
+    bus: Arc<dyn Requests<Command, Reply>>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    conns: Mutex<HashMap<u64, Conn>>,
+    by_remote: Mutex<HashMap<SocketAddr, u64>>,
+    next_conn: AtomicU64,
+    server_txns: Mutex<TxnTable>,
+    client_txns: Mutex<HashMap<String, Waiter>>,
+    /// SUBSCRIBEs being answered, by Call-ID: a NOTIFY of that dialog waits
+    /// until the answer is out, so the 2xx reaches the subscriber first (RFC
+    /// 6665 §4.1.2.4 makes subscribers cope with the other order; few do it well).
+    answering: Mutex<HashMap<String, watch::Receiver<()>>>,
+    /// NOTIFY order per dialog (Call-ID and our tag), see [`DialogOut`].
+    dialogs: Mutex<HashMap<u128, DialogOut>>,
+    /// The bus to the other edges (set by [`Edge::run`]): a relayed MESSAGE
+    /// whose target's flow is on another edge goes out through that edge.
+    out_bus: std::sync::OnceLock<Arc<dyn Requests<OutRequest, Outcome>>>,
+    /// Per-source rates, connections and UDP amplification budgets.
+    guard: Mutex<SourceGuard>,
+    /// Requests being handled: a permit each.
+    inflight: Arc<tokio::sync::Semaphore>,
+    /// Lame duck: still serving, but OPTIONS answers 503 so that SIP load
+    /// balancers take this node out.
+    draining: std::sync::atomic::AtomicBool,
+}
+
+impl Edge {
+    pub fn new(
+        cfg: EdgeConfig,
+        bus: Arc<dyn Requests<Command, Reply>>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    ) -> Edge {
+        let cfg_limits = cfg.limits;
+        Edge {
+            cfg,
+            bus,
+            clock,
+            metrics,
+            udp,
+            conns: Mutex::new(HashMap::new()),
+            by_remote: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            server_txns: Mutex::new(TxnTable::default()),
+            client_txns: Mutex::new(HashMap::new()),
+            answering: Mutex::new(HashMap::new()),
+            dialogs: Mutex::new(HashMap::new()),
+            out_bus: std::sync::OnceLock::new(),
+            guard: Mutex::new(SourceGuard::new(cfg_limits)),
+            inflight: Arc::new(tokio::sync::Semaphore::new(cfg_limits.max_inflight.max(1))),
+            draining: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Go lame duck: OPTIONS gets 503 from now on, everything else is
+    /// still served (see `Server::shutdown`).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until no request is being handled, at most `grace`.
+    pub async fn finish_inflight(&self, grace: Duration) {
+        let all = self.cfg.limits.max_inflight.max(1) as u32;
+        let _ = tokio::time::timeout(grace, self.inflight.acquire_many(all)).await;
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, SourceGuard> {
+        self.guard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drop_counted(&self, reason: &str) {
+        self.metrics.edge_dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// Run the sockets and serve `edge.<id>` until shutdown.
+    pub async fn run(
+        self: Arc<Self>,
+        tcp: Vec<(SocketAddr, TcpListener)>,
+        out_bus: Arc<dyn Requests<OutRequest, Outcome>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tasks = Vec::new();
+        for (local, sock) in self.udp.clone() {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move { me.udp_loop(local, sock).await }));
+        }
+        for (local, listener) in tcp {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                me.accept_loop(local, listener).await
+            }));
+        }
+        let _ = self.out_bus.set(out_bus.clone());
+        let (tx, mut rx) = mpsc::channel::<Incoming<OutRequest, Outcome>>(8192);
+        let subject = crate::notifier::edge_subject(&self.cfg.id);
+        for s in [subject.as_str(), crate::notifier::ANY_EDGE] {
+            if let Err(e) = out_bus.serve(s, tx.clone()).await {
+                tracing::error!(subject = s, error = %e, "cannot serve an edge subject");
+            }
+        }
+        drop(tx);
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(inc) = rx.recv().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let (request, replier) = inc.into_parts();
+                    replier.reply(me.send_request(request).await);
+                });
+            }
+        }));
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => self.sweep_transactions(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        let _ = out_bus.unserve(&subject).await;
+        let _ = out_bus.unserve(crate::notifier::ANY_EDGE).await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    fn sweep_transactions(&self) {
+        let now = Instant::now();
+        self.dialogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, d| {
+                d.busy
+                    || d.turn.as_ref().is_some_and(|t| t.receiver_count() > 0)
+                    || now.saturating_duration_since(d.last_used) < DIALOG_MEMORY
+            });
+        self.server_txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep(now);
+        self.guard().sweep(now);
+    }
+
+    async fn on_message(self: &Arc<Self>, data: &[u8], src: Source, kind: TransportKind) {
+        // Answers were peeked on the UDP loop or in `on_stream_frame`.
+        let msg = match parse(data, kind, self.cfg.max_message) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(remote = %src.remote, error = %e, "refused message");
+                self.answer_parse_error(&e, src);
+                return;
+            }
+        };
+        match msg {
+            Message::Response(resp) => {
+                if src.transport == Transport::Udp {
+                    self.guard().proven(src.remote, Instant::now());
+                }
+                self.on_response(resp)
+            }
+            Message::Request(req) => self.on_request(req, src).await,
+        }
+    }
+
+    async fn on_request(self: &Arc<Self>, req: Request, src: Source) {
+        let method = req.method.as_str();
+        self.metrics
+            .edge_requests
+            .with_label_values(&[method_label(method)])
+            .inc();
+        if req.method.is(rsip::Method::Ack) {
+            return; // no INVITE transactions here: nothing to acknowledge
+        }
+        let started = Instant::now();
+        let key = req.transaction_key();
+        if let Some(key) = &key {
+            let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
+            match t.entries.get(key) {
+                Some(Some(resp)) => {
+                    let resp = resp.clone();
+                    drop(t);
+                    self.metrics.edge_retransmissions.inc();
+                    self.send_src(src, resp);
+                    return;
+                }
+                Some(None) => {
+                    self.metrics.edge_retransmissions.inc();
+                    return; // still working on it
+                }
+                None => {
+                    t.entries.insert(key.clone(), None);
+                    t.expire_in(Keep::Guard, key.clone());
+                }
+            }
+        }
+        // Held while the SUBSCRIBE is handled; dropping it (also on an early
+        // return or a panic) releases the dialog's NOTIFYs.
+        let answering = match (req.method.is(rsip::Method::Subscribe), req.call_id()) {
+            (true, Some(call_id)) => {
+                let (tx, rx) = watch::channel(());
+                self.answering
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(call_id.to_string(), rx);
+                Some(Answering {
+                    edge: self,
+                    call_id: call_id.to_string(),
+                    _done: tx,
+                })
+            }
+            _ => None,
+        };
+        let resp = self.handle(&req, src).await;
+        if answering.is_some() && !self.cfg.delay_subscribe_answer.is_zero() {
+            tokio::time::sleep(self.cfg.delay_subscribe_answer).await;
+        }
+        let code = resp.code();
+        let bytes = Bytes::from(resp.encode());
+        if let Some(key) = key {
+            let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = match src.transport {
+                Transport::Udp => Keep::Udp,
+                Transport::Tcp => Keep::Tcp,
+            };
+            if bytes.len() <= MAX_CACHED_ANSWER {
+                t.entries.insert(key.clone(), Some(bytes.clone()));
+                t.expire_in(keep, key);
+            } else {
+                t.entries.remove(&key);
+            }
+        }
+        self.send_src(src, bytes);
+        drop(answering);
+        let label = method_label(method);
+        self.metrics
+            .edge_responses
+            .with_label_values(&[label, status_class(code)])
+            .inc();
+        self.metrics
+            .edge_transaction_seconds
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn reply(&self, req: &Request, src: Source, code: u16, reason: &str) -> ResponseBuilder {
+        ResponseBuilder::new(
+            &req.headers,
+            code,
+            reason,
+            Some(&new_tag()),
+            Some(src.remote),
+        )
+    }
+
+    fn is_local(&self, domain: &str) -> bool {
+        self.cfg
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    fn contact_header(&self, src: Source) -> String {
+        let host = src.local;
+        match src.transport {
+            Transport::Udp => format!("<sip:{host}>"),
+            Transport::Tcp => format!("<sip:{host};transport=tcp>"),
+        }
+    }
+
+    fn flow(&self, src: Source) -> Flow {
+        Flow {
+            transport: src.transport,
+            remote: src.remote,
+            local: src.local,
+            edge: self.cfg.id.clone(),
+            conn: src.conn,
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, req: &Request, src: Source) -> ResponseBuilder {
+        // Require / Proxy-Require: we support no extensions (RFC 3261 §8.2.2.3).
+        let required: Vec<String> = req.list("Require");
+        if !required.is_empty() && !req.method.is(rsip::Method::Cancel) {
+            return self
+                .reply(req, src, 420, "Bad Extension")
+                .header("Unsupported", required.join(", "));
+        }
+        let method = match &req.method {
+            Method::Known(m) => *m,
+            Method::Extension(_) => {
+                return self
+                    .reply(req, src, 501, "Not Implemented")
+                    .header("Allow", ALLOW);
+            }
+        };
+        match method {
+            rsip::Method::Options if self.draining.load(Ordering::SeqCst) => self
+                .reply(req, src, 503, "Service Unavailable (Draining)")
+                .header("Retry-After", crate::answers::RETRY_AFTER_SECS.to_string()),
+            rsip::Method::Options => self
+                .reply(req, src, 200, "OK")
+                .header("Allow", ALLOW)
+                .header("Allow-Events", self.cfg.packages.allow_events())
+                .header(
+                    "Accept",
+                    "application/pidf+xml, application/cpim-pidf+xml, text/plain, message/cpim",
+                )
+                .header("Supported", ""),
+            rsip::Method::Register
+            | rsip::Method::Publish
+            | rsip::Method::Subscribe
+            | rsip::Method::Message => {
+                let identity = match self.authenticate(req, src, method) {
+                    Ok(id) => id,
+                    Err(resp) => return *resp,
+                };
+                match method {
+                    rsip::Method::Register => self.register(req, src, identity).await,
+                    rsip::Method::Publish => self.publish(req, src, identity).await,
+                    rsip::Method::Subscribe => self.subscribe(req, src, identity).await,
+                    _ => self.message(req, src, identity).await,
+                }
+            }
+            rsip::Method::Notify => self.reply(req, src, 481, "Subscription Does Not Exist"),
+            rsip::Method::Cancel => self.reply(req, src, 481, "Call/Transaction Does Not Exist"),
+            _ => self
+                .reply(req, src, 405, "Method Not Allowed")
+                .header("Allow", ALLOW),
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Transports: the only code of the edge that does socket I/O. UDP
+//! listeners and their receive loop, TCP accept, one reader and one
+//! writer task per connection (with the limits of `guard.rs`: connections,
+//! timeouts, bounded write queues), and the send paths.
+
+use super::*;
+
+pub(super) struct Conn {
+    pub(super) tx: mpsc::Sender<Bytes>,
+    /// Tells the reader to close the connection (its writer gave up).
+    pub(super) close: Arc<tokio::sync::Notify>,
+}
+
+/// Bound sockets, so that bind errors surface before anything runs.
+pub struct Listeners {
+    pub udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    pub tcp: Vec<(SocketAddr, TcpListener)>,
+}
+
+impl Listeners {
+    pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Listeners> {
+        let mut l = Listeners {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for addr in addrs {
+            let tcp = TcpListener::bind(addr).await?;
+            let actual = tcp.local_addr()?;
+            let udp = bind_udp(actual)?;
+            l.udp.push((actual, Arc::new(udp)));
+            l.tcp.push((actual, tcp));
+        }
+        Ok(l)
+    }
+}
+
+/// Socket buffer asked for on UDP listeners. The kernel's default (~200 KiB)
+/// overflows within a few milliseconds of a scheduling hiccup at 10k+
+/// datagrams/s; the kernel caps the request at `net.core.rmem_max`.
+pub(super) const UDP_BUFFER: usize = 4 << 20;
+
+pub(super) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let std_sock = std::net::UdpSocket::bind(addr)?;
+    let sock = socket2::Socket::from(std_sock);
+    if let Err(e) = sock.set_recv_buffer_size(UDP_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP send buffer");
+    }
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock.into())
+}
+
+/// Send one datagram: at once if the socket takes it, else waiting for it
+/// to be writable (a socket never written to yet reports WouldBlock to
+/// `try_send_to`; a full send buffer too) for at most [`UDP_SEND_WAIT`].
+pub(super) async fn udp_send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> bool {
+    match sock.try_send_to(bytes, to) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            matches!(
+                tokio::time::timeout(UDP_SEND_WAIT, sock.send_to(bytes, to)).await,
+                Ok(Ok(_))
+            )
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, %to, "udp send failed");
+            false
+        }
+    }
+}
+
+/// How long a datagram may wait for its socket to be writable.
+pub(super) const UDP_SEND_WAIT: Duration = Duration::from_millis(200);
+
+impl Edge {
+    pub(super) async fn udp_loop(self: Arc<Self>, local: SocketAddr, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, remote) = match sock.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; keep serving.
+                    tracing::debug!(error = %e, "udp receive error");
+                    continue;
+                }
+            };
+            if n <= 4
+                && buf[..n]
+                    .iter()
+                    .all(|b| *b == b'\r' || *b == b'\n' || *b == 0)
+            {
+                continue; // keep-alive
+            }
+            let now = Instant::now();
+            self.guard().received(remote, n, now);
+            // Answers to our NOTIFYs are done with here, without a task.
+            if let Some(peek) = presence_sip::peek_response(&buf[..n]) {
+                if self.complete_peeked(peek, Some(remote)) {
+                    continue;
+                }
+            } else if !self.guard().admit_request(remote.ip(), now) {
+                // Over its rate: dropped (answering a forged source would
+                // serve the forger); a real UA retransmits.
+                self.drop_counted("rate_limited");
+                continue;
+            }
+            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+                self.drop_counted("overload");
+                continue;
+            };
+            let src = Source {
+                transport: Transport::Udp,
+                remote,
+                local,
+                conn: 0,
+            };
+            let data = Bytes::copy_from_slice(&buf[..n]);
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.on_message(&data, src, TransportKind::Datagram).await;
+                drop(permit);
+            });
+        }
+    }
+
+    pub(super) async fn accept_loop(self: Arc<Self>, local: SocketAddr, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, remote)) => {
+                    if let Err(why) = self.guard().open_connection(remote.ip()) {
+                        tracing::debug!(%remote, ?why, "connection refused by limits");
+                        self.drop_counted("connection_limit");
+                        continue; // dropped: closed at once
+                    }
+                    let _ = stream.set_nodelay(true);
+                    self.clone().spawn_conn(stream, local, remote);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    pub(super) fn spawn_conn(
+        self: Arc<Self>,
+        stream: TcpStream,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(self.cfg.limits.write_queue.max(1));
+        let close = Arc::new(tokio::sync::Notify::new());
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Conn {
+                tx,
+                close: close.clone(),
+            },
+        );
+        self.by_remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(remote, id);
+        self.metrics.edge_tcp_connections.inc();
+        let (mut rd, mut wr) = stream.into_split();
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let src = Source {
+                transport: Transport::Tcp,
+                remote,
+                local,
+                conn: id,
+            };
+            let mut buf: Vec<u8> = Vec::with_capacity(8192);
+            let mut chunk = vec![0u8; 16384];
+            let limits = me.cfg.limits;
+            // The first message, and every message once begun, must arrive
+            // whole within the header timeout; between messages the
+            // connection may idle for the idle timeout.
+            let mut partial_since = Some(Instant::now());
+            let mut last_message = Instant::now();
+            'read: loop {
+                let deadline = match partial_since {
+                    Some(t) => t + limits.header_timeout,
+                    None => last_message + limits.idle_timeout,
+                };
+                let n = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, rd.read(&mut chunk)) => match r {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(n)) => n,
+                        Err(_) => {
+                            me.drop_counted(if partial_since.is_some() {
+                                "header_timeout"
+                            } else {
+                                "idle_timeout"
+                            });
+                            break;
+                        }
+                    },
+                    _ = close.notified() => break,
+                };
+                if buf.is_empty() && partial_since.is_none() {
+                    partial_since = Some(Instant::now());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                loop {
+                    match frame_stream(&buf, me.cfg.max_message) {
+                        Ok(StreamFrame::NeedMore) => break,
+                        Ok(StreamFrame::KeepAlive { len, ping }) => {
+                            buf.drain(..len);
+                            last_message = Instant::now();
+                            if buf.is_empty() {
+                                partial_since = None;
+                            }
+                            if ping {
+                                me.send_conn(id, Bytes::from_static(b"\r\n"));
+                            }
+                        }
+                        Ok(StreamFrame::Message { skip, len }) => {
+                            let msg: Vec<u8> = buf.drain(..skip + len).skip(skip).collect();
+                            let now = Instant::now();
+                            last_message = now;
+                            partial_since = (!buf.is_empty()).then_some(now);
+                            me.on_stream_frame(msg, src);
+                        }
+                        Err(e) => {
+                            // Cannot find the next message: answer what we can and close.
+                            let status = if matches!(e, FrameError::TooLarge(_)) {
+                                413
+                            } else {
+                                400
+                            };
+                            me.metrics
+                                .edge_dropped
+                                .with_label_values(&["tcp_framing"])
+                                .inc();
+                            if let Some(end) = presence_sip::frame::header_end(&buf) {
+                                // Only the head is here, so a body the head
+                                // announces is missing: parsing fails with
+                                // "Content-Length Larger Than Body" but still
+                                // yields the headers to answer with. The
+                                // framing error, not that, is the answer.
+                                let headers =
+                                    match parse(&buf[..end], TransportKind::Datagram, usize::MAX) {
+                                        Ok(Message::Request(r)) => Some(r.headers),
+                                        Ok(Message::Response(_)) => None,
+                                        Err(pe) => pe.answer.map(|h| *h),
+                                    };
+                                if let Some(headers) = headers {
+                                    let reason = if status == 413 {
+                                        "Request Entity Too Large"
+                                    } else {
+                                        "Bad Content-Length"
+                                    };
+                                    let b = ResponseBuilder::new(
+                                        &headers,
+                                        status,
+                                        reason,
+                                        Some(&new_tag()),
+                                        Some(remote),
+                                    );
+                                    me.send_src(src, Bytes::from(b.encode()));
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            break 'read;
+                        }
+                    }
+                }
+            }
+            me.conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let mut br = me.by_remote.lock().unwrap_or_else(|e| e.into_inner());
+            if br.get(&remote) == Some(&id) {
+                br.remove(&remote);
+            }
+            me.metrics.edge_tcp_connections.dec();
+            me.guard().close_connection(remote.ip());
+        });
+        id
+    }
+
+    /// One framed message from a stream: answers to our requests at once,
+    /// requests within the source's rate and the in-flight bound on a task
+    /// of their own; over either bound, 503 with Retry-After (a TCP source
+    /// is not forged, and has no retransmission to fall back on).
+    pub(super) fn on_stream_frame(self: &Arc<Self>, msg: Vec<u8>, src: Source) {
+        if let Some(peek) = presence_sip::peek_response(&msg) {
+            if self.complete_peeked(peek, None) {
+                return;
+            }
+        }
+        let admitted = self.guard().admit_request(src.remote.ip(), Instant::now());
+        let permit = if admitted {
+            self.inflight.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
+        let Some(permit) = permit else {
+            self.drop_counted(if admitted { "overload" } else { "rate_limited" });
+            if let Ok(Message::Request(req)) =
+                parse(&msg, TransportKind::Stream, self.cfg.max_message)
+            {
+                let b = self
+                    .reply(&req, src, 503, "Service Unavailable")
+                    .header("Retry-After", crate::answers::RETRY_AFTER_SECS.to_string());
+                self.send_src(src, Bytes::from(b.encode()));
+            }
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.on_message(&msg, src, TransportKind::Stream).await;
+            drop(permit);
+        });
+    }
+
+    /// Queue `bytes` on connection `id`. A connection whose writer queue is
+    /// full (its reader does not read) is closed and counted.
+    pub(super) fn send_conn(&self, id: u64, bytes: Bytes) -> bool {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = conns.get(&id) else {
+            return false;
+        };
+        match c.tx.try_send(bytes) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(c) = conns.remove(&id) {
+                    c.close.notify_one();
+                }
+                drop(conns);
+                self.drop_counted("write_queue_full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(super) fn udp_socket(&self, local: SocketAddr) -> Option<Arc<UdpSocket>> {
+        self.udp
+            .iter()
+            .find(|(a, _)| *a == local)
+            .or_else(|| {
+                self.udp
+                    .iter()
+                    .find(|(a, _)| a.is_ipv4() == local.is_ipv4())
+            })
+            .or(self.udp.first())
+            .map(|(_, s)| s.clone())
+    }
+
+    pub(super) fn send_src(&self, src: Source, bytes: Bytes) {
+        match src.transport {
+            Transport::Udp => {
+                if let Some(sock) = self.udp_socket(src.local) {
+                    match sock.try_send_to(&bytes, src.remote) {
+                        Ok(_) => {}
+                        // Not known writable yet (a fresh socket) or its
+                        // buffer is full: wait for it, briefly, off this path.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            let metrics = self.metrics.clone();
+                            tokio::spawn(async move {
+                                if !udp_send(&sock, &bytes, src.remote).await {
+                                    metrics
+                                        .edge_dropped
+                                        .with_label_values(&["send_failed"])
+                                        .inc();
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "udp send failed");
+                            self.drop_counted("send_failed");
+                        }
+                    }
+                }
+            }
+            Transport::Tcp => {
+                if !self.send_conn(src.conn, bytes) {
+                    self.metrics
+                        .edge_dropped
+                        .with_label_values(&["send_failed"])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    pub(super) fn answer_parse_error(&self, e: &ParseError, src: Source) {
+        match &e.answer {
+            Some(headers) => {
+                self.metrics
+                    .edge_dropped
+                    .with_label_values(&["bad_request_answered"])
+                    .inc();
+                let b = ResponseBuilder::new(
+                    headers,
+                    e.status,
+                    &e.reason,
+                    Some(&new_tag()),
+                    Some(src.remote),
+                );
+                self.send_src(src, Bytes::from(b.encode()));
+            }
+            None => {
+                self.metrics
+                    .edge_dropped
+                    .with_label_values(&["unparseable"])
+                    .inc();
+            }
+        }
+    }
+}
