@@ -103,30 +103,30 @@ impl Edge {
         Ok(e.min(self.cfg.max_expires))
     }
 
-    pub(super) async fn register(
+    pub(super) fn register_command(
         &self,
         req: &Request,
         src: Source,
         identity: Option<String>,
-    ) -> ResponseBuilder {
+    ) -> Result<(String, Command), ResponseBuilder> {
         let Some(to) = req.to_addr() else {
-            return self.reply(req, src, 400, "Malformed To");
+            return Err(self.reply(req, src, 400, "Malformed To"));
         };
         let Some(aor) = canonical_aor(&to.uri) else {
-            return self.reply(req, src, 400, "To Is Not an Address of Record");
+            return Err(self.reply(req, src, 400, "To Is Not an Address of Record"));
         };
         if !self.is_local(aor.domain()) {
-            return self.reply(req, src, 403, "Domain Not Served Here");
+            return Err(self.reply(req, src, 403, "Domain Not Served Here"));
         }
         if identity.as_deref().is_some_and(|id| id != aor.as_str()) {
-            return self.reply(req, src, 403, "Forbidden (Not Your AoR)");
+            return Err(self.reply(req, src, 403, "Forbidden (Not Your AoR)"));
         }
         let contacts = match req.contacts() {
             Ok(c) => c,
-            Err(()) => return self.reply(req, src, 400, "Malformed Contact"),
+            Err(()) => return Err(self.reply(req, src, 400, "Malformed Contact")),
         };
         let header_expires = match req.expires() {
-            Some(Err(())) => return self.reply(req, src, 400, "Malformed Expires"),
+            Some(Err(())) => return Err(self.reply(req, src, 400, "Malformed Expires")),
             Some(Ok(e)) => Some(e),
             None => None,
         };
@@ -134,7 +134,7 @@ impl Edge {
             RegisterAction::Query
         } else if contacts.iter().any(|c| matches!(c, ContactValue::Star)) {
             if contacts.len() != 1 || header_expires != Some(0) {
-                return self.reply(req, src, 400, "Invalid Wildcard Contact");
+                return Err(self.reply(req, src, 400, "Invalid Wildcard Contact"));
             }
             RegisterAction::RemoveAll
         } else {
@@ -147,7 +147,7 @@ impl Edge {
                 };
                 let expires = match self.grant_expires(req, src, asked, 3600) {
                     Ok(e) => e,
-                    Err(resp) => return *resp,
+                    Err(resp) => return Err(*resp),
                 };
                 let params: String = na
                     .params
@@ -187,7 +187,20 @@ impl Edge {
             action,
             origin: self.origin(req),
         });
-        match self.ask(aor.as_str(), cmd).await {
+        Ok((aor.to_string(), cmd))
+    }
+
+    pub(super) async fn register(
+        &self,
+        req: &Request,
+        src: Source,
+        identity: Option<String>,
+    ) -> ResponseBuilder {
+        let (aor, cmd) = match self.register_command(req, src, identity) {
+            Ok(c) => c,
+            Err(refusal) => return refusal,
+        };
+        match self.ask(&aor, cmd).await {
             Reply::Registered { bindings, now_ms } => {
                 let mut b = self.reply(req, src, 200, "OK");
                 for binding in &bindings {
@@ -199,24 +212,24 @@ impl Edge {
         }
     }
 
-    pub(super) async fn publish(
+    pub(super) fn publish_command(
         &self,
         req: &Request,
         src: Source,
         identity: Option<String>,
-    ) -> ResponseBuilder {
+    ) -> Result<(String, Command), ResponseBuilder> {
         let aor =
             canonical_aor(&req.uri).or_else(|| req.to_addr().and_then(|t| canonical_aor(&t.uri)));
         let Some(aor) = aor else {
-            return self.reply(req, src, 400, "Request-URI Is Not an Address of Record");
+            return Err(self.reply(req, src, 400, "Request-URI Is Not an Address of Record"));
         };
         if !self.is_local(aor.domain()) {
-            return self.reply(req, src, 404, "Not Found (Domain Not Served Here)");
+            return Err(self.reply(req, src, 404, "Not Found (Domain Not Served Here)"));
         }
         let Some(event) = req.event() else {
-            return self
+            return Err(self
                 .reply(req, src, 489, "Bad Event")
-                .header("Allow-Events", self.cfg.packages.allow_events());
+                .header("Allow-Events", self.cfg.packages.allow_events()));
         };
         let Some(package) = self
             .cfg
@@ -224,16 +237,16 @@ impl Edge {
             .get(&event.package)
             .filter(|p| !p.publish_types().is_empty())
         else {
-            return self
+            return Err(self
                 .reply(req, src, 489, "Bad Event")
-                .header("Allow-Events", self.cfg.packages.allow_events());
+                .header("Allow-Events", self.cfg.packages.allow_events()));
         };
         if identity.as_deref().is_some_and(|id| id != aor.as_str()) {
-            return self.reply(req, src, 403, "Forbidden (Not Your AoR)");
+            return Err(self.reply(req, src, 403, "Forbidden (Not Your AoR)"));
         }
         let expires = match self.grant_expires(req, src, req.expires(), 3600) {
             Ok(e) => e,
-            Err(resp) => return *resp,
+            Err(resp) => return Err(*resp),
         };
         let if_match = req.sip_if_match().map(str::to_string);
         let body = if req.body.is_empty() {
@@ -241,21 +254,21 @@ impl Edge {
         } else {
             let ct = req.content_type();
             let Some(ct) = ct.filter(|ct| package.publish_types().contains(&ct.as_str())) else {
-                return self
+                return Err(self
                     .reply(req, src, 415, "Unsupported Media Type")
-                    .header("Accept", package.publish_types().join(", "));
+                    .header("Accept", package.publish_types().join(", ")));
             };
             if let Err(why) = package.check_body(&req.body) {
                 tracing::debug!(%why, "malformed publication body");
-                return self.reply(req, src, 400, "Malformed Event State Document");
+                return Err(self.reply(req, src, 400, "Malformed Event State Document"));
             }
             Some((ct.as_str().to_string(), req.body.clone()))
         };
         if if_match.is_none() && body.is_none() {
-            return self.reply(req, src, 400, "Missing Body");
+            return Err(self.reply(req, src, 400, "Missing Body"));
         }
         if if_match.is_none() && expires == 0 {
-            return self.reply(req, src, 400, "Expires 0 Without SIP-If-Match");
+            return Err(self.reply(req, src, 400, "Expires 0 Without SIP-If-Match"));
         }
         let cmd = Command::Publish(PublishCmd {
             aor: aor.to_string(),
@@ -265,7 +278,20 @@ impl Edge {
             body,
             origin: self.origin(req),
         });
-        match self.ask(aor.as_str(), cmd).await {
+        Ok((aor.to_string(), cmd))
+    }
+
+    pub(super) async fn publish(
+        &self,
+        req: &Request,
+        src: Source,
+        identity: Option<String>,
+    ) -> ResponseBuilder {
+        let (aor, cmd) = match self.publish_command(req, src, identity) {
+            Ok(c) => c,
+            Err(refusal) => return refusal,
+        };
+        match self.ask(&aor, cmd).await {
             Reply::Published { etag, expires } => self
                 .reply(req, src, 200, "OK")
                 .header("SIP-ETag", etag)
@@ -274,70 +300,70 @@ impl Edge {
         }
     }
 
-    pub(super) async fn subscribe(
+    pub(super) fn subscribe_command(
         &self,
         req: &Request,
         src: Source,
         identity: Option<String>,
-    ) -> ResponseBuilder {
+    ) -> Result<(String, Command), ResponseBuilder> {
         let found = req
             .event()
             .and_then(|e| self.cfg.packages.get(&e.package).cloned().map(|p| (e, p)));
         let Some((event, package)) = found else {
-            return self
+            return Err(self
                 .reply(req, src, 489, "Bad Event")
-                .header("Allow-Events", self.cfg.packages.allow_events());
+                .header("Allow-Events", self.cfg.packages.allow_events()));
         };
         let (Some(from), Some(to)) = (req.from_addr(), req.to_addr()) else {
-            return self.reply(req, src, 400, "Malformed From or To");
+            return Err(self.reply(req, src, 400, "Malformed From or To"));
         };
         let in_dialog = to.tag.clone();
         let aor = match (&in_dialog, canonical_aor(&req.uri)) {
             (_, Some(a)) => a,
             (Some(_), None) => match canonical_aor(&to.uri) {
                 Some(a) => a,
-                None => return self.reply(req, src, 400, "Not an Address of Record"),
+                None => return Err(self.reply(req, src, 400, "Not an Address of Record")),
             },
             (None, None) => {
-                return self.reply(req, src, 400, "Request-URI Is Not an Address of Record")
+                return Err(self.reply(req, src, 400, "Request-URI Is Not an Address of Record"))
             }
         };
         if in_dialog.is_none() && !self.is_local(aor.domain()) {
-            return self.reply(req, src, 404, "Not Found (Domain Not Served Here)");
+            return Err(self.reply(req, src, 404, "Not Found (Domain Not Served Here)"));
         }
         let accept = req.accept();
         let content_type = match package.negotiate(accept.as_deref()) {
             Ok(ct) => ct,
             Err(()) => {
-                return self
+                return Err(self
                     .reply(req, src, 406, "Not Acceptable")
-                    .header("Accept", package.notify_types().join(", "));
+                    .header("Accept", package.notify_types().join(", ")));
             }
         };
         let expires = match self.grant_expires(req, src, req.expires(), 3600) {
             Ok(e) => e,
-            Err(resp) => return *resp,
+            Err(resp) => return Err(*resp),
         };
         let contact = match req.contacts() {
             Ok(c) => c.into_iter().find_map(|c| match c {
                 ContactValue::Addr(a) => Some(a.uri_text),
                 ContactValue::Star => None,
             }),
-            Err(()) => return self.reply(req, src, 400, "Malformed Contact"),
+            Err(()) => return Err(self.reply(req, src, 400, "Malformed Contact")),
         };
         let Some(remote_target) = contact.or_else(|| in_dialog.as_ref().map(|_| String::new()))
         else {
-            return self.reply(req, src, 400, "Missing Contact");
+            return Err(self.reply(req, src, 400, "Missing Contact"));
         };
         let watcher = match identity {
             Some(id) => id,
             None => match canonical_aor(&from.uri) {
                 Some(a) => a.to_string(),
-                None => return self.reply(req, src, 400, "From Is Not an Address of Record"),
+                None => return Err(self.reply(req, src, 400, "From Is Not an Address of Record")),
             },
         };
         let Some(remote_tag) = from.tag.clone() else {
-            return self.reply(req, src, 400, "Missing From Tag");
+            return Err(self.reply(req, src, 400, "Missing From Tag"));
         };
         let (cseq, _) = req.cseq().unwrap_or((0, String::new()));
         let strip_tag = |v: &str| -> String {
@@ -377,7 +403,20 @@ impl Edge {
             content_type: content_type.to_string(),
             origin: self.origin(req),
         });
-        match self.ask(aor.as_str(), cmd).await {
+        Ok((aor.to_string(), cmd))
+    }
+
+    pub(super) async fn subscribe(
+        &self,
+        req: &Request,
+        src: Source,
+        identity: Option<String>,
+    ) -> ResponseBuilder {
+        let (aor, cmd) = match self.subscribe_command(req, src, identity) {
+            Ok(c) => c,
+            Err(refusal) => return refusal,
+        };
+        match self.ask(&aor, cmd).await {
             Reply::Subscribed { id, expires, .. } => {
                 ResponseBuilder::new(&req.headers, 200, "OK", Some(&id), Some(src.remote))
                     .header("Expires", expires.to_string())

@@ -268,22 +268,21 @@ impl Edge {
         let started = Instant::now();
         let key = req.transaction_key();
         if let Some(key) = &key {
-            let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
-            match t.entries.get(key) {
-                Some(Some(resp)) => {
-                    let resp = resp.clone();
-                    drop(t);
+            let arrival = self
+                .server_txns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .arrive(key, started);
+            match arrival {
+                Arrival::New => {}
+                Arrival::Answered(resp) => {
                     self.metrics.edge_retransmissions.inc();
                     self.send_src(src, resp);
                     return;
                 }
-                Some(None) => {
+                Arrival::InProgress => {
                     self.metrics.edge_retransmissions.inc();
                     return; // still working on it
-                }
-                None => {
-                    t.entries.insert(key.clone(), None);
-                    t.expire_in(Keep::Guard, key.clone());
                 }
             }
         }
@@ -311,17 +310,14 @@ impl Edge {
         let code = resp.code();
         let bytes = Bytes::from(resp.encode());
         if let Some(key) = key {
-            let mut t = self.server_txns.lock().unwrap_or_else(|e| e.into_inner());
             let keep = match src.transport {
                 Transport::Udp => Keep::Udp,
                 Transport::Tcp => Keep::Tcp,
             };
-            if bytes.len() <= MAX_CACHED_ANSWER {
-                t.entries.insert(key.clone(), Some(bytes.clone()));
-                t.expire_in(keep, key);
-            } else {
-                t.entries.remove(&key);
-            }
+            self.server_txns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .answered(key, bytes.clone(), keep, Instant::now());
         }
         self.send_src(src, bytes);
         drop(answering);

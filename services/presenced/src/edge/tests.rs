@@ -219,9 +219,9 @@ async fn answered_transactions_are_kept_for_their_own_time() {
     let mut t = TxnTable::default();
     for (key, keep) in [("tcp", Keep::Tcp), ("udp", Keep::Udp)] {
         t.entries.insert(key.into(), None);
-        t.expire_in(Keep::Guard, key.into());
+        t.expire_in(Keep::Guard, key.into(), Instant::now());
         t.entries.insert(key.into(), Some(Bytes::new()));
-        t.expire_in(keep, key.into());
+        t.expire_in(keep, key.into(), Instant::now());
     }
     tokio::time::advance(Duration::from_secs(2)).await;
     t.sweep(Instant::now());
@@ -230,4 +230,270 @@ async fn answered_transactions_are_kept_for_their_own_time() {
     tokio::time::advance(TIMER_J).await;
     t.sweep(Instant::now());
     assert!(t.entries.is_empty());
+}
+
+/// An edge with no sockets, for the pure request → command mapping.
+fn mapping_edge() -> Edge {
+    Edge::new(
+        EdgeConfig {
+            id: "e1".into(),
+            domains: vec!["example.com".into()],
+            verifier: None,
+            min_expires: 60,
+            max_expires: 3600,
+            max_message: 65536,
+            shards: 8,
+            packages: Registry::default(),
+            delay_subscribe_answer: Duration::ZERO,
+            limits: EdgeLimits::default(),
+        },
+        Arc::new(MemoryBus::new()),
+        Clock::new(),
+        Arc::new(Metrics::new()),
+        Vec::new(),
+    )
+}
+
+fn request(method: &str, uri: &str, extra: &[&str], body: &str) -> Request {
+    let mut text = format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKt1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=f1\r\nTo: <sip:alice@example.com>\r\nCall-ID: c1@t\r\nCSeq: 7 {method}\r\n"
+    );
+    for h in extra {
+        text.push_str(h);
+        text.push_str("\r\n");
+    }
+    text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    match presence_sip::parse(text.as_bytes(), TransportKind::Datagram, 65536) {
+        Ok(Message::Request(r)) => r,
+        other => panic!("test request does not parse: {other:?}"),
+    }
+}
+
+const PIDF_OK: &str = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:alice@example.com"><tuple id="t"><status><basic>open</basic></status></tuple></presence>"#;
+
+/// What a request maps to: the command's kind, or the refusal's status.
+#[derive(Debug, PartialEq, Eq)]
+enum Mapped {
+    Register(&'static str),
+    Publish { initial: bool, expires: u32 },
+    Subscribe { in_dialog: bool, expires: u32 },
+    Refused(u16),
+}
+
+fn mapped(r: Result<(String, Command), ResponseBuilder>) -> Mapped {
+    match r {
+        Err(b) => Mapped::Refused(b.code()),
+        Ok((_, Command::Register(c))) => Mapped::Register(match c.action {
+            RegisterAction::Query => "query",
+            RegisterAction::RemoveAll => "remove-all",
+            RegisterAction::Update(_) => "update",
+        }),
+        Ok((_, Command::Publish(c))) => Mapped::Publish {
+            initial: c.if_match.is_none(),
+            expires: c.expires,
+        },
+        Ok((_, Command::Subscribe(c))) => Mapped::Subscribe {
+            in_dialog: c.dialog.is_some(),
+            expires: c.expires,
+        },
+        Ok((_, other)) => panic!("unexpected command {other:?}"),
+    }
+}
+
+/// The pure mapping from a parsed request to a command or a refusal, as a
+/// table: no sockets, no shard owner.
+#[test]
+fn requests_map_to_commands_or_refusals() {
+    let edge = mapping_edge();
+    let src = Source {
+        transport: Transport::Udp,
+        remote: "192.0.2.1:5060".parse().expect("addr"),
+        local: "192.0.2.100:5060".parse().expect("addr"),
+        conn: 0,
+    };
+    let contact = "Contact: <sip:alice@192.0.2.1:5060>";
+    let pidf = "Content-Type: application/pidf+xml";
+    type Row<'a> = (&'a str, &'a str, Vec<&'a str>, &'a str, Mapped);
+    let rows: Vec<Row> = vec![
+        // REGISTER
+        (
+            "REGISTER",
+            "sip:example.com",
+            vec![contact, "Expires: 600"],
+            "",
+            Mapped::Register("update"),
+        ),
+        (
+            "REGISTER",
+            "sip:example.com",
+            vec![],
+            "",
+            Mapped::Register("query"),
+        ),
+        (
+            "REGISTER",
+            "sip:example.com",
+            vec!["Contact: *", "Expires: 0"],
+            "",
+            Mapped::Register("remove-all"),
+        ),
+        (
+            "REGISTER",
+            "sip:example.com",
+            vec!["Contact: *", "Expires: 60"],
+            "",
+            Mapped::Refused(400),
+        ),
+        (
+            "REGISTER",
+            "sip:example.com",
+            vec![contact, "Expires: 10"],
+            "",
+            Mapped::Refused(423),
+        ),
+        (
+            "REGISTER",
+            "sip:example.com",
+            vec![contact, "Expires: soon"],
+            "",
+            Mapped::Refused(400),
+        ),
+        // PUBLISH
+        (
+            "PUBLISH",
+            "sip:alice@example.com",
+            vec!["Event: presence", pidf],
+            PIDF_OK,
+            Mapped::Publish {
+                initial: true,
+                expires: 3600,
+            },
+        ),
+        (
+            "PUBLISH",
+            "sip:alice@example.com",
+            vec!["Event: presence", "Expires: 99999", pidf],
+            PIDF_OK,
+            Mapped::Publish {
+                initial: true,
+                expires: 3600,
+            },
+        ),
+        (
+            "PUBLISH",
+            "sip:alice@example.com",
+            vec!["Event: presence", "SIP-If-Match: e1", "Expires: 0"],
+            "",
+            Mapped::Publish {
+                initial: false,
+                expires: 0,
+            },
+        ),
+        (
+            "PUBLISH",
+            "sip:alice@example.com",
+            vec!["Event: presence"],
+            "",
+            Mapped::Refused(400),
+        ),
+        (
+            "PUBLISH",
+            "sip:alice@example.com",
+            vec!["Event: presence", "Expires: 0", pidf],
+            PIDF_OK,
+            Mapped::Refused(400),
+        ),
+        (
+            "PUBLISH",
+            "sip:alice@example.com",
+            vec!["Event: x-unknown", pidf],
+            PIDF_OK,
+            Mapped::Refused(489),
+        ),
+        (
+            "PUBLISH",
+            "sip:alice@example.com",
+            vec!["Event: presence", "Content-Type: text/plain"],
+            "hi",
+            Mapped::Refused(415),
+        ),
+        (
+            "PUBLISH",
+            "sip:alice@example.com",
+            vec!["Event: presence", pidf],
+            "<not-pidf/>",
+            Mapped::Refused(400),
+        ),
+        (
+            "PUBLISH",
+            "sip:alice@elsewhere.org",
+            vec!["Event: presence", pidf],
+            PIDF_OK,
+            Mapped::Refused(404),
+        ),
+        // SUBSCRIBE
+        (
+            "SUBSCRIBE",
+            "sip:bob@example.com",
+            vec!["Event: presence", contact],
+            "",
+            Mapped::Subscribe {
+                in_dialog: false,
+                expires: 3600,
+            },
+        ),
+        (
+            "SUBSCRIBE",
+            "sip:bob@example.com",
+            vec!["Event: presence", contact, "Expires: 0"],
+            "",
+            Mapped::Subscribe {
+                in_dialog: false,
+                expires: 0,
+            },
+        ),
+        (
+            "SUBSCRIBE",
+            "sip:bob@example.com",
+            vec!["Event: dialog-x", contact],
+            "",
+            Mapped::Refused(489),
+        ),
+        (
+            "SUBSCRIBE",
+            "sip:bob@example.com",
+            vec!["Event: presence"],
+            "",
+            Mapped::Refused(400),
+        ),
+        (
+            "SUBSCRIBE",
+            "sip:bob@example.com",
+            vec!["Event: presence", contact, "Accept: text/html"],
+            "",
+            Mapped::Refused(406),
+        ),
+        (
+            "SUBSCRIBE",
+            "sip:bob@elsewhere.org",
+            vec!["Event: presence", contact],
+            "",
+            Mapped::Refused(404),
+        ),
+    ];
+    for (method, uri, extra, body, want) in rows {
+        let req = request(method, uri, &extra, body);
+        let got = match method {
+            "REGISTER" => mapped(edge.register_command(&req, src, None)),
+            "PUBLISH" => mapped(edge.publish_command(&req, src, None)),
+            _ => mapped(edge.subscribe_command(&req, src, None)),
+        };
+        assert_eq!(got, want, "{method} {uri} {extra:?}");
+    }
+    // The identity must own the resource it changes.
+    let req = request("REGISTER", "sip:example.com", &[contact], "");
+    assert_eq!(
+        mapped(edge.register_command(&req, src, Some("sip:mallory@example.com".into()))),
+        Mapped::Refused(403)
+    );
 }
