@@ -110,15 +110,14 @@ impl EventPackage for PresencePackage {
         hard_state: Option<&[u8]>,
         bindings: &[Binding],
     ) -> Composed {
-        let docs: Vec<pidf::Pidf> = publications
+        let docs: Vec<Arc<pidf::Pidf>> = publications
             .iter()
             .filter_map(|p| self.parsed.get(&p.body))
-            .map(|p| (*p).clone())
             .collect();
         let body = if !docs.is_empty() {
-            pidf::compose(aor, &docs)
+            pidf::compose(aor, docs.iter().map(|d| d.as_ref()))
         } else if let Some(hard) = hard_state.and_then(|h| pidf::parse(h).ok()) {
-            pidf::compose(aor, &[hard])
+            pidf::compose(aor, [&hard])
         } else {
             let contact = bindings.first().map(|b| b.uri.as_str());
             pidf::basic(aor, "registrar", !bindings.is_empty(), contact)
