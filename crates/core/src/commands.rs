@@ -151,6 +151,9 @@ pub enum Refusal {
     UnknownUser,
     /// A per-resource or per-watcher limit is reached (403).
     TooMany { what: Quota, limit: u32 },
+    /// The resource's publications together would compose into a document
+    /// larger than `limit` bytes, more than a NOTIFY can carry (413).
+    DocumentTooLarge { limit: u32 },
     /// The store failed; trying later may work (500 with Retry-After).
     StoreFailed,
     /// The shard owner is unreachable or the command came too late (503

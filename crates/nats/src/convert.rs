@@ -551,6 +551,7 @@ fn refused_to_pb(r: Refusal) -> pb::Refused {
             },
             limit,
         ),
+        Refusal::DocumentTooLarge { limit } => (W::DocumentTooLarge, Q::Unspecified, limit),
         Refusal::StoreFailed => (W::StoreFailed, Q::Unspecified, 0),
         Refusal::Unavailable => (W::Unavailable, Q::Unspecified, 0),
         // A refusal added to core without a wire form: the receiver fails
@@ -587,6 +588,7 @@ fn refused_from_pb(f: &pb::Refused) -> Result<Refusal, DecodeError> {
             },
             limit: f.limit,
         },
+        W::DocumentTooLarge => Refusal::DocumentTooLarge { limit: f.limit },
         W::StoreFailed => Refusal::StoreFailed,
         W::Unavailable => Refusal::Unavailable,
     })

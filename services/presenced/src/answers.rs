@@ -56,6 +56,13 @@ pub fn for_refusal(r: &Refusal) -> Answer {
             )),
             headers: Vec::new(),
         },
+        Refusal::DocumentTooLarge { limit } => Answer {
+            code: 413,
+            reason: Cow::Owned(format!(
+                "Request Entity Too Large (Composed Document Over {limit} Bytes)"
+            )),
+            headers: Vec::new(),
+        },
         Refusal::StoreFailed => Answer::new(500, "Server Internal Error")
             .with("Retry-After", RETRY_AFTER_SECS.to_string()),
         Refusal::Unavailable => Answer::new(503, "Service Unavailable")
@@ -94,6 +101,11 @@ mod tests {
                 },
                 403,
                 "Forbidden (Too Many Contacts, Limit 10)",
+            ),
+            (
+                Refusal::DocumentTooLarge { limit: 60_000 },
+                413,
+                "Request Entity Too Large (Composed Document Over 60000 Bytes)",
             ),
             (Refusal::StoreFailed, 500, "Server Internal Error"),
             (Refusal::Unavailable, 503, "Service Unavailable"),

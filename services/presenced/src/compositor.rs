@@ -38,6 +38,11 @@ pub struct Compositor {
     pub limits: Limits,
 }
 
+/// The composed document of a resource stays below this many bytes (the
+/// sum of its publications' bodies): a NOTIFY carrying it, with its headers,
+/// still fits one UDP datagram (65 507 bytes).
+pub const MAX_DOCUMENT_BYTES: u32 = 60_000;
+
 /// How much state one resource may hold: every table has a bound, so that
 /// no user (or forger) grows the store without limit. Reductions are always
 /// allowed; only growth past a limit is refused (`Refusal::TooMany`).
@@ -600,6 +605,14 @@ impl Compositor {
                 pubs.push(p.clone());
                 ops.push(Op::PutPublication(p));
             }
+        }
+        // Every live publication goes into one document, and every watcher
+        // gets all of it in one NOTIFY: bounded below what a datagram carries.
+        let total: usize = pubs.iter().map(|p| p.body.len()).sum();
+        if total > MAX_DOCUMENT_BYTES as usize && c.body.is_some() {
+            return Ok(Reply::refused(Refusal::DocumentTooLarge {
+                limit: MAX_DOCUMENT_BYTES,
+            }));
         }
         ops.push(Op::MarkKnown { aor: c.aor.clone() });
         let overlay = Overlay {

@@ -35,6 +35,7 @@ both! {
     state_per_resource_is_bounded;
     subscribing_to_nobody_leaves_nothing;
     hostile_xml_is_refused;
+    documents_stay_within_a_datagram;
 }
 
 async fn authed(s: &TestServer, tp: Tp, i: usize, user: &str, password: &str) -> Ua {
@@ -442,5 +443,29 @@ async fn hostile_xml_is_refused(tp: Tp) {
         .await
         .expect("store")
         .is_empty());
+    s.shutdown().await;
+}
+
+/// Publications that together would compose a document no NOTIFY can carry
+/// over UDP are refused (413), not silently lost at every watcher.
+async fn documents_stay_within_a_datagram(tp: Tp) {
+    let s = start(Mode::AllInOne, None, None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let aor = alice.aor.clone();
+    let body = |n: usize| {
+        format!(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{aor}"><tuple id="t{n}"><status><basic>open</basic></status></tuple><note>{}</note></presence>"#,
+            "n".repeat(25_000)
+        )
+    };
+    for (n, expect) in [(1, 200), (2, 200), (3, 413)] {
+        let req = alice
+            .req("PUBLISH", &aor)
+            .h("Event", "presence")
+            .h("Expires", "600")
+            .body("application/pidf+xml", body(n));
+        let r = alice.send(&req).await;
+        assert_eq!(r.code, expect, "publication {n}: {}", r.reason);
+    }
     s.shutdown().await;
 }

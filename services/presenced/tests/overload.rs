@@ -347,3 +347,82 @@ async fn draining_answers_options_503_and_keeps_serving() {
         .await;
     assert!(r.is_none());
 }
+
+/// A NOTIFY larger than UDP can safely carry (1300 bytes) goes over the
+/// watcher's TCP connection from the same address when it has one
+/// (RFC 3261 §18.1.1).
+#[tokio::test]
+async fn a_large_notify_takes_the_watchers_tcp_connection() {
+    let s = start(Mode::AllInOne, None, None, &[]).await;
+    let mut alice = s.ua(Tp::Udp, 0, "alice").await;
+    let aor = alice.aor.clone();
+    // The watcher: a UDP socket and a TCP connection from the same port.
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = udp.local_addr().expect("addr");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_reuse_address(true).expect("reuse");
+    sock.bind(&local.into()).expect("bind tcp to the udp port");
+    sock.connect(&s.at(0).into()).expect("connect");
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut tcp = TcpStream::from_std(sock.into()).expect("tokio stream");
+    let subscribe = format!(
+        "SUBSCRIBE {aor} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKbig;rport\r\nMax-Forwards: 70\r\nFrom: <sip:w@example.com>;tag=w1\r\nTo: <{aor}>\r\nCall-ID: big@x\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:w@{local}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    udp.send_to(subscribe.as_bytes(), s.at(0))
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 65536];
+    // The 200 and the first (small) NOTIFY come over UDP: answer the NOTIFY.
+    let mut small_notify = None;
+    while small_notify.is_none() {
+        let (n, _) = tokio::time::timeout(WAIT, udp.recv_from(&mut buf))
+            .await
+            .expect("udp traffic")
+            .expect("recv");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("NOTIFY") {
+            small_notify = Some(text);
+        }
+    }
+    let answer = |notify: &str| {
+        let mut a = String::from("SIP/2.0 200 OK\r\n");
+        for l in notify.lines() {
+            let name = l.split(':').next().unwrap_or("");
+            if ["Via", "From", "To", "Call-ID", "CSeq"].contains(&name) {
+                a.push_str(l);
+                a.push_str("\r\n");
+            }
+        }
+        a.push_str("Content-Length: 0\r\n\r\n");
+        a
+    };
+    let small = small_notify.expect("a NOTIFY");
+    udp.send_to(answer(&small).as_bytes(), s.at(0))
+        .await
+        .expect("send");
+    // A 3 KB document: its NOTIFY arrives on the TCP connection.
+    let pidf = format!(
+        r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{aor}"><tuple id="t"><status><basic>open</basic></status></tuple><note>{}</note></presence>"#,
+        "b".repeat(3000)
+    );
+    let req = alice
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .body("application/pidf+xml", pidf);
+    assert_eq!(alice.send(&req).await.code, 200);
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("bbbbbbbbbb") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("the large NOTIFY over TCP")
+            .expect("read");
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("NOTIFY"), "{text}");
+    assert!(text.contains("SIP/2.0/TCP"), "our Via says TCP: {text}");
+    s.shutdown().await;
+}

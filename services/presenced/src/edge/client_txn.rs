@@ -10,6 +10,23 @@ pub(super) const T2: Duration = Duration::from_secs(4);
 
 pub(super) const TIMER_F: Duration = Duration::from_secs(32);
 
+/// Requests larger than this go over TCP when the UA has a connection
+/// (RFC 3261 §18.1.1: 200 bytes below the common 1500-byte path MTU).
+pub(super) const UDP_MTU_SAFE: usize = 1300;
+
+/// The largest UDP payload over IPv4.
+pub(super) const MAX_UDP_DATAGRAM: usize = 65_507;
+
+/// The encoded size of `out`, within our Via and Contact (~200 bytes).
+pub(super) fn approx_size(out: &OutRequest) -> usize {
+    let headers: usize = out
+        .headers
+        .iter()
+        .map(|h| h.name().len() + h.value().len() + 4)
+        .sum();
+    out.method.len() + out.uri.len() + headers + out.body.len() + 256
+}
+
 /// A client transaction waiting for its final response.
 pub(super) struct Waiter {
     pub(super) tx: oneshot::Sender<Response>,
@@ -129,6 +146,29 @@ impl Edge {
                     }
                 }
             }
+        }
+        let mut out = out;
+        if out.flow.transport == Transport::Udp && approx_size(&out) > UDP_MTU_SAFE {
+            // RFC 3261 §18.1.1: larger than the path MTU may carry (unknown:
+            // 1300 bytes), so it goes over the UA's TCP connection from the
+            // same address when it has one; else over UDP, fragmented.
+            let tcp = self
+                .by_remote
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&out.flow.remote)
+                .copied();
+            if let Some(conn) = tcp {
+                out.flow.transport = Transport::Tcp;
+                out.flow.conn = conn;
+                out.flow.edge = self.cfg.id.clone();
+            }
+        }
+        if out.flow.transport == Transport::Udp && approx_size(&out) > MAX_UDP_DATAGRAM {
+            // Cannot be sent over UDP at all, and no TCP connection: counted,
+            // and answered 513 (the compositor keeps documents below this).
+            self.drop_counted("too_big");
+            return Outcome::of_code(513);
         }
         let branch = format!("z9hG4bK{}", new_tag());
         let local = if out.flow.edge == self.cfg.id {
