@@ -4,7 +4,8 @@
 //! every tenth NOTIFY.
 
 use clap::Parser;
-use presenced::config::{Args, Config, Faults};
+use presenced::config::{Args, Config};
+use presenced::faults::Faults;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,9 +50,10 @@ async fn start_server(users: Option<&Tmp>, faults: Faults) -> (presenced::Server
         args.push(u.0.display().to_string());
     }
     let parsed = Args::parse_from(&args);
-    let mut cfg = Config::from_args(&parsed).expect("valid config");
-    cfg.faults = faults;
-    let server = presenced::start_all(cfg).await.expect("server starts");
+    let cfg = Config::from_args(&parsed).expect("valid config");
+    let server = presenced::start_with_faults(cfg, faults)
+        .await
+        .expect("server starts");
     let addr = server.sip_addrs[0];
     (server, addr)
 }

@@ -6,6 +6,7 @@
 
 use crate::leases::{LeaseEvent, ShardLeases};
 use crate::metrics::Metrics;
+use crate::names::{new_etag, new_tag, shard_subject};
 use crate::outbox::Outbox;
 use crate::recent::RecentReplies;
 use crate::Clock;
@@ -68,10 +69,6 @@ impl Default for Limits {
             watchers: 10_000,
         }
     }
-}
-
-pub fn shard_subject(shard: u32) -> String {
-    format!("shard.{shard}")
 }
 
 /// Every this many ticks (of 200 ms) the relay sweeps every owned outbox
@@ -936,15 +933,6 @@ fn same_contact(a: &str, b: &str) -> bool {
 
 fn q_of(b: &Binding) -> f64 {
     b.q.as_deref().and_then(|q| q.parse().ok()).unwrap_or(1.0)
-}
-
-/// An unguessable entity-tag (128 random bits).
-pub fn new_etag() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
-pub fn new_tag() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 fn next_seq() -> u64 {

@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(
         long = "notify-batch",
         env = "PRESENCE_NOTIFY_BATCH",
-        default_value_t = crate::notifier::DEFAULT_BATCH
+        default_value_t = crate::names::DEFAULT_BATCH
     )]
     pub notify_batch: usize,
     /// SIP listen address, UDP and TCP (repeatable).
@@ -205,6 +205,14 @@ pub struct Args {
         default_value_t = 1024
     )]
     pub write_queue: usize,
+    /// NOTIFYs and MESSAGEs in flight at an edge above which it answers new
+    /// PUBLISHes 503 (shedding fan-out at its source).
+    #[arg(
+        long = "max-notify-backlog",
+        env = "PRESENCE_MAX_NOTIFY_BACKLOG",
+        default_value_t = 20_000
+    )]
+    pub max_notify_backlog: usize,
     /// On SIGTERM, seconds to keep serving SIP while /readyz answers 503 and
     /// OPTIONS 503 (load balancers take the node out), before stopping.
     #[arg(
@@ -258,10 +266,6 @@ pub struct Config {
     pub lease_ttl: Duration,
     pub handover_wait: Duration,
     pub notify_batch: usize,
-    /// Deliberate misbehaviour for tests of the tools that watch us (the load
-    /// generator's canary). Only settable through this library API, never
-    /// from the command line or the environment.
-    pub faults: Faults,
 }
 
 /// Which roles run in this process.
@@ -293,17 +297,6 @@ impl Roles {
         }
         v.join(",")
     }
-}
-
-/// Test-only fault hooks; the default is a correct server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Faults {
-    /// When N > 0, the notifier silently skips every Nth NOTIFY it would send
-    /// and behaves as if the watcher had answered 200.
-    pub skip_notify_every: u32,
-    /// Hold every answer to a SUBSCRIBE this long before sending it, so that
-    /// the dialog's first NOTIFY is ready first.
-    pub delay_subscribe_answer_ms: u64,
 }
 
 impl Config {
@@ -457,6 +450,12 @@ impl Config {
             ("--idle-timeout", args.idle_timeout as usize, 1, 86_400),
             ("--header-timeout", args.header_timeout as usize, 1, 600),
             ("--write-queue", args.write_queue, 1, 1_000_000),
+            (
+                "--max-notify-backlog",
+                args.max_notify_backlog,
+                1,
+                10_000_000,
+            ),
             ("--drain-seconds", args.drain_seconds as usize, 0, 3_600),
         ] {
             if v < min || v > max {
@@ -501,6 +500,7 @@ impl Config {
                 header_timeout: Duration::from_secs(args.header_timeout),
                 write_queue: args.write_queue,
                 amplification: crate::guard::AMPLIFICATION,
+                max_notify_backlog: args.max_notify_backlog,
             },
             drain: Duration::from_secs(args.drain_seconds),
             shards: args.shards,
@@ -511,7 +511,6 @@ impl Config {
             lease_ttl: Duration::from_millis(args.lease_ttl_ms),
             handover_wait: Duration::from_millis(args.handover_wait_ms),
             notify_batch: args.notify_batch,
-            faults: Faults::default(),
         })
     }
 }

@@ -44,6 +44,10 @@ pub struct EdgeLimits {
     pub write_queue: usize,
     /// Bytes sent over UDP to an unproven address, per byte it sent us.
     pub amplification: u32,
+    /// Our own requests (NOTIFY, MESSAGE) in flight at this edge above
+    /// which new PUBLISHes get 503: the fan-out they would cause is
+    /// already more than the watchers answer. `--max-notify-backlog`.
+    pub max_notify_backlog: usize,
 }
 
 impl Default for EdgeLimits {
@@ -58,6 +62,7 @@ impl Default for EdgeLimits {
             header_timeout: Duration::from_secs(10),
             write_queue: 1024,
             amplification: AMPLIFICATION,
+            max_notify_backlog: 20_000,
         }
     }
 }

@@ -14,9 +14,12 @@ pub mod cluster;
 pub mod compositor;
 pub mod config;
 pub mod edge;
+pub mod faults;
+use faults::Faults;
 pub mod guard;
 pub mod leases;
 pub mod metrics;
+pub mod names;
 pub mod notifier;
 pub mod ops;
 pub mod outbox;
@@ -129,6 +132,12 @@ pub enum StartError {
 /// backends by default (the all-in-one server), on Redis and NATS when the
 /// config names them.
 pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
+    start_with_faults(cfg, Faults::default()).await
+}
+
+/// [`start_all`] with deliberate misbehaviour switched on: for tests only
+/// (see `faults.rs`); no flag reaches it.
+pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, StartError> {
     let roles = cfg.roles;
     let listeners = if roles.edge {
         Some(Listeners::bind(&cfg.sip_listen).await?)
@@ -213,7 +222,7 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
                 cfg.shards,
                 metrics.clone(),
             )
-            .with_faults(cfg.faults)
+            .with_faults(faults)
             .with_batch(cfg.notify_batch),
         );
         tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));
@@ -233,7 +242,7 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
         let id = if cfg.nats.is_some() {
             format!("edge-{}", cfg.node_id)
         } else {
-            format!("edge-{}", compositor::new_tag())
+            format!("edge-{}", names::new_tag())
         };
         let edge = Arc::new(Edge::new(
             EdgeConfig {
@@ -246,7 +255,7 @@ pub async fn start_all(cfg: Config) -> Result<Server, StartError> {
                 shards: cfg.shards,
                 packages,
                 delay_subscribe_answer: std::time::Duration::from_millis(
-                    cfg.faults.delay_subscribe_answer_ms,
+                    faults.delay_subscribe_answer_ms,
                 ),
                 limits: cfg.edge_limits,
             },

@@ -8,8 +8,8 @@
 //! from the store's per-subscription counter, so it only goes up. A 481, 408
 //! or a transaction timeout removes the subscription.
 
-use crate::config::Faults;
 use crate::edge::{OutRequest, Outcome};
+use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::Clock;
 use bytes::Bytes;
@@ -42,7 +42,7 @@ pub struct Notifier {
 }
 
 /// Default of `--notify-batch`.
-pub const DEFAULT_BATCH: usize = 500;
+pub use crate::names::DEFAULT_BATCH;
 
 #[derive(Default)]
 struct Slot {
@@ -136,19 +136,7 @@ const JOB_PROGRESS_EVERY: Duration = Duration::from_secs(3);
 /// Pause before retrying a NOTIFY whose store read or edge request failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-pub fn edge_subject(edge: &str) -> String {
-    format!("edge.{edge}")
-}
-
-/// Served by every edge (one of them takes each request): the way to a
-/// watcher whose own edge is gone. Any edge can send to a UDP watcher (from
-/// its own socket) or open a new TCP connection to it.
-pub const ANY_EDGE: &str = "edges.any";
-
-/// How long nobody may serve an edge's subject before the edge is taken for
-/// gone (and [`ANY_EDGE`] used): longer than a NATS reconnection leaves a
-/// live edge's subscription missing.
-pub const EDGE_GONE_AFTER: Duration = Duration::from_secs(4);
+use crate::names::{edge_subject, ANY_EDGE, EDGE_GONE_AFTER};
 
 /// How long one attempt waits for the edge's outcome. Shorter than a slow
 /// transaction on purpose: a request or answer lost on the bus (a NATS
@@ -667,7 +655,7 @@ impl Notifier {
         if let Err(e) = self
             .shards_bus
             .request(
-                &crate::compositor::shard_subject(shard),
+                &crate::names::shard_subject(shard),
                 cmd,
                 Duration::from_secs(5),
             )

@@ -4,8 +4,8 @@
 //! PIDF body sets it, `DELETE` clears it, `GET /admin/state?aor=…` shows the
 //! composed document. A minimal HTTP/1.1 server: one request per connection.
 
-use crate::compositor::shard_subject;
 use crate::metrics::Metrics;
+use crate::names::shard_subject;
 use bytes::Bytes;
 use presence_core::commands::{Command, Reply};
 use presence_core::packages::Registry;

@@ -1045,7 +1045,7 @@ async fn no_call_id_400(tp: Tp, mode: Mode) {
 async fn answer_before_notify(tp: Tp, mode: Mode) {
     let s = match mode {
         Mode::AllInOne => {
-            let faults = presenced::config::Faults {
+            let faults = presenced::faults::Faults {
                 delay_subscribe_answer_ms: 50,
                 ..Default::default()
             };

@@ -426,3 +426,53 @@ async fn a_large_notify_takes_the_watchers_tcp_connection() {
     assert!(text.contains("SIP/2.0/TCP"), "our Via says TCP: {text}");
     s.shutdown().await;
 }
+
+/// While this edge's own NOTIFYs back up (watchers not answering), a new
+/// PUBLISH, which would add a NOTIFY per watcher, gets 503 with
+/// Retry-After instead of growing the backlog.
+#[tokio::test]
+async fn publishes_are_shed_while_notifies_back_up() {
+    let s = start(Mode::AllInOne, None, None, &["--max-notify-backlog", "1"]).await;
+    let mut alice = s.ua(Tp::Udp, 0, "alice").await;
+    let aor = alice.aor.clone();
+    // Two watchers that never answer their NOTIFYs.
+    let mut silent = Vec::new();
+    for i in 0..2 {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let local = sock.local_addr().expect("addr");
+        let subscribe = format!(
+            "SUBSCRIBE {aor} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKsil{i};rport\r\nMax-Forwards: 70\r\nFrom: <sip:w{i}@example.com>;tag=w{i}\r\nTo: <{aor}>\r\nCall-ID: silent{i}@x\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:w{i}@{local}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.send_to(subscribe.as_bytes(), s.at(0))
+            .await
+            .expect("send");
+        let mut buf = vec![0u8; 65536];
+        // Wait for its NOTIFY (left unanswered).
+        loop {
+            let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+                .await
+                .expect("traffic")
+                .expect("recv");
+            if buf[..n].starts_with(b"NOTIFY") {
+                break;
+            }
+        }
+        silent.push(sock);
+    }
+    let pidf = format!(
+        r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{aor}"><tuple id="t"><status><basic>open</basic></status></tuple></presence>"#
+    );
+    let req = alice
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .body("application/pidf+xml", pidf);
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 503, "{}", r.reason);
+    assert_eq!(r.header("Retry-After"), Some("5"));
+    assert!(metric(&s, "presence_edge_dropped_total", "notify_backlog").await >= 1);
+    // Everything else is still served.
+    let req = alice.req("OPTIONS", "sip:example.com");
+    assert_eq!(alice.send(&req).await.code, 200);
+    s.shutdown().await;
+}

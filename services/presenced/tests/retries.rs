@@ -215,7 +215,7 @@ async fn a_command_past_its_deadline_is_not_applied() {
             },
         })
     };
-    let subject = presenced::compositor::shard_subject(presence_core::shard_of(aor, 8));
+    let subject = presenced::names::shard_subject(presence_core::shard_of(aor, 8));
     let now = Clock::new().now_ms();
     let late = r
         .shards

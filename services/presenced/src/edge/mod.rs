@@ -34,8 +34,8 @@ use server_txn::*;
 pub use transport::Listeners;
 use transport::*;
 
-use crate::compositor::{new_tag, shard_subject};
 use crate::metrics::{method_label, status_class, Metrics};
+use crate::names::{new_tag, shard_subject};
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{
@@ -75,7 +75,7 @@ pub struct EdgeConfig {
     pub max_message: usize,
     pub shards: u32,
     pub packages: Registry,
-    /// Test-only: see `config::Faults::delay_subscribe_answer_ms`.
+    /// Test-only: see `faults::Faults::delay_subscribe_answer_ms`.
     pub delay_subscribe_answer: Duration,
     /// What one source may cost (rates, connections, amplification).
     pub limits: EdgeLimits,
@@ -163,6 +163,15 @@ impl Edge {
         self.guard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// More client transactions in flight than `--max-notify-backlog`.
+    fn backlogged(&self) -> bool {
+        self.client_txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            > self.cfg.limits.max_notify_backlog
+    }
+
     fn drop_counted(&self, reason: &str) {
         self.metrics.edge_dropped.with_label_values(&[reason]).inc();
     }
@@ -187,8 +196,8 @@ impl Edge {
         }
         let _ = self.out_bus.set(out_bus.clone());
         let (tx, mut rx) = mpsc::channel::<Incoming<OutRequest, Outcome>>(8192);
-        let subject = crate::notifier::edge_subject(&self.cfg.id);
-        for s in [subject.as_str(), crate::notifier::ANY_EDGE] {
+        let subject = crate::names::edge_subject(&self.cfg.id);
+        for s in [subject.as_str(), crate::names::ANY_EDGE] {
             if let Err(e) = out_bus.serve(s, tx.clone()).await {
                 tracing::error!(subject = s, error = %e, "cannot serve an edge subject");
             }
@@ -212,7 +221,7 @@ impl Edge {
             }
         }
         let _ = out_bus.unserve(&subject).await;
-        let _ = out_bus.unserve(crate::notifier::ANY_EDGE).await;
+        let _ = out_bus.unserve(crate::names::ANY_EDGE).await;
         for t in tasks {
             t.abort();
         }
@@ -396,6 +405,14 @@ impl Edge {
                     "application/pidf+xml, application/cpim-pidf+xml, text/plain, message/cpim",
                 )
                 .header("Supported", ""),
+            // Overload at its source: a PUBLISH makes NOTIFYs for every
+            // watcher; while this edge has more of its own requests (NOTIFYs,
+            // MESSAGEs) in flight than it can see through, new ones wait.
+            rsip::Method::Publish if self.backlogged() => {
+                self.drop_counted("notify_backlog");
+                self.reply(req, src, 503, "Service Unavailable (Overloaded)")
+                    .header("Retry-After", crate::answers::RETRY_AFTER_SECS.to_string())
+            }
             rsip::Method::Register
             | rsip::Method::Publish
             | rsip::Method::Subscribe

@@ -177,10 +177,10 @@ impl Edge {
             Some(bus) if out.flow.edge != self.cfg.id => bus.clone(),
             _ => return self.send_request(out).await,
         };
-        let subject = crate::notifier::edge_subject(&out.flow.edge);
+        let subject = crate::names::edge_subject(&out.flow.edge);
         // Timer F on the far edge, plus the bus hops.
         let wait = TIMER_F + Duration::from_secs(2);
-        let gone_at = Instant::now() + crate::notifier::EDGE_GONE_AFTER;
+        let gone_at = Instant::now() + crate::names::EDGE_GONE_AFTER;
         let result = loop {
             match bus.request(&subject, out.clone(), wait).await {
                 // Nobody serves it: a NATS reconnection, or the edge is gone.
@@ -188,7 +188,7 @@ impl Edge {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(presence_store::BusError::NoResponders(_)) => {
-                    break bus.request(crate::notifier::ANY_EDGE, out, wait).await;
+                    break bus.request(crate::names::ANY_EDGE, out, wait).await;
                 }
                 other => break other,
             }

@@ -242,7 +242,7 @@ pub async fn start(
 ) -> TestServer {
     match mode {
         Mode::AllInOne => {
-            start_with_faults(users, policy, extra, presenced::config::Faults::default()).await
+            start_with_faults(users, policy, extra, presenced::faults::Faults::default()).await
         }
         Mode::Cluster => start_cluster(users, policy, extra).await,
     }
@@ -254,7 +254,7 @@ pub async fn start_with_faults(
     users: Option<&str>,
     policy: Option<&str>,
     extra: &[&str],
-    faults: presenced::config::Faults,
+    faults: presenced::faults::Faults,
 ) -> TestServer {
     let mut args: Vec<String> = [
         "presenced",
@@ -274,9 +274,10 @@ pub async fn start_with_faults(
     args.extend(more);
     use clap::Parser;
     let parsed = presenced::config::Args::parse_from(&args);
-    let mut cfg = presenced::config::Config::from_args(&parsed).expect("valid config");
-    cfg.faults = faults;
-    let server = presenced::start_all(cfg).await.expect("server starts");
+    let cfg = presenced::config::Config::from_args(&parsed).expect("valid config");
+    let server = presenced::start_with_faults(cfg, faults)
+        .await
+        .expect("server starts");
     TestServer {
         mode: Mode::AllInOne,
         sips: vec![server.sip_addrs[0]],

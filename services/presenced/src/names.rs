@@ -1,0 +1,39 @@
+//! The vocabulary the roles share: bus subject names, how long an edge may
+//! be unreachable before it counts as gone, id formats, defaults. A leaf
+//! module: it imports no role, so no role imports another for a name.
+
+use std::time::Duration;
+
+/// The subject a shard's owner serves: `shard.<k>`.
+pub fn shard_subject(shard: u32) -> String {
+    format!("shard.{shard}")
+}
+
+/// The subject an edge serves for the NOTIFYs and MESSAGEs of its flows.
+pub fn edge_subject(edge: &str) -> String {
+    format!("edge.{edge}")
+}
+
+/// Served by every edge (one of them takes each request): the way to a
+/// watcher whose own edge is gone. Any edge can send to a UDP watcher (from
+/// its own socket) or open a new TCP connection to it.
+pub const ANY_EDGE: &str = "edges.any";
+
+/// How long nobody may serve an edge's subject before the edge is taken for
+/// gone (and [`ANY_EDGE`] used): longer than a NATS reconnection leaves a
+/// live edge's subscription missing.
+pub const EDGE_GONE_AFTER: Duration = Duration::from_secs(4);
+
+/// Default of `--notify-batch`: NOTIFYs of one change a notifier sends
+/// itself before sharing the rest with other notifiers.
+pub const DEFAULT_BATCH: usize = 500;
+
+/// An unguessable entity-tag (128 random bits).
+pub fn new_etag() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A dialog tag or subscription id (64 random bits).
+pub fn new_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
