@@ -388,6 +388,21 @@ pub fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
+/// A control character that may not appear in a header name or value once
+/// continuation lines are unfolded: any byte below 0x20 except HTAB, and DEL
+/// (RFC 3261 §25.1: header values are `TEXT-UTF8`, `LWS` and separators; the
+/// only control characters the grammar knows are CR and LF as line ends and
+/// HTAB as whitespace). A bare CR or LF left in a value would end the header
+/// line wherever the value is written again: header injection.
+pub fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+/// `s` holds a control character (see [`is_ctl`]).
+pub fn has_ctl(s: &str) -> bool {
+    s.bytes().any(is_ctl)
+}
+
 /// `Subscription-State: active;expires=600` / `terminated;reason=timeout`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionState {

@@ -13,6 +13,10 @@
 //!
 //! Every input either parses, or yields a [`ParseError`] that says whether the
 //! message can still be answered (and with which status), or must be dropped.
+//! What parses keeps to [`MAX_VIA_ELEMENTS`] and [`MAX_HEADER_FIELDS`] and
+//! holds no control character (HTAB aside) in a header name or value, so an
+//! answer built from it is at most its size plus a constant and cannot carry
+//! an injected header line.
 //! No input panics (see the property tests in `tests/`).
 #![forbid(unsafe_code)]
 
@@ -29,7 +33,7 @@ pub use headers::{
     split_list, ContactValue, EventHeader, MediaType, NameAddr, SubscriptionState, Via,
 };
 pub use message::{HeaderAccess, Message, Method, Request, Response};
-pub use parse::{parse, parse_uri, ParseError, TransportKind};
+pub use parse::{parse, parse_uri, ParseError, TransportKind, MAX_HEADER_FIELDS, MAX_VIA_ELEMENTS};
 pub use peek::{peek_response, ResponsePeek};
 
 /// Re-export of the rsip message model we build on.

@@ -1,11 +1,50 @@
 //! Bytes → [`Message`]. Our own line/header pass (unfolding, compact names,
 //! size and Content-Length rules), then rsip's URI and header model.
 
+use crate::encode::copied_into_every_response;
 use crate::frame;
-use crate::headers::{self, is_token_char};
+use crate::headers::{self, has_ctl, is_token_char, split_list};
 use crate::message::{HeaderAccess, Message, Method, Request, Response};
 use crate::rsip;
 use bytes::Bytes;
+use std::borrow::Cow;
+
+/// Most Via elements a message may carry, counted as comma-separated
+/// elements over all its Via header fields.
+///
+/// Every answer copies the request's whole Via stack (RFC 3261 §8.2.6.2), and
+/// [`crate::ResponseBuilder`] writes each element on a line of its own, so
+/// the Via list is what an answer reflects, element by element: unbounded,
+/// `Via: x,x,x,…` came back four times as large. A presence server sees the
+/// UA's own Via plus one per proxy on the way (outbound proxy, edge proxy,
+/// a load balancer): five at most in practice. 16 leaves room for long
+/// proxy chains and spirals, and bounds what Via adds to an answer to 16
+/// lines. A message over it is dropped, never answered: any answer would
+/// reflect the Via stack, and the elements are what says where it goes.
+pub const MAX_VIA_ELEMENTS: usize = 16;
+
+/// Most header fields (after unfolding, each Via line counting once) a
+/// message may carry. Real SIP requests carry 8 to 30; 128 is generous.
+///
+/// A request over it is refused with 400 [`TOO_MANY_HEADERS`], answered when
+/// its top Via is readable: answering is cheap, as the answer copies only
+/// Via (bounded by [`MAX_VIA_ELEMENTS`]) and one each of From, To, Call-ID
+/// and CSeq, never the surplus fields, and the parse work was already bounded
+/// by the message size cap. A client that really sends that many learns why
+/// it fails. Past the cap only the fields an answer copies are kept, so the
+/// refusal's `answer` headers stay small. A response over it is dropped.
+pub const MAX_HEADER_FIELDS: usize = 128;
+
+/// Reason of the drop for more than [`MAX_VIA_ELEMENTS`] Via elements.
+pub const TOO_MANY_VIAS: &str = "Too Many Via Elements";
+/// Reason of the 400 (or drop) for more than [`MAX_HEADER_FIELDS`] fields.
+pub const TOO_MANY_HEADERS: &str = "Too Many Header Fields";
+/// Reason of the refusal for a control character in a header name or value
+/// (see [`crate::headers::is_ctl`]), or for invalid UTF-8 in a header every
+/// answer copies. Answered with 400 when the bad field is not one an answer
+/// copies (it is left out of the `answer` headers); dropped when it is Via,
+/// From, To, Call-ID or CSeq, or when the message is a response.
+pub const BAD_HEADER_VALUE: &str = "Bad Header Value";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
@@ -17,7 +56,10 @@ pub enum TransportKind {
 
 /// Why a message was refused. If `answer` is set, the message was a request
 /// whose top Via was readable: answer it with `status`.
-/// Otherwise it must be dropped (and counted).
+/// Otherwise it must be dropped (and counted). Some refusals are always
+/// drops, whatever the Via says, because any answer would reflect the
+/// request: [`TOO_MANY_VIAS`], and [`BAD_HEADER_VALUE`] in Via, From, To,
+/// Call-ID or CSeq. The `reason` constants let a caller count them apart.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {reason}")]
 pub struct ParseError {
@@ -35,25 +77,6 @@ impl ParseError {
             answer: None,
         }
     }
-}
-
-/// Most Via elements a request may carry. A presence server sits behind a
-/// few proxies (a UA, an SBC, a load balancer: ≤ 5 in practice); every Via
-/// is copied into the answer, so a request with hundreds of them would make
-/// us reflect its bulk at whatever address it names. Such a request is
-/// dropped (and counted), not answered.
-pub const MAX_VIA: usize = 16;
-
-/// Most header fields a message may carry (after unfolding). Real requests
-/// carry 10 to 30. Over it: 400 when answerable (an answer copies only Via,
-/// From, To, Call-ID and CSeq, so it stays small).
-pub const MAX_HEADERS: usize = 128;
-
-/// Control characters have no place in a header (RFC 3261 §25.1: TEXT-UTF8
-/// and LWS only); a bare CR or LF inside a value would let a header we copy
-/// into an answer inject headers of its own.
-fn has_control(s: &str) -> bool {
-    s.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 /// Long names for the compact forms of RFC 3261 §7.3.3 and extensions.
@@ -99,39 +122,72 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
     }
     let head_len = frame::header_end(input).unwrap_or(input.len());
     let head = String::from_utf8_lossy(&input[..head_len]);
+    // Invalid UTF-8 became U+FFFD: three bytes for each bad one.
+    let lossy = matches!(head, Cow::Owned(_));
     let mut lines = unfold(&head);
     if lines.is_empty() {
         return Err(ParseError::drop("no start line"));
     }
-    let start = lines.remove(0);
+    let Line {
+        text: start,
+        ctl: start_ctl,
+    } = lines.remove(0);
+    let too_many_fields = lines.len() > MAX_HEADER_FIELDS;
 
     let mut hs = rsip::Headers::default();
-    let mut bad_header: Option<String> = None;
-    let mut vias = 0usize;
-    for line in &lines {
-        match line.split_once(':') {
-            Some((name, value)) => {
-                let name = name.trim();
-                if name.is_empty() || !name.bytes().all(is_token_char) {
-                    bad_header.get_or_insert_with(|| format!("Malformed header name {name:?}"));
-                    continue;
-                }
-                let name = canonical_name(name).unwrap_or(name);
-                // A value with a control character is left out, so that no
-                // answer can copy it; the message is then refused.
-                if has_control(value) {
-                    bad_header.get_or_insert_with(|| "Bad Header Value".to_string());
-                    continue;
-                }
-                if name.eq_ignore_ascii_case("Via") {
-                    vias += headers::split_list(value).len();
-                }
-                hs.push(rsip::headers::make_header(name, value.trim().to_string()));
+    let mut bad_header: Option<&'static str> = None;
+    // A control character in a field no answer copies: 400, field left out.
+    let mut bad_value = false;
+    // ... or in one every answer copies (or invalid UTF-8 there): drop.
+    let mut bad_copied = false;
+    for (i, line) in lines.iter().enumerate() {
+        let (name, value) = match line.text.split_once(':') {
+            Some((name, value)) => (name.trim(), Some(value)),
+            None => (line.text.trim(), None),
+        };
+        let name = canonical_name(name).unwrap_or(name);
+        let copied = value.is_some() && copied_into_every_response(name);
+        // Invalid UTF-8 in what an answer copies would come back three
+        // times as large (U+FFFD); the grammar of those fields (and of
+        // Timestamp, which a 100 copies) wants valid UTF-8 anyway.
+        let bad_utf8 = lossy
+            && (copied || name.eq_ignore_ascii_case("Timestamp"))
+            && line.text.contains('\u{fffd}');
+        if line.ctl || bad_utf8 {
+            if copied {
+                bad_copied = true;
+            } else {
+                bad_value = true;
             }
-            None => {
-                bad_header.get_or_insert_with(|| "Header line without a colon".to_string());
-            }
+            continue;
         }
+        let Some(value) = value else {
+            bad_header.get_or_insert("Header Line Without a Colon");
+            continue;
+        };
+        // The name is not echoed: it may be long, and anything at all.
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            bad_header.get_or_insert("Malformed Header Name");
+            continue;
+        }
+        if too_many_fields && i >= MAX_HEADER_FIELDS && !copied {
+            continue;
+        }
+        hs.push(rsip::headers::make_header(name, value.trim().to_string()));
+    }
+
+    // Refusals that must never be answered come first: an answer would
+    // reflect the Via stack, or a bad value in a field every answer copies.
+    let vias: usize = hs
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("Via"))
+        .map(|h| split_list(h.value()).len())
+        .sum();
+    if vias > MAX_VIA_ELEMENTS {
+        return Err(ParseError::drop(TOO_MANY_VIAS));
+    }
+    if bad_copied {
+        return Err(ParseError::drop(BAD_HEADER_VALUE));
     }
 
     // Compare bytes: the start line may hold multi-byte characters (or U+FFFD
@@ -140,17 +196,24 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
         .as_bytes()
         .get(..4)
         .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"));
+    if is_response {
+        // We never answer a response; a bad one is dropped.
+        if start_ctl {
+            return Err(ParseError::drop("bad status line"));
+        }
+        if too_many_fields {
+            return Err(ParseError::drop(TOO_MANY_HEADERS));
+        }
+        if bad_value {
+            return Err(ParseError::drop(BAD_HEADER_VALUE));
+        }
+    }
     // A request is answerable when its top Via is readable: the Via says where
     // the answer goes (§18.2.2) and its branch is what the client matches the
     // answer with (§17.1.3). A 400 for a missing Call-ID, From, To or CSeq
     // copies what is there, which tells the sender far more than silence.
     // The top Via is read by the same function as `HeaderAccess::top_via`,
     // so "answerable" and "parsed" agree.
-    if vias > MAX_VIA {
-        return Err(ParseError::drop(format!(
-            "{vias} Via elements (at most {MAX_VIA})"
-        )));
-    }
     let answerable = !is_response && headers::top_via(&hs).is_some();
     let refuse = |status: u16, reason: String, hs: &rsip::Headers| ParseError {
         status,
@@ -161,14 +224,13 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
             None
         },
     };
-
-    if lines.len() > MAX_HEADERS {
-        return Err(refuse(
-            400,
-            format!("Too Many Headers (at most {MAX_HEADERS})"),
-            &hs,
-        ));
+    if too_many_fields {
+        return Err(refuse(400, TOO_MANY_HEADERS.into(), &hs));
     }
+    if bad_value {
+        return Err(refuse(400, BAD_HEADER_VALUE.into(), &hs));
+    }
+
     // Size and body framing.
     if input.len() > max {
         return Err(refuse(413, "Request Entity Too Large".into(), &hs));
@@ -222,7 +284,7 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
 
     // Request-Line: Method SP Request-URI SP SIP-Version
     let parts: Vec<&str> = start.split(' ').filter(|p| !p.is_empty()).collect();
-    if parts.len() != 3 {
+    if parts.len() != 3 || start_ctl {
         return Err(refuse(400, "Malformed Request-Line".into(), &hs));
     }
     let (method_tok, uri_text, version) = (parts[0], parts[1], parts[2]);
@@ -233,7 +295,7 @@ pub fn parse(input: &[u8], transport: TransportKind, max: usize) -> Result<Messa
         return Err(refuse(505, "Version Not Supported".into(), &hs));
     }
     if let Some(reason) = bad_header {
-        return Err(refuse(400, reason, &hs));
+        return Err(refuse(400, reason.into(), &hs));
     }
     let method = Method::from_token(method_tok);
     // absoluteURI = scheme ":" ...; something without a well-formed scheme
@@ -319,23 +381,40 @@ fn validate_request(req: &Request) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Split the header section into lines, joining continuation lines
-/// (leading SP/HT) to the previous one with a single space.
-fn unfold(head: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+/// One line of the head after unfolding.
+struct Line {
+    text: String,
+    /// A control character (see [`headers::is_ctl`]) was in it, looked for
+    /// before any trimming: a bare CR, a NUL, a CR before the CRLF. (A bare
+    /// LF ends a line, as LF-only line ends are accepted, so no LF is ever
+    /// inside a line: what follows it is a line of its own, a header line
+    /// or a continuation.)
+    ctl: bool,
+}
+
+/// Split the header section into lines (at LF, a CR before it dropped),
+/// joining continuation lines (leading SP/HT) to the previous one with a
+/// single space.
+fn unfold(head: &str) -> Vec<Line> {
+    let mut out: Vec<Line> = Vec::new();
     for raw in head.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.is_empty() {
             continue;
         }
+        let ctl = has_ctl(line);
         if line.starts_with([' ', '\t']) {
             if let Some(prev) = out.last_mut() {
-                prev.push(' ');
-                prev.push_str(line.trim());
+                prev.text.push(' ');
+                prev.text.push_str(line.trim());
+                prev.ctl |= ctl;
                 continue;
             }
         }
-        out.push(line.to_string());
+        out.push(Line {
+            text: line.to_string(),
+            ctl,
+        });
     }
     out
 }

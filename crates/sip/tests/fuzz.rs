@@ -8,15 +8,21 @@
 //!     reads;
 //! (c) every message that parses can be answered with `ResponseBuilder`, and
 //!     the answer to a valid request parses back;
-//! (d) `parse(encode_request(..))` round-trips method, URI, headers and body.
+//! (d) `parse(encode_request(..))` round-trips method, URI, headers and body;
+//! (e) no answer is much larger than the request it answers (at most twice
+//!     its size plus [`ANSWER_SLACK`]), whatever the shape of its Via list,
+//!     and no answer line holds a control character.
 //!
 //! A failing input is printed escaped, with the seed and iteration. Set
 //! `SIP_FUZZ_SEED=<n>` to run the same properties on other random streams.
 
+use presence_sip::headers::has_ctl;
+use presence_sip::parse::TOO_MANY_VIAS;
 use presence_sip::rsip;
 use presence_sip::{
     encode_request, frame_stream, parse, FrameError, HeaderAccess, Message, ParseError,
-    ResponseBuilder, StreamFrame, TransportKind, DEFAULT_MAX_MESSAGE,
+    ResponseBuilder, StreamFrame, TransportKind, DEFAULT_MAX_MESSAGE, MAX_HEADER_FIELDS,
+    MAX_VIA_ELEMENTS,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -249,6 +255,7 @@ fn parse_checked(input: &[u8], t: TransportKind, max: usize) -> Result<Message, 
             assert!(!matches!(r.max_forwards(), Some(Err(()))));
             assert!(r.body.len() <= input.len());
             assert!(input.len() <= max);
+            within_limits(&r.headers);
             if t == TransportKind::Stream {
                 let cl = r
                     .header("Content-Length")
@@ -261,6 +268,8 @@ fn parse_checked(input: &[u8], t: TransportKind, max: usize) -> Result<Message, 
             assert!((100..700).contains(&r.code));
             assert!(r.call_id().is_some() && r.cseq().is_some() && r.top_via().is_some());
             assert!(r.body.len() <= input.len());
+            assert!(!has_ctl(&r.reason), "control character in {:?}", r.reason);
+            within_limits(&r.headers);
         }
         Err(e) => {
             assert!(
@@ -275,6 +284,33 @@ fn parse_checked(input: &[u8], t: TransportKind, max: usize) -> Result<Message, 
         }
     }
     result
+}
+
+/// What the parser lets through keeps to the caps and holds no control
+/// character in a header name or value.
+fn within_limits(headers: &rsip::Headers) {
+    assert!(headers.iter().count() <= MAX_HEADER_FIELDS);
+    let vias: usize = headers
+        .iter()
+        .filter(|h| h.name() == "Via")
+        .map(|h| presence_sip::split_list(h.value()).len())
+        .sum();
+    assert!(vias <= MAX_VIA_ELEMENTS, "{vias} Via elements");
+    for h in headers.iter() {
+        assert!(!has_ctl(h.name()) && !has_ctl(h.value()), "{h:?}");
+    }
+}
+
+/// An answer's head holds no control character but its CRLF line ends.
+fn answer_is_clean(bytes: &[u8]) {
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("answer has a header end");
+    let head = String::from_utf8_lossy(&bytes[..head_end]);
+    for line in head.split("\r\n") {
+        assert!(!has_ctl(line), "control character in answer line {line:?}");
+    }
 }
 
 /// Frame and check the contracts of the result.
@@ -315,7 +351,7 @@ fn exercise(input: &[u8], max: usize) {
     for t in [TransportKind::Datagram, TransportKind::Stream] {
         let parsed = parse_checked(input, t, max);
         if let Ok(m) = &parsed {
-            answer_checked(m, input.len());
+            answer_checked(m, input.len(), input.len());
         }
         if let Err(ParseError {
             answer: Some(h),
@@ -323,15 +359,19 @@ fn exercise(input: &[u8], max: usize) {
             reason,
         }) = &parsed
         {
-            let _ = ResponseBuilder::new(h, *status, reason, Some("t"), None).encode();
+            let bytes = ResponseBuilder::new(h, *status, reason, Some("t"), None).encode();
+            answer_is_clean(&bytes);
+            assert!(bytes.len() <= answer_bound(input.len()));
         }
     }
     frame_checked(input, max);
 }
 
 /// (c) Answer a parsed message with ResponseBuilder; for requests the answer
-/// must be a response we can read back with the same dialog identifiers.
-fn answer_checked(m: &Message, salt: usize) {
+/// must be a response we can read back with the same dialog identifiers, no
+/// larger than [`answer_bound`] of the request's `input_len` (plus the body
+/// and header added here), and clean.
+fn answer_checked(m: &Message, salt: usize, input_len: usize) {
     let codes = [100u16, 180, 200, 202, 400, 481, 489, 500, 603];
     let code = codes[salt % codes.len()];
     let source: Option<SocketAddr> = match salt % 3 {
@@ -348,7 +388,15 @@ fn answer_checked(m: &Message, salt: usize) {
         .body("text/plain", "안녕".as_bytes().to_vec());
     let _ = builder.to_tag();
     let bytes = builder.encode();
+    answer_is_clean(&bytes);
     let Message::Request(req) = m else { return };
+    // The body and Allow-Events added here are not the request's doing.
+    let added = "안녕".len() + "Allow-Events: presence\r\nContent-Type: text/plain\r\n".len();
+    assert!(
+        bytes.len() <= answer_bound(input_len) + added,
+        "answer of {} bytes to a request of {input_len}",
+        bytes.len()
+    );
     let back = parse(&bytes, TransportKind::Stream, usize::MAX);
     let Ok(Message::Response(resp)) = back else {
         panic!(
@@ -852,7 +900,9 @@ fn every_parsed_message_can_be_answered() {
     for (iter, s) in seeds.iter().enumerate() {
         let m = parse(s, TransportKind::Datagram, DEFAULT_MAX_MESSAGE).unwrap();
         for salt in 0..9 {
-            guarded("answer seed", seed, iter, s, || answer_checked(&m, salt));
+            guarded("answer seed", seed, iter, s, || {
+                answer_checked(&m, salt, s.len())
+            });
         }
     }
     for iter in 0..6000 {
@@ -863,7 +913,7 @@ fn every_parsed_message_can_be_answered() {
         if let Ok(m) = parse(&input, TransportKind::Datagram, DEFAULT_MAX_MESSAGE) {
             let salt = rng.random_range(0..1000);
             guarded("answer mutant", seed, iter, &input, || {
-                answer_checked(&m, salt)
+                answer_checked(&m, salt, input.len())
             });
             answered += 1;
         }
@@ -1092,5 +1142,208 @@ fn seeds_round_trip_through_the_encoder() {
             panic!("seed {i} does not survive re-encoding")
         };
         assert_eq!(back, r, "seed {i}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (e) An answer is never much larger than its request
+// ---------------------------------------------------------------------------
+
+/// What any answer may add to its request beyond doubling it: the status
+/// line, `Content-Length`, a To tag, the top Via's `received`/`rport`, long
+/// names for compact ones, and a `Via: ` line per Via element (at most
+/// [`MAX_VIA_ELEMENTS`]).
+const ANSWER_SLACK: usize = 512;
+
+fn answer_bound(request_len: usize) -> usize {
+    2 * request_len + ANSWER_SLACK
+}
+
+/// A request shaped to be reflected: as many, as short Via elements as it
+/// can hold (over comma lists, several lines, compact names, folds), compact
+/// and minimal dialog headers, sometimes a Timestamp (a 100 copies it),
+/// padding fields (sometimes over the cap), and now and then a control
+/// character or invalid UTF-8 somewhere. Returns it, its Via element count,
+/// and whether such a bad byte went in (it may cut a Via list short).
+fn reflective_request(rng: &mut StdRng) -> (Vec<u8>, usize, bool) {
+    let method = pick(rng, &["OPTIONS", "SUBSCRIBE", "MESSAGE", "X"]);
+    let eol = if rng.random_bool(0.2) { "\n" } else { "\r\n" };
+    let n_vias = match rng.random_range(0..5) {
+        0 => rng.random_range(1..=3),
+        1 | 2 => rng.random_range(1..=MAX_VIA_ELEMENTS),
+        3 => MAX_VIA_ELEMENTS + rng.random_range(1..=3),
+        _ => rng.random_range(MAX_VIA_ELEMENTS..3000),
+    };
+    let mut elements = vec![pick(
+        rng,
+        &[
+            "SIP/2.0/UDP h",
+            "SIP/2.0/TCP [2001:db8::1]:5060;branch=z9hG4bK1;rport",
+            "SIP/2.0/UDP client.example.com;branch=z9hG4bKx",
+        ],
+    )];
+    // Half the time only the shortest element there is: the worst case.
+    let shortest = rng.random_bool(0.5);
+    for _ in 1..n_vias {
+        elements.push(if shortest {
+            "x"
+        } else {
+            pick(rng, &["x", "p1", "SIP/2.0/UDP p;branch=z9hG4bKq", "a;b"])
+        });
+    }
+    let mut head = format!("{method} sip:b SIP/2.0{eol}");
+    let mut rest = &elements[..];
+    while !rest.is_empty() {
+        let k = rng.random_range(1..=rest.len().min(64));
+        let sep = match rng.random_range(0..4) {
+            0 => ", ".to_string(),
+            1 => " , ".to_string(),
+            2 => format!(",{eol}\t"),
+            _ => ",".to_string(),
+        };
+        let name = pick(rng, &["v:", "Via: ", "V :"]);
+        head.push_str(&format!("{name}{}{eol}", rest[..k].join(&sep)));
+        rest = &rest[k..];
+    }
+    let dialog = [
+        pick(
+            rng,
+            &["f:<sip:a>", "From: \"Al\" <sip:a@b>;tag=1", "f:sip:a;tag=2"],
+        ),
+        pick(rng, &["t:<sip:b>", "To: <sip:b@c>;tag=9", "t:sip:b"]),
+        pick(rng, &["i:c", "Call-ID: 1234@host"]),
+    ];
+    for h in dialog {
+        head.push_str(h);
+        head.push_str(eol);
+    }
+    head.push_str(&format!("CSeq:1 {method}{eol}"));
+    if rng.random_bool(0.3) {
+        head.push_str(&format!("Timestamp: 1{eol}"));
+    }
+    let pad = match rng.random_range(0..6) {
+        0 => rng.random_range(MAX_HEADER_FIELDS - 10..MAX_HEADER_FIELDS + 10),
+        _ => rng.random_range(0..8),
+    };
+    for i in 0..pad {
+        head.push_str(&format!("X-{i}:{}{eol}", random_value(rng)));
+    }
+    if rng.random_bool(0.9) {
+        head.push_str(&format!("l:0{eol}"));
+    }
+    head.push_str(eol);
+    let mut raw = head.into_bytes();
+    let damaged = rng.random_bool(0.15);
+    if damaged {
+        // A control character or invalid UTF-8 somewhere after the start
+        // line (before the blank line).
+        let first_eol = raw.iter().position(|b| *b == b'\n').unwrap() + 1;
+        let at = rng.random_range(first_eol..raw.len() - 2 * eol.len());
+        let bad: &[u8] =
+            [b"\r".as_slice(), b"\0", b"\x0b", b"\x7f", b"\xff", b"\xc3"][rng.random_range(0..6)];
+        raw.splice(at..at, bad.iter().copied());
+    }
+    (raw, n_vias, damaged)
+}
+
+#[test]
+fn answers_are_never_much_larger_than_requests() {
+    let seed = seed_or(0x5151_0007);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let sources: [Option<SocketAddr>; 2] = [
+        None,
+        Some(
+            "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                .parse()
+                .unwrap(),
+        ),
+    ];
+    let (mut accepted, mut refused, mut dropped_for_vias) = (0, 0, 0);
+    for iter in 0..4000 {
+        let (raw, n_vias, damaged) = reflective_request(&mut rng);
+        guarded("reflection", seed, iter, &raw, || {
+            for t in [TransportKind::Datagram, TransportKind::Stream] {
+                let headers = match parse(&raw, t, DEFAULT_MAX_MESSAGE) {
+                    Ok(Message::Request(r)) => {
+                        assert!(n_vias <= MAX_VIA_ELEMENTS, "{n_vias} Via elements accepted");
+                        accepted += 1;
+                        r.headers
+                    }
+                    Ok(Message::Response(_)) => panic!("a request parsed as a response"),
+                    Err(e) if n_vias > MAX_VIA_ELEMENTS && !damaged => {
+                        // Never answered, whatever else is wrong with it.
+                        assert!(e.answer.is_none(), "answerable: {e:?}");
+                        assert_eq!(e.reason, TOO_MANY_VIAS);
+                        dropped_for_vias += 1;
+                        continue;
+                    }
+                    Err(ParseError {
+                        answer: Some(h), ..
+                    }) => {
+                        refused += 1;
+                        *h
+                    }
+                    Err(_) => continue,
+                };
+                for code in [100, 200, 400] {
+                    for source in sources {
+                        let bytes =
+                            ResponseBuilder::new(&headers, code, "Reason", Some("srvtag"), source)
+                                .encode();
+                        answer_is_clean(&bytes);
+                        // (A bad byte may have cut a long Via list short:
+                        // then the answer carries what is left, if it is
+                        // no more than the cap.)
+                        let via_lines =
+                            String::from_utf8_lossy(&bytes).matches("\r\nVia: ").count();
+                        assert!(via_lines <= MAX_VIA_ELEMENTS);
+                        assert!(
+                            bytes.len() <= answer_bound(raw.len()),
+                            "{code} answer of {} bytes to a request of {}",
+                            bytes.len(),
+                            raw.len()
+                        );
+                    }
+                }
+            }
+        });
+    }
+    assert!(accepted > 1500, "only {accepted} accepted");
+    assert!(refused > 200, "only {refused} refused with an answer");
+    assert!(dropped_for_vias > 2000, "only {dropped_for_vias} dropped");
+}
+
+/// The review's reproduction, at and over the cap: one-byte Via elements
+/// cost 2 bytes in a request and 8 in its answer, so without the cap a 6 KB
+/// request drew a 24 KB answer.
+#[test]
+fn one_byte_via_elements_cannot_amplify() {
+    let request = |n: usize| {
+        let mut vias = vec!["SIP/2.0/UDP h;branch=z9hG4bK1"];
+        vias.extend(std::iter::repeat_n("x", n - 1));
+        format!(
+            "OPTIONS sip:b SIP/2.0\r\nv:{}\r\nf:<sip:a>;tag=1\r\nt:<sip:b>\r\ni:c\r\nCSeq:1 OPTIONS\r\nl:0\r\n\r\n",
+            vias.join(",")
+        )
+        .into_bytes()
+    };
+    let at = request(MAX_VIA_ELEMENTS);
+    let Ok(Message::Request(r)) = parse(&at, TransportKind::Stream, DEFAULT_MAX_MESSAGE) else {
+        panic!("at the cap")
+    };
+    let answer = ResponseBuilder::new(&r.headers, 200, "OK", Some("t"), None).encode();
+    assert_eq!(
+        String::from_utf8_lossy(&answer)
+            .matches("\r\nVia: ")
+            .count(),
+        MAX_VIA_ELEMENTS
+    );
+    assert!(answer.len() <= answer_bound(at.len()));
+    for n in [MAX_VIA_ELEMENTS + 1, 3000] {
+        let e = parse(&request(n), TransportKind::Stream, DEFAULT_MAX_MESSAGE).unwrap_err();
+        assert!(
+            e.answer.is_none() && e.reason == TOO_MANY_VIAS,
+            "{n}: {e:?}"
+        );
     }
 }

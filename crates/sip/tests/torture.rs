@@ -7,10 +7,12 @@
 //! RFC 4475 (folded Via with whitespace around the slashes, exotic method
 //! tokens, escaped quotes in display names, overlarge numbers).
 
+use presence_sip::parse::{BAD_HEADER_VALUE, TOO_MANY_HEADERS, TOO_MANY_VIAS};
 use presence_sip::rsip;
 use presence_sip::{
     frame_stream, parse, ContactValue, HeaderAccess, Message, Method, Request, Response,
-    ResponseBuilder, StreamFrame, TransportKind, DEFAULT_MAX_MESSAGE,
+    ResponseBuilder, StreamFrame, TransportKind, DEFAULT_MAX_MESSAGE, MAX_HEADER_FIELDS,
+    MAX_VIA_ELEMENTS,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -31,8 +33,19 @@ enum Expect {
     /// Refused with `status`; `answerable` says whether headers to answer
     /// with came back.
     Refused { status: u16, answerable: bool },
+    /// Refused with `status` and exactly `reason`; when answerable, no line
+    /// of the answer names a header in `left_out` (the bad field is not
+    /// echoed).
+    RefusedWith {
+        status: u16,
+        reason: &'static str,
+        answerable: bool,
+        left_out: &'static [&'static str],
+    },
     /// Refused and not answerable: the caller drops it.
     Dropped,
+    /// Dropped, for exactly this reason.
+    DroppedWith(&'static str),
 }
 
 struct Case {
@@ -59,6 +72,30 @@ fn refused(status: u16, answerable: bool) -> Expect {
     Expect::Refused { status, answerable }
 }
 
+/// Refused with 400 Bad Header Value, answered without the named headers.
+fn bad_value(left_out: &'static [&'static str]) -> Expect {
+    Expect::RefusedWith {
+        status: 400,
+        reason: BAD_HEADER_VALUE,
+        answerable: true,
+        left_out,
+    }
+}
+
+/// `n` Via elements, the first a real top Via, the rest as short as a Via
+/// element can be (the shape that reflected four times over).
+fn via_elements(n: usize) -> Vec<String> {
+    let mut v = vec!["SIP/2.0/UDP client.example.com:5060;branch=z9hG4bKtop".to_string()];
+    v.extend((1..n).map(|i| format!("p{i}")));
+    v
+}
+
+/// A valid OPTIONS whose Via header fields are `via_lines` (each already
+/// `Name: value`), plus `extra`, with datagram rules.
+fn req_with_vias(via_lines: &[String], extra: &[&str]) -> Vec<u8> {
+    let vias: Vec<&str> = via_lines.iter().map(String::as_str).collect();
+    req_without("OPTIONS", &["Via"], &[&vias[..], extra].concat())
+}
 /// Lines joined with CRLF. End the header section with `""` and then the
 /// body (`""` for none).
 fn crlf(lines: &[&str]) -> Vec<u8> {
@@ -1666,91 +1703,6 @@ fn cases() -> Vec<Case> {
         ),
     ];
 
-    // The abuse review's reflection and injection cases.
-    let vias: Vec<String> = (0..17)
-        .map(|i| format!("Via: SIP/2.0/UDP relay{i}.example.com;branch=z9hG4bK{i}"))
-        .collect();
-    let via_refs: Vec<&str> = vias.iter().map(String::as_str).collect();
-    v.push(case(
-        "17 Via elements are dropped, not answered (no reflection)",
-        req("OPTIONS", "sip:bob@example.com", &via_refs, ""),
-        UDP,
-        Expect::Dropped,
-    ));
-    let listed = format!(
-        "Via: {}",
-        (0..16)
-            .map(|i| format!("SIP/2.0/UDP r{i}.example.com;branch=z9hG4bK{i}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    v.push(case(
-        "17 Via elements in one comma list are dropped too",
-        req("OPTIONS", "sip:bob@example.com", &[listed.as_str()], ""),
-        UDP,
-        Expect::Dropped,
-    ));
-    let fifteen: Vec<String> = (0..15)
-        .map(|i| format!("Via: SIP/2.0/UDP relay{i}.example.com;branch=z9hG4bK{i}"))
-        .collect();
-    let fifteen: Vec<&str> = fifteen.iter().map(String::as_str).collect();
-    v.push(case(
-        "16 Via elements are fine",
-        req("OPTIONS", "sip:bob@example.com", &fifteen, ""),
-        UDP,
-        Expect::Request {
-            method: "OPTIONS",
-            body: b"",
-            check: no_check,
-        },
-    ));
-    let many: Vec<String> = (0..130).map(|i| format!("X-H{i}: v")).collect();
-    let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    v.push(case(
-        "more than 128 headers",
-        req("OPTIONS", "sip:bob@example.com", &many, ""),
-        UDP,
-        refused(400, true),
-    ));
-    let mut bare_cr = req(
-        "OPTIONS",
-        "sip:bob@example.com",
-        &["Subject: hi INJECT"],
-        "",
-    );
-    splice(&mut bare_cr, b"INJECT", b"\rX-Injected: yes");
-    v.push(case(
-        "bare CR inside a header value: 400, the header not echoed",
-        bare_cr,
-        UDP,
-        Expect::Refused {
-            status: 400,
-            answerable: true,
-        },
-    ));
-    let mut bad_via = req("OPTIONS", "sip:bob@example.com", &[], "");
-    splice(
-        &mut bad_via,
-        b"client.example.com:5060",
-        b"client\x01.example.com:5060",
-    );
-    v.push(case(
-        "control character in the only Via: nothing to answer with",
-        bad_via,
-        UDP,
-        Expect::Dropped,
-    ));
-    v.push(case(
-        "a tab inside a value is fine",
-        req("OPTIONS", "sip:bob@example.com", &["Subject: a\tb"], ""),
-        UDP,
-        Expect::Request {
-            method: "OPTIONS",
-            body: b"",
-            check: |r| assert_eq!(r.header("Subject"), Some("a\tb")),
-        },
-    ));
-
     // Cases that need a non-default size cap or byte surgery.
     let mut small = case(
         "message over a small cap",
@@ -1794,16 +1746,344 @@ fn cases() -> Vec<Case> {
         refused(400, true),
     ));
 
-    let mut nul_value = req("OPTIONS", "sip:bob@example.com", &["Subject: a NUL b"], "");
-    splice(&mut nul_value, b"NUL", b"\0");
-    v.push(case(
-        "NUL byte in a header value (refused: no control characters in values)",
-        nul_value,
-        UDP,
-        refused(400, true),
-    ));
-
+    v.extend(limit_cases());
     v
+}
+
+/// A request with the bytes `with` spliced in for `marker` (in `extra`).
+fn spliced(extra: &[&str], marker: &str, with: &[u8]) -> Vec<u8> {
+    let mut raw = req("OPTIONS", "sip:bob@example.com", extra, "");
+    splice(&mut raw, marker.as_bytes(), with);
+    raw
+}
+
+/// Like [`spliced`], on a request without the mandatory headers in `omit`.
+fn spliced_without(omit: &[&str], extra: &[&str], marker: &str, with: &[u8]) -> Vec<u8> {
+    let mut raw = req_without("OPTIONS", omit, extra);
+    splice(&mut raw, marker.as_bytes(), with);
+    raw
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The abuse review's cases: Via and header field caps (the answer must not
+/// reflect more than the request carried), and control characters in header
+/// names and values (the answer must not echo them).
+fn limit_cases() -> Vec<Case> {
+    let pad = |n: usize| -> Vec<String> { (0..n).map(|i| format!("X-Pad-{i}: {i}")).collect() };
+    // req() writes 7 fields besides `extra`.
+    let at_cap = pad(MAX_HEADER_FIELDS - 7);
+    let over_cap = pad(MAX_HEADER_FIELDS - 6);
+    let over_cap_no_via = pad(MAX_HEADER_FIELDS);
+
+    let vias = via_elements(MAX_VIA_ELEMENTS + 1);
+    let one_line_over = [format!("Via: {}", vias.join(", "))];
+    // 1 + 16 over a long Via and compact `v:` lines of 2 and 3 elements.
+    let several_over = [
+        format!("Via: {}", vias[0]),
+        format!("v: {}", vias[1..4].join(",")),
+        format!("Via: {}", vias[4..6].join(" ,  ")),
+        format!("v: {}", vias[6..9].join(",")),
+        format!("Via: {}", vias[9..12].join(", ")),
+        format!("v: {}", vias[12..15].join(",")),
+        format!("Via: {}", vias[15..17].join(",")),
+    ];
+    let at = via_elements(MAX_VIA_ELEMENTS);
+    let at_cap_vias = [
+        format!("Via: {}", at[..10].join(",")),
+        format!("v: {}", at[10..].join(", ")),
+    ];
+    // The review's reproduction: 6 KB of `x,` reflected as 24 KB.
+    let reflection = [format!("Via: {}{}", vias[0], ", x".repeat(6 * 1024 / 3))];
+
+    vec![
+        // ---------------------------------------------------------------
+        // Via cap: never answered
+        // ---------------------------------------------------------------
+        case(
+            "Via elements over the cap on one line",
+            req_with_vias(&one_line_over, &[]),
+            UDP,
+            Expect::DroppedWith(TOO_MANY_VIAS),
+        ),
+        case(
+            "Via elements over the cap over several lines and compact names",
+            req_with_vias(&several_over, &[]),
+            TCP,
+            Expect::DroppedWith(TOO_MANY_VIAS),
+        ),
+        case(
+            "6 KB of one-byte Via elements (the reflection of the review)",
+            req_with_vias(&reflection, &[]),
+            UDP,
+            Expect::DroppedWith(TOO_MANY_VIAS),
+        ),
+        case(
+            "Via elements over the cap in an otherwise bad request are dropped",
+            req_with_vias(&one_line_over, &["Expires: soon", "Bad Name: x"]),
+            UDP,
+            Expect::DroppedWith(TOO_MANY_VIAS),
+        ),
+        case(
+            "Via elements at the cap are accepted",
+            req_with_vias(&at_cap_vias, &[]),
+            UDP,
+            Expect::Request {
+                method: "OPTIONS",
+                body: b"",
+                check: |r| {
+                    assert_eq!(r.vias().len(), MAX_VIA_ELEMENTS);
+                    assert_eq!(r.top_via().unwrap().branch.as_deref(), Some("z9hG4bKtop"));
+                },
+            },
+        ),
+        // ---------------------------------------------------------------
+        // Header field cap
+        // ---------------------------------------------------------------
+        case(
+            "header fields at the cap are accepted",
+            req("OPTIONS", "sip:bob@example.com", &strs(&at_cap), ""),
+            TCP,
+            Expect::Request {
+                method: "OPTIONS",
+                body: b"",
+                check: |r| assert_eq!(r.headers.iter().count(), MAX_HEADER_FIELDS),
+            },
+        ),
+        case(
+            "header fields over the cap",
+            req("OPTIONS", "sip:bob@example.com", &strs(&over_cap), ""),
+            TCP,
+            Expect::RefusedWith {
+                status: 400,
+                reason: TOO_MANY_HEADERS,
+                answerable: true,
+                left_out: &["X-Pad-0"],
+            },
+        ),
+        case(
+            "header fields over the cap without a Via",
+            req_without("OPTIONS", &["Via"], &strs(&over_cap_no_via)),
+            UDP,
+            Expect::DroppedWith(TOO_MANY_HEADERS),
+        ),
+        case(
+            "a response with header fields over the cap",
+            ok_response("SIP/2.0 200 OK", &strs(&over_cap_no_via)),
+            UDP,
+            Expect::DroppedWith(TOO_MANY_HEADERS),
+        ),
+        // ---------------------------------------------------------------
+        // Control characters in names and values
+        // ---------------------------------------------------------------
+        case(
+            "bare CR in a Subject value",
+            spliced(&["Subject: hello CR Injected: yes"], " CR ", b"\r"),
+            UDP,
+            bad_value(&["Subject", "Injected"]),
+        ),
+        case(
+            "bare CR in a Subject value over TCP",
+            spliced(&["Subject: hello CR Injected: yes"], " CR ", b"\r"),
+            TCP,
+            bad_value(&["Subject", "Injected"]),
+        ),
+        case(
+            "NUL byte in a header value",
+            spliced(&["Subject: a NUL b"], "NUL", b"\0"),
+            UDP,
+            bad_value(&["Subject"]),
+        ),
+        case(
+            "DEL in a header value",
+            spliced(&["X-Note: a DEL b"], "DEL", b"\x7f"),
+            UDP,
+            bad_value(&["X-Note"]),
+        ),
+        case(
+            "escape sequence in a header value",
+            spliced(&["User-Agent: ESC[2Jphone"], "ESC", b"\x1b"),
+            UDP,
+            bad_value(&["User-Agent"]),
+        ),
+        case(
+            "CR before the CRLF at a line end",
+            spliced(&["Subject: trailing CR"], " CR", b"\r"),
+            UDP,
+            bad_value(&["Subject"]),
+        ),
+        case(
+            "control character at the start of a continuation line",
+            spliced(&["Subject: first", "\tVTsecond"], "VT", b"\x0b"),
+            UDP,
+            bad_value(&["Subject"]),
+        ),
+        case(
+            "control character in a header name",
+            spliced(&["X-ASOHB: v"], "SOH", b"\x01"),
+            UDP,
+            bad_value(&[]),
+        ),
+        case(
+            "control character in a Timestamp (copied by a 100)",
+            spliced(&["Timestamp: 54.2 NUL"], "NUL", b"\0"),
+            UDP,
+            bad_value(&["Timestamp"]),
+        ),
+        case(
+            "invalid UTF-8 in a Timestamp",
+            spliced(&["Timestamp: 54.2 BAD"], "BAD", b"\xff\xff"),
+            UDP,
+            bad_value(&["Timestamp"]),
+        ),
+        case(
+            "bare CR in the Request-URI",
+            with_start_line(b"OPTIONS sip:bob@example.com\rX: y SIP/2.0"),
+            UDP,
+            Expect::RefusedWith {
+                status: 400,
+                reason: "Malformed Request-Line",
+                answerable: true,
+                left_out: &["X"],
+            },
+        ),
+        // A bad value in a field every answer copies: dropped.
+        case(
+            "bare CR in From",
+            spliced_without(
+                &["From"],
+                &["From: <sip:alice@example.com>;tag=1 CR Injected: yes"],
+                " CR ",
+                b"\r",
+            ),
+            UDP,
+            Expect::DroppedWith(BAD_HEADER_VALUE),
+        ),
+        case(
+            "bare CR in a compact Via",
+            spliced_without(
+                &["Via"],
+                &["v: SIP/2.0/UDP client.example.com;branch=z9hG4bKcr CR X: y"],
+                " CR ",
+                b"\r",
+            ),
+            UDP,
+            Expect::DroppedWith(BAD_HEADER_VALUE),
+        ),
+        case(
+            "bare CR in a second Via line",
+            spliced_without(&[], &["Via: SIP/2.0/UDP p CR X: y"], " CR ", b"\r"),
+            UDP,
+            Expect::DroppedWith(BAD_HEADER_VALUE),
+        ),
+        case(
+            "NUL byte in Call-ID",
+            spliced_without(&["Call-ID"], &["i: abc NUL @host"], " NUL ", b"\0"),
+            UDP,
+            Expect::DroppedWith(BAD_HEADER_VALUE),
+        ),
+        case(
+            "form feed in CSeq",
+            spliced_without(&["CSeq"], &["CSeq: 1 FF OPTIONS"], " FF ", b"\x0c"),
+            TCP,
+            Expect::DroppedWith(BAD_HEADER_VALUE),
+        ),
+        case(
+            "escape sequence in a folded To",
+            spliced_without(
+                &["To"],
+                &["To: <sip:bob@example.com>", " ;x=ESC"],
+                "ESC",
+                b"\x1b",
+            ),
+            UDP,
+            Expect::DroppedWith(BAD_HEADER_VALUE),
+        ),
+        case(
+            "invalid UTF-8 in From",
+            spliced_without(
+                &["From"],
+                &["From: BAD <sip:a@example.com>;tag=1"],
+                "BAD",
+                b"\xff\xfe",
+            ),
+            UDP,
+            Expect::DroppedWith(BAD_HEADER_VALUE),
+        ),
+        case(
+            "bare CR in a response header",
+            {
+                let mut raw = ok_response("SIP/2.0 200 OK", &["SIP-ETag: e CR X: y"]);
+                splice(&mut raw, b" CR ", b"\r");
+                raw
+            },
+            UDP,
+            Expect::DroppedWith(BAD_HEADER_VALUE),
+        ),
+        case(
+            "bare CR in a response's reason phrase",
+            {
+                let mut raw = ok_response("SIP/2.0 486 Busy CR X: y", &[]);
+                splice(&mut raw, b" CR ", b"\r");
+                raw
+            },
+            UDP,
+            Expect::Dropped,
+        ),
+        // What stays fine.
+        case(
+            "HTAB inside header values is whitespace, not a control character",
+            req(
+                "OPTIONS",
+                "sip:bob@example.com",
+                &["Subject:\ta\tb c\t", "X-Tabs: \t\tx\ty"],
+                "",
+            ),
+            UDP,
+            Expect::Request {
+                method: "OPTIONS",
+                body: b"",
+                check: |r| {
+                    assert_eq!(r.header("Subject"), Some("a\tb c"));
+                    assert_eq!(r.header("X-Tabs"), Some("x\ty"));
+                },
+            },
+        ),
+        case(
+            "folded lines in copied headers are still fine",
+            crlf(&[
+                "OPTIONS sip:bob@example.com SIP/2.0",
+                "Via: SIP/2.0/UDP client.example.com;branch=z9hG4bKf1,",
+                "\tSIP/2.0/UDP proxy.example.com;branch=z9hG4bKf2",
+                "From: <sip:alice@example.com>",
+                " \t;tag=f1",
+                "To:",
+                "\t<sip:bob@example.com>",
+                "Call-ID: folded@",
+                " example.com",
+                "CSeq: 1",
+                "\tOPTIONS",
+                "Subject: one",
+                "\t\ttwo",
+                "Content-Length: 0",
+                "",
+                "",
+            ]),
+            TCP,
+            Expect::Request {
+                method: "OPTIONS",
+                body: b"",
+                check: |r| {
+                    assert_eq!(r.vias().len(), 2);
+                    assert_eq!(r.from_addr().unwrap().tag.as_deref(), Some("f1"));
+                    assert_eq!(r.call_id(), Some("folded@ example.com"));
+                    assert_eq!(r.header("Subject"), Some("one two"));
+                },
+            },
+        ),
+    ]
 }
 
 /// Replace the first occurrence of `marker` in `buf` with `with`.
@@ -1845,6 +2125,7 @@ fn run(case: &Case) {
             check(&r);
             // Whatever parses can be answered.
             let resp = ResponseBuilder::new(&r.headers, 200, "OK", Some("tt"), None).encode();
+            check_answer_bytes(&resp, &case.raw, &[]);
             match parse(&resp, TransportKind::Stream, usize::MAX) {
                 Ok(Message::Response(p)) => {
                     assert_eq!(p.code, 200);
@@ -1862,10 +2143,67 @@ fn run(case: &Case) {
         (Expect::Refused { status, answerable }, Err(e)) => {
             assert_eq!(e.status, *status, "status ({})", e.reason);
             assert_eq!(e.answer.is_some(), *answerable, "answerable ({})", e.reason);
+            check_refusal_answer(&e, &case.raw, &[]);
+        }
+        (
+            Expect::RefusedWith {
+                status,
+                reason,
+                answerable,
+                left_out,
+            },
+            Err(e),
+        ) => {
+            assert_eq!((e.status, e.reason.as_str()), (*status, *reason));
+            assert_eq!(e.answer.is_some(), *answerable, "answerable ({})", e.reason);
+            check_refusal_answer(&e, &case.raw, left_out);
+        }
+        (Expect::Dropped, Err(e)) => {
+            assert!(e.answer.is_none(), "expected a drop, got answerable {e:?}");
+        }
+        (Expect::DroppedWith(reason), Err(e)) => {
+            assert!(e.answer.is_none(), "expected a drop, got answerable {e:?}");
+            assert_eq!(e.reason, *reason);
+        }
+        (_, got) => panic!("unexpected outcome: {got:?}"),
+    }
+}
+
+/// What goes on the wire for an answer: status line and header lines with
+/// no control character but the CRLF line ends (and HTAB), no line naming a
+/// header in `left_out`, and not much larger than the request it answers.
+fn check_answer_bytes(bytes: &[u8], request: &[u8], left_out: &[&str]) {
+    let text = String::from_utf8_lossy(bytes);
+    let head = text.split("\r\n\r\n").next().unwrap();
+    for line in head.split("\r\n") {
+        assert!(
+            !presence_sip::headers::has_ctl(line),
+            "control character in answer line {line:?}"
+        );
+        for name in left_out {
+            let line_name = line.split(':').next().unwrap().trim();
+            assert!(
+                !line_name.eq_ignore_ascii_case(name),
+                "answer echoes {name}: {line:?}"
+            );
+        }
+    }
+    assert!(
+        bytes.len() <= 2 * request.len() + 512,
+        "answer of {} bytes to a request of {}",
+        bytes.len(),
+        request.len()
+    );
+}
+
+fn check_refusal_answer(e: &presence_sip::ParseError, request: &[u8], left_out: &[&str]) {
+    {
+        {
             if let Some(headers) = &e.answer {
                 // The headers handed back are enough to build a response.
                 let resp = ResponseBuilder::new(headers, e.status, &e.reason, Some("x"), None);
                 let bytes = resp.encode();
+                check_answer_bytes(&bytes, request, left_out);
                 let status_line = format!("SIP/2.0 {} ", e.status);
                 assert!(bytes.starts_with(status_line.as_bytes()));
                 // A malformed CSeq is copied as is (RFC 4475 §3.1.2.3), and a
@@ -1887,10 +2225,6 @@ fn run(case: &Case) {
                 }
             }
         }
-        (Expect::Dropped, Err(e)) => {
-            assert!(e.answer.is_none(), "expected a drop, got answerable {e:?}");
-        }
-        (_, got) => panic!("unexpected outcome: {got:?}"),
     }
 }
 
@@ -1945,7 +2279,10 @@ fn torture_stream_cases_frame_like_they_parse() {
                     c.name
                 );
             }
-            Expect::Refused { .. } | Expect::Dropped => {
+            Expect::Refused { .. }
+            | Expect::RefusedWith { .. }
+            | Expect::Dropped
+            | Expect::DroppedWith(_) => {
                 assert!(
                     !matches!(framed, Ok(StreamFrame::KeepAlive { .. })),
                     "{}: {framed:?}",

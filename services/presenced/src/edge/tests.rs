@@ -68,16 +68,9 @@ fn notify(flow: &Flow, cseq: u32) -> OutRequest {
     }
 }
 
-/// NOTIFYs of one dialog numbered by different notifiers arrive at the
-/// edge in any order: they leave one at a time, in CSeq order, and one
-/// overtaken by a higher CSeq is not sent at all.
-#[tokio::test]
-async fn notifies_of_a_dialog_leave_one_at_a_time_in_cseq_order() {
-    let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("addr")])
-        .await
-        .expect("bind");
-    let local = listeners.udp[0].0;
-    let cfg = EdgeConfig {
+/// The configuration of the edges of these tests (`e1`, example.com).
+fn test_config() -> EdgeConfig {
+    EdgeConfig {
         id: "e1".into(),
         domains: vec!["example.com".into()],
         verifier: None,
@@ -88,19 +81,37 @@ async fn notifies_of_a_dialog_leave_one_at_a_time_in_cseq_order() {
         packages: Registry::default(),
         delay_subscribe_answer: Duration::ZERO,
         limits: EdgeLimits::default(),
-    };
+    }
+}
+
+/// A running edge on a free UDP/TCP port of 127.0.0.1; it stops when the
+/// returned sender is dropped.
+async fn running_edge() -> (Arc<Edge>, SocketAddr, watch::Sender<bool>) {
+    let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("addr")])
+        .await
+        .expect("bind");
+    let local = listeners.udp[0].0;
     let edge = Arc::new(Edge::new(
-        cfg,
+        test_config(),
         Arc::new(MemoryBus::new()),
         Clock::new(),
         Arc::new(Metrics::new()),
         listeners.udp.clone(),
     ));
-    let (_stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(
         edge.clone()
             .run(listeners.tcp, Arc::new(MemoryBus::new()), stop_rx),
     );
+    (edge, local, stop)
+}
+
+/// NOTIFYs of one dialog numbered by different notifiers arrive at the
+/// edge in any order: they leave one at a time, in CSeq order, and one
+/// overtaken by a higher CSeq is not sent at all.
+#[tokio::test]
+async fn notifies_of_a_dialog_leave_one_at_a_time_in_cseq_order() {
+    let (edge, local, _stop) = running_edge().await;
     let w = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
     let flow = Flow {
         transport: Transport::Udp,
@@ -145,34 +156,7 @@ const PATIENCE: Duration = Duration::from_secs(5);
 /// two), and a re-send after the answer gets that answer unsent.
 #[tokio::test]
 async fn a_resent_notify_joins_its_transaction() {
-    let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("addr")])
-        .await
-        .expect("bind");
-    let local = listeners.udp[0].0;
-    let cfg = EdgeConfig {
-        id: "e1".into(),
-        domains: vec!["example.com".into()],
-        verifier: None,
-        min_expires: 2,
-        max_expires: 3600,
-        max_message: 65536,
-        shards: 8,
-        packages: Registry::default(),
-        delay_subscribe_answer: Duration::ZERO,
-        limits: EdgeLimits::default(),
-    };
-    let edge = Arc::new(Edge::new(
-        cfg,
-        Arc::new(MemoryBus::new()),
-        Clock::new(),
-        Arc::new(Metrics::new()),
-        listeners.udp.clone(),
-    ));
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(
-        edge.clone()
-            .run(listeners.tcp, Arc::new(MemoryBus::new()), stop_rx),
-    );
+    let (edge, local, _stop) = running_edge().await;
     let w = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
     let flow = Flow {
         transport: Transport::Udp,
@@ -234,19 +218,12 @@ async fn answered_transactions_are_kept_for_their_own_time() {
 
 /// An edge with no sockets, for the pure request → command mapping.
 fn mapping_edge() -> Edge {
+    let cfg = EdgeConfig {
+        min_expires: 60,
+        ..test_config()
+    };
     Edge::new(
-        EdgeConfig {
-            id: "e1".into(),
-            domains: vec!["example.com".into()],
-            verifier: None,
-            min_expires: 60,
-            max_expires: 3600,
-            max_message: 65536,
-            shards: 8,
-            packages: Registry::default(),
-            delay_subscribe_answer: Duration::ZERO,
-            limits: EdgeLimits::default(),
-        },
+        cfg,
         Arc::new(MemoryBus::new()),
         Clock::new(),
         Arc::new(Metrics::new()),

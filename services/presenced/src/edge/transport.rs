@@ -416,10 +416,15 @@ impl Edge {
                 self.send_src(src, Bytes::from(b.encode()));
             }
             None => {
-                self.metrics
-                    .edge_dropped
-                    .with_label_values(&["unparseable"])
-                    .inc();
+                // Refusals that are attacks on the answer (reflection,
+                // header injection) get a label of their own to alert on.
+                let reason = match e.reason.as_str() {
+                    presence_sip::parse::TOO_MANY_VIAS => "too_many_vias",
+                    presence_sip::parse::TOO_MANY_HEADERS => "too_many_headers",
+                    presence_sip::parse::BAD_HEADER_VALUE => "bad_header_value",
+                    _ => "unparseable",
+                };
+                self.drop_counted(reason);
             }
         }
     }
