@@ -103,6 +103,10 @@ impl Edge {
         Ok(e.min(self.cfg.max_expires))
     }
 
+    /// REGISTER → the command for the AoR's shard owner (RFC 3261 §10.3:
+    /// the AoR is the To URI, a local domain, the authenticated user's own;
+    /// a wildcard only with Expires 0), or the refusal to answer at once.
+    /// Pure: no I/O (the clock only for the command's deadline).
     pub(super) fn register_command(
         &self,
         req: &Request,
@@ -190,6 +194,7 @@ impl Edge {
         Ok((aor.to_string(), cmd))
     }
 
+    /// REGISTER: map, ask the shard owner (`ask`), answer.
     pub(super) async fn register(
         &self,
         req: &Request,
@@ -212,6 +217,10 @@ impl Edge {
         }
     }
 
+    /// PUBLISH → the command (RFC 3903 §6: the resource is the Request-URI,
+    /// the package must take publications of this media type, an initial
+    /// one needs a body and Expires > 0), or the refusal to answer at once.
+    /// Pure: no I/O.
     pub(super) fn publish_command(
         &self,
         req: &Request,
@@ -281,6 +290,7 @@ impl Edge {
         Ok((aor.to_string(), cmd))
     }
 
+    /// PUBLISH: map, ask the shard owner (`ask`), answer.
     pub(super) async fn publish(
         &self,
         req: &Request,
@@ -300,6 +310,9 @@ impl Edge {
         }
     }
 
+    /// SUBSCRIBE → the command (RFC 6665: a served package, an acceptable
+    /// type, a Contact for an initial one; in-dialog ones are matched by the
+    /// shard owner), or the refusal to answer at once. Pure: no I/O.
     pub(super) fn subscribe_command(
         &self,
         req: &Request,
@@ -406,6 +419,7 @@ impl Edge {
         Ok((aor.to_string(), cmd))
     }
 
+    /// SUBSCRIBE: map, ask the shard owner (`ask`), answer.
     pub(super) async fn subscribe(
         &self,
         req: &Request,
