@@ -61,11 +61,24 @@ impl NatsServer {
             monitor_port: crate::free_port(),
             dir: fresh_dir(),
         };
-        s.spawn_and_wait();
-        s
+        // A free port can be taken by another process between our check
+        // and nats-server's bind: then start again on fresh ports.
+        for _ in 0..5 {
+            match s.spawn_and_wait() {
+                Ok(()) => return s,
+                Err(log) => {
+                    eprintln!("nats-server could not bind its ports, trying others:\n{log}");
+                    s.port = crate::free_port();
+                    s.monitor_port = crate::free_port();
+                }
+            }
+        }
+        panic!("nats-server found no free ports in 5 tries");
     }
 
-    fn spawn_and_wait(&mut self) {
+    /// Start the process and wait until it is ready. `Err(log)` when it
+    /// exited because a port was taken meanwhile; any other failure panics.
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
         let log = self.log_path();
         let mut cmd = Command::new(&self.bin);
         cmd.arg("-js")
@@ -93,12 +106,16 @@ impl NatsServer {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    self.child = None;
+                    if log.contains("address already in use") {
+                        return Err(log);
+                    }
                     panic!("nats-server exited at start ({status}); its log:\n{log}");
                 }
             }
             let accepts = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
             if accepts && self.healthy() {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
@@ -160,7 +177,18 @@ impl NatsServer {
     /// the same store directory, and wait until it is ready.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn_and_wait();
+        // The ports must stay (clients reconnect to them): if one is
+        // briefly taken, wait for it.
+        for _ in 0..20 {
+            if self.spawn_and_wait().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "nats-server could not get its ports back on port {}",
+            self.port
+        );
     }
 }
 
