@@ -77,11 +77,13 @@ const PARSED_CACHE: usize = 10_000;
 
 impl ParsedCache {
     fn get(&self, body: &bytes::Bytes) -> Option<Arc<pidf::Pidf>> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = map.get(body) {
+        let lock = || self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = lock().get(body) {
             return Some(p.clone());
         }
+        // Parsed outside the lock: every shard worker composes through it.
         let parsed = Arc::new(pidf::parse(body).ok()?);
+        let mut map = lock();
         if map.len() >= PARSED_CACHE {
             map.clear();
         }

@@ -135,10 +135,24 @@ impl SourceGuard {
         &self.limits
     }
 
+    /// A datagram of `bytes` from `from` (counted for its amplification
+    /// budget); for a request, also its token: `false` when over its rate.
+    pub fn arrived(&mut self, from: SocketAddr, bytes: usize, request: bool, now: Instant) -> bool {
+        self.received(from, bytes, now);
+        !request || self.admit_request(from.ip(), now)
+    }
+
+    /// `(rate per second, burst)` of every source's bucket.
+    fn bucket_shape(&self) -> (f64, f64) {
+        (
+            f64::from(self.limits.rate_per_source.max(1)),
+            f64::from(self.limits.burst_per_source.max(1)),
+        )
+    }
+
     /// Take one request's token for `ip`; `false` when over its rate.
     pub fn admit_request(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let rate = f64::from(self.limits.rate_per_source.max(1));
-        let burst = f64::from(self.limits.burst_per_source.max(1));
+        let (rate, burst) = self.bucket_shape();
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_TRACKED {
             // Full table: an unknown source still gets in (a flood of
             // forged sources must not lock real ones out), uncounted.
@@ -237,8 +251,7 @@ impl SourceGuard {
 
     /// Forget full buckets and idle budgets.
     pub fn sweep(&mut self, now: Instant) {
-        let rate = f64::from(self.limits.rate_per_source.max(1));
-        let burst = f64::from(self.limits.burst_per_source.max(1));
+        let (rate, burst) = self.bucket_shape();
         self.buckets.retain(|_, b| {
             let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
             b.tokens + elapsed * rate < burst

@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::names::shard_subject;
 use bytes::Bytes;
 use presence_core::commands::{Command, Reply};
+use presence_core::digest::constant_time_eq;
 use presence_core::packages::Registry;
 use presence_core::{shard_of, Aor};
 use presence_store::{Requests, Store};
@@ -107,13 +108,6 @@ fn is_loopback_host(host: &str) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub async fn serve(ops: Arc<Ops>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
@@ -223,6 +217,7 @@ async fn handle(ops: Arc<Ops>, mut stream: TcpStream) {
     let Some(req) = read_request(&mut stream).await else {
         return;
     };
+    let admission = ops.admin.admit(&req.headers);
     let (status, ctype, body): (&str, &str, Vec<u8>) =
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", ops.metrics.render()),
@@ -238,21 +233,19 @@ async fn handle(ops: Arc<Ops>, mut stream: TcpStream) {
                     )
                 }
             }
-            (_, p) if p.starts_with("/admin/") && ops.admin.admit(&req.headers).is_err() => {
-                match ops.admin.admit(&req.headers) {
-                    Err(AdminRefusal::ForeignHost) => (
-                        "403 Forbidden",
-                        "text/plain",
-                        b"the admin API answers loopback hosts only (or set --admin-token-file)\n"
-                            .to_vec(),
-                    ),
-                    _ => (
-                        "401 Unauthorized",
-                        "text/plain",
-                        b"a bearer token is required\n".to_vec(),
-                    ),
-                }
-            }
+            (_, p) if p.starts_with("/admin/") && admission.is_err() => match admission {
+                Err(AdminRefusal::ForeignHost) => (
+                    "403 Forbidden",
+                    "text/plain",
+                    b"the admin API answers loopback hosts only (or set --admin-token-file)\n"
+                        .to_vec(),
+                ),
+                _ => (
+                    "401 Unauthorized",
+                    "text/plain",
+                    b"a bearer token is required\n".to_vec(),
+                ),
+            },
             (m, "/admin/hard-state") if m == "PUT" || m == "DELETE" => hard_state(&ops, &req).await,
             ("GET", "/admin/state") => state(&ops, &req).await,
             _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),

@@ -148,23 +148,18 @@ impl Edge {
             }
         }
         let mut out = out;
-        if out.flow.transport == Transport::Udp && approx_size(&out) > UDP_MTU_SAFE {
+        let size = approx_size(&out);
+        if out.flow.transport == Transport::Udp && size > UDP_MTU_SAFE {
             // RFC 3261 §18.1.1: larger than the path MTU may carry (unknown:
             // 1300 bytes), so it goes over the UA's TCP connection from the
             // same address when it has one; else over UDP, fragmented.
-            let tcp = self
-                .by_remote
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&out.flow.remote)
-                .copied();
-            if let Some(conn) = tcp {
+            if let Some(conn) = self.conn_from(out.flow.remote) {
                 out.flow.transport = Transport::Tcp;
                 out.flow.conn = conn;
                 out.flow.edge = self.cfg.id.clone();
             }
         }
-        if out.flow.transport == Transport::Udp && approx_size(&out) > MAX_UDP_DATAGRAM {
+        if out.flow.transport == Transport::Udp && size > MAX_UDP_DATAGRAM {
             // Cannot be sent over UDP at all, and no TCP connection: counted,
             // and answered 513 (the compositor keeps documents below this).
             self.drop_counted("too_big");
@@ -245,13 +240,7 @@ impl Edge {
                 let mut sent =
                     out.flow.edge == self.cfg.id && self.send_conn(out.flow.conn, bytes.clone());
                 if !sent {
-                    let existing = self
-                        .by_remote
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&out.flow.remote)
-                        .copied();
-                    if let Some(id) = existing {
+                    if let Some(id) = self.conn_from(out.flow.remote) {
                         sent = self.send_conn(id, bytes.clone());
                     }
                 }

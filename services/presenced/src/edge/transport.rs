@@ -94,13 +94,16 @@ impl Edge {
                 continue; // keep-alive
             }
             let now = Instant::now();
-            self.guard().received(remote, n, now);
+            let peek = presence_sip::peek_response(&buf[..n]);
+            // One look at the source's accounting per datagram: its bytes,
+            // and a request's token (answers to our requests take none).
+            let admitted = self.guard().arrived(remote, n, peek.is_none(), now);
             // Answers to our NOTIFYs are done with here, without a task.
-            if let Some(peek) = presence_sip::peek_response(&buf[..n]) {
+            if let Some(peek) = peek {
                 if self.complete_peeked(peek, Some(remote)) {
                     continue;
                 }
-            } else if !self.guard().admit_request(remote.ip(), now) {
+            } else if !admitted {
                 // Over its rate: dropped (answering a forged source would
                 // serve the forger); a real UA retransmits.
                 self.drop_counted("rate_limited");
@@ -330,6 +333,15 @@ impl Edge {
 
     /// Queue `bytes` on connection `id`. A connection whose writer queue is
     /// full (its reader does not read) is closed and counted.
+    /// The TCP connection this edge holds from `remote`, if any.
+    pub(super) fn conn_from(&self, remote: SocketAddr) -> Option<u64> {
+        self.by_remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&remote)
+            .copied()
+    }
+
     pub(super) fn send_conn(&self, id: u64, bytes: Bytes) -> bool {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let Some(c) = conns.get(&id) else {
