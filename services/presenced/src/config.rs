@@ -63,6 +63,16 @@ pub struct Args {
         default_value = "127.0.0.1:5060"
     )]
     pub sip_listen: Vec<SocketAddr>,
+    /// The address this server names itself by in Via and Contact, one per
+    /// --sip-listen in the same order: HOST[:PORT], HOST an IP address or a
+    /// DNS name (a load balancer's, a node's). Without it a listener's own
+    /// address, or for a wildcard listener the address a request arrived on.
+    #[arg(
+        long = "sip-advertise",
+        env = "PRESENCE_SIP_ADVERTISE",
+        value_delimiter = ','
+    )]
+    pub sip_advertise: Vec<String>,
     /// Local presence domain (repeatable).
     #[arg(
         long = "domain",
@@ -236,6 +246,8 @@ pub struct Args {
 #[derive(Clone)]
 pub struct Config {
     pub sip_listen: Vec<SocketAddr>,
+    /// What each listener advertises (empty, or one per listener).
+    pub sip_advertise: Vec<crate::edge::Advertised>,
     pub domains: Vec<String>,
     pub users: Option<Users>,
     pub nonce_lifetime: u64,
@@ -354,6 +366,20 @@ impl Config {
         }
         if args.sip_listen.is_empty() {
             errors.push("--sip-listen: at least one address is needed".into());
+        }
+        let mut sip_advertise = Vec::new();
+        for text in args.sip_advertise.iter().filter(|t| !t.trim().is_empty()) {
+            match crate::edge::Advertised::parse(text) {
+                Ok(a) => sip_advertise.push(a),
+                Err(e) => errors.push(format!("--sip-advertise {text:?}: {e}")),
+            }
+        }
+        if !sip_advertise.is_empty() && sip_advertise.len() != args.sip_listen.len() {
+            errors.push(format!(
+                "--sip-advertise: {} given for {} --sip-listen addresses; give one per listener, in the same order",
+                sip_advertise.len(),
+                args.sip_listen.len()
+            ));
         }
         let domains: Vec<String> = args
             .domains
@@ -474,6 +500,7 @@ impl Config {
         };
         Ok(Config {
             sip_listen: args.sip_listen.clone(),
+            sip_advertise,
             domains,
             users,
             nonce_lifetime: args.nonce_lifetime,

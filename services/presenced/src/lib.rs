@@ -258,6 +258,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
                     faults.delay_subscribe_answer_ms,
                 ),
                 limits: cfg.edge_limits,
+                advertise: cfg.sip_advertise.clone(),
             },
             shards_bus.clone(),
             clock,

@@ -23,12 +23,21 @@ fn main() -> std::process::ExitCode {
     };
     if args.check_config {
         println!(
-            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, domains {:?}, digest {}, http {}",
+            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, advertised {}, domains {:?}, digest {}, http {}",
             cfg.roles.names(),
             cfg.node_id,
             cfg.redis.as_deref().unwrap_or("in-memory"),
             cfg.nats.as_deref().unwrap_or("in-memory"),
             cfg.sip_listen,
+            if cfg.sip_advertise.is_empty() {
+                "(listener or arrival address)".to_string()
+            } else {
+                cfg.sip_advertise
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
             cfg.domains,
             if cfg.users.is_some() {
                 cfg.digest_algorithms

@@ -108,6 +108,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
             packages: Registry::default(),
             delay_subscribe_answer: Duration::ZERO,
             limits: Default::default(),
+            advertise: Vec::new(),
         },
         Arc::new(LosesReplies {
             inner: shards.clone(),

@@ -171,7 +171,7 @@ impl Edge {
         } else {
             self.udp.first().map(|(a, _)| *a).unwrap_or(out.flow.local)
         };
-        let host = local;
+        let host = self.names.sent_by(local, out.flow.remote);
         let mut headers = rsip::Headers::default();
         headers.push(rsip::headers::make_header(
             "Via",

@@ -18,6 +18,7 @@
 //!
 //! Not: limits (`crate::guard`), presence state, composition.
 
+mod advertise;
 mod auth;
 mod client_txn;
 mod dialog_out;
@@ -28,6 +29,7 @@ mod server_txn;
 mod tests;
 mod transport;
 
+pub use advertise::{Advertised, SelfNames};
 use client_txn::*;
 use dialog_out::*;
 use server_txn::*;
@@ -79,6 +81,8 @@ pub struct EdgeConfig {
     pub delay_subscribe_answer: Duration,
     /// What one source may cost (rates, connections, amplification).
     pub limits: EdgeLimits,
+    /// `--sip-advertise`, one per listener in `--sip-listen` order (or none).
+    pub advertise: Vec<Advertised>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +99,8 @@ pub struct Edge {
     clock: Clock,
     metrics: Arc<Metrics>,
     udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    /// How this edge names itself on the wire (Via sent-by, Contact).
+    names: SelfNames,
     conns: Mutex<HashMap<u64, Conn>>,
     by_remote: Mutex<HashMap<SocketAddr, u64>>,
     next_conn: AtomicU64,
@@ -127,7 +133,10 @@ impl Edge {
         udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     ) -> Edge {
         let cfg_limits = cfg.limits;
+        let listeners: Vec<SocketAddr> = udp.iter().map(|(a, _)| *a).collect();
+        let names = SelfNames::new(&listeners, &cfg.advertise);
         Edge {
+            names,
             cfg,
             bus,
             clock,
@@ -359,7 +368,7 @@ impl Edge {
     }
 
     fn contact_header(&self, src: Source) -> String {
-        let host = src.local;
+        let host = self.names.sent_by(src.local, src.remote);
         match src.transport {
             Transport::Udp => format!("<sip:{host}>"),
             Transport::Tcp => format!("<sip:{host};transport=tcp>"),

@@ -81,6 +81,7 @@ fn test_config() -> EdgeConfig {
         packages: Registry::default(),
         delay_subscribe_answer: Duration::ZERO,
         limits: EdgeLimits::default(),
+        advertise: Vec::new(),
     }
 }
 

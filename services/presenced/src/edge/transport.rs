@@ -48,8 +48,65 @@ pub(super) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER) {
         tracing::warn!(error = %e, "cannot enlarge the UDP send buffer");
     }
+    if addr.ip().is_unspecified() {
+        // A wildcard listener learns each datagram's destination address,
+        // which the flow's Via and Contact then name (see advertise.rs).
+        let on = if addr.is_ipv4() {
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)
+        } else {
+            nix::sys::socket::setsockopt(
+                &sock,
+                nix::sys::socket::sockopt::Ipv6RecvPacketInfo,
+                &true,
+            )
+        };
+        on.map_err(std::io::Error::from)?;
+    }
     sock.set_nonblocking(true)?;
     UdpSocket::from_std(sock.into())
+}
+
+/// Receive one datagram on a wildcard-bound socket: its size, its source,
+/// and the address it was sent to (from IP_PKTINFO / IPV6_PKTINFO).
+async fn recv_with_destination(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<std::net::IpAddr>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    sock.async_io(tokio::io::Interest::READABLE, || {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut *cmsg), MsgFlags::empty())
+            .map_err(std::io::Error::from)?;
+        let remote = msg
+            .address
+            .and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| SocketAddr::from(*v4))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6)))
+            })
+            .ok_or_else(|| std::io::Error::other("datagram without a source address"))?;
+        let mut dst = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::Ipv4PacketInfo(info) => {
+                        dst = Some(std::net::IpAddr::from(
+                            u32::from_be(info.ipi_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    ControlMessageOwned::Ipv6PacketInfo(info) => {
+                        dst = Some(std::net::IpAddr::from(info.ipi6_addr.s6_addr).to_canonical());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((msg.bytes, advertise::canonical(remote), dst))
+    })
+    .await
 }
 
 /// Send one datagram: at once if the socket takes it, else waiting for it
@@ -77,14 +134,26 @@ pub(super) const UDP_SEND_WAIT: Duration = Duration::from_millis(200);
 impl Edge {
     pub(super) async fn udp_loop(self: Arc<Self>, local: SocketAddr, sock: Arc<UdpSocket>) {
         let mut buf = vec![0u8; 65536];
+        let wildcard = local.ip().is_unspecified();
+        let mut cmsg = nix::cmsg_space!(nix::libc::in6_pktinfo);
         loop {
-            let (n, remote) = match sock.recv_from(&mut buf).await {
+            let got = if wildcard {
+                recv_with_destination(&sock, &mut buf, &mut cmsg).await
+            } else {
+                sock.recv_from(&mut buf).await.map(|(n, r)| (n, r, None))
+            };
+            let (n, remote, to) = match got {
                 Ok(x) => x,
                 Err(e) => {
                     // ICMP errors surface here on some systems; keep serving.
                     tracing::debug!(error = %e, "udp receive error");
                     continue;
                 }
+            };
+            // The flow's local address: where the datagram was sent to.
+            let flow_local = match to {
+                Some(ip) => SocketAddr::new(ip, local.port()),
+                None => local,
             };
             if n <= 4
                 && buf[..n]
@@ -116,7 +185,7 @@ impl Edge {
             let src = Source {
                 transport: Transport::Udp,
                 remote,
-                local,
+                local: flow_local,
                 conn: 0,
             };
             let data = Bytes::copy_from_slice(&buf[..n]);
@@ -138,6 +207,12 @@ impl Edge {
                         continue; // dropped: closed at once
                     }
                     let _ = stream.set_nodelay(true);
+                    // The address the peer connected to (a wildcard listener
+                    // has no single one): what this flow's Contact names.
+                    let local = stream
+                        .local_addr()
+                        .map(advertise::canonical)
+                        .unwrap_or(local);
                     self.clone().spawn_conn(stream, local, remote);
                 }
                 Err(e) => {
@@ -361,10 +436,20 @@ impl Edge {
         }
     }
 
+    /// The UDP socket of the flow whose local address is `local`: its
+    /// listener (the same address, or a wildcard one on the same port), else
+    /// one of the same family, else any.
     pub(super) fn udp_socket(&self, local: SocketAddr) -> Option<Arc<UdpSocket>> {
         self.udp
             .iter()
             .find(|(a, _)| *a == local)
+            .or_else(|| {
+                self.udp.iter().find(|(a, _)| {
+                    a.ip().is_unspecified()
+                        && a.port() == local.port()
+                        && (a.is_ipv6() || local.is_ipv4())
+                })
+            })
             .or_else(|| {
                 self.udp
                     .iter()
