@@ -21,4 +21,4 @@ pub mod store;
 
 pub use config::{RedisConfig, DEFAULT_GRACE};
 pub use metrics::RedisMetrics;
-pub use store::RedisStore;
+pub use store::{RedisStore, KNOWN_TTL};

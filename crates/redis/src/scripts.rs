@@ -41,6 +41,30 @@ local function extend(k, deadline)
     redis.call('PEXPIREAT', k, t)
   end
 end
+-- A document's TTL only grows, and only while it has one (none = it holds
+-- hard state; such a document is not touched here).
+local function extend_doc(doc, deadline)
+  local t = at(deadline)
+  local cur = redis.call('PEXPIRETIME', doc)
+  if cur >= 0 and cur < t then redis.call('PEXPIREAT', doc, t) end
+end
+-- A document lives as long as what backs it: for ever with hard state, else
+-- as long as its publications and watchers (their TTLs include the grace),
+-- at least the grace.
+local function fit_doc(doc, p, w, h)
+  if redis.call('EXISTS', doc) == 0 then return end
+  if redis.call('EXISTS', h) == 1 then
+    redis.call('PERSIST', doc)
+    return
+  end
+  local t = at(now)
+  for _, k in ipairs({p, w}) do
+    local e = redis.call('PEXPIRETIME', k)
+    if e > t then t = e end
+  end
+  local cur = redis.call('PEXPIRETIME', doc)
+  if cur == -1 or (cur >= 0 and cur < t) then redis.call('PEXPIREAT', doc, t) end
+end
 local ai, ki = 5, 4
 local function arg() local v = ARGV[ai]; ai = ai + 1; return v end
 local function key() local v = KEYS[ki]; ki = ki + 1; return v end
@@ -48,10 +72,11 @@ local versions = {}
 while ai <= #ARGV do
   local op = arg()
   if op == 'P' then
-    local h = key()
+    local h, doc = key(), key()
     local etag, m, d, v = arg(), arg(), arg(), arg()
     if redis.call('HSET', h, etag, v) == 1 then redis.call('HINCRBY', cnt, 'p', 1) end
     extend(h, d)
+    extend_doc(doc, d)
     redis.call('ZADD', x, d, m)
   elseif op == 'p' then
     local h = key()
@@ -72,12 +97,13 @@ while ai <= #ARGV do
     end
     if n ~= old then redis.call('HINCRBY', cnt, 'b', n - old) end
   elseif op == 'S' then
-    local s, w = key(), key()
+    local s, w, doc = key(), key(), key()
     local id, m, d, v = arg(), arg(), arg(), arg()
     if redis.call('EXISTS', s) == 0 then redis.call('HINCRBY', cnt, 's', 1) end
     redis.call('SET', s, v, 'PXAT', at(d))
     redis.call('SADD', w, id)
     extend(w, d)
+    extend_doc(doc, d)
     redis.call('ZADD', x, d, m)
   elseif op == 's' then
     local s = key()
@@ -95,20 +121,25 @@ while ai <= #ARGV do
     end
     redis.call('ZREM', x, m)
   elseif op == 'D' then
-    local d = key()
+    local d, p, w, h = key(), key(), key(), key()
     local ct, body = arg(), arg()
     local v = redis.call('HINCRBY', d, 'v', 1)
     if v == 1 then redis.call('HINCRBY', cnt, 'd', 1) end
     redis.call('HSET', d, 'c', ct, 'b', body)
     versions[#versions + 1] = v
+    fit_doc(d, p, w, h)
+  elseif op == 'X' then
+    if redis.call('DEL', key()) == 1 then redis.call('HINCRBY', cnt, 'd', -1) end
   elseif op == 'H' then
-    local h = key()
+    local h, d, p, w = key(), key(), key(), key()
     redis.call('SET', h, arg())
+    fit_doc(d, p, w, h)
   elseif op == 'h' then
-    redis.call('DEL', key())
+    local h, d, p, w = key(), key(), key(), key()
+    redis.call('DEL', h)
+    fit_doc(d, p, w, h)
   elseif op == 'K' then
-    local k = key()
-    redis.call('SADD', k, arg())
+    redis.call('SET', key(), 1, 'PX', arg())
   elseif op == 'U' then
     redis.call('ZREM', x, arg())
   elseif op == 'Q' then

@@ -11,9 +11,9 @@
 //! | `P:{k}:b:<aor>` | HASH n, v | binding list | latest binding deadline + grace |
 //! | `P:{k}:s:<id>` | STRING | subscription | its deadline + grace |
 //! | `P:{k}:w:<event>:<aor>` | SET of ids | watchers | latest deadline + grace |
-//! | `P:{k}:d:<event>:<aor>` | HASH v, c, b | document, version | none (versions never go back) |
-//! | `P:{k}:h:<event>:<aor>` | STRING | hard state | none (operator data) |
-//! | `P:{k}:k` | SET of AoRs | known AoRs | none |
+//! | `P:{k}:d:<event>:<aor>` | HASH v, c, b | document, version | the latest deadline of its publications and watchers + grace (so its version never goes back while a watcher lives); none while hard state exists. Deleted by the compositor when nothing backs it |
+//! | `P:{k}:h:<event>:<aor>` | STRING | hard state | none (operator data, removed by the admin API) |
+//! | `P:{k}:k:<aor>` | STRING | a known AoR (registered or published) | `KNOWN_TTL` (30 days) from its last REGISTER / PUBLISH |
 //! | `P:{k}:x` | ZSET deadline → ExpiryKey | expiry index | none |
 //! | `P:{k}:n` | HASH p, s, b, d | record counters for `counts()` | none |
 //! | `P:{k}:l` | HASH o, t | shard lease (owner, token) | the lease TTL |
@@ -116,6 +116,10 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// `<len>:<event>:<aor>`, the head of a stored subscription.
+/// How long an AoR stays known (a SUBSCRIBE to it gets a NOTIFY of no
+/// state rather than 404) after its last REGISTER or PUBLISH.
+pub const KNOWN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn watcher_suffix(event: &str, aor: &str) -> String {
     format!("{event}:{aor}")
 }
@@ -146,6 +150,7 @@ fn op_aor(op: &Op) -> Option<&str> {
         Op::DeletePublication { aor, .. }
         | Op::PutBindings { aor, .. }
         | Op::PutDocument { aor, .. }
+        | Op::DeleteDocument { aor, .. }
         | Op::PutHardState { aor, .. }
         | Op::DeleteHardState { aor, .. }
         | Op::MarkKnown { aor } => Some(aor),
@@ -312,6 +317,7 @@ impl RedisStore {
                         etag: p.etag.clone(),
                     });
                     keys.push(format!("{tag}p:{}:{}", p.event, p.aor).into_bytes());
+                    keys.push(format!("{tag}d:{}", watcher_suffix(&p.event, &p.aor)).into_bytes());
                     args.push(b"P".to_vec());
                     args.push(p.etag.clone().into_bytes());
                     args.push(member);
@@ -344,6 +350,7 @@ impl RedisStore {
                     let suffix = watcher_suffix(&s.event, &s.aor);
                     keys.push(format!("{tag}s:{}", s.id).into_bytes());
                     keys.push(format!("{tag}w:{suffix}").into_bytes());
+                    keys.push(format!("{tag}d:{suffix}").into_bytes());
                     let mut value = format!("{}:{suffix}", suffix.len()).into_bytes();
                     value.extend_from_slice(&codec::encode_subscription(&s));
                     args.push(b"S".to_vec());
@@ -367,24 +374,39 @@ impl RedisStore {
                     content_type,
                     body,
                 } => {
-                    keys.push(format!("{tag}d:{event}:{aor}").into_bytes());
+                    // The document lives as long as what backs it: its
+                    // publications, its watchers, for ever with hard state.
+                    let suffix = watcher_suffix(&event, &aor);
+                    for kind in ["d", "p", "w", "h"] {
+                        keys.push(format!("{tag}{kind}:{suffix}").into_bytes());
+                    }
                     args.push(b"D".to_vec());
                     args.push(content_type.into_bytes());
                     args.push(body.to_vec());
                 }
+                Op::DeleteDocument { aor, event } => {
+                    keys.push(format!("{tag}d:{}", watcher_suffix(&event, &aor)).into_bytes());
+                    args.push(b"X".to_vec());
+                }
                 Op::PutHardState { aor, event, body } => {
-                    keys.push(format!("{tag}h:{event}:{aor}").into_bytes());
+                    let suffix = watcher_suffix(&event, &aor);
+                    for kind in ["h", "d", "p", "w"] {
+                        keys.push(format!("{tag}{kind}:{suffix}").into_bytes());
+                    }
                     args.push(b"H".to_vec());
                     args.push(body.to_vec());
                 }
                 Op::DeleteHardState { aor, event } => {
-                    keys.push(format!("{tag}h:{event}:{aor}").into_bytes());
+                    let suffix = watcher_suffix(&event, &aor);
+                    for kind in ["h", "d", "p", "w"] {
+                        keys.push(format!("{tag}{kind}:{suffix}").into_bytes());
+                    }
                     args.push(b"h".to_vec());
                 }
                 Op::MarkKnown { aor } => {
-                    keys.push(format!("{tag}k").into_bytes());
+                    keys.push(format!("{tag}k:{aor}").into_bytes());
                     args.push(b"K".to_vec());
-                    args.push(aor.into_bytes());
+                    args.push(KNOWN_TTL.as_millis().to_string().into_bytes());
                 }
                 Op::Unindex(key) => {
                     args.push(b"U".to_vec());
@@ -550,13 +572,10 @@ impl Store for RedisStore {
 
     async fn is_known(&self, aor: &str) -> StoreResult<bool> {
         self.timed("is_known", async {
-            let shard = shard_of(aor, self.shards);
-            self.query(
-                redis::cmd("SISMEMBER")
-                    .arg(self.shard_key(shard, "k"))
-                    .arg(aor),
-            )
-            .await
+            let n: i64 = self
+                .query(redis::cmd("EXISTS").arg(self.aor_key("k", aor, None)))
+                .await?;
+            Ok(n > 0)
         })
         .await
     }

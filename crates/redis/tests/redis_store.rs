@@ -194,17 +194,35 @@ async fn every_record_key_carries_the_ttl_safety_net() {
     let late_key = format!("{}p:presence:{old}", s.shard_prefix(shard_of(old, SHARDS)));
     let pttl: i64 = c.pttl(&late_key).await.expect("pttl");
     assert!((50_000..=60_000).contains(&pttl), "{late_key}: {pttl}");
-    // Documents (versions must never restart), hard state (operator data),
-    // known AoRs and the shard's index keep no TTL.
+    // Hard state (operator data), the document it backs and the shard's
+    // index keep no TTL; a known AoR is remembered for KNOWN_TTL.
     for key in [
         format!("{tag}d:presence:{aor}"),
         format!("{tag}h:presence:{aor}"),
-        format!("{tag}k"),
         format!("{tag}x"),
     ] {
         let pttl: i64 = c.pttl(&key).await.expect("pttl");
         assert_eq!(pttl, -1, "{key}");
     }
+    let pttl: i64 = c.pttl(format!("{tag}k:{aor}")).await.expect("pttl");
+    let known = presence_redis::KNOWN_TTL.as_millis() as i64;
+    assert!((known - 10_000..=known).contains(&pttl), "known: {pttl}");
+    // Without hard state a document lives as long as what backs it: its
+    // publications, then its watchers, each with the grace.
+    s.commit(
+        k,
+        vec![Op::DeleteHardState {
+            aor: aor.into(),
+            event: "presence".into(),
+        }],
+    )
+    .await
+    .expect("commit");
+    let pttl: i64 = c
+        .pttl(format!("{tag}d:presence:{aor}"))
+        .await
+        .expect("pttl");
+    assert!((80_000..=90_000).contains(&pttl), "document: {pttl}");
     // A refresh moves the TTL with the deadline.
     let later = now_ms() + 300_000;
     s.commit(
@@ -215,6 +233,69 @@ async fn every_record_key_carries_the_ttl_safety_net() {
     .expect("commit");
     let pttl: i64 = c.pttl(format!("{tag}s:sub-1")).await.expect("pttl");
     assert!((350_000..=360_000).contains(&pttl), "refreshed: {pttl}");
+    // ... and so does the document that subscription watches.
+    let pttl: i64 = c
+        .pttl(format!("{tag}d:presence:{aor}"))
+        .await
+        .expect("pttl");
+    assert!((350_000..=360_000).contains(&pttl), "document: {pttl}");
+    // A new document of an AoR with a publication only.
+    let bob = "sip:ttl-bob@example.com";
+    let kb = shard_of(bob, SHARDS);
+    s.commit(
+        kb,
+        vec![
+            Op::PutPublication(publication(bob, "e", now_ms() + 30_000)),
+            Op::PutDocument {
+                aor: bob.into(),
+                event: "presence".into(),
+                content_type: "application/pidf+xml".into(),
+                body: Bytes::from_static(b"<presence/>"),
+            },
+        ],
+    )
+    .await
+    .expect("commit");
+    let bob_doc = format!("{}d:presence:{bob}", s.shard_prefix(kb));
+    let pttl: i64 = c.pttl(&bob_doc).await.expect("pttl");
+    assert!((80_000..=90_000).contains(&pttl), "{bob_doc}: {pttl}");
+
+    // Every key but the shards' bookkeeping and hard state (with the
+    // document it backs) has a TTL.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("presence:*")
+        .query_async(&mut c)
+        .await
+        .expect("keys");
+    assert!(keys.len() > 10, "{keys:?}");
+    for key in keys {
+        let pttl: i64 = c.pttl(&key).await.expect("pttl");
+        let rest = key.split_once("}:").map_or("", |(_, r)| r);
+        let bookkeeping = ["x", "n", "f", "l", "oq", "o"].contains(&rest);
+        let hard = rest.starts_with("h:");
+        let backed_by_hard = rest.strip_prefix("d:").is_some_and(|r| {
+            c_exists_sync(
+                &server,
+                &key.replace(&format!("}}:d:{r}"), &format!("}}:h:{r}")),
+            )
+        });
+        assert!(
+            pttl >= 0 || bookkeeping || hard || backed_by_hard,
+            "{key} has no TTL"
+        );
+    }
+}
+
+/// EXISTS over a connection of its own (for a check inside a loop that
+/// holds the async one).
+fn c_exists_sync(server: &RedisServer, key: &str) -> bool {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query::<i64>(&mut c)
+        .expect("exists")
+        > 0
 }
 
 #[tokio::test]

@@ -151,6 +151,19 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     let d = s.document(a, "presence").await.expect("read").expect("doc");
     assert_eq!((d.version, d.body.as_ref()), (3, &b"three"[..]));
     assert!(s.document(a, "dialog").await.expect("read").is_none());
+    // Forgotten, a document starts again at version 1, and is counted once.
+    let forget = || Op::DeleteDocument {
+        aor: a.into(),
+        event: "presence".into(),
+    };
+    s.commit(k, vec![forget(), forget()]).await.expect("commit");
+    assert!(s.document(a, "presence").await.expect("read").is_none());
+    assert_eq!(s.counts().await.expect("counts").documents, 0);
+    assert_eq!(
+        s.commit(k, vec![doc("again")]).await.expect("commit"),
+        vec![1]
+    );
+    assert_eq!(s.counts().await.expect("counts").documents, 1);
 
     // Subscriptions and the watcher list.
     s.commit(

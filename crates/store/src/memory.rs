@@ -187,6 +187,9 @@ fn apply(inner: &mut Inner, shard: u32, ops: Vec<Op>) -> Vec<u64> {
                 );
                 versions.push(version);
             }
+            Op::DeleteDocument { aor, event } => {
+                inner.documents.remove(&pair(&aor, &event));
+            }
             Op::PutHardState { aor, event, body } => {
                 inner.hard.insert(pair(&aor, &event), body);
             }

@@ -62,6 +62,13 @@ pub enum Op {
         content_type: String,
         body: Bytes,
     },
+    /// Forget the document (and its version): nothing backs it any more
+    /// (no publication, hard state, binding or watcher). A later document
+    /// of the AoR starts again at version 1.
+    DeleteDocument {
+        aor: String,
+        event: String,
+    },
     PutHardState {
         aor: String,
         event: String,

@@ -388,6 +388,10 @@ impl Compositor {
         let shard = shard_of(aor, self.shards);
         if let Some((op, version)) = self.recompose(aor, event, view).await? {
             ops.push(op);
+            // A forgotten document (nobody watches it) announces nothing.
+            let Some(version) = version else {
+                return self.commit_with_jobs(shard, ops, jobs).await;
+            };
             jobs.insert(
                 0,
                 NotifyJob::Changed {
@@ -422,13 +426,15 @@ impl Compositor {
     /// A new document for (aor, event) if the state differs from the stored
     /// one, with the version it will have (the shard's writes are serialised
     /// here, so it is the stored one plus one). `overlay` is the state about
-    /// to be committed (not yet in the store).
+    /// to be committed (not yet in the store). When nothing backs the
+    /// document any more and nobody watches it, the op forgets it (no
+    /// version: there is nobody to tell).
     async fn recompose(
         &self,
         aor: &str,
         event: &str,
         overlay: Option<&Overlay<'_>>,
-    ) -> Result<Option<(Op, u64)>, StoreError> {
+    ) -> Result<Option<(Op, Option<u64>)>, StoreError> {
         let Some(package) = self.packages.get(event) else {
             return Ok(None);
         };
@@ -448,8 +454,19 @@ impl Compositor {
             None => self.store.bindings(aor).await?,
         };
         bindings.retain(|b| b.expires_at_ms > now);
-        let composed = package.compose(aor, &pubs, hard.as_deref(), &bindings);
         let current = self.store.document(aor, event).await?;
+        if pubs.is_empty()
+            && hard.is_none()
+            && bindings.is_empty()
+            && self.store.watcher_ids(aor, event).await?.is_empty()
+        {
+            let forget = Op::DeleteDocument {
+                aor: aor.to_string(),
+                event: event.to_string(),
+            };
+            return Ok(current.map(|_| (forget, None)));
+        }
+        let composed = package.compose(aor, &pubs, hard.as_deref(), &bindings);
         if current.as_ref().is_some_and(|d| {
             d.body.as_ref() == composed.body.as_slice() && d.content_type == composed.content_type
         }) {
@@ -462,7 +479,48 @@ impl Compositor {
             content_type: composed.content_type,
             body: Bytes::from(composed.body),
         };
-        Ok(Some((op, version)))
+        Ok(Some((op, Some(version))))
+    }
+
+    /// The op that forgets (aor, event)'s document when the subscription
+    /// `leaving` was its last watcher and nothing else backs it (no live
+    /// publication, hard state or binding): its version need not go on.
+    async fn forget_unwatched(
+        &self,
+        aor: &str,
+        event: &str,
+        leaving: &str,
+    ) -> Result<Option<Op>, StoreError> {
+        if self.store.document(aor, event).await?.is_none() {
+            return Ok(None);
+        }
+        if self
+            .store
+            .watcher_ids(aor, event)
+            .await?
+            .iter()
+            .any(|id| id != leaving)
+        {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let backed = self
+            .store
+            .publications(aor, event)
+            .await?
+            .iter()
+            .any(|p| p.expires_at_ms > now)
+            || self.store.hard_state(aor, event).await?.is_some()
+            || self
+                .store
+                .bindings(aor)
+                .await?
+                .iter()
+                .any(|b| b.expires_at_ms > now);
+        Ok((!backed).then(|| Op::DeleteDocument {
+            aor: aor.to_string(),
+            event: event.to_string(),
+        }))
     }
 
     async fn register(&self, c: RegisterCmd) -> Result<Reply, StoreError> {
@@ -650,11 +708,12 @@ impl Compositor {
             let view = sub.view;
             if c.expires == 0 {
                 sub.remote_cseq = c.cseq;
+                let mut ops = vec![Op::DeleteSubscription { id: id.clone() }];
+                ops.extend(self.forget_unwatched(&sub.aor, &sub.event, id).await?);
                 let job = NotifyJob::Terminated {
                     sub: Box::new(sub),
                     reason: EndReason::Unsubscribed,
                 };
-                let ops = vec![Op::DeleteSubscription { id: id.clone() }];
                 self.commit_with_jobs(shard, ops, vec![job]).await?;
                 return Ok(Reply::Subscribed {
                     id: id.clone(),
@@ -762,7 +821,8 @@ impl Compositor {
     async fn end_subscription(&self, id: &str, reason: EndReason) -> Result<Reply, StoreError> {
         if let Some(sub) = self.store.subscription(id).await? {
             let shard = shard_of(&sub.aor, self.shards);
-            let ops = vec![Op::DeleteSubscription { id: id.to_string() }];
+            let mut ops = vec![Op::DeleteSubscription { id: id.to_string() }];
+            ops.extend(self.forget_unwatched(&sub.aor, &sub.event, id).await?);
             if reason != EndReason::Gone {
                 let job = NotifyJob::Terminated {
                     sub: Box::new(sub),
@@ -854,11 +914,12 @@ impl Compositor {
                         .compositor_expired
                         .with_label_values(&["subscription"])
                         .inc();
+                    let mut ops = vec![Op::DeleteSubscription { id: id.clone() }];
+                    ops.extend(self.forget_unwatched(&sub.aor, &sub.event, id).await?);
                     let job = NotifyJob::Terminated {
                         sub: Box::new(sub),
                         reason: EndReason::Timeout,
                     };
-                    let ops = vec![Op::DeleteSubscription { id: id.clone() }];
                     self.commit_with_jobs(shard, ops, vec![job]).await?;
                 }
                 Some(_) => {}

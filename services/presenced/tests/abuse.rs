@@ -403,6 +403,76 @@ async fn subscribing_to_nobody_leaves_nothing(tp: Tp) {
     s.shutdown().await;
 }
 
+mod documents_nothing_backs_are_forgotten {
+    use super::{Mode, Tp};
+    #[tokio::test]
+    async fn udp() {
+        super::documents_nothing_backs_are_forgotten(Tp::Udp, Mode::AllInOne).await
+    }
+    #[tokio::test]
+    async fn tcp() {
+        super::documents_nothing_backs_are_forgotten(Tp::Tcp, Mode::AllInOne).await
+    }
+    #[tokio::test]
+    async fn cluster_udp() {
+        super::documents_nothing_backs_are_forgotten(Tp::Udp, Mode::Cluster).await
+    }
+}
+
+/// A document stays while a watcher may still need its version to go on,
+/// and is forgotten once nothing backs it: no publication, no watcher (in
+/// Redis, where it also carries a TTL, no key is left behind).
+async fn documents_nothing_backs_are_forgotten(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let aor = alice.aor.clone();
+    let req = alice
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .body(
+            "application/pidf+xml",
+            pidf(&aor, "t1", true, "in the office"),
+        );
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let etag = r.sip_etag().expect("SIP-ETag").to_string();
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
+    let (r, dialog, sent) = bob.subscribe(&aor, 600).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    bob.notify_containing("in the office", s.wait()).await;
+
+    // The publication ends: bob still watches, so the document (closed
+    // now) stays and its version goes on.
+    let end = alice
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "0")
+        .h("SIP-If-Match", etag);
+    assert_eq!(alice.send(&end).await.code, 200);
+    bob.notify_containing("<basic>closed</basic>", s.wait())
+        .await;
+    let doc = s.store().document(&aor, "presence").await.expect("store");
+    assert!(doc.is_some_and(|d| d.version >= 2));
+
+    // Bob leaves: nothing backs the document any more.
+    let mut leave = sent.next().in_dialog(&dialog);
+    leave.headers.retain(|(n, _)| n != "Expires");
+    let leave = leave.h("Expires", "0");
+    assert_eq!(bob.send(&leave).await.code, 200);
+    bob.notify().await;
+    let doc = s.store().document(&aor, "presence").await.expect("store");
+    assert!(doc.is_none(), "{doc:?}");
+    assert_eq!(s.store().counts().await.expect("store").documents, 0);
+
+    // A new publication starts a new document.
+    let r = alice.send(&req.next()).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let doc = s.store().document(&aor, "presence").await.expect("store");
+    assert_eq!(doc.map(|d| d.version), Some(1));
+    s.shutdown().await;
+}
+
 /// Billion laughs, deep nesting and attribute floods are refused (400)
 /// before they reach a composition or a watcher.
 async fn hostile_xml_is_refused(tp: Tp) {

@@ -7,7 +7,7 @@ use presence_core::commands::{Command, NotifyJob, PublishCmd, Reply, SubscribeCm
 use presence_core::packages::Registry;
 use presence_core::policy::Policy;
 use presence_core::{shard_of, EndReason, Flow, Transport};
-use presence_store::{MemoryBus, MemoryQueue, MemoryStore, Requests, Store, WorkQueue};
+use presence_store::{ExpiryKey, MemoryBus, MemoryQueue, MemoryStore, Requests, Store, WorkQueue};
 use presenced::compositor::Compositor;
 use presenced::metrics::Metrics;
 use presenced::names::shard_subject;
@@ -87,10 +87,43 @@ fn flow() -> Flow {
     }
 }
 
+/// A watcher of `aor` for `expires` seconds (its jobs drained).
+async fn watch(r: &Rig, aor: &str, expires: u32) -> String {
+    let reply = ask(
+        r,
+        aor,
+        Command::Subscribe(SubscribeCmd {
+            aor: aor.into(),
+            event: "presence".into(),
+            event_id: None,
+            watcher: "sip:dave@example.com".into(),
+            dialog: None,
+            call_id: format!("c-{aor}"),
+            remote_tag: "ft".into(),
+            cseq: 1,
+            local_uri: format!("<{aor}>"),
+            remote_uri: "<sip:dave@example.com>".into(),
+            remote_target: "sip:dave@127.0.0.1:5999".into(),
+            route_set: vec![],
+            flow: flow(),
+            expires,
+            content_type: "application/pidf+xml".into(),
+            origin: Default::default(),
+        }),
+    )
+    .await;
+    let Reply::Subscribed { id, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    drain(r).await;
+    id
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_publication_ends_by_its_expires_and_recomposes() {
     let r = rig().await;
     let aor = "sip:alice@example.com";
+    watch(&r, aor, 3600).await;
     let reply = ask(
         &r,
         aor,
@@ -138,13 +171,14 @@ async fn a_publication_ends_by_its_expires_and_recomposes() {
         .is_empty());
     let doc = r.store.document(aor, "presence").await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&doc.body).contains("<basic>closed</basic>"));
-    // The index entry went with the record: nothing is due any more.
+    // The index entry went with the record (the watcher's stays).
     assert!(r
         .store
         .due(shard_of(aor, SHARDS), u64::MAX, 10)
         .await
         .unwrap()
-        .is_empty());
+        .iter()
+        .all(|(_, k)| !matches!(k, ExpiryKey::Publication { .. })));
 }
 
 #[tokio::test(start_paused = true)]
@@ -166,6 +200,7 @@ async fn a_refresh_moves_the_deadline() {
             origin: Default::default(),
         })
     };
+    watch(&r, aor, 3600).await;
     let Reply::Published { etag, .. } = ask(&r, aor, publish(None, true)).await else {
         panic!()
     };
@@ -234,4 +269,41 @@ async fn a_subscription_ends_with_a_timeout_notify() {
         "{jobs:?}"
     );
     assert!(r.store.subscription(&id).await.unwrap().is_none());
+}
+
+/// Nobody watches: the publication's end forgets the document and
+/// announces nothing (no state, no job, no index entry is left).
+#[tokio::test(start_paused = true)]
+async fn an_unwatched_publication_ends_without_a_trace() {
+    let r = rig().await;
+    let aor = "sip:erin@example.com";
+    let reply = ask(
+        &r,
+        aor,
+        Command::Publish(PublishCmd {
+            aor: aor.into(),
+            event: "presence".into(),
+            if_match: None,
+            expires: 10,
+            body: Some((
+                "application/pidf+xml".into(),
+                Bytes::from_static(PIDF.as_bytes()),
+            )),
+            origin: Default::default(),
+        }),
+    )
+    .await;
+    assert!(matches!(reply, Reply::Published { .. }), "{reply:?}");
+    drain(&r).await;
+    assert!(r.store.document(aor, "presence").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    assert!(drain(&r).await.is_empty());
+    assert!(r.store.document(aor, "presence").await.unwrap().is_none());
+    assert_eq!(r.store.counts().await.unwrap().documents, 0);
+    assert!(r
+        .store
+        .due(shard_of(aor, SHARDS), u64::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
