@@ -69,7 +69,11 @@ impl Edge {
                 }
                 Verdict::Challenge { stale: s } => stale |= s,
                 Verdict::BadRequest(reason) => {
-                    return Err(Box::new(self.reply(req, src, 400, reason)));
+                    return Err(Box::new(self.reject(
+                        req,
+                        src,
+                        Rejection::Malformed(reason),
+                    )));
                 }
             }
         }

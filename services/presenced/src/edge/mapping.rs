@@ -64,16 +64,10 @@ impl Edge {
         Reply::refused(Refusal::Unavailable)
     }
 
+    /// The answer to what the shard owner refused (through `answers.rs`).
     pub(super) fn refusal(&self, req: &Request, src: Source, reply: Reply) -> ResponseBuilder {
         match reply {
-            Reply::Refused(why) => {
-                let a = crate::answers::for_refusal(&why);
-                let mut b = self.reply(req, src, a.code, &a.reason);
-                for (n, v) in a.headers {
-                    b = b.header(n, v);
-                }
-                b
-            }
+            Reply::Refused(why) => self.answer(req, src, crate::answers::for_refusal(&why)),
             other => {
                 tracing::error!(?other, "unexpected reply from the shard");
                 self.reply(req, src, 500, "Server Internal Error")
@@ -81,24 +75,34 @@ impl Edge {
         }
     }
 
-    /// Granted expiry: `Err(response)` for malformed (400) or too brief (423).
+    /// The answer to what the edge refuses on its own (through `answers.rs`).
+    pub(super) fn reject(&self, req: &Request, src: Source, why: Rejection) -> ResponseBuilder {
+        self.answer(req, src, crate::answers::for_rejection(&why))
+    }
+
+    fn answer(&self, req: &Request, src: Source, a: crate::answers::Answer) -> ResponseBuilder {
+        let mut b = self.reply(req, src, a.code, &a.reason);
+        for (n, v) in a.headers {
+            b = b.header(n, v);
+        }
+        b
+    }
+
+    /// Granted expiry, or the refusal: malformed (400), too brief (423).
     pub(super) fn grant_expires(
         &self,
-        req: &Request,
-        src: Source,
         asked: Option<Result<u32, ()>>,
         default: u32,
-    ) -> Result<u32, Box<ResponseBuilder>> {
+    ) -> Result<u32, Rejection> {
         let e = match asked {
             None => default,
             Some(Ok(e)) => e,
-            Some(Err(())) => return Err(Box::new(self.reply(req, src, 400, "Malformed Expires"))),
+            Some(Err(())) => return Err(Rejection::Malformed("Malformed Expires")),
         };
         if e > 0 && e < self.cfg.min_expires {
-            return Err(Box::new(
-                self.reply(req, src, 423, "Interval Too Brief")
-                    .header("Min-Expires", self.cfg.min_expires.to_string()),
-            ));
+            return Err(Rejection::IntervalTooBrief {
+                min: self.cfg.min_expires,
+            });
         }
         Ok(e.min(self.cfg.max_expires))
     }
@@ -112,25 +116,25 @@ impl Edge {
         req: &Request,
         src: Source,
         identity: Option<String>,
-    ) -> Result<(String, Command), ResponseBuilder> {
+    ) -> Result<(String, Command), Rejection> {
         let Some(to) = req.to_addr() else {
-            return Err(self.reply(req, src, 400, "Malformed To"));
+            return Err(Rejection::Malformed("Malformed To"));
         };
         let Some(aor) = canonical_aor(&to.uri) else {
-            return Err(self.reply(req, src, 400, "To Is Not an Address of Record"));
+            return Err(Rejection::Malformed("To Is Not an Address of Record"));
         };
         if !self.is_local(aor.domain()) {
-            return Err(self.reply(req, src, 403, "Domain Not Served Here"));
+            return Err(Rejection::ForeignDomain { registrar: true });
         }
         if identity.as_deref().is_some_and(|id| id != aor.as_str()) {
-            return Err(self.reply(req, src, 403, "Forbidden (Not Your AoR)"));
+            return Err(Rejection::NotYourAor);
         }
         let contacts = match req.contacts() {
             Ok(c) => c,
-            Err(()) => return Err(self.reply(req, src, 400, "Malformed Contact")),
+            Err(()) => return Err(Rejection::Malformed("Malformed Contact")),
         };
         let header_expires = match req.expires() {
-            Some(Err(())) => return Err(self.reply(req, src, 400, "Malformed Expires")),
+            Some(Err(())) => return Err(Rejection::Malformed("Malformed Expires")),
             Some(Ok(e)) => Some(e),
             None => None,
         };
@@ -138,7 +142,7 @@ impl Edge {
             RegisterAction::Query
         } else if contacts.iter().any(|c| matches!(c, ContactValue::Star)) {
             if contacts.len() != 1 || header_expires != Some(0) {
-                return Err(self.reply(req, src, 400, "Invalid Wildcard Contact"));
+                return Err(Rejection::Malformed("Invalid Wildcard Contact"));
             }
             RegisterAction::RemoveAll
         } else {
@@ -149,10 +153,7 @@ impl Edge {
                     Some(Some(v)) => Some(presence_sip::headers::parse_delta(v)),
                     _ => header_expires.map(Ok),
                 };
-                let expires = match self.grant_expires(req, src, asked, 3600) {
-                    Ok(e) => e,
-                    Err(resp) => return Err(*resp),
-                };
+                let expires = self.grant_expires(asked, 3600)?;
                 let params: String = na
                     .params
                     .iter()
@@ -203,7 +204,7 @@ impl Edge {
     ) -> ResponseBuilder {
         let (aor, cmd) = match self.register_command(req, src, identity) {
             Ok(c) => c,
-            Err(refusal) => return refusal,
+            Err(why) => return self.reject(req, src, why),
         };
         match self.ask(&aor, cmd).await {
             Reply::Registered { bindings, now_ms } => {
@@ -224,21 +225,22 @@ impl Edge {
     pub(super) fn publish_command(
         &self,
         req: &Request,
-        src: Source,
         identity: Option<String>,
-    ) -> Result<(String, Command), ResponseBuilder> {
+    ) -> Result<(String, Command), Rejection> {
         let aor =
             canonical_aor(&req.uri).or_else(|| req.to_addr().and_then(|t| canonical_aor(&t.uri)));
         let Some(aor) = aor else {
-            return Err(self.reply(req, src, 400, "Request-URI Is Not an Address of Record"));
+            return Err(Rejection::Malformed(
+                "Request-URI Is Not an Address of Record",
+            ));
         };
         if !self.is_local(aor.domain()) {
-            return Err(self.reply(req, src, 404, "Not Found (Domain Not Served Here)"));
+            return Err(Rejection::ForeignDomain { registrar: false });
         }
         let Some(event) = req.event() else {
-            return Err(self
-                .reply(req, src, 489, "Bad Event")
-                .header("Allow-Events", self.cfg.packages.allow_events()));
+            return Err(Rejection::BadEvent {
+                allow_events: self.cfg.packages.allow_events(),
+            });
         };
         let Some(package) = self
             .cfg
@@ -246,38 +248,35 @@ impl Edge {
             .get(&event.package)
             .filter(|p| !p.publish_types().is_empty())
         else {
-            return Err(self
-                .reply(req, src, 489, "Bad Event")
-                .header("Allow-Events", self.cfg.packages.allow_events()));
+            return Err(Rejection::BadEvent {
+                allow_events: self.cfg.packages.allow_events(),
+            });
         };
         if identity.as_deref().is_some_and(|id| id != aor.as_str()) {
-            return Err(self.reply(req, src, 403, "Forbidden (Not Your AoR)"));
+            return Err(Rejection::NotYourAor);
         }
-        let expires = match self.grant_expires(req, src, req.expires(), 3600) {
-            Ok(e) => e,
-            Err(resp) => return Err(*resp),
-        };
+        let expires = self.grant_expires(req.expires(), 3600)?;
         let if_match = req.sip_if_match().map(str::to_string);
         let body = if req.body.is_empty() {
             None
         } else {
             let ct = req.content_type();
             let Some(ct) = ct.filter(|ct| package.publish_types().contains(&ct.as_str())) else {
-                return Err(self
-                    .reply(req, src, 415, "Unsupported Media Type")
-                    .header("Accept", package.publish_types().join(", ")));
+                return Err(Rejection::UnsupportedMediaType {
+                    accept: package.publish_types().join(", "),
+                });
             };
             if let Err(why) = package.check_body(&req.body) {
                 tracing::debug!(%why, "malformed publication body");
-                return Err(self.reply(req, src, 400, "Malformed Event State Document"));
+                return Err(Rejection::Malformed("Malformed Event State Document"));
             }
             Some((ct.as_str().to_string(), req.body.clone()))
         };
         if if_match.is_none() && body.is_none() {
-            return Err(self.reply(req, src, 400, "Missing Body"));
+            return Err(Rejection::Malformed("Missing Body"));
         }
         if if_match.is_none() && expires == 0 {
-            return Err(self.reply(req, src, 400, "Expires 0 Without SIP-If-Match"));
+            return Err(Rejection::Malformed("Expires 0 Without SIP-If-Match"));
         }
         let cmd = Command::Publish(PublishCmd {
             aor: aor.to_string(),
@@ -297,9 +296,9 @@ impl Edge {
         src: Source,
         identity: Option<String>,
     ) -> ResponseBuilder {
-        let (aor, cmd) = match self.publish_command(req, src, identity) {
+        let (aor, cmd) = match self.publish_command(req, identity) {
             Ok(c) => c,
-            Err(refusal) => return refusal,
+            Err(why) => return self.reject(req, src, why),
         };
         match self.ask(&aor, cmd).await {
             Reply::Published { etag, expires } => self
@@ -318,65 +317,64 @@ impl Edge {
         req: &Request,
         src: Source,
         identity: Option<String>,
-    ) -> Result<(String, Command), ResponseBuilder> {
+    ) -> Result<(String, Command), Rejection> {
         let found = req
             .event()
             .and_then(|e| self.cfg.packages.get(&e.package).cloned().map(|p| (e, p)));
         let Some((event, package)) = found else {
-            return Err(self
-                .reply(req, src, 489, "Bad Event")
-                .header("Allow-Events", self.cfg.packages.allow_events()));
+            return Err(Rejection::BadEvent {
+                allow_events: self.cfg.packages.allow_events(),
+            });
         };
         let (Some(from), Some(to)) = (req.from_addr(), req.to_addr()) else {
-            return Err(self.reply(req, src, 400, "Malformed From or To"));
+            return Err(Rejection::Malformed("Malformed From or To"));
         };
         let in_dialog = to.tag.clone();
         let aor = match (&in_dialog, canonical_aor(&req.uri)) {
             (_, Some(a)) => a,
             (Some(_), None) => match canonical_aor(&to.uri) {
                 Some(a) => a,
-                None => return Err(self.reply(req, src, 400, "Not an Address of Record")),
+                None => return Err(Rejection::Malformed("Not an Address of Record")),
             },
             (None, None) => {
-                return Err(self.reply(req, src, 400, "Request-URI Is Not an Address of Record"))
+                return Err(Rejection::Malformed(
+                    "Request-URI Is Not an Address of Record",
+                ))
             }
         };
         if in_dialog.is_none() && !self.is_local(aor.domain()) {
-            return Err(self.reply(req, src, 404, "Not Found (Domain Not Served Here)"));
+            return Err(Rejection::ForeignDomain { registrar: false });
         }
         let accept = req.accept();
         let content_type = match package.negotiate(accept.as_deref()) {
             Ok(ct) => ct,
             Err(()) => {
-                return Err(self
-                    .reply(req, src, 406, "Not Acceptable")
-                    .header("Accept", package.notify_types().join(", ")));
+                return Err(Rejection::NotAcceptable {
+                    accept: package.notify_types().join(", "),
+                });
             }
         };
-        let expires = match self.grant_expires(req, src, req.expires(), 3600) {
-            Ok(e) => e,
-            Err(resp) => return Err(*resp),
-        };
+        let expires = self.grant_expires(req.expires(), 3600)?;
         let contact = match req.contacts() {
             Ok(c) => c.into_iter().find_map(|c| match c {
                 ContactValue::Addr(a) => Some(a.uri_text),
                 ContactValue::Star => None,
             }),
-            Err(()) => return Err(self.reply(req, src, 400, "Malformed Contact")),
+            Err(()) => return Err(Rejection::Malformed("Malformed Contact")),
         };
         let Some(remote_target) = contact.or_else(|| in_dialog.as_ref().map(|_| String::new()))
         else {
-            return Err(self.reply(req, src, 400, "Missing Contact"));
+            return Err(Rejection::Malformed("Missing Contact"));
         };
         let watcher = match identity {
             Some(id) => id,
             None => match canonical_aor(&from.uri) {
                 Some(a) => a.to_string(),
-                None => return Err(self.reply(req, src, 400, "From Is Not an Address of Record")),
+                None => return Err(Rejection::Malformed("From Is Not an Address of Record")),
             },
         };
         let Some(remote_tag) = from.tag.clone() else {
-            return Err(self.reply(req, src, 400, "Missing From Tag"));
+            return Err(Rejection::Malformed("Missing From Tag"));
         };
         let (cseq, _) = req.cseq().unwrap_or((0, String::new()));
         let strip_tag = |v: &str| -> String {
@@ -428,7 +426,7 @@ impl Edge {
     ) -> ResponseBuilder {
         let (aor, cmd) = match self.subscribe_command(req, src, identity) {
             Ok(c) => c,
-            Err(refusal) => return refusal,
+            Err(why) => return self.reject(req, src, why),
         };
         match self.ask(&aor, cmd).await {
             Reply::Subscribed { id, expires, .. } => {

@@ -36,6 +36,7 @@ use server_txn::*;
 pub use transport::Listeners;
 use transport::*;
 
+use crate::answers::Rejection;
 use crate::metrics::{method_label, status_class, Metrics};
 use crate::names::{new_tag, shard_subject};
 use crate::Clock;
@@ -389,22 +390,24 @@ impl Edge {
         // Require / Proxy-Require: we support no extensions (RFC 3261 §8.2.2.3).
         let required: Vec<String> = req.list("Require");
         if !required.is_empty() && !req.method.is(rsip::Method::Cancel) {
-            return self
-                .reply(req, src, 420, "Bad Extension")
-                .header("Unsupported", required.join(", "));
+            return self.reject(
+                req,
+                src,
+                Rejection::BadExtension {
+                    unsupported: required.join(", "),
+                },
+            );
         }
         let method = match &req.method {
             Method::Known(m) => *m,
             Method::Extension(_) => {
-                return self
-                    .reply(req, src, 501, "Not Implemented")
-                    .header("Allow", ALLOW);
+                return self.reject(req, src, Rejection::NotImplemented { allow: ALLOW });
             }
         };
         match method {
-            rsip::Method::Options if self.draining.load(Ordering::SeqCst) => self
-                .reply(req, src, 503, "Service Unavailable (Draining)")
-                .header("Retry-After", crate::answers::RETRY_AFTER_SECS.to_string()),
+            rsip::Method::Options if self.draining.load(Ordering::SeqCst) => {
+                self.reject(req, src, Rejection::Draining)
+            }
             rsip::Method::Options => self
                 .reply(req, src, 200, "OK")
                 .header("Allow", ALLOW)
@@ -419,8 +422,7 @@ impl Edge {
             // MESSAGEs) in flight than it can see through, new ones wait.
             rsip::Method::Publish if self.backlogged() => {
                 self.drop_counted("notify_backlog");
-                self.reply(req, src, 503, "Service Unavailable (Overloaded)")
-                    .header("Retry-After", crate::answers::RETRY_AFTER_SECS.to_string())
+                self.reject(req, src, Rejection::Overloaded)
             }
             rsip::Method::Register
             | rsip::Method::Publish
@@ -437,11 +439,10 @@ impl Edge {
                     _ => self.message(req, src, identity).await,
                 }
             }
-            rsip::Method::Notify => self.reply(req, src, 481, "Subscription Does Not Exist"),
-            rsip::Method::Cancel => self.reply(req, src, 481, "Call/Transaction Does Not Exist"),
-            _ => self
-                .reply(req, src, 405, "Method Not Allowed")
-                .header("Allow", ALLOW),
+            rsip::Method::Notify | rsip::Method::Cancel => {
+                self.reject(req, src, Rejection::NoSuchDialog)
+            }
+            _ => self.reject(req, src, Rejection::MethodNotAllowed { allow: ALLOW }),
         }
     }
 }

@@ -36,19 +36,19 @@ impl Edge {
         identity: Option<String>,
     ) -> ResponseBuilder {
         let Some(aor) = canonical_aor(&req.uri) else {
-            return self.reply(req, src, 404, "Not Found");
+            return self.reject(req, src, Rejection::NotFound);
         };
         if let Some(id) = &identity {
             let from = req.from_addr().and_then(|f| canonical_aor(&f.uri));
             if from.as_ref().map(|f| f.as_str()) != Some(id.as_str()) {
-                return self.reply(req, src, 403, "Forbidden (From Is Not Your Identity)");
+                return self.reject(req, src, Rejection::NotYourIdentity);
             }
         }
         if !self.is_local(aor.domain()) {
-            return self.reply(req, src, 404, "Not Found (Domain Not Served Here)");
+            return self.reject(req, src, Rejection::ForeignDomain { registrar: false });
         }
         let max_forwards = match req.max_forwards() {
-            Some(Ok(0)) => return self.reply(req, src, 483, "Too Many Hops"),
+            Some(Ok(0)) => return self.reject(req, src, Rejection::TooManyHops),
             Some(Ok(n)) => n - 1,
             _ => 69,
         };
@@ -126,10 +126,10 @@ impl Edge {
             }
         }
         let Some(o) = best else {
-            return self.reply(req, src, 480, "Temporarily Unavailable");
+            return self.reject(req, src, Rejection::Unreachable);
         };
         if o.timed_out {
-            return self.reply(req, src, 408, "Request Timeout");
+            return self.reject(req, src, Rejection::Timeout);
         }
         // Relay the answer: the request's Via stack, the answer's other headers.
         let skip = ["via", "from", "to", "call-id", "cseq", "content-length"];

@@ -258,9 +258,9 @@ enum Mapped {
     Refused(u16),
 }
 
-fn mapped(r: Result<(String, Command), ResponseBuilder>) -> Mapped {
+fn mapped(r: Result<(String, Command), crate::answers::Rejection>) -> Mapped {
     match r {
-        Err(b) => Mapped::Refused(b.code()),
+        Err(why) => Mapped::Refused(crate::answers::for_rejection(&why).code),
         Ok((_, Command::Register(c))) => Mapped::Register(match c.action {
             RegisterAction::Query => "query",
             RegisterAction::RemoveAll => "remove-all",
@@ -463,7 +463,7 @@ fn requests_map_to_commands_or_refusals() {
         let req = request(method, uri, &extra, body);
         let got = match method {
             "REGISTER" => mapped(edge.register_command(&req, src, None)),
-            "PUBLISH" => mapped(edge.publish_command(&req, src, None)),
+            "PUBLISH" => mapped(edge.publish_command(&req, None)),
             _ => mapped(edge.subscribe_command(&req, src, None)),
         };
         assert_eq!(got, want, "{method} {uri} {extra:?}");
