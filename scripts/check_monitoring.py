@@ -558,9 +558,9 @@ def presence_traffic(server, watchers, presentity, expires_binding):
 
 
 def exercise(tmp):
-    """Run the all-in-one server and a one-per-role cluster with traffic;
-    return {sample name: label names} over every scrape, and the shards the
-    cluster's compositor owns."""
+    """Run the all-in-one server and a one-per-role cluster (plus a second
+    edge) with traffic; return {sample name: label names} over every
+    scrape, and the shards the cluster's compositor owns."""
     procs = Procs(tmp)
     scrapes = {}
     owned = None
@@ -605,7 +605,32 @@ def exercise(tmp):
                    lambda: "presence_compositor_lease_renewals_total" in scrape(compositor))
         # Two watchers and --notify-batch 1: the change's fan-out is split.
         presence_traffic(server, [dave, erin], carol, expires_binding=60)
-        for name, port in (("edge", edge), ("compositor", compositor), ("notifier", notifier)):
+
+        step("cluster: a UA failing over to a second edge; a notify queue that refuses jobs")
+        sip2 = free_port()
+        edge2 = presenced(procs, "edge-2", ["--target", "edge", "--node-id", "edge-2",
+                                            "--sip-listen", f"127.0.0.1:{sip2}", *common])
+        # The same REGISTER transaction through both edges: the shard owner
+        # answers the second from memory (retried_commands answered_again).
+        branch, data = erin.encode("REGISTER", "sip:example.com", ["Expires: 60"], to=erin.aor)
+        for via in (server, ("127.0.0.1", sip2)):
+            erin.sock.sendto(data, via)
+            if erin.pump(8, branch) is None:
+                raise RuntimeError(f"no answer to the REGISTER sent through {via}")
+        # JetStream refuses every job (max_bytes 1, discard new): the change
+        # is committed, its job stays in the shard outbox (push_failed);
+        # once the stream takes jobs again the relay pushes it (relayed) and
+        # the watchers get their NOTIFY.
+        stream = "$JS.API.STREAM.%s.PRESENCE_NOTIFY"
+        config = nats_request(nats, stream % "INFO")["config"]
+        nats_request(nats, stream % "UPDATE", dict(config, max_bytes=1, discard="new"))
+        carol.request("PUBLISH", carol.aor, body=pidf(carol.aor, "held"),
+                      headers=["Event: presence", "Expires: 600", "Content-Type: application/pidf+xml"])
+        wait_until("a refused notify job", lambda: "presence_compositor_outbox_jobs_total" in scrape(compositor))
+        nats_request(nats, stream % "UPDATE", config)
+        notified = dave.notifies
+        wait_until("the relayed job's NOTIFY", lambda: dave.pump(0.1) is None and dave.notifies > notified)
+        for name, port in (("edge", edge), ("edge-2", edge2), ("compositor", compositor), ("notifier", notifier)):
             scrapes[name] = scrape(port)
         owned = gauge(compositor, "presence_compositor_shards_owned")
     except Exception as e:  # noqa: BLE001 - reported with the logs, then fails the check
@@ -614,6 +639,26 @@ def exercise(tmp):
     finally:
         procs.stop()
     return scrapes, owned
+
+
+def nats_request(port, subject, payload=None):
+    """One request over NATS's text protocol (a JetStream API call), its
+    JSON answer; an answer with an error raises."""
+    body = json.dumps(payload).encode() if payload is not None else b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rb")
+        f.readline()  # INFO
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.check 1\r\n'
+                  b"PUB %s _INBOX.check %d\r\n%s\r\n" % (subject.encode(), len(body), body))
+        while line := f.readline():
+            if line.startswith(b"MSG "):
+                answer = json.loads(f.read(int(line.split()[-1]) + 2))
+                if "error" in answer:
+                    raise RuntimeError(f"{subject}: {answer['error']}")
+                return answer
+            if line.startswith(b"PING"):
+                s.sendall(b"PONG\r\n")
+    raise RuntimeError(f"{subject}: no answer")
 
 
 def gauge(port, name):
