@@ -418,9 +418,10 @@ def wait_until(what, cond, timeout=15):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def presenced(procs, name, args, log="warn"):
+def presenced(procs, name, args):
+    """Start one presenced with `args`; its HTTP port once /readyz is 200."""
     http = free_port()
-    procs.start(name, [BIN, "--http-listen", f"127.0.0.1:{http}", "--log", log, *args])
+    procs.start(name, [BIN, "--http-listen", f"127.0.0.1:{http}", "--log", "warn", *args])
     wait_until(f"{name} /readyz", lambda: http_get(http, "/readyz")[0] == 200)
     return http
 
