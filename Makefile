@@ -56,3 +56,10 @@ cluster-down:
 
 cluster-test:
 	$(CARGO) test -p presenced --test cluster -- --nocapture
+
+# Dashboards and alert rules (monitoring/): promtool check/test rules, the
+# Grafana schema, and every metric they use exported by a real presenced
+# (BIN, default target/debug/presenced). Installs its tools if missing.
+.PHONY: check-monitoring
+check-monitoring:
+	scripts/check-monitoring.sh
