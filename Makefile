@@ -56,3 +56,28 @@ cluster-down:
 
 cluster-test:
 	$(CARGO) test -p presenced --test cluster -- --nocapture
+
+# --- Kubernetes: chart, plain manifests, image (docs/kubernetes.md) --------
+# Offline checks of helm/presence and k8s/ (helm lint, strict 1.33 schemas,
+# presenced --check-config on the rendered args, schema negatives, k8s/
+# freshness). Installs helm and kubernetes-validate into target/tools.
+# BIN=path/to/presenced (default target/debug/presenced).
+.PHONY: check-chart k8s image image-test
+
+check-chart:
+	scripts/check-chart.sh
+
+# Regenerate k8s/ from the chart (commit the result; check-chart fails when stale).
+k8s:
+	scripts/render-k8s.sh
+
+# localhost/presence:<version> and :dev with buildah, no daemon: a static
+# release build (its own target dir, target/static) on scratch. Slow: a full
+# release build. BIN_DIR=dir reuses static binaries already built.
+image:
+	scripts/image.sh
+
+# Runs the image with podman: OPTIONS, the load generator's smoke run from the
+# image, the SIGTERM drain. Needs `make image` first.
+image-test:
+	scripts/image-test.sh
