@@ -2,8 +2,10 @@
 # make check-chart: every offline check of helm/presence and k8s/. Fails on
 # the first failing step. What each step verifies:
 #
-#  1. helm lint --strict, with the default values and each ci/*-values.yaml;
-#  2. helm template of the defaults and each ci/*-values.yaml, validated by
+#  1. helm lint --strict, with the default values and each ci/*-values.yaml,
+#     by helm 4 and by helm 3 (most clusters are still run with helm 3);
+#  2. helm template of the defaults and each ci/*-values.yaml (helm 3 must
+#     render the same objects as helm 4), validated by
 #     scripts/chart-check.py validate: strict Kubernetes 1.33 schemas
 #     (kubernetes-validate; an unknown kind/apiVersion fails unless its group
 #     is monitoring.coreos.com or keda.sh, whose objects are checked against
@@ -15,18 +17,22 @@
 #     `$BIN --check-config` (its Secrets and ConfigMaps written at their mount
 #     paths under a temporary root; env valueFrom resolved, status.hostIP as
 #     127.0.0.1, metadata.name as the longest name the controller makes);
+#     and the helm test pod's presence-loadtest flags through `$LOADTEST`
+#     (it validates them and exits when only writing a users file);
 #  4. the monitoring symlink: the chart rendered from a copy of the repository
 #     layout whose monitoring/ is helm/tests/monitoring: every rule file and
 #     dashboard is in the render, unchanged, and a promtool test file is
 #     skipped; with the repository's own monitoring/ (if this tree has one)
 #     the same, and the chart also renders straight from helm/presence;
 #  5. values.schema.json and the chart's own checks refuse each
-#     helm/tests/bad-values/*.yaml, with the error its "# expect:" names;
+#     helm/tests/bad-values/*.yaml, with the error its "# expect:" names
+#     (helm 4; helm 3 must refuse it too, in its own words);
 #  6. k8s/ is what `make k8s` renders now (fails when stale), and each
 #     overlay builds with `kubectl kustomize` (secret files stood in) and
 #     passes steps 2 and 3.
 #
-# Variables: BIN (presenced for step 3; default target/debug/presenced).
+# Variables: BIN (presenced for step 3; default target/debug/presenced),
+#   LOADTEST (presence-loadtest; default: next to BIN; skipped if absent).
 # Installs helm and kubernetes-validate into target/tools on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,11 +43,19 @@ KUBE=1.33.0
 scripts/k8s-tools.sh
 . target/tools/env.sh
 HELM=$ROOT/target/tools/bin/helm
+HELM3=$ROOT/target/tools/bin/helm3
 PY=$ROOT/target/tools/venv/bin/python
 CHECK="$PY $ROOT/scripts/chart-check.py"
 
 [ -x "$BIN" ] || { echo "check-chart: no presenced at BIN=$BIN (cargo build -p presenced, or set BIN)" >&2; exit 1; }
 BIN=$(realpath "$BIN")
+LOADTEST=${LOADTEST:-$(dirname "$BIN")/presence-loadtest}
+LOADTEST_ARGS=()
+if [ -x "$LOADTEST" ]; then
+  LOADTEST_ARGS=(--loadtest "$(realpath "$LOADTEST")")
+else
+  LOADTEST=""
+fi
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -57,6 +71,12 @@ step() {
 quiet_helm() { # helm, without its note that it followed the monitoring symlink
   "$HELM" "$@" 2> >(grep -v 'found symbolic link in path' >&2)
 }
+quiet_helm3() {
+  "$HELM3" "$@" 2> >(grep -v 'found symbolic link in path' >&2)
+}
+# A render without what differs from run to run or between helm versions:
+# generated secrets, blank lines.
+comparable() { grep -v -E '^  (nonce-secret|admin-token|password):|^[[:space:]]*$' "$1"; }
 
 scripts/stage-chart.sh "$WORK/repo"
 CHART=$WORK/repo/helm/presence
@@ -71,10 +91,11 @@ for f in helm/presence/ci/*-values.yaml; do CASES+=("$f"); done
 values_args() { [ "$1" = defaults ] || printf -- '-f\n%s\n' "$ROOT/$1"; }
 case_name() { if [ "$1" = defaults ]; then echo defaults; else basename "$1" .yaml; fi; }
 
-step "1. helm lint --strict (${#CASES[@]} value sets)"
+step "1. helm lint --strict (${#CASES[@]} value sets; helm $("$HELM" version --template '{{.Version}}') and $("$HELM3" version --template '{{.Version}}'))"
 for c in "${CASES[@]}"; do
   mapfile -t va < <(values_args "$c")
   out=$(quiet_helm lint --strict --kube-version "$KUBE" "$CHART" "${va[@]}" 2>&1) || { echo "$out"; echo "FAIL: helm lint $c" >&2; exit 1; }
+  out=$(quiet_helm3 lint --strict --kube-version "$KUBE" "$CHART" "${va[@]}" 2>&1) || { echo "$out"; echo "FAIL: helm 3 lint $c" >&2; exit 1; }
   echo "  ok   $(case_name "$c")"
 done
 
@@ -84,6 +105,10 @@ for c in "${CASES[@]}"; do
   mapfile -t va < <(values_args "$c")
   out=$WORK/render-$(case_name "$c").yaml
   quiet_helm template presence "$CHART" --namespace presence --kube-version "$KUBE" "${va[@]}" >"$out"
+  quiet_helm3 template presence "$CHART" --namespace presence --kube-version "$KUBE" "${va[@]}" >"$out.helm3"
+  if ! diff <(comparable "$out") <(comparable "$out.helm3") >"$out.diff"; then
+    head -20 "$out.diff"; echo "FAIL: helm 3 renders $(case_name "$c") differently" >&2; exit 1
+  fi
   echo "  $(case_name "$c"): $(grep -c '^kind:' "$out") objects: $(grep '^kind:' "$out" | sort | uniq -c | awk '{printf "%s%s×%s", sep, $3, $1; sep=", "}')"
   RENDERS+=("$out")
 done
@@ -91,7 +116,8 @@ AIO_RENDER=$WORK/render-all-in-one-values.yaml
 $CHECK validate --allow-host-network edge "${RENDERS[@]}"
 
 step "3. presenced --check-config on every presenced container ($BIN)"
-$CHECK check-config --bin "$BIN" "${RENDERS[@]}"
+[ -n "$LOADTEST" ] || echo "  (no presence-loadtest next to BIN and no LOADTEST: the test pods' flags are not checked)"
+$CHECK check-config --bin "$BIN" "${LOADTEST_ARGS[@]}" "${RENDERS[@]}"
 
 step "4. monitoring/ through the chart's symlink"
 scripts/stage-chart.sh "$WORK/fixture" helm/tests/monitoring
@@ -120,6 +146,9 @@ for f in helm/tests/bad-values/*.yaml; do
   fi
   if ! grep -qF -- "$expect" <<<"$out"; then
     echo "$out" >&2; echo "FAIL: $f was refused, but not with '$expect'" >&2; exit 1
+  fi
+  if "$HELM3" template presence "$CHART" --kube-version "$KUBE" -f "$f" >/dev/null 2>&1; then
+    echo "FAIL: helm 3 accepted $f" >&2; exit 1
   fi
   printf '  ok   %-32s %s\n' "$(basename "$f")" "$(grep -F -- "$expect" <<<"$out" | head -1 | sed 's/^[[:space:]-]*//' | cut -c1-110)"
 done
