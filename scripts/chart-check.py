@@ -6,10 +6,12 @@ kubernetes-validate, jsonschema); scripts/check-chart.sh drives it.
   validate FILE...              strict Kubernetes 1.33 schemas, our own schemas
                                 for the CRDs we emit, names, restricted pod
                                 security, and cross-references between objects
-  check-config --bin BIN FILE   every presenced container's args and env through
+  check-config --bin BIN [--loadtest LT] FILE
+                                every presenced container's args and env through
                                 `BIN --check-config`, with its ConfigMaps and
                                 Secrets written at their mount paths under a
-                                temporary root
+                                temporary root; with LT, the presence-loadtest
+                                test pods' flags and settings too
   monitoring FILE MONITORING_DIR
                                 every rule file and dashboard of the directory
                                 is in the render, unchanged, and nothing else
@@ -533,7 +535,39 @@ def field_ref(path, d):
     }[path]
 
 
-def check_config(bin_path, paths):
+def is_loadtest(container):
+    cmd = container.get("command") or []
+    return bool(cmd) and os.path.basename(cmd[0]) == "presence-loadtest"
+
+
+def loadtest_argv(argv, root):
+    """presence-loadtest validates its flags and settings and exits when it
+    is only asked to write a users file: the test pod's args without the
+    target (nothing to reach here), plus --write-users (which wants a
+    password)."""
+    out = [a for a in argv if not a.startswith("--target")]
+    if not any(a.startswith("--password") for a in out):
+        out.append("--password=check")
+    return out + ["--write-users=%s/loadtest-users.txt" % root]
+
+
+USERS_LINE = re.compile(r"^[^#\s:@]+@[^:\s]+:.+$")
+
+
+def test_users_missing(objs, written):
+    """Lines (user@domain:password) the load generator wrote for the test
+    that no rendered users file holds. Nothing to say when the users file is
+    not rendered (an existing Secret)."""
+    files = [set(v.splitlines()) for data in objs.secrets.values() for v in data.values()
+             if any(USERS_LINE.match(l) for l in v.splitlines())]
+    if not files:
+        return []
+    with open(written) as f:
+        want = [l for l in f.read().splitlines() if l]
+    return [l.split(":", 1)[0] for l in want if not any(l in f for f in files)]
+
+
+def check_config(bin_path, paths, loadtest=None):
     errors = []
     checked = 0
     for path in paths:
@@ -544,7 +578,11 @@ def check_config(bin_path, paths):
             if spec is None:
                 continue
             for c in spec.get("containers") or []:
-                if not is_presenced(c):
+                if is_presenced(c):
+                    program, how = bin_path, "--check-config"
+                elif is_loadtest(c) and loadtest:
+                    program, how = loadtest, "loadtest flags"
+                else:
                     continue
                 checked += 1
                 label = "%s: %s container %s" % (os.path.basename(path), ident(d), c["name"])
@@ -554,16 +592,25 @@ def check_config(bin_path, paths):
                     except Exception as e:  # a reference that cannot be resolved
                         errors.append("%s: %s" % (label, e))
                         continue
+                    if program == bin_path:
+                        argv = argv + ["--check-config"]
+                    else:
+                        argv = loadtest_argv(argv, root)
                     run_env = {"PATH": "/usr/bin:/bin", "HOME": root}
                     run_env.update(env)
-                    p = subprocess.run([bin_path] + argv + ["--check-config"], env=run_env,
+                    p = subprocess.run([program] + argv, env=run_env, cwd=root,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
                     out = p.stdout.strip().replace(root, "")
+                    if p.returncode == 0 and program != bin_path:
+                        missing = test_users_missing(objs, os.path.join(root, "loadtest-users.txt"))
+                        if missing:
+                            errors.append("%s: the test's users are not in the users file the chart renders: %s"
+                                          % (label, ", ".join(missing[:5])))
                     if p.returncode == 0:
                         print("  ok   %s\n       %s" % (label, out))
                     else:
-                        print("  FAIL %s\n       %s" % (label, out.replace("\n", "\n       ")))
-                        errors.append("%s: --check-config exited %d" % (label, p.returncode))
+                        print("  FAIL %s (%s)\n       %s" % (label, how, out.replace("\n", "\n       ")))
+                        errors.append("%s: %s exited %d" % (label, how, p.returncode))
         if objs.stand_ins:
             print("  (%s: not rendered, stand-ins used: %s)" % (os.path.basename(path), ", ".join(sorted(set(objs.stand_ins)))))
     if checked == 0:
@@ -759,6 +806,7 @@ def main():
     v.add_argument("files", nargs="+")
     cc = sub.add_parser("check-config")
     cc.add_argument("--bin", required=True)
+    cc.add_argument("--loadtest", help="presence-loadtest: also check the args of the test pods that run it")
     cc.add_argument("files", nargs="+")
     mo = sub.add_parser("monitoring")
     mo.add_argument("file")
@@ -772,7 +820,7 @@ def main():
     if a.cmd == "validate":
         errors = validate(a.files, set(a.allow_host_network))
     elif a.cmd == "check-config":
-        errors = check_config(a.bin, a.files)
+        errors = check_config(a.bin, a.files, a.loadtest)
     elif a.cmd == "monitoring":
         errors = check_monitoring(a.file, a.mondir)
     else:
