@@ -15,6 +15,9 @@ kubernetes-validate, jsonschema); scripts/check-chart.sh drives it.
   monitoring FILE MONITORING_DIR
                                 every rule file and dashboard of the directory
                                 is in the render, unchanged, and nothing else
+  pod-spec FILE OUTDIR          the first presenced container and the loadtest
+                                test pod of a render, resolved, for podman
+                                (scripts/image-test.sh)
   split-k8s ALL CLUSTER OUTDIR  k8s/ from two renders: identical objects into
                                 base/, the rest into overlays/<mode>/
 
@@ -618,9 +621,10 @@ def check_config(bin_path, paths, loadtest=None):
     return errors
 
 
-def materialise(root, d, spec, c, objs):
+def materialise(root, d, spec, c, objs, rewrite_paths=True, mounts_out=None):
     """Write the container's volumes under root, resolve its env, and rewrite
-    the args and env values that name a mount path."""
+    the args and env values that name a mount path (unless rewrite_paths is
+    false: the files are then bind-mounted at their paths, see pod_spec)."""
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     mounts = []
     for m in c.get("volumeMounts") or []:
@@ -655,7 +659,12 @@ def materialise(root, d, spec, c, objs):
                     f.write(content)
         mounts.append(m["mountPath"])
 
+    if mounts_out is not None:
+        mounts_out.extend((root + mp, mp) for mp in mounts)
+
     def rewrite(s):
+        if not rewrite_paths:
+            return s
         for mp in sorted(mounts, key=len, reverse=True):
             s = re.sub(r"(^|[=,:\s])" + re.escape(mp), lambda m: m.group(1) + root + mp, s)
         return s
@@ -741,6 +750,38 @@ def check_monitoring(path, mondir):
     return errors
 
 
+# --- pod-spec -------------------------------------------------------------------
+
+def pod_spec(path, outdir):
+    """For scripts/image-test.sh: the first presenced container of a render
+    and its presence-loadtest test pod, resolved: args, env, and the files of
+    their volumes written under outdir (to be bind-mounted at their mount
+    paths, mode 0440, group 65534 as fsGroup and defaultMode make them)."""
+    import json
+    docs = load_docs(path)
+    objs = Objects(docs)
+    out = {}
+    for d in docs:
+        _, spec = pod_spec_of(d)
+        if spec is None:
+            continue
+        for c in spec.get("containers") or []:
+            role = "server" if is_presenced(c) else "test" if is_loadtest(c) else None
+            if role is None or role in out:
+                continue
+            root = os.path.join(outdir, role)
+            os.makedirs(root, exist_ok=True)
+            mounts = []
+            argv, env = materialise(root, d, spec, c, objs, rewrite_paths=False, mounts_out=mounts)
+            out[role] = {"object": ident(d), "args": argv, "env": env, "mounts": mounts}
+    for role in ("server", "test"):
+        if role not in out:
+            return ["%s: no %s container" % (path, role)]
+    with open(os.path.join(outdir, "spec.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    return []
+
+
 # --- split-k8s ------------------------------------------------------------------
 
 HELM_ONLY_LABELS = re.compile(r"^\s+(helm\.sh/chart|app\.kubernetes\.io/managed-by): .*\n", re.M)
@@ -811,6 +852,9 @@ def main():
     mo = sub.add_parser("monitoring")
     mo.add_argument("file")
     mo.add_argument("mondir")
+    ps = sub.add_parser("pod-spec")
+    ps.add_argument("file")
+    ps.add_argument("outdir")
     sk = sub.add_parser("split-k8s")
     sk.add_argument("all_in_one")
     sk.add_argument("cluster")
@@ -821,6 +865,8 @@ def main():
         errors = validate(a.files, set(a.allow_host_network))
     elif a.cmd == "check-config":
         errors = check_config(a.bin, a.files, a.loadtest)
+    elif a.cmd == "pod-spec":
+        errors = pod_spec(a.file, a.outdir)
     elif a.cmd == "monitoring":
         errors = check_monitoring(a.file, a.mondir)
     else:

@@ -6,9 +6,16 @@
 #   - presence-loadtest from the same image, smoke profile against it, naming
 #     the server as localhost (name resolution of the static binary in scratch);
 #   - SIGTERM: /readyz and OPTIONS 503 at once, then a clean exit after
-#     --drain-seconds (what the chart's preStop and grace period rely on).
+#     --drain-seconds (what the chart's preStop and grace period rely on);
+#   - the chart's own all-in-one pod (helm/presence/ci/all-in-one-values.yaml
+#     rendered; its args, env, and Secret/ConfigMap files bind-mounted at their
+#     mount paths, mode 0440 group 65534 as defaultMode and fsGroup make
+#     them) behind published ports: OPTIONS over UDP and TCP, the admin API
+#     with and without the token, and the helm test's own presence-loadtest
+#     round trip with its Digest password.
 # Variables: IMAGE (localhost/presence:dev). Installs podman and runc with
-# apt-get if missing; podman's configuration lives in target/tools/podman.
+# apt-get if missing; podman's configuration lives in target/tools/podman;
+# helm comes from scripts/k8s-tools.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-localhost/presence:dev}
@@ -84,4 +91,64 @@ code=$(podman wait "$cid")
 took=$(python3 -c "import time; print('%.1f' % (time.time() - $start))")
 [ "$code" = 0 ] || { podman logs "$cid" | tail -5; die "exit status $code after SIGTERM"; }
 say "/readyz 503 and OPTIONS 503 while draining, exit 0 after ${took}s (--drain-seconds $DRAIN)"
+
+say "the chart's all-in-one pod (ci/all-in-one-values.yaml) in podman"
+scripts/k8s-tools.sh
+. target/tools/env.sh
+POD=$(mktemp -d)
+cleanup() { podman rm -f "$cid" >/dev/null 2>&1 || true; rm -rf "$POD"; }
+scripts/stage-chart.sh "$POD/repo"
+target/tools/bin/helm template presence "$POD/repo/helm/presence" --kube-version 1.33.0 \
+  -f helm/presence/ci/all-in-one-values.yaml 2>/dev/null >"$POD/render.yaml"
+target/tools/venv/bin/python scripts/chart-check.py pod-spec "$POD/render.yaml" "$POD/files"
+# What the kubelet makes of defaultMode 0440 and fsGroup 65534.
+chown -R root:65534 "$POD/files/server"
+find "$POD/files/server" -type f -exec chmod 0440 {} +
+SIP=$(free_port)
+HTTP=$(free_port)
+mapfile -d '' server < <(python3 - "$POD/files/spec.json" "$SIP" "$HTTP" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))["server"]
+arg = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in spec["args"] if "=" in a}
+sip, http = arg["--sip-listen"].rsplit(":", 1)[1], arg["--http-listen"].rsplit(":", 1)[1]
+out = ["-p", "127.0.0.1:%s:%s/udp" % (sys.argv[2], sip), "-p", "127.0.0.1:%s:%s/tcp" % (sys.argv[2], sip),
+       "-p", "127.0.0.1:%s:%s/tcp" % (sys.argv[3], http)]
+for host, path in spec["mounts"]:
+    out += ["-v", "%s:%s:ro" % (host, path)]
+for k, v in spec["env"].items():
+    out += ["-e", "%s=%s" % (k, v)]
+sys.stdout.write("\0".join(out + ["--"] + spec["args"]) + "\0")
+PY
+)
+opts=(); args=(); seen=0
+for a in "${server[@]}"; do
+  if [ "$seen" = 0 ]; then [ "$a" = -- ] && seen=1 || opts+=("$a"); else args+=("$a"); fi
+done
+cid=$(podman run -d --read-only --cap-drop ALL --security-opt no-new-privileges --user 65534:65534 \
+  "${opts[@]}" "$IMAGE" "${args[@]}")
+for _ in $(seq 1 50); do [ "$(http /readyz)" = 200 ] && break; sleep 0.1; done
+[ "$(http /readyz)" = 200 ] || { podman logs "$cid" | tail -5; die "the chart's pod: /readyz never answered 200"; }
+python3 helm/presence/files/sip-options.py 127.0.0.1 "$SIP" udp || die "the chart's pod: OPTIONS over UDP"
+python3 helm/presence/files/sip-options.py 127.0.0.1 "$SIP" tcp || die "the chart's pod: OPTIONS over TCP"
+token=$(cat "$POD/files/server/etc/presence/secrets/admin-token")
+admin() { python3 -c 'import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]} if sys.argv[2] else {})
+try: print(urllib.request.urlopen(req, timeout=2).status)
+except urllib.error.HTTPError as e: print(e.code)' "http://127.0.0.1:$HTTP/admin/state?aor=sip:alice@example.com" "$1"; }
+with=$(admin "$token"); without=$(admin "")
+# With the token the request is let in (404: alice has no state yet).
+case "$with:$without" in 200:401|404:401) ;; *) die "the chart's pod: admin API answered $with with the token and $without without" ;; esac
+say "admin API: $with with the mounted token (let in), $without without"
+mapfile -d '' test < <(python3 - "$POD/files/spec.json" "$SIP" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))["test"]
+args = ["--target=127.0.0.1:%s" % sys.argv[2] if a.startswith("--target") else a for a in spec["args"]]
+sys.stdout.write("\0".join(args) + "\0")
+PY
+)
+say "the helm test's round trip: presence-loadtest ${test[*]/--password=*/--password=…}"
+podman run --rm "${RUN[@]}" --entrypoint /usr/local/bin/presence-loadtest "$IMAGE" "${test[@]}" \
+  >target/tools/podman/chart-test.out 2>&1 \
+  || { tail -20 target/tools/podman/chart-test.out; podman logs "$cid" | tail -5; die "the chart's helm test round trip failed"; }
+grep -E '^(canary|PASSED)' target/tools/podman/chart-test.out | sed 's/^/  /'
 say "passed"
