@@ -81,7 +81,7 @@ comparable() { grep -v -E '^  (nonce-secret|admin-token|password):|^[[:space:]]*
 scripts/stage-chart.sh "$WORK/repo"
 CHART=$WORK/repo/helm/presence
 if [ -d monitoring ]; then
-  echo "monitoring/: the repository's ($(ls monitoring/alerts/*.yaml 2>/dev/null | wc -l) rule files, $(ls monitoring/dashboards/*.json 2>/dev/null | wc -l) dashboards)"
+  echo "monitoring/: the repository's ($(ls monitoring/alerts/*.yaml 2>/dev/null | wc -l) files in alerts/, $(ls monitoring/dashboards/*.json 2>/dev/null | wc -l) in dashboards/)"
 else
   echo "monitoring/: not in this tree (written on another branch); the chart renders no rules or dashboards from it"
 fi
