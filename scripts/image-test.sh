@@ -58,7 +58,7 @@ HTTP=$(free_port)
 RUN=(--network host --read-only --cap-drop ALL --security-opt no-new-privileges)
 cid=$(podman run -d "${RUN[@]}" "$IMAGE" --sip-listen "127.0.0.1:$SIP" --http-listen "127.0.0.1:$HTTP" \
   --drain-seconds "$DRAIN" --domain example.com)
-cleanup() { podman rm -f "$cid" >/dev/null 2>&1 || true; }
+cleanup() { podman rm -f -t 0 "$cid" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 http() { python3 -c 'import sys, urllib.request, urllib.error
@@ -90,13 +90,14 @@ case "$line" in *"SIP/2.0 503"*) ;; *) die "OPTIONS during the drain was not ans
 code=$(podman wait "$cid")
 took=$(python3 -c "import time; print('%.1f' % (time.time() - $start))")
 [ "$code" = 0 ] || { podman logs "$cid" | tail -5; die "exit status $code after SIGTERM"; }
+podman rm "$cid" >/dev/null
 say "/readyz 503 and OPTIONS 503 while draining, exit 0 after ${took}s (--drain-seconds $DRAIN)"
 
 say "the chart's all-in-one pod (ci/all-in-one-values.yaml) in podman"
 scripts/k8s-tools.sh
 . target/tools/env.sh
 POD=$(mktemp -d)
-cleanup() { podman rm -f "$cid" >/dev/null 2>&1 || true; rm -rf "$POD"; }
+cleanup() { podman rm -f -t 0 "$cid" >/dev/null 2>&1 || true; rm -rf "$POD"; }
 scripts/stage-chart.sh "$POD/repo"
 target/tools/bin/helm template presence "$POD/repo/helm/presence" --kube-version 1.33.0 \
   -f helm/presence/ci/all-in-one-values.yaml 2>/dev/null >"$POD/render.yaml"
