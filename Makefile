@@ -6,8 +6,12 @@ CARGO ?= cargo
 run:
 	$(CARGO) run --release -p presenced --
 
+# Everything CI checks: the Rust tests, then the dashboards and alert rules
+# and the Helm chart / k8s manifests against the presenced the tests built.
 test: test-deps
 	$(CARGO) test --workspace --locked
+	$(MAKE) check-monitoring BIN=target/debug/presenced
+	$(MAKE) check-chart BIN=target/debug/presenced
 
 # redis-server and nats-server for the cluster backends' tests (installed if missing).
 test-deps:
@@ -63,3 +67,28 @@ cluster-test:
 .PHONY: check-monitoring
 check-monitoring:
 	scripts/check-monitoring.sh
+
+# --- Kubernetes: chart, plain manifests, image (docs/kubernetes.md) --------
+# Offline checks of helm/presence and k8s/ (helm lint, strict 1.33 schemas,
+# presenced --check-config on the rendered args, schema negatives, k8s/
+# freshness). Installs helm and kubernetes-validate into target/tools.
+# BIN=path/to/presenced (default target/debug/presenced).
+.PHONY: check-chart k8s image image-test
+
+check-chart:
+	scripts/check-chart.sh
+
+# Regenerate k8s/ from the chart (commit the result; check-chart fails when stale).
+k8s:
+	scripts/render-k8s.sh
+
+# localhost/presence:<version> and :dev with buildah, no daemon: a static
+# release build (its own target dir, target/static) on scratch. Slow: a full
+# release build. BIN_DIR=dir reuses static binaries already built.
+image:
+	scripts/image.sh
+
+# Runs the image with podman: OPTIONS, the load generator's smoke run from the
+# image, the SIGTERM drain. Needs `make image` first.
+image-test:
+	scripts/image-test.sh

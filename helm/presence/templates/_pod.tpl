@@ -1,0 +1,269 @@
+{{/*
+The pod template of every presenced workload.
+dict "root" $ "component" (all|edge|compositor|notifier) "c" (its values block)
+     "target" (--target) "sip" (bool: serves SIP) "hostNetwork" (bool)
+*/}}
+{{- define "presence.podTemplate" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $c := .c -}}
+{{- $sip := .sip -}}
+{{- $hostNetwork := .hostNetwork -}}
+{{- $needHostIP := and $sip $hostNetwork (or $v.edge.bindHostIP (not $v.sip.advertise)) -}}
+{{- $preStop := int (default 0 $c.preStopSleepSeconds) -}}
+{{- $grace := $c.terminationGracePeriodSeconds -}}
+{{- if kindIs "invalid" $grace -}}
+{{- $grace = add $preStop (int $c.drainSeconds) 30 -}}
+{{- end -}}
+{{- $redis := or $v.redis.url $v.redis.bundled -}}
+{{- $nats := or $v.nats.url $v.nats.bundled -}}
+metadata:
+  labels:
+    {{- include "presence.componentLabels" (dict "root" $root "component" .component) | nindent 4 }}
+    {{- with $c.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- /* A changed users file or policy restarts the pods (the server reads them at start). */}}
+  {{- $annotations := deepCopy (default dict $c.podAnnotations) }}
+  {{- if and $v.auth.enabled (not $v.auth.existingSecret) }}
+  {{- $_ := set $annotations "checksum/users" ($v.auth.users | sha256sum) }}
+  {{- end }}
+  {{- if and $v.policy.rules (not $v.policy.existingConfigMap) }}
+  {{- $_ := set $annotations "checksum/policy" ($v.policy.rules | sha256sum) }}
+  {{- end }}
+  {{- with $annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "presence.serviceAccountName" $root }}
+  # presenced never talks to the Kubernetes API.
+  automountServiceAccountToken: false
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if $hostNetwork }}
+  hostNetwork: true
+  dnsPolicy: ClusterFirstWithHostNet
+  {{- end }}
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ $grace }}
+  {{- with $c.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $v.podSecurityContext | nindent 4 }}
+  {{- with $c.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with include "presence.topologySpread" (dict "root" $root "component" .component "c" $c "daemonSet" .daemonSet) }}
+  {{- . | nindent 2 }}
+  {{- end }}
+  containers:
+    - name: presenced
+      image: {{ include "presence.image" $root }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      args:
+        - --target={{ .target }}
+        - --domain={{ join "," $v.domains }}
+        - --shards={{ int64 $v.shards }}
+        - --http-listen={{ $v.http.listenAddress }}:{{ int64 $v.http.port }}
+        - --admin-token-file=/etc/presence/secrets/admin-token
+        - --drain-seconds={{ int64 $c.drainSeconds }}
+        {{- if $sip }}
+        {{- if and $hostNetwork $v.edge.bindHostIP }}
+        - --sip-listen=$(HOST_IP):{{ int64 $v.sip.port }}
+        {{- else }}
+        - --sip-listen={{ $v.sip.listenAddress }}:{{ int64 $v.sip.port }}
+        {{- end }}
+        {{- if $v.sip.advertise }}
+        - --sip-advertise={{ $v.sip.advertise }}
+        {{- else if $hostNetwork }}
+        - --sip-advertise=$(HOST_IP):{{ int64 $v.sip.port }}
+        {{- end }}
+        {{- end }}
+        {{- if $v.auth.enabled }}
+        - --users=/etc/presence/users/users.txt
+        {{- end }}
+        {{- if include "presence.policyEnabled" $root }}
+        - --policy=/etc/presence/policy/policy.txt
+        {{- end }}
+        {{- range $k, $val := $v.config }}
+        {{- if kindIs "float64" $val }}
+        - --{{ $k }}={{ int64 $val }}
+        {{- else }}
+        - --{{ $k }}={{ $val }}
+        {{- end }}
+        {{- end }}
+        {{- range $c.extraArgs }}
+        - {{ . | quote }}
+        {{- end }}
+      env:
+        # The pod name: unique, and the edge's NATS subject edge.<id>.
+        - name: PRESENCE_NODE_ID
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: PRESENCE_NONCE_SECRET
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "presence.secretName" $root }}
+              key: nonce-secret
+        {{- if $needHostIP }}
+        - name: HOST_IP
+          valueFrom:
+            fieldRef:
+              fieldPath: status.hostIP
+        {{- end }}
+        {{- if $redis }}
+        {{- if $v.redis.auth.enabled }}
+        - name: REDIS_PASSWORD
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "presence.redisSecretName" $root }}
+              key: {{ $v.redis.auth.existingSecretKey }}
+        {{- end }}
+        - name: PRESENCE_REDIS
+          value: {{ include "presence.redisUrl" $root | quote }}
+        {{- end }}
+        {{- if $nats }}
+        {{- if $v.nats.auth.enabled }}
+        - name: NATS_PASSWORD
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "presence.natsSecretName" $root }}
+              key: {{ $v.nats.auth.existingSecretKey }}
+        {{- end }}
+        - name: PRESENCE_NATS
+          value: {{ include "presence.natsUrl" $root | quote }}
+        {{- end }}
+        {{- with $c.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      ports:
+        {{- if $sip }}
+        - name: sip-udp
+          containerPort: {{ int64 $v.sip.port }}
+          protocol: UDP
+        - name: sip-tcp
+          containerPort: {{ int64 $v.sip.port }}
+          protocol: TCP
+        {{- end }}
+        - name: http
+          containerPort: {{ int64 $v.http.port }}
+          protocol: TCP
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: http
+        periodSeconds: {{ $v.probes.startup.periodSeconds }}
+        timeoutSeconds: {{ $v.probes.startup.timeoutSeconds }}
+        failureThreshold: {{ $v.probes.startup.failureThreshold }}
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: http
+        initialDelaySeconds: {{ $v.probes.liveness.initialDelaySeconds }}
+        periodSeconds: {{ $v.probes.liveness.periodSeconds }}
+        timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
+        failureThreshold: {{ $v.probes.liveness.failureThreshold }}
+      # 503 from the first moment of a shutdown (lame duck), so the pod
+      # leaves the Service's endpoints while it still serves SIP.
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: http
+        initialDelaySeconds: {{ $v.probes.readiness.initialDelaySeconds }}
+        periodSeconds: {{ $v.probes.readiness.periodSeconds }}
+        timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
+        failureThreshold: {{ $v.probes.readiness.failureThreshold }}
+      {{- if gt $preStop 0 }}
+      lifecycle:
+        # The kubelet's own sleep (no shell in the image): SIGTERM comes
+        # after it, when kube-proxy and the load balancer have dropped the
+        # pod; then --drain-seconds of lame duck.
+        preStop:
+          sleep:
+            seconds: {{ $preStop }}
+      {{- end }}
+      {{- with $c.resources }}
+      resources:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $v.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: secrets
+          mountPath: /etc/presence/secrets
+          readOnly: true
+        {{- if $v.auth.enabled }}
+        - name: users
+          mountPath: /etc/presence/users
+          readOnly: true
+        {{- end }}
+        {{- if include "presence.policyEnabled" $root }}
+        - name: policy
+          mountPath: /etc/presence/policy
+          readOnly: true
+        {{- end }}
+  volumes:
+    - name: secrets
+      secret:
+        secretName: {{ include "presence.secretName" $root }}
+        defaultMode: 0440
+        items:
+          - key: admin-token
+            path: admin-token
+    {{- if $v.auth.enabled }}
+    - name: users
+      secret:
+        secretName: {{ include "presence.usersSecretName" $root }}
+        defaultMode: 0440
+        items:
+          - key: {{ $v.auth.existingSecretKey }}
+            path: users.txt
+    {{- end }}
+    {{- if include "presence.policyEnabled" $root }}
+    - name: policy
+      configMap:
+        name: {{ include "presence.policyConfigMapName" $root }}
+        items:
+          - key: {{ $v.policy.existingConfigMapKey }}
+            path: policy.txt
+    {{- end }}
+{{- end -}}
+
+{{/* topologySpreadConstraints: the role's own, or nodes and zones (ScheduleAnyway). */}}
+{{- define "presence.topologySpread" -}}
+{{- $v := .root.Values -}}
+{{- if not (kindIs "invalid" .c.topologySpreadConstraints) -}}
+{{- with .c.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- else if and $v.topologySpread.enabled (not .daemonSet) -}}
+{{- $keys := list "kubernetes.io/hostname" -}}
+{{- if $v.topologySpread.zones }}{{ $keys = append $keys "topology.kubernetes.io/zone" }}{{ end -}}
+topologySpreadConstraints:
+{{- range $key := $keys }}
+  - maxSkew: {{ $v.topologySpread.maxSkew }}
+    topologyKey: {{ $key }}
+    whenUnsatisfiable: {{ $v.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "presence.componentSelector" (dict "root" $.root "component" $.component) | nindent 8 }}
+    matchLabelKeys:
+      - pod-template-hash
+{{- end }}
+{{- end -}}
+{{- end -}}
