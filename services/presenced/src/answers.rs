@@ -218,7 +218,12 @@ mod tests {
 
     #[test]
     fn every_rejection_has_its_answer() {
-        type Row = (Rejection, u16, &'static str, Option<(&'static str, &'static str)>);
+        type Row = (
+            Rejection,
+            u16,
+            &'static str,
+            Option<(&'static str, &'static str)>,
+        );
         let s = |v: &str| v.to_string();
         let table: Vec<Row> = vec![
             (

@@ -133,6 +133,9 @@ impl RetryMetrics {
             &["outcome"],
         )?;
         registry.register(Box::new(handovers.clone()))?;
+        for outcome in ["recovered", "gave_up"] {
+            handovers.with_label_values(&[outcome]);
+        }
         Ok(RetryMetrics { handovers })
     }
 }

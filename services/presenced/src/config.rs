@@ -337,12 +337,12 @@ impl Config {
         }
         if let Some(spec) = redis {
             if let Err(e) = presence_redis::RedisConfig::new(spec, args.shards.max(1)) {
-                errors.push(format!("--redis {spec:?}: {e}"));
+                errors.push(format!("--redis {:?}: {e}", redact_url(spec)));
             }
         }
         if let Some(url) = nats {
             if let Err(e) = check_nats_url(url) {
-                errors.push(format!("--nats {url:?}: {e}"));
+                errors.push(format!("--nats {:?}: {e}", redact_url(url)));
             }
         }
         let node_id = match &args.node_id {
@@ -542,6 +542,30 @@ impl Config {
     }
 }
 
+/// A backend URL (or comma list of URLs) as it may be shown: passwords and
+/// tokens in the user part replaced by `***`.
+pub fn redact_url(spec: &str) -> String {
+    spec.split(',')
+        .map(|part| {
+            let Some((scheme, rest)) = part.split_once("://") else {
+                return part.to_string();
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let Some(at) = authority.rfind('@') else {
+                return part.to_string();
+            };
+            let (userinfo, host) = (&authority[..at], &authority[at + 1..]);
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}://{user}@{host}{path}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `--target`: `all`, or a comma list of roles.
 fn parse_roles(target: &str, errors: &mut Vec<String>) -> Option<Roles> {
     let mut roles = Roles {
@@ -704,6 +728,29 @@ fn load_file<T, E: std::fmt::Display>(
                     .map(|e| format!("{flag} {}: {e}", path.display())),
             );
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn secrets_in_backend_urls_are_never_shown() {
+        for (url, shown) in [
+            ("redis://h:6379", "redis://h:6379"),
+            ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+            ("rediss://app:s3cret@h:6380", "rediss://app:***@h:6380"),
+            ("nats://tok3n@h:4222", "nats://***@h:4222"),
+            (
+                "redis://:a@h1:1,redis://:b@h2:2",
+                "redis://:***@h1:1,redis://:***@h2:2",
+            ),
+            ("redis+cluster://h1:1,h2:2", "redis+cluster://h1:1,h2:2"),
+            ("nats://u:p@ss@h:4222", "nats://u:***@h:4222"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
         }
     }
 }

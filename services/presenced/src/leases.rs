@@ -86,6 +86,13 @@ impl LeaseMetrics {
         registry.register(Box::new(members.clone()))?;
         registry.register(Box::new(handovers.clone()))?;
         registry.register(Box::new(renewals.clone()))?;
+        // Every series from the start, at 0 (see `Metrics::seed`).
+        for kind in ["acquire", "lose", "release"] {
+            handovers.with_label_values(&[kind]);
+        }
+        for outcome in ["ok", "failed"] {
+            renewals.with_label_values(&[outcome]);
+        }
         Ok(LeaseMetrics {
             owned,
             members,

@@ -26,8 +26,12 @@ fn main() -> std::process::ExitCode {
             "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, advertised {}, domains {:?}, digest {}, http {}",
             cfg.roles.names(),
             cfg.node_id,
-            cfg.redis.as_deref().unwrap_or("in-memory"),
-            cfg.nats.as_deref().unwrap_or("in-memory"),
+            cfg.redis
+                .as_deref()
+                .map_or("in-memory".into(), presenced::config::redact_url),
+            cfg.nats
+                .as_deref()
+                .map_or("in-memory".into(), presenced::config::redact_url),
             cfg.sip_listen,
             if cfg.sip_advertise.is_empty() {
                 "(listener or arrival address)".to_string()
@@ -56,6 +60,8 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
         )
+        // Colour only for a person at a terminal, never in collected logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -72,8 +78,10 @@ fn main() -> std::process::ExitCode {
             (None, None) => "in-memory".to_string(),
             (r, n) => format!(
                 "redis {}, nats {}",
-                r.as_deref().unwrap_or("-"),
-                n.as_deref().unwrap_or("-")
+                r.as_deref()
+                    .map_or("-".into(), presenced::config::redact_url),
+                n.as_deref()
+                    .map_or("-".into(), presenced::config::redact_url)
             ),
         };
         let server = match presenced::start_all(cfg).await {

@@ -79,7 +79,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(rerouted.clone()))
             .expect("unique metric");
-        Metrics {
+        let m = Metrics {
             edge_requests: counter(
                 &r,
                 "presence_edge_requests_total",
@@ -184,7 +184,64 @@ impl Metrics {
             ),
             notifier_queue_depth: gauge(&r, "presence_notifier_queue_depth", "Notify jobs waiting"),
             registry: r,
+        };
+        m.seed();
+        m
+    }
+
+    /// Every series of a bounded label set exists from the start, at 0:
+    /// `rate()` and `increase()` see the first event after a restart, and
+    /// an alert on a ratio has its denominator.
+    fn seed(&self) {
+        let one = |c: &IntCounterVec, values: &[&str]| {
+            for v in values {
+                c.with_label_values(&[v]);
+            }
+        };
+        one(
+            &self.edge_dropped,
+            &[
+                "bad_request_answered",
+                "unparseable",
+                "too_many_vias",
+                "too_many_headers",
+                "bad_header_value",
+                "tcp_framing",
+                "stray_response",
+                "send_failed",
+                "rate_limited",
+                "overload",
+                "connection_limit",
+                "header_timeout",
+                "idle_timeout",
+                "write_queue_full",
+                "amplification",
+                "too_big",
+                "notify_backlog",
+            ],
+        );
+        one(&self.edge_challenges, &["true", "false"]);
+        one(&self.edge_authentications, &["MD5", "SHA-256"]);
+        for method in ["NOTIFY", "MESSAGE"] {
+            for outcome in ["2xx", "3xx", "4xx", "5xx", "6xx", "timeout", "superseded"] {
+                self.edge_client_transactions
+                    .with_label_values(&[method, outcome]);
+            }
         }
+        one(
+            &self.compositor_expired,
+            &["publication", "subscription", "binding"],
+        );
+        one(
+            &self.compositor_retried_commands,
+            &["answered_again", "past_deadline"],
+        );
+        one(&self.compositor_outbox, &["relayed", "push_failed"]);
+        one(
+            &self.notifier_notifies,
+            &["2xx", "481", "timeout", "other", "superseded"],
+        );
+        one(&self.notifier_batches, &["queued", "taken"]);
     }
 
     pub fn render(&self) -> Vec<u8> {
