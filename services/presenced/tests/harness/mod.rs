@@ -294,6 +294,51 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Start a stopped process again on the ports it had (a pod keeps its
+    /// Service; a node keeps its hostPort), as node `node_id` (a restarted
+    /// pod has a new name), with the cluster's flags plus `extra` (flags the
+    /// cluster was not given: a flag twice is refused). Its log goes on in
+    /// the same file. Does not wait: see [`Cluster::wait_ready`].
+    pub fn restart(&mut self, node: &str, node_id: &str, extra: &[&str]) {
+        let p = self.proc(node);
+        assert!(p.child.is_none(), "{node} is still running");
+        let (role, http, sip, log) = (p.role.clone(), p.http, p.sip, p.log.clone());
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+        cmd.args(["--target", &role])
+            .args(["--redis", &self.redis.url()])
+            .args(["--nats", &self.nats.url()])
+            .args(["--node-id", node_id])
+            .args(["--shards", &self.shards.to_string()])
+            .args(["--http-listen", &http.to_string()])
+            .args(["--domain", "example.com"])
+            .args(["--nonce-secret", "cluster-test-secret"])
+            .args(["--log", "info"])
+            .args([
+                "--rate-per-source",
+                "1000000",
+                "--burst-per-source",
+                "1000000",
+            ])
+            .args(&self.extra)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if let Some(sip) = sip {
+            cmd.args(["--sip-listen", &sip.to_string()]);
+        }
+        let child = cmd.spawn().expect("start presenced");
+        self.proc_mut(node).child = Some(child);
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for p in &mut self.procs {
