@@ -194,9 +194,13 @@ impl Edge {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tasks = Vec::new();
+        let work = tokio::runtime::Handle::current();
         for (local, sock) in self.udp.clone() {
             let me = self.clone();
-            tasks.push(tokio::spawn(async move { me.udp_loop(local, sock).await }));
+            let (work, stop) = (work.clone(), shutdown.clone());
+            tasks.push(spawn_receiver(async move {
+                me.udp_loop(local, sock, work, stop).await
+            }));
         }
         for (local, listener) in tcp {
             let me = self.clone();
@@ -351,6 +355,64 @@ impl Edge {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// The answer to OPTIONS: what we serve, or 503 while draining (SIP
+    /// load balancers take the node out).
+    fn options(&self, req: &Request, src: Source) -> ResponseBuilder {
+        let required: Vec<String> = req.list("Require");
+        if !required.is_empty() {
+            return self.reject(
+                req,
+                src,
+                Rejection::BadExtension {
+                    unsupported: required.join(", "),
+                },
+            );
+        }
+        if self.draining.load(Ordering::SeqCst) {
+            return self.reject(req, src, Rejection::Draining);
+        }
+        self.reply(req, src, 200, "OK")
+            .header("Allow", ALLOW)
+            .header("Allow-Events", self.cfg.packages.allow_events())
+            .header(
+                "Accept",
+                "application/pidf+xml, application/cpim-pidf+xml, text/plain, message/cpim",
+            )
+            .header("Supported", "")
+    }
+
+    /// A UDP OPTIONS answered on the receive path at once, without a task,
+    /// an in-flight permit or the transaction table (stateless: a
+    /// retransmission is answered again): load balancers and monitoring
+    /// probe with it, and must get an answer also while the edge sheds
+    /// everything else.
+    fn options_now(&self, data: &[u8], src: Source) {
+        let started = Instant::now();
+        let req = match parse(data, TransportKind::Datagram, self.cfg.max_message) {
+            Ok(Message::Request(r)) => r,
+            Ok(Message::Response(_)) => return,
+            Err(e) => {
+                self.answer_parse_error(&e, src);
+                return;
+            }
+        };
+        self.metrics
+            .edge_requests
+            .with_label_values(&["OPTIONS"])
+            .inc();
+        let resp = self.options(&req, src);
+        let code = resp.code();
+        self.send_src(src, Bytes::from(resp.encode()));
+        self.metrics
+            .edge_responses
+            .with_label_values(&["OPTIONS", status_class(code)])
+            .inc();
+        self.metrics
+            .edge_transaction_seconds
+            .with_label_values(&["OPTIONS"])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     fn reply(&self, req: &Request, src: Source, code: u16, reason: &str) -> ResponseBuilder {
         ResponseBuilder::new(
             &req.headers,
@@ -405,18 +467,7 @@ impl Edge {
             }
         };
         match method {
-            rsip::Method::Options if self.draining.load(Ordering::SeqCst) => {
-                self.reject(req, src, Rejection::Draining)
-            }
-            rsip::Method::Options => self
-                .reply(req, src, 200, "OK")
-                .header("Allow", ALLOW)
-                .header("Allow-Events", self.cfg.packages.allow_events())
-                .header(
-                    "Accept",
-                    "application/pidf+xml, application/cpim-pidf+xml, text/plain, message/cpim",
-                )
-                .header("Supported", ""),
+            rsip::Method::Options => self.options(req, src),
             // Overload at its source: a PUBLISH makes NOTIFYs for every
             // watcher; while this edge has more of its own requests (NOTIFYs,
             // MESSAGEs) in flight than it can see through, new ones wait.

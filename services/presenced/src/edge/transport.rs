@@ -39,6 +39,55 @@ impl Listeners {
 /// datagrams/s; the kernel caps the request at `net.core.rmem_max`.
 pub(super) const UDP_BUFFER: usize = 4 << 20;
 
+/// The runtime of the UDP receive loops: one thread of the process, apart
+/// from the runtime that does the work. Under overload the work runtime's
+/// queue is long, and a receive loop waiting its turn there lets the kernel
+/// drop datagrams at random: OPTIONS probes and the answers to our NOTIFYs
+/// among them. On a thread of its own the loop keeps draining the sockets;
+/// what the edge cannot take (`--max-inflight`) is dropped and counted,
+/// OPTIONS are answered at once, answers complete their transactions.
+fn receive_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    static RX: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    if let Some(h) = RX.get() {
+        return Ok(h.clone());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("sip-udp-rx".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(std::future::pending::<()>());
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })?;
+    let handle = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the UDP receive thread did not start"))??;
+    // Two binds racing: the first runtime wins, the other thread idles.
+    Ok(RX.get_or_init(|| handle).clone())
+}
+
+/// Run `fut` (a UDP receive loop) on the receive runtime.
+pub(super) fn spawn_receiver(
+    fut: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    match receive_runtime() {
+        Ok(h) => h.spawn(fut),
+        Err(e) => {
+            tracing::warn!(error = %e, "no UDP receive thread; receiving on the work runtime");
+            tokio::spawn(fut)
+        }
+    }
+}
+
 pub(super) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let std_sock = std::net::UdpSocket::bind(addr)?;
     let sock = socket2::Socket::from(std_sock);
@@ -63,6 +112,9 @@ pub(super) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         on.map_err(std::io::Error::from)?;
     }
     sock.set_nonblocking(true)?;
+    // Registered with the receive runtime's reactor (see `receive_runtime`);
+    // sends from the work runtime use it as well.
+    let _in = receive_runtime()?.enter();
     UdpSocket::from_std(sock.into())
 }
 
@@ -132,15 +184,30 @@ pub(super) async fn udp_send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> 
 pub(super) const UDP_SEND_WAIT: Duration = Duration::from_millis(200);
 
 impl Edge {
-    pub(super) async fn udp_loop(self: Arc<Self>, local: SocketAddr, sock: Arc<UdpSocket>) {
+    /// The receive loop of one UDP listener, on the receive runtime; the
+    /// requests it admits are handled on `work` (the edge's runtime). Ends
+    /// with `shutdown` (or when its sender is gone).
+    pub(super) async fn udp_loop(
+        self: Arc<Self>,
+        local: SocketAddr,
+        sock: Arc<UdpSocket>,
+        work: tokio::runtime::Handle,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut buf = vec![0u8; 65536];
         let wildcard = local.ip().is_unspecified();
         let mut cmsg = nix::cmsg_space!(nix::libc::in6_pktinfo);
         loop {
-            let got = if wildcard {
-                recv_with_destination(&sock, &mut buf, &mut cmsg).await
-            } else {
-                sock.recv_from(&mut buf).await.map(|(n, r)| (n, r, None))
+            let received = async {
+                if wildcard {
+                    recv_with_destination(&sock, &mut buf, &mut cmsg).await
+                } else {
+                    sock.recv_from(&mut buf).await.map(|(n, r)| (n, r, None))
+                }
+            };
+            let got = tokio::select! {
+                got = received => got,
+                _ = shutdown.changed() => return,
             };
             let (n, remote, to) = match got {
                 Ok(x) => x,
@@ -178,19 +245,23 @@ impl Edge {
                 self.drop_counted("rate_limited");
                 continue;
             }
-            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-                self.drop_counted("overload");
-                continue;
-            };
             let src = Source {
                 transport: Transport::Udp,
                 remote,
                 local: flow_local,
                 conn: 0,
             };
+            if buf[..n].starts_with(b"OPTIONS ") {
+                self.options_now(&buf[..n], src);
+                continue;
+            }
+            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+                self.drop_counted("overload");
+                continue;
+            };
             let data = Bytes::copy_from_slice(&buf[..n]);
             let me = self.clone();
-            tokio::spawn(async move {
+            work.spawn(async move {
                 me.on_message(&data, src, TransportKind::Datagram).await;
                 drop(permit);
             });
