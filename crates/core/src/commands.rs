@@ -86,6 +86,10 @@ pub enum Command {
     Route {
         aor: String,
         method: String,
+        /// The SIP transaction and the edge relaying it: a second edge
+        /// asking for the same transaction is told `RelayedElsewhere`.
+        origin: Origin,
+        edge: String,
     },
     /// The notifier saw a 481 or a final timeout.
     EndSubscription {
@@ -159,6 +163,10 @@ pub enum Refusal {
     /// The shard owner is unreachable or the command came too late (503
     /// with Retry-After).
     Unavailable,
+    /// This MESSAGE transaction is being relayed by another edge (the UA's
+    /// retransmission reached a second edge): the second one must not relay
+    /// it again; it answers 100 Trying and the first edge's answer ends it.
+    RelayedElsewhere,
 }
 
 /// What a [`Refusal::TooMany`] counts.

@@ -447,9 +447,16 @@ impl From<&Command> for pb::Command {
             Command::Register(r) => C::Register(r.into()),
             Command::Publish(p) => C::Publish(p.into()),
             Command::Subscribe(s) => C::Subscribe(s.into()),
-            Command::Route { aor, method } => C::Route(pb::RouteCmd {
+            Command::Route {
+                aor,
+                method,
+                origin,
+                edge,
+            } => C::Route(pb::RouteCmd {
                 aor: aor.clone(),
                 method: method.clone(),
+                origin: Some(origin.into()),
+                edge: edge.clone(),
             }),
             Command::EndSubscription { id, reason } => C::EndSubscription(pb::EndSubscriptionCmd {
                 id: id.clone(),
@@ -478,6 +485,8 @@ impl TryFrom<pb::Command> for Command {
             C::Route(r) => Command::Route {
                 aor: r.aor,
                 method: r.method,
+                origin: r.origin.map(Into::into).unwrap_or_default(),
+                edge: r.edge,
             },
             C::EndSubscription(e) => Command::EndSubscription {
                 id: e.id,
@@ -554,6 +563,7 @@ fn refused_to_pb(r: Refusal) -> pb::Refused {
         Refusal::DocumentTooLarge { limit } => (W::DocumentTooLarge, Q::Unspecified, limit),
         Refusal::StoreFailed => (W::StoreFailed, Q::Unspecified, 0),
         Refusal::Unavailable => (W::Unavailable, Q::Unspecified, 0),
+        Refusal::RelayedElsewhere => (W::RelayedElsewhere, Q::Unspecified, 0),
         // A refusal added to core without a wire form: the receiver fails
         // to decode it, and its caller answers as for any bus failure.
         _ => (W::Unspecified, Q::Unspecified, 0),
@@ -591,6 +601,7 @@ fn refused_from_pb(f: &pb::Refused) -> Result<Refusal, DecodeError> {
         W::DocumentTooLarge => Refusal::DocumentTooLarge { limit: f.limit },
         W::StoreFailed => Refusal::StoreFailed,
         W::Unavailable => Refusal::Unavailable,
+        W::RelayedElsewhere => Refusal::RelayedElsewhere,
     })
 }
 

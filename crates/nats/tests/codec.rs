@@ -214,6 +214,8 @@ fn command(r: &mut StdRng) -> Command {
         3 => Command::Route {
             aor: text(r),
             method: text(r),
+            origin: origin(r),
+            edge: text(r),
         },
         4 => Command::EndSubscription {
             id: text(r),
@@ -244,8 +246,9 @@ fn reply(r: &mut StdRng) -> Reply {
         },
         3 => Reply::Routes((0..r.random_range(0..3)).map(|_| binding(r)).collect()),
         4 => Reply::Done,
-        _ => Reply::Refused(match r.random_range(0..12) {
+        _ => Reply::Refused(match r.random_range(0..13) {
             10 => Refusal::DocumentTooLarge { limit: r.random() },
+            11 => Refusal::RelayedElsewhere,
             0 => Refusal::UnknownEtag,
             1 => Refusal::NoSuchSubscription,
             2 => Refusal::OutOfOrderCSeq,
@@ -555,7 +558,7 @@ fn unknown_and_unspecified_enums_are_refused() {
 #[test]
 fn out_of_range_numbers_and_bad_addresses_are_refused() {
     // A refusal without a reason we know, or a quota we do not, is refused.
-    for (why, quota) in [(0, 0), (12, 0), (-1, 0), (i32::MAX, 0), (8, 0), (8, 5)] {
+    for (why, quota) in [(0, 0), (13, 0), (-1, 0), (i32::MAX, 0), (8, 0), (8, 5)] {
         let r = pb::Reply {
             reply: Some(pb::reply::Reply::Refused(pb::Refused {
                 why,

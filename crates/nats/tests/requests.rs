@@ -94,6 +94,8 @@ async fn commands_and_replies_travel_as_protobuf() {
             Command::Route {
                 aor: "sip:a@example.com".into(),
                 method: "MESSAGE".into(),
+                origin: Default::default(),
+                edge: String::new(),
             },
             Duration::from_secs(10),
         )
@@ -151,6 +153,8 @@ async fn an_undecodable_request_is_answered_with_an_error() {
             Command::Route {
                 aor: "a".into(),
                 method: "MESSAGE".into(),
+                origin: Default::default(),
+                edge: String::new(),
             },
             Duration::from_secs(10),
         )

@@ -17,6 +17,8 @@ fn route() -> Command {
     Command::Route {
         aor: "sip:alice@example.com".into(),
         method: "MESSAGE".into(),
+        origin: Default::default(),
+        edge: String::new(),
     }
 }
 

@@ -164,6 +164,9 @@ pub fn for_refusal(r: &Refusal) -> Answer {
             .with("Retry-After", RETRY_AFTER_SECS.to_string()),
         Refusal::Unavailable => Answer::new(503, "Service Unavailable")
             .with("Retry-After", RETRY_AFTER_SECS.to_string()),
+        // Another edge relays it and will answer; this one only says it
+        // has the request (a provisional answer: the UA keeps waiting).
+        Refusal::RelayedElsewhere => Answer::new(100, "Trying"),
         // `Refusal` is non_exhaustive: one added to core before it has an
         // answer here is a server error, and is logged.
         other => {
@@ -206,6 +209,7 @@ mod tests {
             ),
             (Refusal::StoreFailed, 500, "Server Internal Error"),
             (Refusal::Unavailable, 503, "Service Unavailable"),
+            (Refusal::RelayedElsewhere, 100, "Trying"),
         ];
         for (r, code, reason) in table {
             let a = for_refusal(r);

@@ -327,6 +327,14 @@ impl Compositor {
     }
 
     async fn apply_inner(&self, cmd: Command) -> Result<Reply, StoreError> {
+        if let Command::Route {
+            aor, origin, edge, ..
+        } = &cmd
+        {
+            if !origin.txn.is_empty() {
+                return self.route_once(aor, &origin.txn, edge, cmd.clone()).await;
+            }
+        }
         let origin = match &cmd {
             Command::Register(c) => Some((&c.aor, &c.origin)),
             Command::Publish(c) => Some((&c.aor, &c.origin)),
@@ -361,12 +369,43 @@ impl Compositor {
         Ok(reply)
     }
 
+    /// A MESSAGE transaction is relayed by one edge: the edge that asked
+    /// first gets the routes (again, when it asks again: a lost reply); a
+    /// second edge asking for the same transaction (the UA's retransmission
+    /// reached it, e.g. after a load balancer moved the UA) is told
+    /// `RelayedElsewhere` instead of relaying it a second time.
+    async fn route_once(
+        &self,
+        aor: &str,
+        txn: &str,
+        edge: &str,
+        cmd: Command,
+    ) -> Result<Reply, StoreError> {
+        let now = self.clock.now_ms();
+        let first = format!("route\n{}", RecentReplies::key(aor, txn));
+        let mine = format!("{first}\n{edge}");
+        if let Some(reply) = self.recent.get(&mine, now) {
+            self.metrics
+                .compositor_retried_commands
+                .with_label_values(&["answered_again"])
+                .inc();
+            return Ok(reply);
+        }
+        if self.recent.get(&first, now).is_some() {
+            return Ok(Reply::refused(Refusal::RelayedElsewhere));
+        }
+        let reply = self.apply_once(cmd).await?;
+        self.recent.put(first, Reply::Done, now);
+        self.recent.put(mine, reply.clone(), now);
+        Ok(reply)
+    }
+
     async fn apply_once(&self, cmd: Command) -> Result<Reply, StoreError> {
         match cmd {
             Command::Register(c) => self.register(c).await,
             Command::Publish(c) => self.publish(c).await,
             Command::Subscribe(c) => self.subscribe(c).await,
-            Command::Route { aor, method } => self.route(&aor, &method).await,
+            Command::Route { aor, method, .. } => self.route(&aor, &method).await,
             Command::EndSubscription { id, reason } => self.end_subscription(&id, reason).await,
             Command::SetHardState { aor, event, body } => {
                 self.set_hard_state(&aor, &event, body).await

@@ -15,6 +15,7 @@ pub mod compositor;
 pub mod config;
 pub mod edge;
 pub mod faults;
+pub mod gone_edges;
 use faults::Faults;
 pub mod guard;
 pub mod leases;
@@ -24,6 +25,7 @@ pub mod notifier;
 pub mod ops;
 pub mod outbox;
 pub mod recent;
+pub mod roster;
 
 use crate::cluster::{Backends, HandoverRetry, RetryMetrics};
 use crate::compositor::Compositor;
@@ -210,6 +212,24 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             None => tokio::spawn(compositor.run(bus, 4, shutdown_rx.clone())),
         });
     }
+    // The live edges, in a cluster: edges hold a membership lease; edges
+    // and notifiers read who holds one (see roster.rs).
+    let roster = match &backends.leases {
+        Some(leases) if roles.edge || roles.notifier => {
+            let r = crate::roster::Roster::new(leases.clone());
+            tasks.push(tokio::spawn(r.clone().follow(shutdown_rx.clone())));
+            if roles.edge {
+                // The edge's id as it serves `edge.<id>` (below).
+                tasks.push(tokio::spawn(r.clone().hold(
+                    format!("edge-{}", cfg.node_id),
+                    cfg.lease_ttl,
+                    shutdown_rx.clone(),
+                )));
+            }
+            Some(r)
+        }
+        _ => None,
+    };
     if roles.notifier {
         let notifier = Arc::new(
             Notifier::new(
@@ -223,7 +243,8 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
                 metrics.clone(),
             )
             .with_faults(faults)
-            .with_batch(cfg.notify_batch),
+            .with_batch(cfg.notify_batch)
+            .with_roster(roster.clone()),
         );
         tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));
     }
@@ -265,6 +286,9 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             metrics.clone(),
             listeners.udp,
         ));
+        if let Some(r) = &roster {
+            edge.follow_roster(r.clone());
+        }
         edge_handle = Some(edge.clone());
         tasks.push(tokio::spawn(edge.run(
             listeners.tcp,

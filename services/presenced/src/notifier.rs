@@ -34,6 +34,11 @@ pub struct Notifier {
     pub shards: u32,
     pub metrics: Arc<Metrics>,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Edges found gone: their flows' NOTIFYs go through another edge at
+    /// once (after one attempt), not after [`EDGE_GONE_AFTER`] each time.
+    gone: crate::gone_edges::GoneEdges,
+    /// The live edges (cluster mode): who is gone, and who takes over.
+    roster: Option<Arc<crate::roster::Roster>>,
     faults: Faults,
     sent: AtomicU64,
     /// A change with more watchers than this is split into batches of this
@@ -170,6 +175,8 @@ impl Notifier {
             shards,
             metrics,
             slots: Mutex::new(HashMap::new()),
+            gone: Default::default(),
+            roster: None,
             faults: Faults::default(),
             sent: AtomicU64::new(0),
             batch: DEFAULT_BATCH,
@@ -177,6 +184,12 @@ impl Notifier {
     }
 
     /// Split fan-outs into batches of `n` watchers (at least 1).
+    /// Follow the live edges (cluster mode) for rerouting.
+    pub fn with_roster(mut self, roster: Option<Arc<crate::roster::Roster>>) -> Notifier {
+        self.roster = roster;
+        self
+    }
+
     pub fn with_batch(mut self, n: usize) -> Notifier {
         self.batch = n.max(1);
         self
@@ -591,7 +604,8 @@ impl Notifier {
             body,
             deadline_ms: self.clock.now_ms() + lifetime.as_millis() as u64,
         };
-        let mut subject = edge_subject(&sub.flow.edge);
+        let flow_edge = edge_subject(&sub.flow.edge);
+        let mut subject = flow_edge.clone();
         let give_up = tokio::time::Instant::now() + lifetime;
         let mut unserved_since: Option<tokio::time::Instant> = None;
         let outcome = loop {
@@ -599,17 +613,38 @@ impl Notifier {
                 .edges
                 .request(&subject, req.clone(), ATTEMPT_WAIT)
                 .await;
-            // Nobody has served the watcher's edge for a while: it is gone
-            // (an edge that restarts comes back under a new id). Another
-            // edge sends it; nothing went out, so the CSeq still holds.
-            if matches!(result, Err(BusError::NoResponders(_))) && subject != ANY_EDGE {
+            let unserved = matches!(result, Err(BusError::NoResponders(_)));
+            // Nobody serves the watcher's edge: it is gone when the roster
+            // says so or it was found gone before, else after a while (an
+            // edge that restarts comes back under a new id). The dialog's
+            // successor sends it (always the same edge for one dialog, so
+            // the dialog's NOTIFYs stay in order); nothing went out, so the
+            // CSeq still holds.
+            if unserved && subject == flow_edge {
                 let since = *unserved_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= EDGE_GONE_AFTER {
-                    tracing::debug!(edge = %subject, "edge gone; sending through another");
+                let known_gone = self
+                    .roster
+                    .as_ref()
+                    .is_some_and(|r| r.is_gone(&sub.flow.edge))
+                    || self.gone.is_gone(&sub.flow.edge, std::time::Instant::now());
+                if known_gone || since.elapsed() >= EDGE_GONE_AFTER {
+                    self.gone.mark(&sub.flow.edge, std::time::Instant::now());
                     self.metrics.notifier_rerouted.inc();
-                    subject = ANY_EDGE.to_string();
+                    subject = self
+                        .roster
+                        .as_ref()
+                        .and_then(|r| r.successor(&sub.id, &sub.flow.edge))
+                        .map_or_else(|| ANY_EDGE.to_string(), |e| edge_subject(&e));
+                    tracing::debug!(edge = %sub.flow.edge, via = %subject, "edge gone; sending through another");
                     continue;
                 }
+            } else if unserved && subject != ANY_EDGE {
+                // The successor went too: any edge.
+                subject = ANY_EDGE.to_string();
+                continue;
+            }
+            if result.is_ok() && subject == flow_edge {
+                self.gone.back(&sub.flow.edge);
             }
             match result {
                 Ok(o) => break Some(o),

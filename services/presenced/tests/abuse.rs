@@ -403,6 +403,55 @@ async fn subscribing_to_nobody_leaves_nothing(tp: Tp) {
     s.shutdown().await;
 }
 
+/// A MESSAGE whose retransmission reaches a second edge (a load balancer
+/// moved the UA while the first edge still relays it) is relayed once: the
+/// second edge answers 100 Trying, the first one's answer ends it.
+#[tokio::test]
+async fn cluster_message_retransmitted_to_another_edge_is_relayed_once() {
+    let s = start(Mode::Cluster, None, None, &[]).await;
+    let mut bob = s.ua(Tp::Udp, WATCHER, "bob").await;
+    let contact = format!("<{}>", bob.contact_uri());
+    let aor = bob.aor.clone();
+    let reg = bob
+        .req("REGISTER", "sip:example.com")
+        .to(&aor)
+        .h("Contact", contact)
+        .h("Expires", "600");
+    assert_eq!(bob.send(&reg).await.code, 200);
+    // Bob is slow: the MESSAGE stays open at the first edge.
+    bob.answer_code
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+
+    let mut alice = s.ua(Tp::Udp, PRESENTITY, "alice").await;
+    let req = alice
+        .req("MESSAGE", &aor)
+        .body("text/plain", "once, please");
+    alice.send_raw(&req.encode(Tp::Udp, alice.local)).await;
+    let first = bob
+        .recv_request("MESSAGE", s.wait())
+        .await
+        .expect("the MESSAGE reaches bob");
+    // The UA's retransmission, same transaction, now to the other edge.
+    alice.server = s.at(WATCHER);
+    alice.send_raw(&req.encode(Tp::Udp, alice.local)).await;
+    let trying = alice
+        .wait_for(
+            s.wait(),
+            |m| matches!(m, presence_sip::Message::Response(r) if r.code == 100),
+        )
+        .await;
+    assert!(trying.is_some(), "the second edge answers 100 Trying");
+    // Bob answers now; nothing else reaches him but retransmissions of the
+    // one relayed MESSAGE (same branch).
+    bob.answer_code
+        .store(200, std::sync::atomic::Ordering::SeqCst);
+    let branch = |r: &presence_sip::Request| r.top_via().and_then(|v| v.branch);
+    while let Some(again) = bob.recv_request("MESSAGE", Duration::from_secs(3)).await {
+        assert_eq!(branch(&again), branch(&first), "MESSAGE relayed twice");
+    }
+    s.shutdown().await;
+}
+
 mod documents_nothing_backs_are_forgotten {
     use super::{Mode, Tp};
     #[tokio::test]

@@ -71,32 +71,30 @@
 //! told from a quick crash; the drain's main worth (TCP connections, SIP
 //! balancers that probe with OPTIONS) is out of this test's reach.
 //!
-//! Server bugs this test finds (why the main test is `#[ignore]`d; see its
-//! marker; `--ignored` runs it):
+//! Server bugs this test found (fixed; each fix has its own test too):
 //!
-//! 1. A NOTIFY (notifier.rs) or relayed MESSAGE (edge/relay.rs) whose flow
-//!    names an edge id nobody serves waits `EDGE_GONE_AFTER` (4 s) of
-//!    no-responders retries *each time* before going through `edges.any`:
-//!    nothing remembers that the edge is gone. After a rollout (every edge
-//!    id changes) every NOTIFY and MESSAGE to a UA registered or subscribed
-//!    before it is 4 s late until the UA refreshes through a live edge
-//!    (change→NOTIFY and MESSAGE p50 ≈ 4 s here, 3–6 ms with ids kept).
-//! 2. A MESSAGE is not deduplicated across edges: while (1) holds it for
-//!    4 s (or anything else stalls it past T1), the sender's Timer E
-//!    retransmissions go to the edge its flow moved to, which relays it
-//!    again (42–50 `duplicate_message` per run). PUBLISH and SUBSCRIBE are
-//!    safe: the shard owner answers a repeated transaction key from memory.
-//! 3. The NOTIFYs of a dialog whose flow edge is gone are each sent through
-//!    any edge of `edges.any`, so the per-dialog order kept by the flow's
-//!    edge (`DialogOut`) no longer holds across two notifiers
-//!    (`out_of_order_cseq`: 0–5 per run; 143 in one run with new ids behind
-//!    a balancer that ignores readiness).
-//! 4. At shutdown the edge stops reading its UDP sockets while its own
-//!    NOTIFY transactions are in flight and exits without their outcome;
-//!    the notifier's attempt times out (8 s) and the same CSeq goes out
-//!    again as a new transaction (`duplicate_notify`, as many as the
-//!    notifier's `presence_nats_errors_total{bus="edge",kind="timeout"}`;
-//!    2 runs of 9 with ids kept).
+//! 1. A NOTIFY or relayed MESSAGE whose flow names an edge nobody serves
+//!    waited `EDGE_GONE_AFTER` (4 s) every time: after a rollout (every
+//!    edge id changes) every NOTIFY and MESSAGE to a UA that registered or
+//!    subscribed before it was 4 s late. Now edges hold a membership lease
+//!    (`roster.rs`), released when they stop: an edge the roster does not
+//!    list is gone at once, and an edge found gone is remembered
+//!    (`gone_edges.rs`).
+//! 2. A MESSAGE was not deduplicated across edges: a retransmission that
+//!    reached the edge its flow moved to was relayed again (42–50
+//!    `duplicate_message` per run). Now the shard owner remembers which edge
+//!    relays a transaction; a second edge answers 100 Trying
+//!    (`Refusal::RelayedElsewhere`).
+//! 3. A gone edge's NOTIFYs went through any edge (`edges.any`), and two
+//!    notifiers raced one dialog's NOTIFYs through two edges
+//!    (`out_of_order_cseq` 0–5 per run, 143 behind a balancer that ignores
+//!    readiness). Now a dialog's NOTIFYs go through its successor: the same
+//!    live edge for every notifier (rendezvous hash over the roster), which
+//!    keeps the dialog's order.
+//! 4. At shutdown the edge stopped reading its UDP sockets while its NOTIFY
+//!    transactions were in flight, and the notifier sent them again as new
+//!    transactions (`duplicate_notify`). Now a stopping edge keeps receiving
+//!    until they end (at most 5 s).
 //!
 //! The load generator is found or built like in tests/failover.rs.
 //!
@@ -811,12 +809,7 @@ fn assert_clean(what: &str, r: Rollout) {
 /// The rollout as Kubernetes does it with the chart (scaled down): SIGTERM,
 /// lame duck while the Service takes the edge out, a new pod (new node id)
 /// on the edge's ports, the next edge once it is ready. Nothing may be lost.
-/// Fails on every run so far (6 of 6: 42–50 `duplicate_message`, 0–5
-/// `out_of_order_cseq`; bugs 1–3 of the file's doc).
 #[test]
-#[ignore = "server bugs 1-3 in this file's doc: a NOTIFY or MESSAGE to a gone edge's flow waits 4 s each time, \
-            MESSAGE retransmissions reaching another edge are relayed again, NOTIFYs through edges.any lose \
-            their per-dialog order; --ignored runs it"]
 fn a_rolling_restart_of_every_edge_under_load_loses_nothing() {
     assert_clean(
         "rolling restart",
@@ -831,11 +824,8 @@ fn a_rolling_restart_of_every_edge_under_load_loses_nothing() {
 
 /// The same with every restarted edge keeping its node id (`edge.<id>` is
 /// served again by the new process as soon as it is up, so nothing goes
-/// through `edges.any`): bugs 1–3 out of the way. Clean in 7 runs of 9; the
-/// other two had 1 and 4 `duplicate_notify` (bug 4).
+/// through another edge).
 #[test]
-#[ignore = "variant; server bug 4 in this file's doc (a NOTIFY in flight when an edge exits is sent again as a \
-            new transaction) fails it about one run in three; --ignored runs it"]
 fn a_rolling_restart_keeping_node_ids_under_load_loses_nothing() {
     assert_clean(
         "rolling restart, same ids",

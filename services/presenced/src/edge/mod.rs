@@ -65,6 +65,10 @@ use tokio::time::Instant;
 
 use crate::guard::{EdgeLimits, SourceGuard};
 
+/// How long a stopping edge keeps receiving the answers to its NOTIFYs and
+/// MESSAGEs still in flight.
+const CLIENT_TXN_GRACE: Duration = Duration::from_secs(5);
+
 const ALLOW: &str = "REGISTER, PUBLISH, SUBSCRIBE, NOTIFY, MESSAGE, OPTIONS";
 
 pub use presence_core::commands::{OutRequest, Outcome};
@@ -102,6 +106,10 @@ pub struct Edge {
     udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     /// How this edge names itself on the wire (Via sent-by, Contact).
     names: SelfNames,
+    /// Other edges found gone (MESSAGE relays to their flows go elsewhere).
+    gone: crate::gone_edges::GoneEdges,
+    /// The live edges (cluster mode; set by [`Edge::follow_roster`]).
+    roster: std::sync::OnceLock<Arc<crate::roster::Roster>>,
     conns: Mutex<HashMap<u64, Conn>>,
     by_remote: Mutex<HashMap<SocketAddr, u64>>,
     next_conn: AtomicU64,
@@ -138,6 +146,8 @@ impl Edge {
         let names = SelfNames::new(&listeners, &cfg.advertise);
         Edge {
             names,
+            gone: Default::default(),
+            roster: Default::default(),
             cfg,
             bus,
             clock,
@@ -155,6 +165,11 @@ impl Edge {
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg_limits.max_inflight.max(1))),
             draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Reroute to the live edges of `roster` (cluster mode).
+    pub fn follow_roster(&self, roster: Arc<crate::roster::Roster>) {
+        let _ = self.roster.set(roster);
     }
 
     /// Go lame duck: OPTIONS gets 503 from now on, everything else is
@@ -195,9 +210,13 @@ impl Edge {
     ) {
         let mut tasks = Vec::new();
         let work = tokio::runtime::Handle::current();
+        // The receive loops outlive `shutdown` (see the end of this
+        // function); they stop with this sender, also when this future is
+        // dropped without a shutdown.
+        let (stop_receiving, receiving) = watch::channel(false);
         for (local, sock) in self.udp.clone() {
             let me = self.clone();
-            let (work, stop) = (work.clone(), shutdown.clone());
+            let (work, stop) = (work.clone(), receiving.clone());
             tasks.push(spawn_receiver(async move {
                 me.udp_loop(local, sock, work, stop).await
             }));
@@ -236,6 +255,22 @@ impl Edge {
         }
         let _ = out_bus.unserve(&subject).await;
         let _ = out_bus.unserve(crate::names::ANY_EDGE).await;
+        // No new NOTIFY or MESSAGE comes now, but the answers to those in
+        // flight still do: keep receiving until their transactions end (at
+        // most CLIENT_TXN_GRACE), so that each reports its outcome to the
+        // notifier instead of being sent again, as a new transaction,
+        // through another edge.
+        let until = Instant::now() + CLIENT_TXN_GRACE;
+        while Instant::now() < until
+            && !self
+                .client_txns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop_receiving.send(true);
         for t in tasks {
             t.abort();
         }

@@ -58,6 +58,8 @@ impl Edge {
                 Command::Route {
                     aor: aor.to_string(),
                     method: "MESSAGE".into(),
+                    origin: self.origin(req),
+                    edge: self.cfg.id.clone(),
                 },
             )
             .await
@@ -180,17 +182,54 @@ impl Edge {
         let subject = crate::names::edge_subject(&out.flow.edge);
         // Timer F on the far edge, plus the bus hops.
         let wait = TIMER_F + Duration::from_secs(2);
-        let gone_at = Instant::now() + crate::names::EDGE_GONE_AFTER;
+        // An edge the roster does not list, or found gone before, gets one
+        // attempt (its id may be back), not the whole wait again (see
+        // `gone_edges.rs`, `roster.rs`).
+        let roster = self.roster.get().cloned();
+        let known_gone = roster.as_ref().is_some_and(|r| r.is_gone(&out.flow.edge))
+            || self.gone.is_gone(&out.flow.edge, std::time::Instant::now());
+        let gone_at = if known_gone {
+            Instant::now()
+        } else {
+            Instant::now() + crate::names::EDGE_GONE_AFTER
+        };
         let result = loop {
             match bus.request(&subject, out.clone(), wait).await {
                 // Nobody serves it: a NATS reconnection, or the edge is gone.
-                Err(presence_store::BusError::NoResponders(_)) if Instant::now() < gone_at => {
+                Err(presence_store::BusError::NoResponders(_))
+                    if Instant::now() < gone_at
+                        && !roster.as_ref().is_some_and(|r| r.is_gone(&out.flow.edge)) =>
+                {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(presence_store::BusError::NoResponders(_)) => {
+                    self.gone.mark(&out.flow.edge, std::time::Instant::now());
+                    // The flow's successor (one edge per flow), else any.
+                    let key = out.flow.remote.to_string();
+                    if let Some(next) = roster
+                        .as_ref()
+                        .and_then(|r| r.successor(&key, &out.flow.edge))
+                        .filter(|next| *next != self.cfg.id)
+                    {
+                        let via = crate::names::edge_subject(&next);
+                        match bus.request(&via, out.clone(), wait).await {
+                            Err(presence_store::BusError::NoResponders(_)) => {}
+                            other => break other,
+                        }
+                    } else if roster.is_some() {
+                        // This edge is the successor: it sends it.
+                        let mut out = out;
+                        out.flow.edge = self.cfg.id.clone();
+                        return self.send_request(out).await;
+                    }
                     break bus.request(crate::names::ANY_EDGE, out, wait).await;
                 }
-                other => break other,
+                other => {
+                    if other.is_ok() {
+                        self.gone.back(&out.flow.edge);
+                    }
+                    break other;
+                }
             }
         };
         result.unwrap_or_else(|e| {
