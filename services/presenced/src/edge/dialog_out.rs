@@ -148,8 +148,12 @@ impl Edge {
             .get(call_id)
             .cloned();
         if let Some(mut rx) = pending {
-            // Returns when the sender is dropped, i.e. the answer is out.
-            let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+            // Returns when the sender is dropped, i.e. the answer is out:
+            // at the latest when `ask` gives up (its budget, then 503). A
+            // shorter hold let a NOTIFY overtake a 200 whose first ask was
+            // lost and asked again (seen in CI on a loaded machine).
+            let hold = super::mapping::ASK_BUDGET + Duration::from_secs(1);
+            let _ = tokio::time::timeout(hold, rx.changed()).await;
         }
     }
 
