@@ -89,7 +89,14 @@ pub const MAX_TRACKED: usize = 200_000;
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Requests of the last second or so (each decays with e^-t, t in s).
+    recent: f64,
 }
+
+/// A source that sent fewer requests than this in about the last second is
+/// *light* (a phone: a few requests a minute); an aggregator, a load tool or
+/// a flood is not. Under a notify backlog the heavy ones are shed first.
+pub const LIGHT_RATE: f64 = 20.0;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Budget {
@@ -161,9 +168,11 @@ impl SourceGuard {
         let b = self.buckets.entry(ip).or_insert(Bucket {
             tokens: burst,
             at: now,
+            recent: 0.0,
         });
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.recent = b.recent * (-elapsed).exp() + 1.0;
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -171,6 +180,15 @@ impl SourceGuard {
         } else {
             false
         }
+    }
+
+    /// Did `ip` send fewer than [`LIGHT_RATE`] requests in about the last
+    /// second? (An untracked source is light.)
+    pub fn is_light(&self, ip: IpAddr, now: Instant) -> bool {
+        self.buckets.get(&ip).is_none_or(|b| {
+            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+            b.recent * (-elapsed).exp() < LIGHT_RATE
+        })
     }
 
     /// Bytes received from `from` (any datagram, request or answer).
@@ -301,6 +319,27 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         g.sweep(Instant::now());
         assert_eq!(g.tracked().0, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heavy_and_light_sources_are_told_apart() {
+        let mut g = SourceGuard::new(limits());
+        let phone: IpAddr = "192.0.2.1".parse().unwrap();
+        let tool: IpAddr = "192.0.2.2".parse().unwrap();
+        let now = Instant::now();
+        assert!(g.is_light(phone, now), "unknown: light");
+        for i in 0..100u64 {
+            let t = now + Duration::from_millis(i * 5);
+            g.admit_request(tool, t);
+            if i % 50 == 0 {
+                g.admit_request(phone, t);
+            }
+        }
+        let t = now + Duration::from_millis(500);
+        assert!(g.is_light(phone, t));
+        assert!(!g.is_light(tool, t), "100 requests in half a second");
+        // Quiet for a few seconds: light again.
+        assert!(g.is_light(tool, t + Duration::from_secs(5)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -466,6 +466,20 @@ async fn publishes_are_shed_while_notifies_back_up() {
         .req("PUBLISH", &aor)
         .h("Event", "presence")
         .h("Expires", "600")
+        .body("application/pidf+xml", pidf.clone());
+    // Two NOTIFYs in flight, over the backlog of 1 but not twice it: a light
+    // source (a few requests a second, like a phone) is still served ...
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 200, "a light source is served: {}", r.reason);
+    // ... a heavy one (a burst of requests from its address) is shed.
+    for _ in 0..(presenced::guard::LIGHT_RATE as usize + 10) {
+        let o = alice.req("OPTIONS", "sip:example.com");
+        alice.send_raw(&o.encode(Tp::Udp, alice.local)).await;
+    }
+    let req = alice
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600")
         .body("application/pidf+xml", pidf);
     let r = alice.send(&req).await;
     assert_eq!(r.code, 503, "{}", r.reason);

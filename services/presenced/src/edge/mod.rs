@@ -188,13 +188,20 @@ impl Edge {
         self.guard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// More client transactions in flight than `--max-notify-backlog`.
-    fn backlogged(&self) -> bool {
-        self.client_txns
+    /// Shed this PUBLISH? With more client transactions in flight than
+    /// `--max-notify-backlog`, a PUBLISH from a heavy source (see
+    /// `guard::LIGHT_RATE`: an aggregator, a load tool, a flood) is shed;
+    /// over twice that, every PUBLISH. Phones publishing now and then keep
+    /// being served while the heavy hitters wait.
+    fn shed_publish(&self, from: std::net::IpAddr) -> bool {
+        let in_flight = self
+            .client_txns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .len()
-            > self.cfg.limits.max_notify_backlog
+            .len();
+        let max = self.cfg.limits.max_notify_backlog;
+        in_flight > max.saturating_mul(2)
+            || (in_flight > max && !self.guard().is_light(from, Instant::now()))
     }
 
     fn drop_counted(&self, reason: &str) {
@@ -506,7 +513,7 @@ impl Edge {
             // Overload at its source: a PUBLISH makes NOTIFYs for every
             // watcher; while this edge has more of its own requests (NOTIFYs,
             // MESSAGEs) in flight than it can see through, new ones wait.
-            rsip::Method::Publish if self.backlogged() => {
+            rsip::Method::Publish if self.shed_publish(src.remote.ip()) => {
                 self.drop_counted("notify_backlog");
                 self.reject(req, src, Rejection::Overloaded)
             }
