@@ -223,6 +223,16 @@ pub struct Args {
         default_value_t = 20_000
     )]
     pub max_notify_backlog: usize,
+    /// Notify jobs waiting (the in-memory queue, or the JetStream consumer's
+    /// pending count) above which new PUBLISHes from heavy sources get 503,
+    /// and above twice which every new PUBLISH does: each queued change waits
+    /// for those ahead of it.
+    #[arg(
+        long = "max-notify-queue",
+        env = "PRESENCE_MAX_NOTIFY_QUEUE",
+        default_value_t = 200
+    )]
+    pub max_notify_queue: u64,
     /// On SIGTERM, seconds to keep serving SIP while /readyz answers 503 and
     /// OPTIONS 503 (load balancers take the node out), before stopping.
     #[arg(
@@ -483,6 +493,12 @@ impl Config {
                 10_000_000,
             ),
             ("--drain-seconds", args.drain_seconds as usize, 0, 3_600),
+            (
+                "--max-notify-queue",
+                args.max_notify_queue as usize,
+                1,
+                10_000_000,
+            ),
         ] {
             if v < min || v > max {
                 errors.push(format!("{flag} must be between {min} and {max}"));
@@ -528,6 +544,7 @@ impl Config {
                 write_queue: args.write_queue,
                 amplification: crate::guard::AMPLIFICATION,
                 max_notify_backlog: args.max_notify_backlog,
+                max_notify_queue: args.max_notify_queue,
             },
             drain: Duration::from_secs(args.drain_seconds),
             shards: args.shards,

@@ -48,6 +48,9 @@ pub struct EdgeLimits {
     /// which new PUBLISHes get 503: the fan-out they would cause is
     /// already more than the watchers answer. `--max-notify-backlog`.
     pub max_notify_backlog: usize,
+    /// Notify jobs waiting above which new PUBLISHes from heavy sources get
+    /// 503 (every PUBLISH over twice it). `--max-notify-queue`.
+    pub max_notify_queue: u64,
 }
 
 impl Default for EdgeLimits {
@@ -63,6 +66,7 @@ impl Default for EdgeLimits {
             write_queue: 1024,
             amplification: AMPLIFICATION,
             max_notify_backlog: 20_000,
+            max_notify_queue: 200,
         }
     }
 }

@@ -289,6 +289,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
         if let Some(r) = &roster {
             edge.follow_roster(r.clone());
         }
+        edge.watch_notify_queue(jobs.clone());
         edge_handle = Some(edge.clone());
         tasks.push(tokio::spawn(edge.run(
             listeners.tcp,

@@ -41,6 +41,8 @@ pub struct Notifier {
     roster: Option<Arc<crate::roster::Roster>>,
     faults: Faults,
     sent: AtomicU64,
+    /// NOTIFYs in [`Notifier::send`] now.
+    sending: std::sync::atomic::AtomicUsize,
     /// A change with more watchers than this is split into batches of this
     /// size, all but one queued for other notifiers.
     batch: usize,
@@ -138,6 +140,11 @@ const JOB_ACK_LIMIT: Duration = Duration::from_secs(75);
 /// How often a job still waiting for its NOTIFYs tells its queue so (below
 /// JetStream's `ack_wait`, so it is not handed to another notifier meanwhile).
 const JOB_PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// A notifier owing more NOTIFYs than this (subscriptions with one pending
+/// or in flight; ~0.5 s of what two cores send) takes no new job until it
+/// owes fewer: memory stays bounded, and the backlog waits in the queue,
+/// whose depth the edges shed PUBLISHes by (`--max-notify-queue`).
+const MAX_OWED: usize = 10_000;
 /// Pause before retrying a NOTIFY whose store read or edge request failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -179,6 +186,7 @@ impl Notifier {
             roster: None,
             faults: Faults::default(),
             sent: AtomicU64::new(0),
+            sending: Default::default(),
             batch: DEFAULT_BATCH,
         }
     }
@@ -208,6 +216,16 @@ impl Notifier {
             let mut stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
+                    // Backpressure: while this notifier owes more NOTIFYs
+                    // than it sends in about half a second, new jobs stay in
+                    // the queue (where the edges see its depth and shed
+                    // PUBLISHes) instead of piling up in memory here.
+                    while me.owed() > MAX_OWED {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
                     let delivery = tokio::select! {
                         d = me.jobs.pull() => d,
                         _ = stop.changed() => break,
@@ -244,6 +262,12 @@ impl Notifier {
         for t in tasks {
             let _ = t.await;
         }
+    }
+
+    /// NOTIFYs being sent (a subscription's drain sends one at a time, so
+    /// this is about the subscriptions with a NOTIFY owed).
+    fn owed(&self) -> usize {
+        self.sending.load(Ordering::Relaxed)
     }
 
     /// Schedule the job's NOTIFYs; `None` when the job cannot be handled now
@@ -556,6 +580,8 @@ impl Notifier {
         body: Option<Bytes>,
         version: u64,
     ) -> Sent {
+        self.sending.fetch_add(1, Ordering::Relaxed);
+        let _sending = Sending(&self.sending);
         let cseq = match self.take_cseq(sub, version).await {
             Ok(c) => c,
             Err(not_sent) => return not_sent,
@@ -698,5 +724,14 @@ impl Notifier {
         {
             tracing::warn!(error = %e, "cannot end a subscription");
         }
+    }
+}
+
+/// Counts one NOTIFY out of [`Notifier::send`] however it ends.
+struct Sending<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

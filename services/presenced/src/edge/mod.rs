@@ -110,6 +110,10 @@ pub struct Edge {
     gone: crate::gone_edges::GoneEdges,
     /// The live edges (cluster mode; set by [`Edge::follow_roster`]).
     roster: std::sync::OnceLock<Arc<crate::roster::Roster>>,
+    /// The notify queue, whose depth sheds PUBLISHes (set by
+    /// [`Edge::watch_notify_queue`]).
+    notify_queue:
+        std::sync::OnceLock<Arc<dyn presence_store::WorkQueue<presence_core::commands::NotifyJob>>>,
     conns: Mutex<HashMap<u64, Conn>>,
     by_remote: Mutex<HashMap<SocketAddr, u64>>,
     next_conn: AtomicU64,
@@ -148,6 +152,7 @@ impl Edge {
             names,
             gone: Default::default(),
             roster: Default::default(),
+            notify_queue: Default::default(),
             cfg,
             bus,
             clock,
@@ -199,9 +204,25 @@ impl Edge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len();
-        let max = self.cfg.limits.max_notify_backlog;
-        in_flight > max.saturating_mul(2)
-            || (in_flight > max && !self.guard().is_light(from, Instant::now()))
+        let queued = self.notify_queue.get().map_or(0, |q| q.depth());
+        let (max, max_queued) = (
+            self.cfg.limits.max_notify_backlog,
+            self.cfg.limits.max_notify_queue,
+        );
+        if in_flight > max.saturating_mul(2) || queued > max_queued.saturating_mul(2) {
+            return true;
+        }
+        (in_flight > max || queued > max_queued) && !self.guard().is_light(from, Instant::now())
+    }
+
+    /// Shed PUBLISHes also by the depth of `queue`, the notify jobs waiting
+    /// (`--max-notify-queue`): every change waits for those ahead of it, and
+    /// the notifiers take no more than they can send soon.
+    pub fn watch_notify_queue(
+        &self,
+        queue: Arc<dyn presence_store::WorkQueue<presence_core::commands::NotifyJob>>,
+    ) {
+        let _ = self.notify_queue.set(queue);
     }
 
     fn drop_counted(&self, reason: &str) {
