@@ -113,11 +113,15 @@ impl Cluster {
             .args(["--nonce-secret", "cluster-test-secret"])
             .args(["--log", "info"])
             // Every simulated UA of a test comes from 127.0.0.1: one
-            // "source" carrying thousands of phones.
+            // "source" carrying thousands of phones, which the edge would
+            // rate-limit and shed first as a heavy source (a notifier
+            // killed by a failover test lets the notify queue grow).
             .args([
                 "--rate-per-source",
                 "1000000",
                 "--burst-per-source",
+                "1000000",
+                "--max-notify-queue",
                 "1000000",
             ])
             .args(&self.extra)
@@ -324,6 +328,8 @@ impl Cluster {
                 "--rate-per-source",
                 "1000000",
                 "--burst-per-source",
+                "1000000",
+                "--max-notify-queue",
                 "1000000",
             ])
             .args(&self.extra)
