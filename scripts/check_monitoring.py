@@ -574,7 +574,7 @@ def exercise(tmp):
         server = ("127.0.0.1", sip)
         alice, bob = Ua("alice", server, "secret"), Ua("bob", server, "hunter2")
         presence_traffic(server, [bob], alice, expires_binding=2)
-        wait_until("the binding's expiry", lambda: "presence_compositor_expired_total" in scrape(http), 10)
+        wait_until("the binding's expiry", lambda: total(http, "presence_compositor_expired_total") > 0, 10)
         scrapes["all-in-one"] = scrape(http)
 
         step("cluster: redis-server, nats-server (JetStream), edge, compositor, notifier")
@@ -603,7 +603,8 @@ def exercise(tmp):
         compositor = presenced(procs, "compositor", ["--target", "compositor", "--node-id", "compositor-1",
                                                      *common])
         wait_until("the compositor's shard leases",
-                   lambda: "presence_compositor_lease_renewals_total" in scrape(compositor))
+                   lambda: (gauge(compositor, "presence_compositor_shards_owned") or 0) > 0
+                   and total(compositor, "presence_compositor_lease_renewals_total") > 0)
         # Two watchers and --notify-batch 1: the change's fan-out is split.
         presence_traffic(server, [dave, erin], carol, expires_binding=60)
 
@@ -627,7 +628,7 @@ def exercise(tmp):
         nats_request(nats, stream % "UPDATE", dict(config, max_bytes=1, discard="new"))
         carol.request("PUBLISH", carol.aor, body=pidf(carol.aor, "held"),
                       headers=["Event: presence", "Expires: 600", "Content-Type: application/pidf+xml"])
-        wait_until("a refused notify job", lambda: "presence_compositor_outbox_jobs_total" in scrape(compositor))
+        wait_until("a refused notify job", lambda: total(compositor, "presence_compositor_outbox_jobs_total") > 0)
         nats_request(nats, stream % "UPDATE", config)
         notified = dave.notifies
         wait_until("the relayed job's NOTIFY", lambda: dave.pump(0.1) is None and dave.notifies > notified)
@@ -667,6 +668,14 @@ def gauge(port, name):
     _, text = http_get(port, "/metrics")
     m = re.search(rf"^{name} (\S+)$", text, re.M)
     return float(m.group(1)) if m else None
+
+
+def total(port, name):
+    """The sum of every series of `name` (0 when it has none). Counters of
+    bounded label sets are exported at 0 from the start, so waiting for
+    something to happen means waiting for a value, not for a name."""
+    _, text = http_get(port, "/metrics")
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
 
 
 # ---------------------------------------------------------------- names
