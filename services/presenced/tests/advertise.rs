@@ -11,20 +11,7 @@ use presence_sip::HeaderAccess;
 use std::net::SocketAddr;
 
 async fn start(sip_listen: &str, extra: &[&str]) -> presenced::Server {
-    let mut args: Vec<String> = [
-        "presenced",
-        "--sip-listen",
-        sip_listen,
-        "--http-listen",
-        "127.0.0.1:0",
-        "--domain",
-        "example.com",
-        "--shards",
-        "8",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = base_args(sip_listen);
     args.extend(extra.iter().map(|s| s.to_string()));
     use clap::Parser;
     let parsed = presenced::config::Args::parse_from(&args);

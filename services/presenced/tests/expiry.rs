@@ -87,6 +87,21 @@ fn flow() -> Flow {
     }
 }
 
+/// An initial PUBLISH of [`PIDF`] for `aor`.
+fn initial_publish(aor: &str, expires: u32) -> Command {
+    Command::Publish(PublishCmd {
+        aor: aor.into(),
+        event: "presence".into(),
+        if_match: None,
+        expires,
+        body: Some((
+            "application/pidf+xml".into(),
+            Bytes::from_static(PIDF.as_bytes()),
+        )),
+        origin: Default::default(),
+    })
+}
+
 /// A watcher of `aor` for `expires` seconds (its jobs drained).
 async fn watch(r: &Rig, aor: &str, expires: u32) -> String {
     let reply = ask(
@@ -124,22 +139,7 @@ async fn a_publication_ends_by_its_expires_and_recomposes() {
     let r = rig().await;
     let aor = "sip:alice@example.com";
     watch(&r, aor, 3600).await;
-    let reply = ask(
-        &r,
-        aor,
-        Command::Publish(PublishCmd {
-            aor: aor.into(),
-            event: "presence".into(),
-            if_match: None,
-            expires: 10,
-            body: Some((
-                "application/pidf+xml".into(),
-                Bytes::from_static(PIDF.as_bytes()),
-            )),
-            origin: Default::default(),
-        }),
-    )
-    .await;
+    let reply = ask(&r, aor, initial_publish(aor, 10)).await;
     assert!(
         matches!(reply, Reply::Published { expires: 10, .. }),
         "{reply:?}"
@@ -277,22 +277,7 @@ async fn a_subscription_ends_with_a_timeout_notify() {
 async fn an_unwatched_publication_ends_without_a_trace() {
     let r = rig().await;
     let aor = "sip:erin@example.com";
-    let reply = ask(
-        &r,
-        aor,
-        Command::Publish(PublishCmd {
-            aor: aor.into(),
-            event: "presence".into(),
-            if_match: None,
-            expires: 10,
-            body: Some((
-                "application/pidf+xml".into(),
-                Bytes::from_static(PIDF.as_bytes()),
-            )),
-            origin: Default::default(),
-        }),
-    )
-    .await;
+    let reply = ask(&r, aor, initial_publish(aor, 10)).await;
     assert!(matches!(reply, Reply::Published { .. }), "{reply:?}");
     drain(&r).await;
     assert!(r.store.document(aor, "presence").await.unwrap().is_some());

@@ -33,8 +33,8 @@
 
 mod harness;
 
-use harness::{metric_sum, Cluster, PATIENCE};
-use std::path::{Path, PathBuf};
+use harness::{json_object, loadtest_binary, metric_sum, Cluster, PATIENCE};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -118,55 +118,6 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-/// The newest modification time of the files under `dir`.
-fn newest(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut t = std::fs::metadata(dir).ok()?.modified().ok();
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let m = if e.path().is_dir() {
-            newest(&e.path())
-        } else {
-            e.metadata().ok().and_then(|m| m.modified().ok())
-        };
-        t = t.max(m);
-    }
-    t
-}
-
-/// `target/<profile>/presence-loadtest`, built if missing or older than
-/// its sources.
-fn loadtest_binary() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_presenced"))
-        .parent()
-        .expect("the binary's directory")
-        .to_path_buf();
-    let bin = dir.join("presence-loadtest");
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadtest");
-    let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    let changed_at = newest(&sources.join("src")).max(newest(&sources.join("Cargo.toml")));
-    if built_at.is_some() && built_at >= changed_at {
-        return bin;
-    }
-    // The machine's benchmark lock: never build while a benchmark runs.
-    while Path::new("/tmp/presence-bench.lock").exists() {
-        std::thread::sleep(Duration::from_secs(5));
-    }
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "presence-loadtest"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let built = cmd.status().map(|s| s.success()).unwrap_or(false);
-    assert!(
-        built && bin.exists(),
-        "no load generator at {}: build it with `cargo build{} -p presence-loadtest`",
-        bin.display(),
-        if release { " --release" } else { "" }
-    );
-    bin
 }
 
 /// A running `presence-loadtest`.
@@ -270,19 +221,6 @@ impl Drop for Load {
             let _ = c.wait();
         }
     }
-}
-
-/// The text of the flat JSON object found by following `path`: each key is
-/// looked up after the previous one (good enough for the report's layout).
-fn json_object<'a>(json: &'a str, path: &[&str]) -> Option<&'a str> {
-    let mut rest = json;
-    for key in path {
-        let at = rest.find(&format!("\"{key}\""))?;
-        rest = &rest[at..];
-    }
-    let open = rest.find('{')?;
-    let close = rest[open..].find('}')?;
-    Some(&rest[open..=open + close])
 }
 
 /// A number in the report: the first `"key": N` after following `path`.

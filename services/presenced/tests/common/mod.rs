@@ -256,20 +256,7 @@ pub async fn start_with_faults(
     extra: &[&str],
     faults: presenced::faults::Faults,
 ) -> TestServer {
-    let mut args: Vec<String> = [
-        "presenced",
-        "--sip-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--domain",
-        "example.com",
-        "--shards",
-        "8",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = base_args("127.0.0.1:0");
     let (more, files) = server_args(users, policy, extra);
     args.extend(more);
     use clap::Parser;
@@ -287,6 +274,25 @@ pub async fn start_with_faults(
         _files: files,
         _serial: None,
     }
+}
+
+/// The flags of an all-in-one test server listening for SIP on
+/// `sip_listen` (free ports, domain example.com, 8 shards).
+pub fn base_args(sip_listen: &str) -> Vec<String> {
+    [
+        "presenced",
+        "--sip-listen",
+        sip_listen,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--domain",
+        "example.com",
+        "--shards",
+        "8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// A cluster (tests/harness) with the same files and flags as [`start`]

@@ -9,7 +9,7 @@ use presence_testkit::nats::NatsServer;
 use presence_testkit::redis::RedisServer;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,36 +102,10 @@ impl Cluster {
         let log = self.dir.join(format!("{node}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
-        cmd.args(["--target", role])
-            .args(["--redis", &self.redis.url()])
-            .args(["--nats", &self.nats.url()])
-            .args(["--node-id", node])
-            .args(["--shards", &self.shards.to_string()])
-            .args(["--http-listen", &http.to_string()])
-            .args(["--domain", "example.com"])
-            .args(["--nonce-secret", "cluster-test-secret"])
-            .args(["--log", "info"])
-            // Every simulated UA of a test comes from 127.0.0.1: one
-            // "source" carrying thousands of phones, which the edge would
-            // rate-limit and shed first as a heavy source (a notifier
-            // killed by a failover test lets the notify queue grow).
-            .args([
-                "--rate-per-source",
-                "1000000",
-                "--burst-per-source",
-                "1000000",
-                "--max-notify-queue",
-                "1000000",
-            ])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if let Some(sip) = sip {
-            cmd.args(["--sip-listen", &sip.to_string()]);
-        }
-        let child = cmd.spawn().expect("start presenced");
+        let child = self
+            .command(role, node, http, sip, out, err)
+            .spawn()
+            .expect("start presenced");
         self.procs.push(Proc {
             node: node.to_string(),
             role: role.to_string(),
@@ -314,8 +288,27 @@ impl Cluster {
             .open(&log)
             .expect("log file");
         let err = out.try_clone().expect("log file");
+        let child = self
+            .command(&role, node_id, http, sip, out, err)
+            .args(extra)
+            .spawn()
+            .expect("start presenced");
+        self.proc_mut(node).child = Some(child);
+    }
+
+    /// The command line of one process of this cluster (its role, node id,
+    /// ports and log), with the cluster's flags.
+    fn command(
+        &self,
+        role: &str,
+        node_id: &str,
+        http: SocketAddr,
+        sip: Option<SocketAddr>,
+        out: std::fs::File,
+        err: std::fs::File,
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
-        cmd.args(["--target", &role])
+        cmd.args(["--target", role])
             .args(["--redis", &self.redis.url()])
             .args(["--nats", &self.nats.url()])
             .args(["--node-id", node_id])
@@ -324,6 +317,10 @@ impl Cluster {
             .args(["--domain", "example.com"])
             .args(["--nonce-secret", "cluster-test-secret"])
             .args(["--log", "info"])
+            // Every simulated UA of a test comes from 127.0.0.1: one
+            // "source" carrying thousands of phones, which the edge would
+            // rate-limit and shed first as a heavy source (a notifier
+            // killed by a failover test lets the notify queue grow).
             .args([
                 "--rate-per-source",
                 "1000000",
@@ -333,15 +330,13 @@ impl Cluster {
                 "1000000",
             ])
             .args(&self.extra)
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
         if let Some(sip) = sip {
             cmd.args(["--sip-listen", &sip.to_string()]);
         }
-        let child = cmd.spawn().expect("start presenced");
-        self.proc_mut(node).child = Some(child);
+        cmd
     }
 }
 
@@ -391,4 +386,66 @@ pub fn metric_sum(to: SocketAddr, name: &str, labels: &str) -> Option<f64> {
         }
     }
     sum
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut t = std::fs::metadata(dir).ok()?.modified().ok();
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let m = if e.path().is_dir() {
+            newest(&e.path())
+        } else {
+            e.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        t = t.max(m);
+    }
+    t
+}
+
+/// `target/<profile>/presence-loadtest`, built if missing or older than
+/// its sources.
+pub fn loadtest_binary() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_presenced"))
+        .parent()
+        .expect("the binary's directory")
+        .to_path_buf();
+    let bin = dir.join("presence-loadtest");
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadtest");
+    let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let changed_at = newest(&sources.join("src")).max(newest(&sources.join("Cargo.toml")));
+    if built_at.is_some() && built_at >= changed_at {
+        return bin;
+    }
+    // The machine's benchmark lock: never build while a benchmark runs.
+    while Path::new("/tmp/presence-bench.lock").exists() {
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "presence-loadtest"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let built = cmd.status().map(|s| s.success()).unwrap_or(false);
+    assert!(
+        built && bin.exists(),
+        "no load generator at {}: build it with `cargo build{} -p presence-loadtest`",
+        bin.display(),
+        if release { " --release" } else { "" }
+    );
+    bin
+}
+
+/// The text of the flat JSON object found by following `path`: each key is
+/// looked up after the previous one (good enough for the report's layout).
+pub fn json_object<'a>(json: &'a str, path: &[&str]) -> Option<&'a str> {
+    let mut rest = json;
+    for key in path {
+        let at = rest.find(&format!("\"{key}\""))?;
+        rest = &rest[at..];
+    }
+    let open = rest.find('{')?;
+    let close = rest[open..].find('}')?;
+    Some(&rest[open..=open + close])
 }
