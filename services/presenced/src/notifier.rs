@@ -632,6 +632,8 @@ impl Notifier {
         };
         let flow_edge = edge_subject(&sub.flow.edge);
         let mut subject = flow_edge.clone();
+        // The edge sending it for a gone flow edge, if any.
+        let mut heir: Option<String> = None;
         let give_up = tokio::time::Instant::now() + lifetime;
         let mut unserved_since: Option<tokio::time::Instant> = None;
         let outcome = loop {
@@ -643,9 +645,9 @@ impl Notifier {
             // Nobody serves the watcher's edge: it is gone when the roster
             // says so or it was found gone before, else after a while (an
             // edge that restarts comes back under a new id). The dialog's
-            // successor sends it (always the same edge for one dialog, so
-            // the dialog's NOTIFYs stay in order); nothing went out, so the
-            // CSeq still holds.
+            // heir sends it (pinned: the same edge for one dialog whichever
+            // notifier asks, so the dialog's NOTIFYs stay in order); nothing
+            // went out, so the CSeq still holds.
             if unserved && subject == flow_edge {
                 let since = *unserved_since.get_or_insert_with(tokio::time::Instant::now);
                 let known_gone = self
@@ -656,17 +658,23 @@ impl Notifier {
                 if known_gone || since.elapsed() >= EDGE_GONE_AFTER {
                     self.gone.mark(&sub.flow.edge, std::time::Instant::now());
                     self.metrics.notifier_rerouted.inc();
-                    subject = self
-                        .roster
-                        .as_ref()
-                        .and_then(|r| r.successor(&sub.id, &sub.flow.edge))
-                        .map_or_else(|| ANY_EDGE.to_string(), |e| edge_subject(&e));
+                    heir = self.heir(&sub.id).await;
+                    subject = heir
+                        .as_deref()
+                        .map_or_else(|| ANY_EDGE.to_string(), edge_subject);
                     tracing::debug!(edge = %sub.flow.edge, via = %subject, "edge gone; sending through another");
                     continue;
                 }
             } else if unserved && subject != ANY_EDGE {
-                // The successor went too: any edge.
-                subject = ANY_EDGE.to_string();
+                // The heir went too: another one (pinned again), else any
+                // edge.
+                if let Some(h) = heir.take() {
+                    self.gone.mark(&h, std::time::Instant::now());
+                }
+                heir = self.heir(&sub.id).await;
+                subject = heir
+                    .as_deref()
+                    .map_or_else(|| ANY_EDGE.to_string(), edge_subject);
                 continue;
             }
             if result.is_ok() && subject == flow_edge {
@@ -705,6 +713,14 @@ impl Notifier {
             Some(c) => Sent::Answered(c),
             None => Sent::NoAnswer,
         }
+    }
+
+    /// The edge that sends a dialog's NOTIFYs while its own edge is gone
+    /// (see [`crate::roster::Roster::heir`]); `None`: any edge.
+    async fn heir(&self, dialog: &str) -> Option<String> {
+        let roster = self.roster.as_ref()?;
+        let now = std::time::Instant::now();
+        roster.heir(dialog, &|e| self.gone.is_gone(e, now)).await
     }
 
     async fn end(&self, sub: &Subscription, reason: EndReason) {

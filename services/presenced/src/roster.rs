@@ -13,9 +13,14 @@
 //! holds. A NOTIFY through a random edge (`edges.any`) would race the next
 //! one through another edge.
 //!
-//! Not: a consensus. Two readers may see the live set a second apart; a
-//! dialog's successor changes only when an edge joins or leaves and wins or
-//! held that dialog's hash.
+//! Not: a consensus. Two readers may see the live set a second apart (an
+//! edge that restarts leaves and its replacement joins within that second),
+//! so two notifiers could compute different successors for one dialog and
+//! its NOTIFYs race through two edges (CSeq 9 arriving before 8: a rolling
+//! restart in CI showed it). So the successor a dialog's first rerouted
+//! NOTIFY finds is *pinned* ([`Roster::heir`]): a lease on a pin slot (a hash
+//! of the dialog over [`PIN_SLOTS`]) owned by the heir's id; whoever comes
+//! later uses the pinned heir, until it is found gone itself.
 
 use presence_store::Leases;
 use std::sync::{Arc, Mutex};
@@ -30,6 +35,15 @@ pub const EDGE_BASE: u32 = 0x5000_0000;
 pub const MAX_EDGES: u32 = 64;
 /// How often readers list the live edges.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// Heir pins are leases on ids from here up (above the edge slots).
+pub const PIN_BASE: u32 = 0x6000_0000;
+/// Pin slots: dialogs sharing a slot share an heir, which is harmless (any
+/// live edge can carry any dialog; what matters is that every notifier
+/// picks the same one). Few enough that the backend's per-lease fence
+/// counters stay a small fixed set.
+pub const PIN_SLOTS: u32 = 4096;
+/// How long a pin lasts after the last NOTIFY that used it renewed it.
+pub const PIN_TTL: Duration = Duration::from_secs(120);
 
 pub struct Roster {
     leases: Arc<dyn Leases>,
@@ -137,15 +151,56 @@ impl Roster {
     /// other than `not`: the highest rendezvous hash. `None` when the roster
     /// knows no other live edge.
     pub fn successor(&self, key: &str, not: &str) -> Option<String> {
+        self.successor_where(key, &|id| id == not)
+    }
+
+    fn successor_where(&self, key: &str, skip: &(dyn Fn(&str) -> bool + Sync)) -> Option<String> {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if !fresh(&live) {
             return None;
         }
         live.ids
             .iter()
-            .filter(|id| id.as_str() != not)
+            .filter(|id| !skip(id))
             .max_by_key(|id| rendezvous(key, id))
             .cloned()
+    }
+
+    /// The edge that sends dialog `key`'s NOTIFYs while its own edge is
+    /// gone, the same for every notifier: the pinned heir if there is one
+    /// and `skip` (edges found unreachable, the dialog's own edge) does not
+    /// name it, else this roster's successor, pinned now. A pin whose edge
+    /// `skip` names is released and replaced. `None` when the roster knows
+    /// no candidate. If the backend fails, the successor unpinned (best
+    /// effort; the next NOTIFY pins).
+    pub async fn heir(&self, key: &str, skip: &(dyn Fn(&str) -> bool + Sync)) -> Option<String> {
+        let slot = PIN_BASE + (rendezvous(key, "pin") % u64::from(PIN_SLOTS)) as u32;
+        for _ in 0..3 {
+            let candidate = self.successor_where(key, skip)?;
+            match self.leases.owner_of(slot).await {
+                Ok(Some(pin)) if !skip(&pin.owner) => {
+                    // Renewed by whoever uses it (a failed renewal only
+                    // shortens its life).
+                    let _ = self
+                        .leases
+                        .renew(slot, &pin.owner, pin.token, PIN_TTL)
+                        .await;
+                    return Some(pin.owner);
+                }
+                Ok(Some(stale)) => {
+                    let _ = self.leases.release(slot, &stale.owner, stale.token).await;
+                }
+                Ok(None) => {}
+                Err(_) => return Some(candidate),
+            }
+            match self.leases.acquire(slot, &candidate, PIN_TTL).await {
+                Ok(Some(_)) => return Some(candidate),
+                // Someone pinned first: read theirs.
+                Ok(None) => {}
+                Err(_) => return Some(candidate),
+            }
+        }
+        self.successor_where(key, skip)
     }
 }
 
@@ -217,5 +272,64 @@ mod tests {
         // A stale roster knows nothing.
         tokio::time::sleep(REFRESH * 6).await;
         assert!(!roster.is_gone("e1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readers_that_disagree_on_the_live_set_agree_on_heirs() {
+        let leases: Arc<dyn Leases> = Arc::new(MemoryStore::new());
+        let ttl = Duration::from_secs(3);
+        let mut stops = Vec::new();
+        let mut join = |id: &str| {
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(Roster::new(leases.clone()).hold(id.into(), ttl, rx));
+            stops.push(tx);
+        };
+        for id in ["e2", "e3"] {
+            join(id);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // `early` read before e4 joined, `late` after (a rollout: e1 left,
+        // its replacement e4 came up between two readers' refreshes).
+        let early = Roster::new(leases.clone());
+        early.refresh().await;
+        join("e4");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let late = Roster::new(leases.clone());
+        late.refresh().await;
+        let gone = |e: &str| e == "e1";
+        let dialogs: Vec<String> = (0..300).map(|i| format!("dialog-{i}")).collect();
+        // Without pins the two would split some dialogs over two edges.
+        assert!(
+            dialogs
+                .iter()
+                .any(|d| early.successor(d, "e1") != late.successor(d, "e1")),
+            "the test needs readers that disagree"
+        );
+        let mut heirs = Vec::new();
+        for (n, d) in dialogs.iter().enumerate() {
+            // Whichever reader comes first pins; the other follows.
+            let (first, second) = if n % 2 == 0 {
+                (&early, &late)
+            } else {
+                (&late, &early)
+            };
+            let a = first.heir(d, &gone).await.expect("an heir");
+            let b = second.heir(d, &gone).await.expect("an heir");
+            assert_eq!(a, b, "{d}: two heirs");
+            assert_ne!(a, "e1");
+            heirs.push(a);
+        }
+        assert!(heirs.iter().any(|h| h == "e2") && heirs.iter().any(|h| h == "e3"));
+        // An heir found unreachable is replaced, again the same for both.
+        let d = &dialogs[0];
+        let old = heirs[0].clone();
+        let skip = |e: &str| e == "e1" || e == old;
+        let a = late.heir(d, &skip).await.expect("an heir");
+        let b = early.heir(d, &skip).await.expect("an heir");
+        assert_ne!(a, old);
+        assert_eq!(a, b);
+        // No live candidate: none.
+        let all = |_: &str| true;
+        assert_eq!(late.heir(d, &all).await, None);
     }
 }
