@@ -6,7 +6,7 @@
 
 use crate::leases::{LeaseEvent, ShardLeases};
 use crate::metrics::Metrics;
-use crate::names::{new_etag, new_tag, shard_subject};
+use crate::names::{new_tag, shard_subject, txn_etag};
 use crate::outbox::Outbox;
 use crate::recent::RecentReplies;
 use crate::Clock;
@@ -639,6 +639,15 @@ impl Compositor {
         match &c.if_match {
             Some(tag) => {
                 let Some(pos) = pubs.iter().position(|p| &p.etag == tag) else {
+                    // This transaction may have replaced it already (its
+                    // answer lost with a shard owner that died).
+                    let mine = txn_etag(tag, &c.origin.txn);
+                    if c.expires != 0
+                        && !c.origin.txn.is_empty()
+                        && pubs.iter().any(|p| p.etag == mine)
+                    {
+                        return Ok(self.published_again(mine, c.expires));
+                    }
                     return Ok(Reply::refused(Refusal::UnknownEtag));
                 };
                 let old = pubs.remove(pos);
@@ -650,7 +659,7 @@ impl Compositor {
                 if c.expires == 0 {
                     etag = old.etag;
                 } else {
-                    etag = new_etag();
+                    etag = txn_etag(tag, &c.origin.txn);
                     let (content_type, body, modified_ms, seq) = match &c.body {
                         Some((ct, b)) => (ct.clone(), b.clone(), now, next_seq()),
                         None => (
@@ -685,7 +694,11 @@ impl Compositor {
                         limit,
                     }));
                 }
-                etag = new_etag();
+                etag = txn_etag(&format!("{}\0{}", c.aor, c.event), &c.origin.txn);
+                if !c.origin.txn.is_empty() && pubs.iter().any(|p| p.etag == etag) {
+                    // Made by this transaction already (see above).
+                    return Ok(self.published_again(etag, c.expires));
+                }
                 let p = Publication {
                     etag: etag.clone(),
                     aor: c.aor.clone(),
@@ -719,6 +732,16 @@ impl Compositor {
             etag,
             expires: c.expires,
         })
+    }
+
+    /// The answer to a PUBLISH whose transaction was applied already by an
+    /// earlier shard owner (found by its [`txn_etag`]).
+    fn published_again(&self, etag: String, expires: u32) -> Reply {
+        self.metrics
+            .compositor_retried_commands
+            .with_label_values(&["applied_before"])
+            .inc();
+        Reply::Published { etag, expires }
     }
 
     async fn subscribe(&self, c: SubscribeCmd) -> Result<Reply, StoreError> {

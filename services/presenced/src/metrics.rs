@@ -234,7 +234,7 @@ impl Metrics {
         );
         one(
             &self.compositor_retried_commands,
-            &["answered_again", "past_deadline"],
+            &["answered_again", "past_deadline", "applied_before"],
         );
         one(&self.compositor_outbox, &["relayed", "push_failed"]);
         one(

@@ -33,6 +33,30 @@ pub fn new_etag() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// The ETag a PUBLISH transaction gives its publication: a hash of the
+/// transaction's key and `seed` (the ETag it replaces; the AoR and event of
+/// an initial PUBLISH), the same in every process. A PUBLISH whose first
+/// attempt was committed by a shard owner that died before answering is
+/// sent again to the new owner, which finds the publication this very
+/// transaction made and answers with it, instead of 412 (its If-Match ETag
+/// is gone) or a second publication. Random when there is no transaction
+/// key.
+pub fn txn_etag(seed: &str, txn: &str) -> String {
+    use sha2::Digest;
+    if txn.is_empty() {
+        return new_etag();
+    }
+    let mut h = sha2::Sha256::new();
+    h.update(b"presence etag\0");
+    h.update(seed.as_bytes());
+    h.update(b"\0");
+    h.update(txn.as_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A dialog tag or subscription id (64 random bits).
 pub fn new_tag() -> String {
     format!("{:016x}", rand::random::<u64>())

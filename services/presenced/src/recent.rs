@@ -7,7 +7,9 @@
 //!
 //! Not: a cross-process memory. A command re-sent to a new shard owner after
 //! a failover is applied again; that is the window the fenced lease and the
-//! store's own idempotence (bindings by contact, refreshes by ETag) cover.
+//! store's own idempotence cover: bindings by contact, and a PUBLISH's ETag
+//! derived from its transaction (`names::txn_etag`), so the new owner finds
+//! the publication the dead one made for it.
 
 use presence_core::commands::Reply;
 use std::collections::{HashMap, VecDeque};

@@ -243,3 +243,96 @@ async fn a_command_past_its_deadline_is_not_applied() {
         .expect("reply");
     assert!(matches!(timely, Reply::Published { .. }), "{timely:?}");
 }
+
+/// The owner that applied a PUBLISH died before its answer got out; the
+/// edge sends the command again to the next owner, which has no memory of
+/// the answer (the failure CI saw as a 412 after a compositor kill -9). It
+/// finds the publication that transaction made and answers with it: the
+/// modify is not refused for its If-Match ETag being gone, the initial
+/// PUBLISH does not make a second publication.
+#[tokio::test]
+async fn a_new_owner_answers_a_publish_its_predecessor_applied() {
+    let r = rig(vec![]).await;
+    let aor = "sip:dave@example.com";
+    let publish = |txn: &str, if_match: Option<&str>, body: &str| {
+        Command::Publish(presence_core::commands::PublishCmd {
+            aor: aor.into(),
+            event: "presence".into(),
+            if_match: if_match.map(str::to_string),
+            expires: 600,
+            body: Some(("application/pidf+xml".into(), body.to_string().into())),
+            origin: presence_core::commands::Origin {
+                txn: txn.into(),
+                deadline_ms: 0,
+            },
+        })
+    };
+    let subject = presenced::names::shard_subject(presence_core::shard_of(aor, 8));
+    // The next owner: same store, its own (empty) memory of answers.
+    let next_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
+    let metrics = Arc::new(Metrics::new());
+    let next = Arc::new(Compositor {
+        store: r.store.clone(),
+        packages: Registry::default(),
+        policy: Policy::new(&["example.com".to_string()]),
+        users: None,
+        clock: Clock::new(),
+        shards: 8,
+        metrics: metrics.clone(),
+        outbox: Outbox::new(Arc::new(MemoryQueue::new()), metrics.clone()),
+        recent: Default::default(),
+        limits: Default::default(),
+    });
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(next.run(next_bus.clone(), 2, stop_rx));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let ask = |bus: Arc<dyn Requests<Command, Reply>>, cmd: Command| {
+        let subject = subject.clone();
+        async move {
+            match bus.request(&subject, cmd, Duration::from_secs(5)).await {
+                Ok(Reply::Published { etag, .. }) => etag,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let first = ask(r.shards.clone(), publish("t-initial", None, PIDF)).await;
+    let again = ask(next_bus.clone(), publish("t-initial", None, PIDF)).await;
+    assert_eq!(again, first, "the same publication's ETag");
+    let pubs = r.store.publications(aor, "presence").await.expect("store");
+    assert_eq!(pubs.len(), 1, "one publication, not two: {pubs:?}");
+
+    let closed = PIDF.replace("open", "closed");
+    let modified = ask(r.shards.clone(), publish("t-modify", Some(&first), &closed)).await;
+    let again = ask(next_bus.clone(), publish("t-modify", Some(&first), &closed)).await;
+    assert_eq!(again, modified, "not 412: the modify's own ETag");
+    let pubs = r.store.publications(aor, "presence").await.expect("store");
+    assert_eq!(pubs.len(), 1);
+    assert_eq!(pubs[0].etag, modified);
+    assert!(pubs[0].body.as_ref().windows(6).any(|w| w == b"closed"));
+    let applied_before = metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "presence_compositor_retried_commands_total")
+        .flat_map(|f| f.get_metric().to_vec())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == "applied_before"))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum::<u64>();
+    assert_eq!(applied_before, 2);
+    // Another transaction with the gone ETag is still refused.
+    let stale = next_bus
+        .request(
+            &subject,
+            publish("t-other", Some(&first), PIDF),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("reply");
+    assert!(
+        matches!(
+            stale,
+            Reply::Refused(presence_core::commands::Refusal::UnknownEtag)
+        ),
+        "{stale:?}"
+    );
+}
