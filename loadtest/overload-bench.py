@@ -92,6 +92,7 @@ class Probe(threading.Thread):
         self.server, self.stop = server, stop
         self.options, self.options_lost = [], 0
         self.notify, self.notify_lost, self.publish_refused = [], 0, 0
+        self.published = []  # canary PUBLISH -> its final answer
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.2", 0))
         self.sock.settimeout(0.05)
@@ -168,6 +169,8 @@ class Probe(threading.Thread):
                     continue
                 if p[0] == "options":
                     self.options.append(t - p[1])
+                if p[0] == "publish":
+                    self.published.append(t - p[1])
                 if p[0] == "publish" and code == 200:
                     for line in text.split("\r\n"):
                         if line.lower().startswith("sip-etag:"):
@@ -208,7 +211,8 @@ def wait_ready(http_port):
 def overload(args):
     sip_port, http_port = free_port(), free_port()
     srv = start_server(args.bin, sip_port, http_port,
-                       ["--rate-per-source", "1000000", "--burst-per-source", "1000000"])
+                       ["--rate-per-source", "1000000", "--burst-per-source", "1000000",
+                        *args.server_arg])
     wait_ready(http_port)
     stop = threading.Event()
     probe = Probe(("127.0.0.1", sip_port), stop)
@@ -295,6 +299,8 @@ def main():
     ap.add_argument("--rate", type=int, default=4000)
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--trickle", type=int, default=1000)
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="an extra presenced argument for the overload run (repeatable)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
@@ -309,11 +315,16 @@ def main():
     print("|---|---|---|---|---|---|---|")
     print(f"| OPTIONS every 200 ms | {len(o)} | {pct(o,50)*1000:.1f} | {pct(o,99)*1000:.1f} | {max(o, default=0)*1000:.1f} | {sum(1 for x in o if x > 1)} | {probe.options_lost} |")
     print(f"| canary PUBLISH -> NOTIFY every 1 s | {len(n)} | {pct(n,50)*1000:.1f} | {pct(n,99)*1000:.1f} | {max(n, default=0)*1000:.1f} | {sum(1 for x in n if x > 1)} | {probe.notify_lost} |")
+    pb = probe.published
+    print(f"| canary PUBLISH -> its answer | {len(pb)} | {pct(pb,50)*1000:.1f} | {pct(pb,99)*1000:.1f} | {max(pb, default=0)*1000:.1f} | {sum(1 for x in pb if x > 1)} | |")
     print(f"\nCanary PUBLISHes refused (503, shed): {probe.publish_refused}.")
     if rss:
         third = max(1, len(rss) // 3)
-        print(f"\nServer RSS (MB): first third max {max(rss[:third])/1024:.0f}, middle third max {max(rss[third:2*third] or [0])/1024:.0f}, last third max {max(rss[2*third:] or [0])/1024:.0f}, overall max {max(rss)/1024:.0f}\n")
+        print(f"\nServer RSS (MB): first third max {max(rss[:third])/1024:.0f}, middle third max {max(rss[third:2*third] or [0])/1024:.0f}, last third max {max(rss[2*third:] or [0])/1024:.0f}, overall max {max(rss)/1024:.0f}")
+        print("RSS every 5 s (MB): " + " ".join(f"{r/1024:.0f}" for r in rss[::5]) + "\n")
 
+    if args.idle == 0 and args.trickle == 0:
+        return
     c = connections(args)
     print(f"### Connections\n")
     print("| | value |")

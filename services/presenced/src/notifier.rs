@@ -140,11 +140,23 @@ const JOB_ACK_LIMIT: Duration = Duration::from_secs(75);
 /// How often a job still waiting for its NOTIFYs tells its queue so (below
 /// JetStream's `ack_wait`, so it is not handed to another notifier meanwhile).
 const JOB_PROGRESS_EVERY: Duration = Duration::from_secs(3);
-/// A notifier owing more NOTIFYs than this (subscriptions with one pending
-/// or in flight; ~0.5 s of what two cores send) takes no new job until it
-/// owes fewer: memory stays bounded, and the backlog waits in the queue,
-/// whose depth the edges shed PUBLISHes by (`--max-notify-queue`).
-const MAX_OWED: usize = 10_000;
+/// A notifier with more NOTIFYs than this on their way (being numbered,
+/// built, handed to the edge, or waiting for a watcher's answer for less
+/// than [`SLOW_WATCHER`]) takes no new job until it has fewer: the backlog
+/// waits in the queue, whose depth the edges shed PUBLISHes by
+/// (`--max-notify-queue`), not in this process's run queue. Small on
+/// purpose: ~30 ms of what two cores send, which keeps the fan-out from
+/// crowding out the requests a phone waits for (docs/benchmarks.md §4: at
+/// 3x overload 10 000 made a canary PUBLISH wait 0.3 s for its answer and
+/// its NOTIFY often over 1 s; 1 000 sends more NOTIFYs per second, not
+/// fewer, and every canary NOTIFY came within 1 s).
+const MAX_OWED: usize = 1_000;
+/// A NOTIFY whose watcher has not answered for this long (retransmitted
+/// twice: a slow or lost phone) stops counting against [`MAX_OWED`]: dead
+/// watchers waiting out Timer F (32 s) must not stall the notifier. Their
+/// transactions are bounded at the edge (`--max-notify-backlog` sheds
+/// PUBLISHes).
+const SLOW_WATCHER: Duration = Duration::from_secs(2);
 /// Pause before retrying a NOTIFY whose store read or edge request failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -232,6 +244,21 @@ impl Notifier {
                     };
                     let Ok(delivery) = delivery else { break };
                     me.metrics.notifier_queue_depth.set(me.jobs.depth() as i64);
+                    // A puller that was already waiting for a job when the
+                    // others filled the limit holds the job it got until
+                    // the notifier owes fewer (telling the queue it is not
+                    // lost), so the limit holds whatever the pullers do.
+                    let mut told = tokio::time::Instant::now();
+                    while me.owed() > MAX_OWED {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                            _ = stop.changed() => return,
+                        }
+                        if told.elapsed() >= JOB_PROGRESS_EVERY {
+                            delivery.progress();
+                            told = tokio::time::Instant::now();
+                        }
+                    }
                     let Some(done) = me.handle(delivery.job().clone()).await else {
                         // Not handled (the store did not answer): dropping
                         // the delivery unacked gives it back to the queue.
@@ -264,8 +291,8 @@ impl Notifier {
         }
     }
 
-    /// NOTIFYs being sent (a subscription's drain sends one at a time, so
-    /// this is about the subscriptions with a NOTIFY owed).
+    /// NOTIFYs on their way, not counting those waiting on slow watchers
+    /// (see [`MAX_OWED`]).
     fn owed(&self) -> usize {
         self.sending.load(Ordering::Relaxed)
     }
@@ -581,7 +608,7 @@ impl Notifier {
         version: u64,
     ) -> Sent {
         self.sending.fetch_add(1, Ordering::Relaxed);
-        let _sending = Sending(&self.sending);
+        let mut sending = Sending(Some(&self.sending));
         let cseq = match self.take_cseq(sub, version).await {
             Ok(c) => c,
             Err(not_sent) => return not_sent,
@@ -637,10 +664,17 @@ impl Notifier {
         let give_up = tokio::time::Instant::now() + lifetime;
         let mut unserved_since: Option<tokio::time::Instant> = None;
         let outcome = loop {
-            let result = self
-                .edges
-                .request(&subject, req.clone(), ATTEMPT_WAIT)
-                .await;
+            let result = {
+                let request = self.edges.request(&subject, req.clone(), ATTEMPT_WAIT);
+                tokio::pin!(request);
+                tokio::select! {
+                    r = &mut request => r,
+                    _ = tokio::time::sleep(SLOW_WATCHER), if sending.counts() => {
+                        sending.release();
+                        request.await
+                    }
+                }
+            };
             let unserved = matches!(result, Err(BusError::NoResponders(_)));
             // Nobody serves the watcher's edge: it is gone when the roster
             // says so or it was found gone before, else after a while (an
@@ -743,11 +777,24 @@ impl Notifier {
     }
 }
 
-/// Counts one NOTIFY out of [`Notifier::send`] however it ends.
-struct Sending<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Counts one NOTIFY out of [`Notifier::send`] however it ends, or until
+/// its watcher proves slow ([`SLOW_WATCHER`]).
+struct Sending<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl Sending<'_> {
+    fn counts(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn release(&mut self) {
+        if let Some(n) = self.0.take() {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.release();
     }
 }

@@ -1,0 +1,180 @@
+//! The notifier's backpressure (`MAX_OWED`) must not let dead watchers
+//! stall it: a NOTIFY whose watcher has not answered for a while
+//! (`SLOW_WATCHER`, 2 s) stops counting, so a change for a live watcher
+//! goes out behind a fan-out to more dead phones than the limit while
+//! those wait out their transactions (32 s). Virtual time (the clock is
+//! paused and jumps when every task waits), real notifier and store; the
+//! edges are a bus whose "dead" edge never answers.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use presence_core::commands::{Command, NotifyJob, Outcome, Reply};
+use presence_core::model::{Flow, Subscription, Transport, View};
+use presence_core::packages::Registry;
+use presence_store::{
+    BusError, Incoming, MemoryBus, MemoryQueue, MemoryStore, Op, Requests, Store, WorkQueue,
+};
+use presenced::edge::OutRequest;
+use presenced::metrics::Metrics;
+use presenced::notifier::Notifier;
+use presenced::Clock;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+const DEAD: &str = "edge-dead";
+/// Three popular presentities with 500 dead watchers each (one notify
+/// batch each): more than the notifier's `MAX_OWED` (1 000).
+const POPULAR: usize = 3;
+const DEAD_WATCHERS: usize = 500;
+
+/// Edges: `edge.edge-dead` never answers (each attempt runs out its
+/// timeout), every other edge answers 200 at once and records when.
+struct Edges {
+    answered: Mutex<Vec<(String, Instant)>>,
+}
+
+#[async_trait]
+impl Requests<OutRequest, Outcome> for Edges {
+    async fn request(
+        &self,
+        subject: &str,
+        req: OutRequest,
+        timeout: Duration,
+    ) -> Result<Outcome, BusError> {
+        if subject == presenced::names::edge_subject(DEAD) {
+            tokio::time::sleep(timeout).await;
+            return Err(BusError::Timeout);
+        }
+        self.answered
+            .lock()
+            .unwrap()
+            .push((req.uri.clone(), Instant::now()));
+        Ok(Outcome::of_code(200))
+    }
+    async fn serve(
+        &self,
+        _: &str,
+        _: mpsc::Sender<Incoming<OutRequest, Outcome>>,
+    ) -> Result<(), BusError> {
+        Ok(())
+    }
+    async fn unserve(&self, _: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+fn subscription(n: usize, aor: &str, edge: &str) -> Subscription {
+    let addr = "127.0.0.1:5060".parse().unwrap();
+    Subscription {
+        id: format!("sub{n}"),
+        aor: aor.into(),
+        event: "presence".into(),
+        event_id: None,
+        watcher: format!("sip:w{n}@example.com"),
+        call_id: format!("call{n}"),
+        remote_tag: format!("tag{n}"),
+        local_uri: format!("<{aor}>"),
+        remote_uri: format!("<sip:w{n}@example.com>"),
+        remote_target: format!("sip:w{n}@127.0.0.1"),
+        route_set: Vec::new(),
+        flow: Flow {
+            transport: Transport::Udp,
+            remote: addr,
+            local: addr,
+            edge: edge.into(),
+            conn: 0,
+        },
+        remote_cseq: 1,
+        expires_at_ms: Clock::new().now_ms() + 3_600_000,
+        content_type: "application/pidf+xml".into(),
+        view: View::Full,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_watchers_do_not_stall_a_live_ones_notify() {
+    let shards = 8;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let live_aor = "sip:quiet@example.com";
+    let mut changes = Vec::new();
+    let commit = async |aor: &str, subs: Vec<Subscription>| {
+        let mut ops: Vec<Op> = subs.into_iter().map(Op::PutSubscription).collect();
+        ops.push(Op::PutDocument {
+            aor: aor.into(),
+            event: "presence".into(),
+            content_type: "application/pidf+xml".into(),
+            body: Bytes::from_static(b"<presence/>"),
+        });
+        let v = store
+            .commit(presence_core::shard_of(aor, shards), ops)
+            .await
+            .expect("commit");
+        NotifyJob::Changed {
+            aor: aor.into(),
+            event: "presence".into(),
+            version: v[0],
+            at_ms: Clock::new().now_ms(),
+        }
+    };
+    for p in 0..POPULAR {
+        let aor = format!("sip:popular{p}@example.com");
+        let subs = (0..DEAD_WATCHERS)
+            .map(|n| subscription(p * DEAD_WATCHERS + n, &aor, DEAD))
+            .collect();
+        changes.push(commit(&aor, subs).await);
+    }
+    let live_change = commit(live_aor, vec![subscription(999_999, live_aor, "edge-live")]).await;
+    let jobs: Arc<dyn WorkQueue<NotifyJob>> = Arc::new(MemoryQueue::new());
+    let edges = Arc::new(Edges {
+        answered: Mutex::new(Vec::new()),
+    });
+    let shards_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
+    let notifier = Arc::new(Notifier::new(
+        store.clone(),
+        jobs.clone(),
+        edges.clone(),
+        shards_bus,
+        Registry::default(),
+        Clock::new(),
+        shards,
+        Arc::new(Metrics::new()),
+    ));
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(notifier.run(4, stop_rx));
+    for job in changes {
+        jobs.push(job).await.expect("push");
+    }
+    // The dead watchers' NOTIFYs are all on their way before the live
+    // change comes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(edges.answered.lock().unwrap().is_empty());
+    let start = Instant::now();
+    jobs.push(live_change).await.expect("push");
+    // Virtual time: waiting costs nothing real. The dead watchers'
+    // transactions last 32 s.
+    let mut waited = Duration::ZERO;
+    let live_at = loop {
+        if let Some((_, at)) = edges.answered.lock().unwrap().first().cloned() {
+            break at;
+        }
+        assert!(
+            waited < Duration::from_secs(60),
+            "the live watcher never got its NOTIFY"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    };
+    let after = live_at - start;
+    eprintln!("live NOTIFY after {after:?}");
+    assert!(
+        after >= Duration::from_secs(1),
+        "the live change went out at once ({after:?}): the notifier took it past its limit"
+    );
+    assert!(
+        after < Duration::from_secs(8),
+        "the live watcher's NOTIFY waited {after:?} behind {} dead watchers (virtual time)",
+        POPULAR * DEAD_WATCHERS
+    );
+}
