@@ -484,6 +484,26 @@ STAND_INS = {
     "admin-token": "stand-in-admin-token-0123456789",
     "nonce-secret": "stand-in-nonce-secret-0123456789",
     "policy.txt": "",
+    # A throwaway self-signed certificate (CN stand-in.invalid, P-256, made
+    # for this check only) for a kubernetes.io/tls Secret the render names.
+    "tls.crt": """-----BEGIN CERTIFICATE-----
+MIIBjTCCATOgAwIBAgIUQeNwzf2dVLqzQzAC+YnAMwDw87wwCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQc3RhbmQtaW4uaW52YWxpZDAgFw0yNjEyMDQwOTEzMDBaGA8y
+MTI2MTExMDA5MTMwMFowGzEZMBcGA1UEAwwQc3RhbmQtaW4uaW52YWxpZDBZMBMG
+ByqGSM49AgEGCCqGSM49AwEHA0IABJ/Xx7b/4y6i9VtbM63LHII+xml/UcRNIKZh
+64FE1OF21Ex9d+VIKiyNC6P26bGDgViZW1TitTNcvMhRCrITgEyjUzBRMB0GA1Ud
+DgQWBBTkAL5dZYgczau2ayj8B4T7toWjQzAfBgNVHSMEGDAWgBTkAL5dZYgczau2
+ayj8B4T7toWjQzAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIG9g
+hHZsdemDaCi3iQnozRc1ku8GWX1xf9W8KhIYuc/7AiEAgK2UhDKVNBS2NfAkGGTh
+7OxPvTahq0n3dlDtbL6A1IY=
+-----END CERTIFICATE-----
+""",
+    "tls.key": """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgKEzD+0fqyn59crot
+sfjPebPTV9v0Wx33QditYHE1WMGhRANCAASf18e2/+MuovVbWzOtyxyCPsZpf1HE
+TSCmYeuBRNThdtRMfXflSCosjQuj9umxg4FYmVtU4rUzXLzIUQqyE4BM
+-----END PRIVATE KEY-----
+""",
 }
 
 

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26): a stream, like TCP.
+    Tls,
 }
 
 impl Transport {
@@ -14,7 +16,14 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
+    }
+
+    /// A connection-oriented transport (messages framed by
+    /// Content-Length, answers over the same connection).
+    pub fn is_stream(&self) -> bool {
+        !matches!(self, Transport::Udp)
     }
 }
 

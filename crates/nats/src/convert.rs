@@ -50,6 +50,7 @@ impl From<Transport> for pb::Transport {
         match t {
             Transport::Udp => pb::Transport::Udp,
             Transport::Tcp => pb::Transport::Tcp,
+            Transport::Tls => pb::Transport::Tls,
         }
     }
 }
@@ -58,6 +59,7 @@ fn transport(v: i32) -> Result<Transport, DecodeError> {
     match pb::Transport::try_from(v) {
         Ok(pb::Transport::Udp) => Ok(Transport::Udp),
         Ok(pb::Transport::Tcp) => Ok(Transport::Tcp),
+        Ok(pb::Transport::Tls) => Ok(Transport::Tls),
         _ => Err(invalid("transport", format!("unknown value {v}"))),
     }
 }

@@ -88,11 +88,7 @@ fn addr(r: &mut StdRng) -> SocketAddr {
 
 fn flow(r: &mut StdRng) -> Flow {
     Flow {
-        transport: if r.random_bool(0.5) {
-            Transport::Udp
-        } else {
-            Transport::Tcp
-        },
+        transport: [Transport::Udp, Transport::Tcp, Transport::Tls][r.random_range(0..3)],
         remote: addr(r),
         local: addr(r),
         edge: text(r),

@@ -69,6 +69,7 @@ impl W {
         self.0.push(match f.transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
+            Transport::Tls => 2,
         });
         self.addr(&f.remote);
         self.addr(&f.local);
@@ -154,6 +155,7 @@ impl<'a> R<'a> {
         let transport = match self.u8()? {
             0 => Transport::Udp,
             1 => Transport::Tcp,
+            2 => Transport::Tls,
             _ => return None,
         };
         Some(Flow {

@@ -206,6 +206,12 @@ gets it.
 {{- fail "allInOne.replicas > 1 needs redis and nats: the in-memory state lives in one process" -}}
 {{- end -}}
 {{- end -}}
+{{- if and $v.sip.tls.enabled (not $v.sip.tls.secretName) -}}
+{{- fail "sip.tls.enabled: set sip.tls.secretName (a kubernetes.io/tls Secret with tls.crt and tls.key)" -}}
+{{- end -}}
+{{- if and $v.sip.tls.enabled (eq (int $v.sip.tls.port) (int $v.sip.port)) -}}
+{{- fail "sip.tls.port must differ from sip.port (UDP and TCP use sip.port)" -}}
+{{- end -}}
 {{- if and $v.auth.enabled (not (or $v.auth.existingSecret $v.auth.users)) -}}
 {{- fail "auth.enabled: set auth.existingSecret (a Secret with the users file) or auth.users (its content)" -}}
 {{- end -}}

@@ -91,6 +91,18 @@ spec:
         {{- else if $hostNetwork }}
         - --sip-advertise=$(HOST_IP):{{ int64 $v.sip.port }}
         {{- end }}
+        {{- if $v.sip.tls.enabled }}
+        {{- if and $hostNetwork $v.edge.bindHostIP }}
+        - --sip-tls-listen=$(HOST_IP):{{ int64 $v.sip.tls.port }}
+        {{- else }}
+        - --sip-tls-listen={{ $v.sip.listenAddress }}:{{ int64 $v.sip.tls.port }}
+        {{- end }}
+        - --tls-cert=/etc/presence/tls/tls.crt
+        - --tls-key=/etc/presence/tls/tls.key
+        {{- if $v.sip.tls.clientCaKey }}
+        - --tls-client-ca=/etc/presence/tls/client-ca.pem
+        {{- end }}
+        {{- end }}
         {{- end }}
         {{- if $v.auth.enabled }}
         - --users=/etc/presence/users/users.txt
@@ -158,6 +170,11 @@ spec:
         - name: sip-tcp
           containerPort: {{ int64 $v.sip.port }}
           protocol: TCP
+        {{- if $v.sip.tls.enabled }}
+        - name: sip-tls
+          containerPort: {{ int64 $v.sip.tls.port }}
+          protocol: TCP
+        {{- end }}
         {{- end }}
         - name: http
           containerPort: {{ int64 $v.http.port }}
@@ -216,6 +233,11 @@ spec:
           mountPath: /etc/presence/policy
           readOnly: true
         {{- end }}
+        {{- if and $sip $v.sip.tls.enabled }}
+        - name: tls
+          mountPath: /etc/presence/tls
+          readOnly: true
+        {{- end }}
   volumes:
     - name: secrets
       secret:
@@ -240,6 +262,21 @@ spec:
         items:
           - key: {{ $v.policy.existingConfigMapKey }}
             path: policy.txt
+    {{- end }}
+    {{- if and $sip $v.sip.tls.enabled }}
+    - name: tls
+      secret:
+        secretName: {{ $v.sip.tls.secretName }}
+        defaultMode: 0440
+        items:
+          - key: tls.crt
+            path: tls.crt
+          - key: tls.key
+            path: tls.key
+          {{- with $v.sip.tls.clientCaKey }}
+          - key: {{ . }}
+            path: client-ca.pem
+          {{- end }}
     {{- end }}
 {{- end -}}
 

@@ -6,6 +6,7 @@ use presence_core::digest::{Algorithm, Users};
 use presence_core::policy::Policy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug, Clone)]
@@ -73,6 +74,26 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub sip_advertise: Vec<String>,
+    /// SIP over TLS listen address (repeatable; 5061 is the usual port).
+    /// Needs --tls-cert and --tls-key.
+    #[arg(
+        long = "sip-tls-listen",
+        env = "PRESENCE_SIP_TLS_LISTEN",
+        value_delimiter = ','
+    )]
+    pub sip_tls_listen: Vec<SocketAddr>,
+    /// TLS certificate chain, leaf first (PEM). Reloaded on SIGHUP and when
+    /// the file changes; live connections keep theirs.
+    #[arg(long = "tls-cert", env = "PRESENCE_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1), reloaded with the
+    /// certificate.
+    #[arg(long = "tls-key", env = "PRESENCE_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA certificates (PEM): TLS clients must present a certificate that
+    /// chains to one of them (trunks, SBCs). Without it, none is asked for.
+    #[arg(long = "tls-client-ca", env = "PRESENCE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
     /// Local presence domain (repeatable).
     #[arg(
         long = "domain",
@@ -258,6 +279,9 @@ pub struct Config {
     pub sip_listen: Vec<SocketAddr>,
     /// What each listener advertises (empty, or one per listener).
     pub sip_advertise: Vec<crate::edge::Advertised>,
+    /// SIP over TLS listeners and their certificates (loaded and checked).
+    pub sip_tls_listen: Vec<SocketAddr>,
+    pub tls: Option<Arc<crate::edge::TlsCerts>>,
     pub domains: Vec<String>,
     pub users: Option<Users>,
     pub nonce_lifetime: u64,
@@ -391,6 +415,32 @@ impl Config {
                 args.sip_listen.len()
             ));
         }
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => match crate::edge::TlsCerts::load(crate::edge::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            }) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            },
+            (None, None) => {
+                if !args.sip_tls_listen.is_empty() {
+                    errors.push("--sip-tls-listen needs --tls-cert and --tls-key".into());
+                }
+                if args.tls_client_ca.is_some() {
+                    errors.push("--tls-client-ca needs --tls-cert and --tls-key".into());
+                }
+                None
+            }
+            _ => {
+                errors.push("--tls-cert and --tls-key go together".into());
+                None
+            }
+        };
         let domains: Vec<String> = args
             .domains
             .iter()
@@ -517,6 +567,8 @@ impl Config {
         Ok(Config {
             sip_listen: args.sip_listen.clone(),
             sip_advertise,
+            sip_tls_listen: args.sip_tls_listen.clone(),
+            tls,
             domains,
             users,
             nonce_lifetime: args.nonce_lifetime,

@@ -77,6 +77,8 @@ impl Default for Clock {
 pub struct Server {
     /// The edge's SIP addresses (empty when this process runs no edge).
     pub sip_addrs: Vec<SocketAddr>,
+    /// The edge's SIP over TLS addresses.
+    pub sip_tls_addrs: Vec<SocketAddr>,
     pub http_addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub node_id: String,
@@ -146,6 +148,14 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
     } else {
         None
     };
+    let mut tls_listeners = Vec::new();
+    if roles.edge && cfg.tls.is_some() {
+        for addr in &cfg.sip_tls_listen {
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            tls_listeners.push((l.local_addr()?, l));
+        }
+    }
+    let sip_tls_addrs: Vec<SocketAddr> = tls_listeners.iter().map(|(a, _)| *a).collect();
     let http = tokio::net::TcpListener::bind(cfg.http_listen).await?;
     let http_addr = http.local_addr()?;
     let sip_addrs: Vec<SocketAddr> = listeners
@@ -290,6 +300,18 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             edge.follow_roster(r.clone());
         }
         edge.watch_notify_queue(jobs.clone());
+        if let Some(certs) = &cfg.tls {
+            edge.serve_tls(std::mem::take(&mut tls_listeners), certs.clone());
+            let m = metrics.clone();
+            tasks.push(tokio::spawn(certs.clone().watch(
+                shutdown_rx.clone(),
+                move |ok| {
+                    m.edge_tls_reloads
+                        .with_label_values(&[if ok { "ok" } else { "failed" }])
+                        .inc();
+                },
+            )));
+        }
         edge_handle = Some(edge.clone());
         tasks.push(tokio::spawn(edge.run(
             listeners.tcp,
@@ -315,6 +337,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
     let _ = ready_tx.send(true);
     Ok(Server {
         sip_addrs,
+        sip_tls_addrs,
         http_addr,
         store,
         node_id: cfg.node_id.clone(),

@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     };
     if args.check_config {
         println!(
-            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, advertised {}, domains {:?}, digest {}, http {}",
+            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, sip over tls {}, advertised {}, domains {:?}, digest {}, http {}",
             cfg.roles.names(),
             cfg.node_id,
             cfg.redis
@@ -33,6 +33,11 @@ fn main() -> std::process::ExitCode {
                 .as_deref()
                 .map_or("in-memory".into(), presenced::config::redact_url),
             cfg.sip_listen,
+            if cfg.tls.is_some() {
+                format!("{:?}", cfg.sip_tls_listen)
+            } else {
+                "off".to_string()
+            },
             if cfg.sip_advertise.is_empty() {
                 "(listener or arrival address)".to_string()
             } else {
@@ -95,6 +100,7 @@ fn main() -> std::process::ExitCode {
             roles = %server.roles.names(),
             node = %server.node_id,
             sip = ?server.sip_addrs,
+            sip_tls = ?server.sip_tls_addrs,
             http = %server.http_addr,
             "presenced ready ({backends})"
         );

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub edge_authentications: IntCounterVec,
     pub edge_tcp_connections: IntGauge,
     pub edge_client_transactions: IntCounterVec,
+    pub edge_tls_reloads: IntCounterVec,
     pub compositor_publications: IntGauge,
     pub compositor_subscriptions: IntGauge,
     pub compositor_bindings: IntGauge,
@@ -120,7 +121,13 @@ impl Metrics {
             edge_tcp_connections: gauge(
                 &r,
                 "presence_edge_tcp_connections",
-                "Open TCP connections",
+                "Open TCP and TLS connections",
+            ),
+            edge_tls_reloads: counter(
+                &r,
+                "presence_edge_tls_reloads_total",
+                "TLS certificate reloads (SIGHUP or a file change), by outcome (ok: in use for new handshakes; failed: the previous one stays)",
+                &["outcome"],
             ),
             edge_client_transactions: counter(
                 &r,
@@ -218,8 +225,10 @@ impl Metrics {
                 "amplification",
                 "too_big",
                 "notify_backlog",
+                "tls_handshake",
             ],
         );
+        one(&self.edge_tls_reloads, &["ok", "failed"]);
         one(&self.edge_challenges, &["true", "false"]);
         one(&self.edge_authentications, &["MD5", "SHA-256"]);
         for method in ["NOTIFY", "MESSAGE"] {

@@ -136,6 +136,7 @@ async fn sipp(
         match tp {
             Tp::Udp => "u1".into(),
             Tp::Tcp => "t1".into(),
+            Tp::Tls => panic!("Debian's SIPp is built without TLS"),
         },
         "-m".into(),
         "1".into(),
@@ -181,10 +182,7 @@ async fn sipsak_shoot(
         "127.0.0.1".into(),
         "-vv".into(),
     ];
-    if tp == Tp::Tcp {
-        args.push("-E".into());
-        args.push("tcp".into());
-    }
+    args.extend(sipsak_transport(tp));
     let r = run("sipsak", args).await;
     let _ = std::fs::remove_dir_all(&dir);
     r
@@ -210,11 +208,21 @@ async fn sipsak_register(server: SocketAddr, tp: Tp, user: &str, password: &str)
         "-i".into(),
         "-vv".into(),
     ];
-    if tp == Tp::Tcp {
-        args.push("-E".into());
-        args.push("tcp".into());
-    }
+    args.extend(sipsak_transport(tp));
     run("sipsak", args).await
+}
+
+/// sipsak's flags for `tp`; over TLS it trusts the test certificate.
+fn sipsak_transport(tp: Tp) -> Vec<String> {
+    match tp {
+        Tp::Udp => Vec::new(),
+        Tp::Tcp => vec!["-E".into(), "tcp".into()],
+        Tp::Tls => vec![
+            "-E".into(),
+            "tls".into(),
+            format!("--tls-ca-cert={}", test_tls().cert.display()),
+        ],
+    }
 }
 
 fn request(
@@ -298,9 +306,18 @@ async fn sipp_under_default_digest(tp: Tp) {
     s.shutdown().await;
 }
 
+/// sipsak over TLS too (SIP over TLS, RFC 3261 §26): REGISTER, PUBLISH
+/// and MESSAGE under Digest, to the TLS listener.
+mod sipsak_over_tls {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls() {
+        super::sipsak_under_default_digest(super::Tp::Tls).await
+    }
+}
+
 async fn sipsak_under_default_digest(tp: Tp) {
     let s = start(Mode::AllInOne, Some(USERS), None, &["--domain", DOMAIN]).await;
-    let at = s.at(0);
+    let at = if tp == Tp::Tls { s.tls_at(0) } else { s.at(0) };
     let (ok, log) = sipsak_register(at, tp, "alice", "secret").await;
     assert!(ok, "sipsak REGISTER over {tp:?} failed:\n{log}");
 

@@ -234,9 +234,11 @@ impl Edge {
                     }
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 // A connection number means something only on the edge that
-                // numbered it; another edge looks the remote up or connects.
+                // numbered it; another edge looks the remote up or connects
+                // (TCP only: a phone runs no TLS server, RFC 5626 flows go
+                // back over the connection it opened).
                 let mut sent =
                     out.flow.edge == self.cfg.id && self.send_conn(out.flow.conn, bytes.clone());
                 if !sent {
@@ -244,7 +246,10 @@ impl Edge {
                         sent = self.send_conn(id, bytes.clone());
                     }
                 }
-                if !sent && self.guard().open_connection(out.flow.remote.ip()).is_ok() {
+                if !sent
+                    && out.flow.transport == Transport::Tcp
+                    && self.guard().open_connection(out.flow.remote.ip()).is_ok()
+                {
                     match tokio::time::timeout(
                         Duration::from_secs(5),
                         TcpStream::connect(out.flow.remote),
@@ -254,7 +259,12 @@ impl Edge {
                         Ok(Ok(stream)) => {
                             let _ = stream.set_nodelay(true);
                             let local = stream.local_addr().unwrap_or(local);
-                            let id = self.clone().spawn_conn(stream, local, out.flow.remote);
+                            let id = self.clone().spawn_conn(
+                                stream,
+                                Transport::Tcp,
+                                local,
+                                out.flow.remote,
+                            );
                             sent = self.send_conn(id, bytes.clone());
                         }
                         _ => self.guard().close_connection(out.flow.remote.ip()),

@@ -27,12 +27,14 @@ mod relay;
 mod server_txn;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod transport;
 
 pub use advertise::{Advertised, SelfNames};
 use client_txn::*;
 use dialog_out::*;
 use server_txn::*;
+pub use tls::{TlsCerts, TlsFiles};
 pub use transport::Listeners;
 use transport::*;
 
@@ -98,6 +100,9 @@ struct Source {
     conn: u64,
 }
 
+/// TLS listeners and the certificates they serve.
+type TlsServe = (Vec<(SocketAddr, TcpListener)>, Arc<TlsCerts>);
+
 pub struct Edge {
     cfg: EdgeConfig,
     bus: Arc<dyn Requests<Command, Reply>>,
@@ -135,6 +140,9 @@ pub struct Edge {
     /// Lame duck: still serving, but OPTIONS answers 503 so that SIP load
     /// balancers take this node out.
     draining: std::sync::atomic::AtomicBool,
+    /// TLS listeners and their certificates, taken by [`Edge::run`] (set
+    /// by [`Edge::serve_tls`]).
+    tls: Mutex<Option<TlsServe>>,
 }
 
 impl Edge {
@@ -169,6 +177,7 @@ impl Edge {
             guard: Mutex::new(SourceGuard::new(cfg_limits)),
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg_limits.max_inflight.max(1))),
             draining: std::sync::atomic::AtomicBool::new(false),
+            tls: Mutex::new(None),
         }
     }
 
@@ -230,6 +239,12 @@ impl Edge {
     }
 
     /// Run the sockets and serve `edge.<id>` until shutdown.
+    /// Serve SIP over TLS on `listeners` with `certs` too (call before
+    /// [`Edge::run`]).
+    pub fn serve_tls(&self, listeners: Vec<(SocketAddr, TcpListener)>, certs: Arc<TlsCerts>) {
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some((listeners, certs));
+    }
+
     pub async fn run(
         self: Arc<Self>,
         tcp: Vec<(SocketAddr, TcpListener)>,
@@ -252,8 +267,18 @@ impl Edge {
         for (local, listener) in tcp {
             let me = self.clone();
             tasks.push(tokio::spawn(async move {
-                me.accept_loop(local, listener).await
+                me.accept_loop(local, listener, None).await
             }));
+        }
+        let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((listeners, certs)) = tls {
+            for (local, listener) in listeners {
+                let me = self.clone();
+                let certs = certs.clone();
+                tasks.push(tokio::spawn(async move {
+                    me.accept_loop(local, listener, Some(certs)).await
+                }));
+            }
         }
         let _ = self.out_bus.set(out_bus.clone());
         let (tx, mut rx) = mpsc::channel::<Incoming<OutRequest, Outcome>>(8192);
@@ -398,7 +423,7 @@ impl Edge {
         if let Some(key) = key {
             let keep = match src.transport {
                 Transport::Udp => Keep::Udp,
-                Transport::Tcp => Keep::Tcp,
+                Transport::Tcp | Transport::Tls => Keep::Tcp,
             };
             self.server_txns
                 .lock()
@@ -498,6 +523,7 @@ impl Edge {
         match src.transport {
             Transport::Udp => format!("<sip:{host}>"),
             Transport::Tcp => format!("<sip:{host};transport=tcp>"),
+            Transport::Tls => format!("<sip:{host};transport=tls>"),
         }
     }
 

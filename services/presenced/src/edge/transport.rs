@@ -268,7 +268,15 @@ impl Edge {
         }
     }
 
-    pub(super) async fn accept_loop(self: Arc<Self>, local: SocketAddr, listener: TcpListener) {
+    /// Accept TCP connections on `listener`; with `tls`, each one does its
+    /// TLS handshake first (within the header timeout; a failed one is
+    /// dropped and counted), then carries SIP like a TCP connection.
+    pub(super) async fn accept_loop(
+        self: Arc<Self>,
+        local: SocketAddr,
+        listener: TcpListener,
+        tls: Option<Arc<TlsCerts>>,
+    ) {
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
@@ -284,7 +292,33 @@ impl Edge {
                         .local_addr()
                         .map(advertise::canonical)
                         .unwrap_or(local);
-                    self.clone().spawn_conn(stream, local, remote);
+                    match &tls {
+                        None => {
+                            self.clone()
+                                .spawn_conn(stream, Transport::Tcp, local, remote);
+                        }
+                        Some(certs) => {
+                            let acceptor = certs.acceptor();
+                            let me = self.clone();
+                            tokio::spawn(async move {
+                                let wait = me.cfg.limits.header_timeout;
+                                match tokio::time::timeout(wait, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => {
+                                        me.spawn_conn(stream, Transport::Tls, local, remote);
+                                    }
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                        me.drop_counted("tls_handshake");
+                                        me.guard().close_connection(remote.ip());
+                                    }
+                                    Err(_) => {
+                                        me.drop_counted("tls_handshake");
+                                        me.guard().close_connection(remote.ip());
+                                    }
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "tcp accept failed");
@@ -294,12 +328,16 @@ impl Edge {
         }
     }
 
-    pub(super) fn spawn_conn(
+    pub(super) fn spawn_conn<S>(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: S,
+        transport: Transport,
         local: SocketAddr,
         remote: SocketAddr,
-    ) -> u64 {
+    ) -> u64
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<Bytes>(self.cfg.limits.write_queue.max(1));
         let close = Arc::new(tokio::sync::Notify::new());
@@ -315,10 +353,15 @@ impl Edge {
             .unwrap_or_else(|e| e.into_inner())
             .insert(remote, id);
         self.metrics.edge_tcp_connections.inc();
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+                // TLS keeps records until flushed; once the queue is empty,
+                // everything written goes out (a no-op for TCP).
+                if rx.is_empty() && wr.flush().await.is_err() {
                     break;
                 }
             }
@@ -326,7 +369,7 @@ impl Edge {
         let me = self.clone();
         tokio::spawn(async move {
             let src = Source {
-                transport: Transport::Tcp,
+                transport,
                 remote,
                 local,
                 conn: id,
@@ -556,7 +599,7 @@ impl Edge {
                     }
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 if !self.send_conn(src.conn, bytes) {
                     self.metrics
                         .edge_dropped

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -33,6 +32,9 @@ pub const MAX: usize = 1 << 20;
 pub enum Tp {
     Udp,
     Tcp,
+    /// SIP over TLS to the server's TLS listener, trusting [`test_tls`]'s
+    /// certificate.
+    Tls,
 }
 
 impl Tp {
@@ -40,8 +42,49 @@ impl Tp {
         match self {
             Tp::Udp => "UDP",
             Tp::Tcp => "TCP",
+            Tp::Tls => "TLS",
         }
     }
+}
+
+pub use crate::harness::test_tls;
+
+/// The flags that give a server a TLS listener with [`test_tls`]'s files.
+pub fn tls_args(listen: &str) -> Vec<String> {
+    let t = test_tls();
+    vec![
+        "--sip-tls-listen".into(),
+        listen.into(),
+        "--tls-cert".into(),
+        t.cert.display().to_string(),
+        "--tls-key".into(),
+        t.key.display().to_string(),
+    ]
+}
+
+/// Open a TLS connection to `server`, trusting the certificate `trust`
+/// (DER) and checking it names 127.0.0.1.
+pub async fn tls_connect(
+    server: SocketAddr,
+    trust: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(trust.to_vec()))
+        .map_err(std::io::Error::other)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(server).await?;
+    tcp.set_nodelay(true).ok();
+    let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(1);
@@ -133,6 +176,8 @@ pub struct TestServer {
     running: Option<Running>,
     /// The SIP address of each edge (one in all-in-one).
     sips: Vec<SocketAddr>,
+    /// The SIP over TLS address of each edge.
+    tls_sips: Vec<SocketAddr>,
     /// An operations (HTTP) address: the all-in-one server's, or the first
     /// edge process's in a cluster (any role serves `/admin`).
     pub http: SocketAddr,
@@ -149,10 +194,18 @@ impl TestServer {
     /// [`PRESENTITY`] and the watcher side on [`WATCHER`]. All-in-one has
     /// one address for every `i`.
     pub fn at(&self, i: usize) -> SocketAddr {
-        match self.mode {
-            Mode::AllInOne => self.sips[0],
-            Mode::Cluster => *self
-                .sips
+        Self::edge(&self.sips, self.mode, i)
+    }
+
+    /// The SIP over TLS address of edge `i`.
+    pub fn tls_at(&self, i: usize) -> SocketAddr {
+        Self::edge(&self.tls_sips, self.mode, i)
+    }
+
+    fn edge(addrs: &[SocketAddr], mode: Mode, i: usize) -> SocketAddr {
+        match mode {
+            Mode::AllInOne => addrs[0],
+            Mode::Cluster => *addrs
                 .get(i)
                 .unwrap_or_else(|| panic!("the test cluster has no edge {i}")),
         }
@@ -175,7 +228,12 @@ impl TestServer {
     /// A UA for `user@example.com` over `tp` to edge `i` (see [`Self::at`]),
     /// as patient as this server needs.
     pub async fn ua(&self, tp: Tp, i: usize, user: &str) -> Ua {
-        let mut ua = Ua::new(tp, self.at(i), user).await;
+        let addr = if tp == Tp::Tls {
+            self.tls_at(i)
+        } else {
+            self.at(i)
+        };
+        let mut ua = Ua::new(tp, addr, user).await;
         ua.patience = self.wait();
         ua
     }
@@ -257,6 +315,7 @@ pub async fn start_with_faults(
     faults: presenced::faults::Faults,
 ) -> TestServer {
     let mut args = base_args("127.0.0.1:0");
+    args.extend(tls_args("127.0.0.1:0"));
     let (more, files) = server_args(users, policy, extra);
     args.extend(more);
     use clap::Parser;
@@ -268,6 +327,7 @@ pub async fn start_with_faults(
     TestServer {
         mode: Mode::AllInOne,
         sips: vec![server.sip_addrs[0]],
+        tls_sips: server.sip_tls_addrs.clone(),
         http: server.http_addr,
         store: server.store.clone(),
         running: Some(Running::AllInOne(server)),
@@ -321,6 +381,7 @@ async fn start_cluster(users: Option<&str>, policy: Option<&str>, extra: &[&str]
     TestServer {
         mode: Mode::Cluster,
         sips: (0..CLUSTER_EDGES).map(|i| c.edge(i)).collect(),
+        tls_sips: (0..CLUSTER_EDGES).map(|i| c.edge_tls(i)).collect(),
         http: c.proc("edge0").http,
         store: Arc::new(redis),
         running: Some(Running::Cluster(c)),
@@ -414,9 +475,12 @@ pub struct Dialog {
     pub remote_tag: String,
 }
 
+type StreamWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
 enum Wire {
     Udp(Arc<UdpSocket>),
-    Tcp(Arc<tokio::sync::Mutex<OwnedWriteHalf>>),
+    /// TCP or TLS: the write half of the stream.
+    Tcp(Arc<tokio::sync::Mutex<StreamWriter>>),
 }
 
 pub struct Ua {
@@ -517,14 +581,29 @@ impl Ua {
                 });
                 (Wire::Udp(sock), local)
             }
-            Tp::Tcp => {
-                let stream = tokio::time::timeout(WAIT, TcpStream::connect(server))
-                    .await
-                    .expect("tcp connect in time")
-                    .expect("tcp connect");
-                stream.set_nodelay(true).ok();
-                let local = stream.local_addr().expect("local addr");
-                let (mut rd, wr) = stream.into_split();
+            Tp::Tcp | Tp::Tls => {
+                let (local, mut rd, wr): (
+                    SocketAddr,
+                    Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    StreamWriter,
+                ) = if tp == Tp::Tls {
+                    let tls = tokio::time::timeout(WAIT, tls_connect(server, &test_tls().der))
+                        .await
+                        .expect("tls connect in time")
+                        .expect("tls connect");
+                    let local = tls.get_ref().0.local_addr().expect("local addr");
+                    let (r, w) = tokio::io::split(tls);
+                    (local, Box::new(r), Box::new(w))
+                } else {
+                    let stream = tokio::time::timeout(WAIT, TcpStream::connect(server))
+                        .await
+                        .expect("tcp connect in time")
+                        .expect("tcp connect");
+                    stream.set_nodelay(true).ok();
+                    let local = stream.local_addr().expect("local addr");
+                    let (r, w) = stream.into_split();
+                    (local, Box::new(r), Box::new(w))
+                };
                 let wr = Arc::new(tokio::sync::Mutex::new(wr));
                 let wr2 = wr.clone();
                 let code = answer_code.clone();
@@ -556,8 +635,9 @@ impl Ua {
                                     if let Message::Request(r) = &msg {
                                         let c = code.load(Ordering::Relaxed);
                                         if c != 0 {
-                                            let _ =
-                                                wr2.lock().await.write_all(&answer_for(r, c)).await;
+                                            let mut w = wr2.lock().await;
+                                            let _ = w.write_all(&answer_for(r, c)).await;
+                                            let _ = w.flush().await;
                                         }
                                         raw.lock().unwrap().push(data.clone());
                                     }
@@ -624,6 +704,7 @@ impl Ua {
         match self.tp {
             Tp::Udp => format!("sip:{}@{}", self.user, self.local),
             Tp::Tcp => format!("sip:{}@{};transport=tcp", self.user, self.local),
+            Tp::Tls => format!("sip:{}@{};transport=tls", self.user, self.local),
         }
     }
 
@@ -633,7 +714,9 @@ impl Ua {
                 s.send_to(bytes, self.server).await.expect("udp send");
             }
             Wire::Tcp(w) => {
-                let _ = w.lock().await.write_all(bytes).await;
+                let mut w = w.lock().await;
+                let _ = w.write_all(bytes).await;
+                let _ = w.flush().await;
             }
         }
     }

@@ -23,6 +23,8 @@ pub struct Proc {
     pub http: SocketAddr,
     pub sip: Option<SocketAddr>,
     pub log: PathBuf,
+    /// The edge's SIP over TLS address ([`test_tls`]'s certificate).
+    pub tls: Option<SocketAddr>,
 }
 
 pub struct Cluster {
@@ -32,6 +34,47 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub shards: u32,
     extra: Vec<String>,
+}
+
+/// A certificate and key for 127.0.0.1 and localhost, made once per test
+/// process (rcgen): the files a server's `--tls-cert`/`--tls-key` name,
+/// and the certificate (DER) a client trusts.
+pub struct TestTls {
+    pub dir: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub der: Vec<u8>,
+}
+
+pub fn test_tls() -> &'static TestTls {
+    static TLS: std::sync::OnceLock<TestTls> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let (pem, key, der) = make_cert(&["localhost", "127.0.0.1"]);
+        let dir = std::env::temp_dir().join(format!("presence-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tls dir");
+        let cert = dir.join("cert.pem");
+        let keyf = dir.join("key.pem");
+        std::fs::write(&cert, pem).expect("write cert");
+        std::fs::write(&keyf, key).expect("write key");
+        TestTls {
+            dir,
+            cert,
+            key: keyf,
+            der,
+        }
+    })
+}
+
+/// A self-signed certificate for `names` (DNS names or IP addresses):
+/// (certificate PEM, key PEM, certificate DER).
+pub fn make_cert(names: &[&str]) -> (String, String, Vec<u8>) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let c = rcgen::generate_simple_self_signed(names).expect("self-signed certificate");
+    (
+        c.cert.pem(),
+        c.key_pair.serialize_pem(),
+        c.cert.der().to_vec(),
+    )
 }
 
 pub fn addr(port: u16) -> SocketAddr {
@@ -80,10 +123,11 @@ impl Cluster {
     fn fresh_port(&self) -> u16 {
         loop {
             let port = presence_testkit::free_port();
-            let taken = self
-                .procs
-                .iter()
-                .any(|p| p.http.port() == port || p.sip.is_some_and(|s| s.port() == port));
+            let taken = self.procs.iter().any(|p| {
+                p.http.port() == port
+                    || p.sip.is_some_and(|s| s.port() == port)
+                    || p.tls.is_some_and(|s| s.port() == port)
+            });
             if !taken {
                 return port;
             }
@@ -99,11 +143,18 @@ impl Cluster {
             }
             addr(port)
         });
+        let tls = sip.map(|sip| {
+            let mut port = self.fresh_port();
+            while port == http.port() || port == sip.port() {
+                port = self.fresh_port();
+            }
+            addr(port)
+        });
         let log = self.dir.join(format!("{node}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = self
-            .command(role, node, http, sip, out, err)
+            .command(role, node, http, sip.zip(tls), out, err)
             .spawn()
             .expect("start presenced");
         self.procs.push(Proc {
@@ -113,6 +164,7 @@ impl Cluster {
             http,
             sip,
             log,
+            tls,
         });
     }
 
@@ -141,6 +193,11 @@ impl Cluster {
     /// SIP address of edge `i`.
     pub fn edge(&self, i: usize) -> SocketAddr {
         self.proc(&format!("edge{i}")).sip.expect("an edge")
+    }
+
+    /// The SIP over TLS address of edge `i`.
+    pub fn edge_tls(&self, i: usize) -> SocketAddr {
+        self.proc(&format!("edge{i}")).tls.expect("an edge")
     }
 
     /// SIP addresses of the live edges.
@@ -281,7 +338,7 @@ impl Cluster {
     pub fn restart(&mut self, node: &str, node_id: &str, extra: &[&str]) {
         let p = self.proc(node);
         assert!(p.child.is_none(), "{node} is still running");
-        let (role, http, sip, log) = (p.role.clone(), p.http, p.sip, p.log.clone());
+        let (role, http, sip, log) = (p.role.clone(), p.http, p.sip.zip(p.tls), p.log.clone());
         let out = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -303,7 +360,8 @@ impl Cluster {
         role: &str,
         node_id: &str,
         http: SocketAddr,
-        sip: Option<SocketAddr>,
+        // SIP and SIP over TLS, for an edge.
+        sip: Option<(SocketAddr, SocketAddr)>,
         out: std::fs::File,
         err: std::fs::File,
     ) -> Command {
@@ -333,8 +391,12 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        if let Some(sip) = sip {
+        if let Some((sip, tls)) = sip {
+            let t = test_tls();
             cmd.args(["--sip-listen", &sip.to_string()]);
+            cmd.args(["--sip-tls-listen", &tls.to_string()]);
+            cmd.arg("--tls-cert").arg(&t.cert);
+            cmd.arg("--tls-key").arg(&t.key);
         }
         cmd
     }

@@ -1,0 +1,173 @@
+//! SIP over TLS (RFC 3261 §26, RFC 5630): the server certificate and key
+//! (PEM files), optionally the CAs whose client certificates are required
+//! (trunks, SBCs), loaded with rustls on ring. Reloaded on SIGHUP and when
+//! a file changes, without touching live connections: each new handshake
+//! takes the configuration current at that moment; a reload that fails
+//! (a half-written file, a key that does not match) keeps the previous one
+//! and is logged and counted.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// The files a TLS listener is configured from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) a client certificate must chain to; `None`:
+    /// no client certificate asked for.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How often the files are looked at for changes (SIGHUP reloads at once).
+pub const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// The current TLS server configuration, reloadable.
+pub struct TlsCerts {
+    files: TlsFiles,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+    /// Modification times of the files at the last load.
+    stamps: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl TlsCerts {
+    /// Load the files, or say what is wrong with them.
+    pub fn load(files: TlsFiles) -> Result<Arc<TlsCerts>, String> {
+        let config = server_config(&files)?;
+        let stamps = stamps(&files);
+        Ok(Arc::new(TlsCerts {
+            files,
+            current: RwLock::new(Arc::new(config)),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    /// An acceptor with the configuration current now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+
+    /// Load the files again; on error the previous configuration stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let stamps = stamps(&self.files);
+        let config = server_config(&self.files)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps;
+        Ok(())
+    }
+
+    /// Did a file change since the last load?
+    fn changed(&self) -> bool {
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) != stamps(&self.files)
+    }
+
+    /// Reload on SIGHUP and when a file changes, until `shutdown`.
+    /// `on_reload(ok)` counts each attempt.
+    pub async fn watch(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        on_reload: impl Fn(bool) + Send + 'static,
+    ) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; TLS files are reloaded when they change");
+                None
+            }
+        };
+        loop {
+            let why = tokio::select! {
+                _ = async {
+                    match hup.as_mut() {
+                        Some(h) => { h.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => "SIGHUP",
+                _ = tokio::time::sleep(WATCH_EVERY) => {
+                    if !self.changed() {
+                        continue;
+                    }
+                    "a file changed"
+                }
+                _ = shutdown.changed() => return,
+            };
+            match self.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %self.files.cert.display(), why, "TLS certificate reloaded");
+                    on_reload(true);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, why, "TLS certificate not reloaded; the previous one stays");
+                    // Do not retry a broken file every tick: wait for the
+                    // next change.
+                    *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&self.files);
+                    on_reload(false);
+                }
+            }
+        }
+    }
+}
+
+fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
+}
+
+fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{what} {}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Build the rustls server configuration from the files (ring provider,
+/// TLS 1.2 and 1.3).
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
+    let certs = read_certs(&files.cert, "--tls-cert")?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs(ca, "--tls-client-ca")? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))
+}
