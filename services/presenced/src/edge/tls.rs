@@ -167,7 +167,14 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    builder
+    let mut config = builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    // No TLS 1.3 session tickets after the handshake: sipsak (GnuTLS)
+    // stops reading the connection on them ("select returned error") and
+    // never sees our answer, and SIP phones' TLS stacks are no newer. A
+    // phone keeps one connection open for hours, so resumption saves
+    // little; a reconnect storm pays full handshakes.
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
