@@ -9,6 +9,11 @@ pub enum Transport {
     Tcp,
     /// SIP over TLS (RFC 3261 §26): a stream, like TCP.
     Tls,
+    /// SIP over WebSocket (RFC 7118): one SIP message per WebSocket
+    /// message, over a connection the client opened.
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118, WebSocket over TLS).
+    Wss,
 }
 
 impl Transport {
@@ -17,6 +22,8 @@ impl Transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 

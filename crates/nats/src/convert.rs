@@ -51,6 +51,8 @@ impl From<Transport> for pb::Transport {
             Transport::Udp => pb::Transport::Udp,
             Transport::Tcp => pb::Transport::Tcp,
             Transport::Tls => pb::Transport::Tls,
+            Transport::Ws => pb::Transport::Ws,
+            Transport::Wss => pb::Transport::Wss,
         }
     }
 }
@@ -60,6 +62,8 @@ fn transport(v: i32) -> Result<Transport, DecodeError> {
         Ok(pb::Transport::Udp) => Ok(Transport::Udp),
         Ok(pb::Transport::Tcp) => Ok(Transport::Tcp),
         Ok(pb::Transport::Tls) => Ok(Transport::Tls),
+        Ok(pb::Transport::Ws) => Ok(Transport::Ws),
+        Ok(pb::Transport::Wss) => Ok(Transport::Wss),
         _ => Err(invalid("transport", format!("unknown value {v}"))),
     }
 }

@@ -88,7 +88,13 @@ fn addr(r: &mut StdRng) -> SocketAddr {
 
 fn flow(r: &mut StdRng) -> Flow {
     Flow {
-        transport: [Transport::Udp, Transport::Tcp, Transport::Tls][r.random_range(0..3)],
+        transport: [
+            Transport::Udp,
+            Transport::Tcp,
+            Transport::Tls,
+            Transport::Ws,
+            Transport::Wss,
+        ][r.random_range(0..5)],
         remote: addr(r),
         local: addr(r),
         edge: text(r),

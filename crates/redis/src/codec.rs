@@ -70,6 +70,8 @@ impl W {
             Transport::Udp => 0,
             Transport::Tcp => 1,
             Transport::Tls => 2,
+            Transport::Ws => 3,
+            Transport::Wss => 4,
         });
         self.addr(&f.remote);
         self.addr(&f.local);
@@ -156,6 +158,8 @@ impl<'a> R<'a> {
             0 => Transport::Udp,
             1 => Transport::Tcp,
             2 => Transport::Tls,
+            3 => Transport::Ws,
+            4 => Transport::Wss,
             _ => return None,
         };
         Some(Flow {

@@ -82,6 +82,32 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub sip_tls_listen: Vec<SocketAddr>,
+    /// SIP over WebSocket listen address (RFC 7118; repeatable), for
+    /// browser softphones behind a TLS-terminating proxy or on a trusted
+    /// network.
+    #[arg(
+        long = "sip-ws-listen",
+        env = "PRESENCE_SIP_WS_LISTEN",
+        value_delimiter = ','
+    )]
+    pub sip_ws_listen: Vec<SocketAddr>,
+    /// SIP over secure WebSocket listen address (repeatable; 443 or 8443
+    /// are usual). Needs --tls-cert and --tls-key.
+    #[arg(
+        long = "sip-wss-listen",
+        env = "PRESENCE_SIP_WSS_LISTEN",
+        value_delimiter = ','
+    )]
+    pub sip_wss_listen: Vec<SocketAddr>,
+    /// Web origins whose pages may open SIP WebSockets
+    /// (`https://phone.example.net`; repeatable). Without any, every
+    /// Origin may; clients that send none (not browsers) always may.
+    #[arg(
+        long = "ws-allowed-origin",
+        env = "PRESENCE_WS_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub ws_allowed_origin: Vec<String>,
     /// TLS certificate chain, leaf first (PEM). Reloaded on SIGHUP and when
     /// the file changes; live connections keep theirs.
     #[arg(long = "tls-cert", env = "PRESENCE_TLS_CERT")]
@@ -282,6 +308,11 @@ pub struct Config {
     /// SIP over TLS listeners and their certificates (loaded and checked).
     pub sip_tls_listen: Vec<SocketAddr>,
     pub tls: Option<Arc<crate::edge::TlsCerts>>,
+    /// SIP over WebSocket and secure WebSocket listeners.
+    pub sip_ws_listen: Vec<SocketAddr>,
+    pub sip_wss_listen: Vec<SocketAddr>,
+    /// Origins allowed to open WebSockets (empty: any).
+    pub ws_origins: Vec<String>,
     pub domains: Vec<String>,
     pub users: Option<Users>,
     pub nonce_lifetime: u64,
@@ -431,6 +462,9 @@ impl Config {
                 if !args.sip_tls_listen.is_empty() {
                     errors.push("--sip-tls-listen needs --tls-cert and --tls-key".into());
                 }
+                if !args.sip_wss_listen.is_empty() {
+                    errors.push("--sip-wss-listen needs --tls-cert and --tls-key".into());
+                }
                 if args.tls_client_ca.is_some() {
                     errors.push("--tls-client-ca needs --tls-cert and --tls-key".into());
                 }
@@ -569,6 +603,14 @@ impl Config {
             sip_advertise,
             sip_tls_listen: args.sip_tls_listen.clone(),
             tls,
+            sip_ws_listen: args.sip_ws_listen.clone(),
+            sip_wss_listen: args.sip_wss_listen.clone(),
+            ws_origins: args
+                .ws_allowed_origin
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
             domains,
             users,
             nonce_lifetime: args.nonce_lifetime,

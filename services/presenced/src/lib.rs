@@ -79,6 +79,9 @@ pub struct Server {
     pub sip_addrs: Vec<SocketAddr>,
     /// The edge's SIP over TLS addresses.
     pub sip_tls_addrs: Vec<SocketAddr>,
+    /// The edge's SIP over WebSocket and secure WebSocket addresses.
+    pub sip_ws_addrs: Vec<SocketAddr>,
+    pub sip_wss_addrs: Vec<SocketAddr>,
     pub http_addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub node_id: String,
@@ -148,14 +151,34 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
     } else {
         None
     };
-    let mut tls_listeners = Vec::new();
-    if roles.edge && cfg.tls.is_some() {
-        for addr in &cfg.sip_tls_listen {
+    // TLS, WS and WSS listeners, bound now so that errors surface at start.
+    let mut streams = Vec::new();
+    let (mut sip_tls_addrs, mut sip_ws_addrs, mut sip_wss_addrs) =
+        (Vec::new(), Vec::new(), Vec::new());
+    if roles.edge {
+        let origins = Arc::new(cfg.ws_origins.clone());
+        for addr in &cfg.sip_ws_listen {
             let l = tokio::net::TcpListener::bind(addr).await?;
-            tls_listeners.push((l.local_addr()?, l));
+            sip_ws_addrs.push(l.local_addr()?);
+            streams.push((l.local_addr()?, l, edge::StreamKind::Ws(origins.clone())));
+        }
+        if let Some(certs) = &cfg.tls {
+            for addr in &cfg.sip_tls_listen {
+                let l = tokio::net::TcpListener::bind(addr).await?;
+                sip_tls_addrs.push(l.local_addr()?);
+                streams.push((l.local_addr()?, l, edge::StreamKind::Tls(certs.clone())));
+            }
+            for addr in &cfg.sip_wss_listen {
+                let l = tokio::net::TcpListener::bind(addr).await?;
+                sip_wss_addrs.push(l.local_addr()?);
+                streams.push((
+                    l.local_addr()?,
+                    l,
+                    edge::StreamKind::Wss(certs.clone(), origins.clone()),
+                ));
+            }
         }
     }
-    let sip_tls_addrs: Vec<SocketAddr> = tls_listeners.iter().map(|(a, _)| *a).collect();
     let http = tokio::net::TcpListener::bind(cfg.http_listen).await?;
     let http_addr = http.local_addr()?;
     let sip_addrs: Vec<SocketAddr> = listeners
@@ -300,8 +323,8 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             edge.follow_roster(r.clone());
         }
         edge.watch_notify_queue(jobs.clone());
+        edge.serve_streams(std::mem::take(&mut streams));
         if let Some(certs) = &cfg.tls {
-            edge.serve_tls(std::mem::take(&mut tls_listeners), certs.clone());
             let m = metrics.clone();
             tasks.push(tokio::spawn(certs.clone().watch(
                 shutdown_rx.clone(),
@@ -338,6 +361,8 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
     Ok(Server {
         sip_addrs,
         sip_tls_addrs,
+        sip_ws_addrs,
+        sip_wss_addrs,
         http_addr,
         store,
         node_id: cfg.node_id.clone(),

@@ -101,6 +101,8 @@ fn main() -> std::process::ExitCode {
             node = %server.node_id,
             sip = ?server.sip_addrs,
             sip_tls = ?server.sip_tls_addrs,
+            sip_ws = ?server.sip_ws_addrs,
+            sip_wss = ?server.sip_wss_addrs,
             http = %server.http_addr,
             "presenced ready ({backends})"
         );

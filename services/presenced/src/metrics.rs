@@ -226,6 +226,8 @@ impl Metrics {
                 "too_big",
                 "notify_backlog",
                 "tls_handshake",
+                "ws_handshake",
+                "handshake_timeout",
             ],
         );
         one(&self.edge_tls_reloads, &["ok", "failed"]);

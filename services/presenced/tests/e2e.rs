@@ -1,9 +1,11 @@
-//! End-to-end tests: the server driven over real UDP, TCP and TLS sockets
-//! by a tiny user agent (tests/common). Every scenario runs six times:
+//! End-to-end tests: the server driven over real UDP, TCP, TLS and
+//! WebSocket connections by a tiny user agent (tests/common). Every
+//! scenario runs eight times:
 //!
-//! - `name::udp`, `name::tcp`, `name::tls`: against the all-in-one server
-//!   in this process (in-memory store, bus and queue);
-//! - `name::cluster_udp`, `name::cluster_tcp`, `name::cluster_tls`: against a cluster of
+//! - `name::udp`, `name::tcp`, `name::tls`, `name::ws`: against the
+//!   all-in-one server in this process (in-memory store, bus and queue);
+//! - `name::cluster_udp`, `name::cluster_tcp`, `name::cluster_tls`,
+//!   `name::cluster_ws`: against a cluster of
 //!   `presenced` processes (tests/harness): a real `redis-server` and
 //!   `nats-server` on free ports, 2 edges, 2 compositors and 1 notifier, one
 //!   role per process. The UAs of the presentity side (PUBLISH, REGISTER of
@@ -73,6 +75,14 @@ macro_rules! scenarios {
             #[tokio::test]
             async fn cluster_tls() {
                 super::$name(Tp::Tls, Mode::Cluster).await
+            }
+            #[tokio::test]
+            async fn ws() {
+                super::$name(Tp::Ws, Mode::AllInOne).await
+            }
+            #[tokio::test]
+            async fn cluster_ws() {
+                super::$name(Tp::Ws, Mode::Cluster).await
             }
         }
     )*};
@@ -390,6 +400,7 @@ async fn subscribe(tp: Tp, mode: Mode) {
         Tp::Udp => assert!(!contact.contains("transport="), "{contact}"),
         Tp::Tcp => assert!(contact.contains(";transport=tcp"), "{contact}"),
         Tp::Tls => assert!(contact.contains(";transport=tls"), "{contact}"),
+        Tp::Ws => assert!(contact.contains(";transport=ws"), "{contact}"),
     }
 
     let mut cseqs = Vec::new();
@@ -1000,20 +1011,26 @@ async fn robustness(tp: Tp, mode: Mode) {
     assert!(r.header("Allow").is_some());
 
     if tp != Tp::Udp {
-        // Too large: 413, and the connection is closed.
+        // Too large: 413 (and a byte stream is closed).
         let mut big = s.ua(tp, PRESENTITY, "big").await;
         let req = big
             .req("MESSAGE", "sip:alice@example.com")
             .body("text/plain", vec![b'x'; 70 * 1024]);
         let r = big.send(&req).await;
         assert_eq!(r.code, 413);
+        // Over WebSocket the message's framing is its own, so the
+        // connection goes on; a byte stream lost its framing and is closed.
         let deadline = tokio::time::Instant::now() + s.wait();
-        while !big.closed.load(std::sync::atomic::Ordering::SeqCst) {
+        while tp != Tp::Ws && !big.closed.load(std::sync::atomic::Ordering::SeqCst) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "connection not closed after 413"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if tp == Tp::Ws {
+            let req = big.req("OPTIONS", "sip:example.com");
+            assert_eq!(big.send(&req).await.code, 200, "the WebSocket goes on");
         }
     }
 

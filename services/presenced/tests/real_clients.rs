@@ -136,7 +136,7 @@ async fn sipp(
         match tp {
             Tp::Udp => "u1".into(),
             Tp::Tcp => "t1".into(),
-            Tp::Tls => panic!("Debian's SIPp is built without TLS"),
+            Tp::Tls | Tp::Ws => panic!("Debian's SIPp has neither TLS nor WebSocket"),
         },
         "-m".into(),
         "1".into(),
@@ -227,6 +227,7 @@ fn sipsak_transport(tp: Tp) -> Vec<String> {
             format!("--tls-ca-cert={}", test_tls().cert.display()),
             "--tls-ignore-cert-failure".into(),
         ],
+        Tp::Ws => panic!("sipsak has no WebSocket"),
     }
 }
 

@@ -234,7 +234,7 @@ impl Edge {
                     }
                 }
             }
-            Transport::Tcp | Transport::Tls => {
+            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
                 // A connection number means something only on the edge that
                 // numbered it; another edge looks the remote up or connects
                 // (TCP only: a phone runs no TLS server, RFC 5626 flows go

@@ -29,14 +29,15 @@ mod server_txn;
 mod tests;
 mod tls;
 mod transport;
+mod websocket;
 
 pub use advertise::{Advertised, SelfNames};
 use client_txn::*;
 use dialog_out::*;
 use server_txn::*;
 pub use tls::{TlsCerts, TlsFiles};
-pub use transport::Listeners;
 use transport::*;
+pub use transport::{Listeners, StreamKind};
 
 use crate::answers::Rejection;
 use crate::metrics::{method_label, status_class, Metrics};
@@ -100,9 +101,6 @@ struct Source {
     conn: u64,
 }
 
-/// TLS listeners and the certificates they serve.
-type TlsServe = (Vec<(SocketAddr, TcpListener)>, Arc<TlsCerts>);
-
 pub struct Edge {
     cfg: EdgeConfig,
     bus: Arc<dyn Requests<Command, Reply>>,
@@ -140,9 +138,9 @@ pub struct Edge {
     /// Lame duck: still serving, but OPTIONS answers 503 so that SIP load
     /// balancers take this node out.
     draining: std::sync::atomic::AtomicBool,
-    /// TLS listeners and their certificates, taken by [`Edge::run`] (set
-    /// by [`Edge::serve_tls`]).
-    tls: Mutex<Option<TlsServe>>,
+    /// TLS and WebSocket listeners, taken by [`Edge::run`] (set by
+    /// [`Edge::serve_streams`]).
+    streams: Mutex<Vec<(SocketAddr, TcpListener, StreamKind)>>,
 }
 
 impl Edge {
@@ -177,7 +175,7 @@ impl Edge {
             guard: Mutex::new(SourceGuard::new(cfg_limits)),
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg_limits.max_inflight.max(1))),
             draining: std::sync::atomic::AtomicBool::new(false),
-            tls: Mutex::new(None),
+            streams: Mutex::new(Vec::new()),
         }
     }
 
@@ -239,10 +237,13 @@ impl Edge {
     }
 
     /// Run the sockets and serve `edge.<id>` until shutdown.
-    /// Serve SIP over TLS on `listeners` with `certs` too (call before
-    /// [`Edge::run`]).
-    pub fn serve_tls(&self, listeners: Vec<(SocketAddr, TcpListener)>, certs: Arc<TlsCerts>) {
-        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some((listeners, certs));
+    /// Serve SIP over TLS or WebSocket on these listeners too (call
+    /// before [`Edge::run`]).
+    pub fn serve_streams(&self, listeners: Vec<(SocketAddr, TcpListener, StreamKind)>) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(listeners);
     }
 
     pub async fn run(
@@ -267,18 +268,15 @@ impl Edge {
         for (local, listener) in tcp {
             let me = self.clone();
             tasks.push(tokio::spawn(async move {
-                me.accept_loop(local, listener, None).await
+                me.accept_loop(local, listener, StreamKind::Tcp).await
             }));
         }
-        let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((listeners, certs)) = tls {
-            for (local, listener) in listeners {
-                let me = self.clone();
-                let certs = certs.clone();
-                tasks.push(tokio::spawn(async move {
-                    me.accept_loop(local, listener, Some(certs)).await
-                }));
-            }
+        let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|e| e.into_inner()));
+        for (local, listener, kind) in streams {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                me.accept_loop(local, listener, kind).await
+            }));
         }
         let _ = self.out_bus.set(out_bus.clone());
         let (tx, mut rx) = mpsc::channel::<Incoming<OutRequest, Outcome>>(8192);
@@ -423,7 +421,7 @@ impl Edge {
         if let Some(key) = key {
             let keep = match src.transport {
                 Transport::Udp => Keep::Udp,
-                Transport::Tcp | Transport::Tls => Keep::Tcp,
+                Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => Keep::Tcp,
             };
             self.server_txns
                 .lock()
@@ -524,6 +522,8 @@ impl Edge {
             Transport::Udp => format!("<sip:{host}>"),
             Transport::Tcp => format!("<sip:{host};transport=tcp>"),
             Transport::Tls => format!("<sip:{host};transport=tls>"),
+            Transport::Ws => format!("<sip:{host};transport=ws>"),
+            Transport::Wss => format!("<sip:{host};transport=wss>"),
         }
     }
 

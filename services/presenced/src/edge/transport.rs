@@ -11,6 +11,19 @@ pub(super) struct Conn {
     pub(super) close: Arc<tokio::sync::Notify>,
 }
 
+/// What a stream listener carries.
+#[derive(Clone)]
+pub enum StreamKind {
+    Tcp,
+    /// SIP over TLS with these certificates.
+    Tls(Arc<TlsCerts>),
+    /// SIP over WebSocket; browsers' `Origin` must be one of these (empty:
+    /// any).
+    Ws(Arc<Vec<String>>),
+    /// SIP over secure WebSocket.
+    Wss(Arc<TlsCerts>, Arc<Vec<String>>),
+}
+
 /// Bound sockets, so that bind errors surface before anything runs.
 pub struct Listeners {
     pub udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
@@ -268,14 +281,14 @@ impl Edge {
         }
     }
 
-    /// Accept TCP connections on `listener`; with `tls`, each one does its
-    /// TLS handshake first (within the header timeout; a failed one is
-    /// dropped and counted), then carries SIP like a TCP connection.
+    /// Accept TCP connections on `listener` and carry SIP over them as
+    /// `kind` says: plain, or after a TLS and/or WebSocket handshake (both
+    /// within the header timeout; a failed one is dropped and counted).
     pub(super) async fn accept_loop(
         self: Arc<Self>,
         local: SocketAddr,
         listener: TcpListener,
-        tls: Option<Arc<TlsCerts>>,
+        kind: StreamKind,
     ) {
         loop {
             match listener.accept().await {
@@ -292,33 +305,30 @@ impl Edge {
                         .local_addr()
                         .map(advertise::canonical)
                         .unwrap_or(local);
-                    match &tls {
-                        None => {
-                            self.clone()
-                                .spawn_conn(stream, Transport::Tcp, local, remote);
-                        }
-                        Some(certs) => {
-                            let acceptor = certs.acceptor();
-                            let me = self.clone();
-                            tokio::spawn(async move {
-                                let wait = me.cfg.limits.header_timeout;
-                                match tokio::time::timeout(wait, acceptor.accept(stream)).await {
-                                    Ok(Ok(stream)) => {
-                                        me.spawn_conn(stream, Transport::Tls, local, remote);
-                                    }
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                                        me.drop_counted("tls_handshake");
-                                        me.guard().close_connection(remote.ip());
-                                    }
-                                    Err(_) => {
-                                        me.drop_counted("tls_handshake");
-                                        me.guard().close_connection(remote.ip());
-                                    }
-                                }
-                            });
-                        }
+                    if let StreamKind::Tcp = kind {
+                        self.clone()
+                            .spawn_conn(stream, Transport::Tcp, local, remote);
+                        continue;
                     }
+                    let me = self.clone();
+                    let kind = kind.clone();
+                    tokio::spawn(async move {
+                        let wait = me.cfg.limits.header_timeout;
+                        let started = tokio::time::timeout(
+                            wait,
+                            me.clone().handshake(stream, kind, local, remote),
+                        )
+                        .await;
+                        let failed = match started {
+                            Ok(Ok(())) => None,
+                            Ok(Err(reason)) => Some(reason),
+                            Err(_) => Some("handshake_timeout"),
+                        };
+                        if let Some(reason) = failed {
+                            me.drop_counted(reason);
+                            me.guard().close_connection(remote.ip());
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "tcp accept failed");
@@ -328,18 +338,57 @@ impl Edge {
         }
     }
 
-    pub(super) fn spawn_conn<S>(
+    /// The handshakes of a TLS, WS or WSS connection, then its reader and
+    /// writer; `Err(reason)` to count when one fails.
+    async fn handshake(
         self: Arc<Self>,
-        stream: S,
-        transport: Transport,
+        stream: TcpStream,
+        kind: StreamKind,
         local: SocketAddr,
         remote: SocketAddr,
-    ) -> u64
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-    {
+    ) -> Result<(), &'static str> {
+        let tls_failed = |e: std::io::Error| {
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            "tls_handshake"
+        };
+        let ws_failed = |e: String| {
+            tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
+            "ws_handshake"
+        };
+        let max = self.cfg.max_message;
+        match kind {
+            StreamKind::Tcp => {
+                self.spawn_conn(stream, Transport::Tcp, local, remote);
+            }
+            StreamKind::Tls(certs) => {
+                let s = certs.acceptor().accept(stream).await.map_err(tls_failed)?;
+                self.spawn_conn(s, Transport::Tls, local, remote);
+            }
+            StreamKind::Ws(origins) => {
+                let ws = websocket::accept(stream, &origins, max)
+                    .await
+                    .map_err(ws_failed)?;
+                self.spawn_ws_conn(ws, Transport::Ws, local, remote);
+            }
+            StreamKind::Wss(certs, origins) => {
+                let s = certs.acceptor().accept(stream).await.map_err(tls_failed)?;
+                let ws = websocket::accept(s, &origins, max)
+                    .await
+                    .map_err(ws_failed)?;
+                self.spawn_ws_conn(ws, Transport::Wss, local, remote);
+            }
+        }
+        Ok(())
+    }
+
+    /// A new connection in the tables: its id, the receiving end of its
+    /// bounded write queue, and the notice that closes it.
+    pub(super) fn register_conn(
+        &self,
+        remote: SocketAddr,
+    ) -> (u64, mpsc::Receiver<Bytes>, Arc<tokio::sync::Notify>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel::<Bytes>(self.cfg.limits.write_queue.max(1));
+        let (tx, rx) = mpsc::channel::<Bytes>(self.cfg.limits.write_queue.max(1));
         let close = Arc::new(tokio::sync::Notify::new());
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id,
@@ -353,6 +402,35 @@ impl Edge {
             .unwrap_or_else(|e| e.into_inner())
             .insert(remote, id);
         self.metrics.edge_tcp_connections.inc();
+        (id, rx, close)
+    }
+
+    /// A connection is gone: out of the tables and the limits.
+    pub(super) fn unregister_conn(&self, id: u64, remote: SocketAddr) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let mut br = self.by_remote.lock().unwrap_or_else(|e| e.into_inner());
+        if br.get(&remote) == Some(&id) {
+            br.remove(&remote);
+        }
+        drop(br);
+        self.metrics.edge_tcp_connections.dec();
+        self.guard().close_connection(remote.ip());
+    }
+
+    pub(super) fn spawn_conn<S>(
+        self: Arc<Self>,
+        stream: S,
+        transport: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> u64
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (id, mut rx, close) = self.register_conn(remote);
         let (mut rd, mut wr) = tokio::io::split(stream);
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
@@ -471,16 +549,7 @@ impl Edge {
                     }
                 }
             }
-            me.conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            let mut br = me.by_remote.lock().unwrap_or_else(|e| e.into_inner());
-            if br.get(&remote) == Some(&id) {
-                br.remove(&remote);
-            }
-            me.metrics.edge_tcp_connections.dec();
-            me.guard().close_connection(remote.ip());
+            me.unregister_conn(id, remote);
         });
         id
     }
@@ -490,6 +559,13 @@ impl Edge {
     /// of their own; over either bound, 503 with Retry-After (a TCP source
     /// is not forged, and has no retransmission to fall back on).
     pub(super) fn on_stream_frame(self: &Arc<Self>, msg: Vec<u8>, src: Source) {
+        self.on_frame(msg, src, TransportKind::Stream)
+    }
+
+    /// [`Edge::on_stream_frame`] for a message framed by its transport
+    /// (`kind` Datagram: a WebSocket message, whose Content-Length may be
+    /// absent).
+    pub(super) fn on_frame(self: &Arc<Self>, msg: Vec<u8>, src: Source, kind: TransportKind) {
         if let Some(peek) = presence_sip::peek_response(&msg) {
             if self.complete_peeked(peek, None) {
                 return;
@@ -503,9 +579,7 @@ impl Edge {
         };
         let Some(permit) = permit else {
             self.drop_counted(if admitted { "overload" } else { "rate_limited" });
-            if let Ok(Message::Request(req)) =
-                parse(&msg, TransportKind::Stream, self.cfg.max_message)
-            {
+            if let Ok(Message::Request(req)) = parse(&msg, kind, self.cfg.max_message) {
                 let b = self
                     .reply(&req, src, 503, "Service Unavailable")
                     .header("Retry-After", crate::answers::RETRY_AFTER_SECS.to_string());
@@ -515,7 +589,7 @@ impl Edge {
         };
         let me = self.clone();
         tokio::spawn(async move {
-            me.on_message(&msg, src, TransportKind::Stream).await;
+            me.on_message(&msg, src, kind).await;
             drop(permit);
         });
     }
@@ -599,7 +673,7 @@ impl Edge {
                     }
                 }
             }
-            Transport::Tcp | Transport::Tls => {
+            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
                 if !self.send_conn(src.conn, bytes) {
                     self.metrics
                         .edge_dropped

@@ -35,6 +35,9 @@ pub enum Tp {
     /// SIP over TLS to the server's TLS listener, trusting [`test_tls`]'s
     /// certificate.
     Tls,
+    /// SIP over WebSocket (RFC 7118) to the server's WS listener, as a
+    /// browser softphone does.
+    Ws,
 }
 
 impl Tp {
@@ -43,6 +46,7 @@ impl Tp {
             Tp::Udp => "UDP",
             Tp::Tcp => "TCP",
             Tp::Tls => "TLS",
+            Tp::Ws => "WS",
         }
     }
 }
@@ -178,6 +182,8 @@ pub struct TestServer {
     sips: Vec<SocketAddr>,
     /// The SIP over TLS address of each edge.
     tls_sips: Vec<SocketAddr>,
+    /// The SIP over WebSocket address of each edge.
+    ws_sips: Vec<SocketAddr>,
     /// An operations (HTTP) address: the all-in-one server's, or the first
     /// edge process's in a cluster (any role serves `/admin`).
     pub http: SocketAddr,
@@ -200,6 +206,11 @@ impl TestServer {
     /// The SIP over TLS address of edge `i`.
     pub fn tls_at(&self, i: usize) -> SocketAddr {
         Self::edge(&self.tls_sips, self.mode, i)
+    }
+
+    /// The SIP over WebSocket address of edge `i`.
+    pub fn ws_at(&self, i: usize) -> SocketAddr {
+        Self::edge(&self.ws_sips, self.mode, i)
     }
 
     fn edge(addrs: &[SocketAddr], mode: Mode, i: usize) -> SocketAddr {
@@ -228,10 +239,10 @@ impl TestServer {
     /// A UA for `user@example.com` over `tp` to edge `i` (see [`Self::at`]),
     /// as patient as this server needs.
     pub async fn ua(&self, tp: Tp, i: usize, user: &str) -> Ua {
-        let addr = if tp == Tp::Tls {
-            self.tls_at(i)
-        } else {
-            self.at(i)
+        let addr = match tp {
+            Tp::Tls => self.tls_at(i),
+            Tp::Ws => self.ws_at(i),
+            Tp::Udp | Tp::Tcp => self.at(i),
         };
         let mut ua = Ua::new(tp, addr, user).await;
         ua.patience = self.wait();
@@ -316,6 +327,7 @@ pub async fn start_with_faults(
 ) -> TestServer {
     let mut args = base_args("127.0.0.1:0");
     args.extend(tls_args("127.0.0.1:0"));
+    args.extend(["--sip-ws-listen".to_string(), "127.0.0.1:0".to_string()]);
     let (more, files) = server_args(users, policy, extra);
     args.extend(more);
     use clap::Parser;
@@ -328,6 +340,7 @@ pub async fn start_with_faults(
         mode: Mode::AllInOne,
         sips: vec![server.sip_addrs[0]],
         tls_sips: server.sip_tls_addrs.clone(),
+        ws_sips: server.sip_ws_addrs.clone(),
         http: server.http_addr,
         store: server.store.clone(),
         running: Some(Running::AllInOne(server)),
@@ -382,6 +395,7 @@ async fn start_cluster(users: Option<&str>, policy: Option<&str>, extra: &[&str]
         mode: Mode::Cluster,
         sips: (0..CLUSTER_EDGES).map(|i| c.edge(i)).collect(),
         tls_sips: (0..CLUSTER_EDGES).map(|i| c.edge_tls(i)).collect(),
+        ws_sips: (0..CLUSTER_EDGES).map(|i| c.edge_ws(i)).collect(),
         http: c.proc("edge0").http,
         store: Arc::new(redis),
         running: Some(Running::Cluster(c)),
@@ -476,11 +490,48 @@ pub struct Dialog {
 }
 
 type StreamWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+type WsSink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tokio_tungstenite::tungstenite::Message,
+>;
+
+/// Open a SIP WebSocket (subprotocol `sip`) to `server`.
+pub async fn ws_connect(
+    server: SocketAddr,
+    origin: Option<&str>,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{server}/")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "sip".parse().unwrap());
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    let tcp = TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.as_bytes())
+        != Some(b"sip")
+    {
+        return Err(format!("no sip subprotocol in {resp:?}"));
+    }
+    Ok(ws)
+}
 
 enum Wire {
     Udp(Arc<UdpSocket>),
     /// TCP or TLS: the write half of the stream.
     Tcp(Arc<tokio::sync::Mutex<StreamWriter>>),
+    /// WebSocket: one SIP message per WebSocket message.
+    Ws(Arc<tokio::sync::Mutex<WsSink>>),
 }
 
 pub struct Ua {
@@ -580,6 +631,48 @@ impl Ua {
                     }
                 });
                 (Wire::Udp(sock), local)
+            }
+            Tp::Ws => {
+                use futures_util::{SinkExt, StreamExt};
+                use tokio_tungstenite::tungstenite::Message as WsMessage;
+                let ws = tokio::time::timeout(WAIT, ws_connect(server, None))
+                    .await
+                    .expect("ws connect in time")
+                    .expect("ws connect");
+                let local = ws.get_ref().local_addr().expect("local addr");
+                let (sink, mut stream) = ws.split();
+                let sink = Arc::new(tokio::sync::Mutex::new(sink));
+                let sink2 = sink.clone();
+                let code = answer_code.clone();
+                let raw = raw_requests.clone();
+                let closed2 = closed.clone();
+                tokio::spawn(async move {
+                    while let Some(Ok(m)) = stream.next().await {
+                        let data: Vec<u8> = match m {
+                            WsMessage::Text(t) => t.as_bytes().to_vec(),
+                            WsMessage::Binary(b) => b.to_vec(),
+                            WsMessage::Close(_) => break,
+                            _ => continue,
+                        };
+                        let Some(msg) = parse_lenient(&data, presence_sip::TransportKind::Datagram)
+                        else {
+                            continue;
+                        };
+                        if let Message::Request(r) = &msg {
+                            let c = code.load(Ordering::Relaxed);
+                            if c != 0 {
+                                let answer = String::from_utf8_lossy(&answer_for(r, c)).to_string();
+                                let _ = sink2.lock().await.send(WsMessage::text(answer)).await;
+                            }
+                            raw.lock().unwrap().push(data.clone());
+                        }
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    closed2.store(true, Ordering::SeqCst);
+                });
+                (Wire::Ws(sink), local)
             }
             Tp::Tcp | Tp::Tls => {
                 let (local, mut rd, wr): (
@@ -705,6 +798,7 @@ impl Ua {
             Tp::Udp => format!("sip:{}@{}", self.user, self.local),
             Tp::Tcp => format!("sip:{}@{};transport=tcp", self.user, self.local),
             Tp::Tls => format!("sip:{}@{};transport=tls", self.user, self.local),
+            Tp::Ws => format!("sip:{}@{};transport=ws", self.user, self.local),
         }
     }
 
@@ -717,6 +811,15 @@ impl Ua {
                 let mut w = w.lock().await;
                 let _ = w.write_all(bytes).await;
                 let _ = w.flush().await;
+            }
+            Wire::Ws(w) => {
+                use futures_util::SinkExt;
+                let text = String::from_utf8_lossy(bytes).to_string();
+                let _ = w
+                    .lock()
+                    .await
+                    .send(tokio_tungstenite::tungstenite::Message::text(text))
+                    .await;
             }
         }
     }

@@ -25,6 +25,8 @@ pub struct Proc {
     pub log: PathBuf,
     /// The edge's SIP over TLS address ([`test_tls`]'s certificate).
     pub tls: Option<SocketAddr>,
+    /// The edge's SIP over WebSocket address.
+    pub ws: Option<SocketAddr>,
 }
 
 pub struct Cluster {
@@ -127,6 +129,7 @@ impl Cluster {
                 p.http.port() == port
                     || p.sip.is_some_and(|s| s.port() == port)
                     || p.tls.is_some_and(|s| s.port() == port)
+                    || p.ws.is_some_and(|s| s.port() == port)
             });
             if !taken {
                 return port;
@@ -150,11 +153,18 @@ impl Cluster {
             }
             addr(port)
         });
+        let ws = sip.zip(tls).map(|(sip, tls)| {
+            let mut port = self.fresh_port();
+            while [http.port(), sip.port(), tls.port()].contains(&port) {
+                port = self.fresh_port();
+            }
+            addr(port)
+        });
         let log = self.dir.join(format!("{node}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = self
-            .command(role, node, http, sip.zip(tls), out, err)
+            .command(role, node, http, sip.zip(tls).zip(ws), out, err)
             .spawn()
             .expect("start presenced");
         self.procs.push(Proc {
@@ -165,6 +175,7 @@ impl Cluster {
             sip,
             log,
             tls,
+            ws,
         });
     }
 
@@ -198,6 +209,11 @@ impl Cluster {
     /// The SIP over TLS address of edge `i`.
     pub fn edge_tls(&self, i: usize) -> SocketAddr {
         self.proc(&format!("edge{i}")).tls.expect("an edge")
+    }
+
+    /// The SIP over WebSocket address of edge `i`.
+    pub fn edge_ws(&self, i: usize) -> SocketAddr {
+        self.proc(&format!("edge{i}")).ws.expect("an edge")
     }
 
     /// SIP addresses of the live edges.
@@ -338,7 +354,12 @@ impl Cluster {
     pub fn restart(&mut self, node: &str, node_id: &str, extra: &[&str]) {
         let p = self.proc(node);
         assert!(p.child.is_none(), "{node} is still running");
-        let (role, http, sip, log) = (p.role.clone(), p.http, p.sip.zip(p.tls), p.log.clone());
+        let (role, http, sip, log) = (
+            p.role.clone(),
+            p.http,
+            p.sip.zip(p.tls).zip(p.ws),
+            p.log.clone(),
+        );
         let out = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -360,8 +381,8 @@ impl Cluster {
         role: &str,
         node_id: &str,
         http: SocketAddr,
-        // SIP and SIP over TLS, for an edge.
-        sip: Option<(SocketAddr, SocketAddr)>,
+        // SIP, SIP over TLS and SIP over WebSocket, for an edge.
+        sip: Option<((SocketAddr, SocketAddr), SocketAddr)>,
         out: std::fs::File,
         err: std::fs::File,
     ) -> Command {
@@ -391,10 +412,11 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        if let Some((sip, tls)) = sip {
+        if let Some(((sip, tls), ws)) = sip {
             let t = test_tls();
             cmd.args(["--sip-listen", &sip.to_string()]);
             cmd.args(["--sip-tls-listen", &tls.to_string()]);
+            cmd.args(["--sip-ws-listen", &ws.to_string()]);
             cmd.arg("--tls-cert").arg(&t.cert);
             cmd.arg("--tls-key").arg(&t.key);
         }
