@@ -228,6 +228,7 @@ impl Metrics {
                 "tls_handshake",
                 "ws_handshake",
                 "handshake_timeout",
+                "bus_refused",
             ],
         );
         one(&self.edge_tls_reloads, &["ok", "failed"]);

@@ -110,8 +110,15 @@ impl Edge {
         }
     }
 
-    /// Send a request through a flow as a client transaction.
+    /// Send a request through a flow as a client transaction. What the
+    /// bus asks for is checked first ([`admissible`]): anything but a
+    /// well-formed NOTIFY or MESSAGE is refused (403) and counted.
     pub async fn send_request(self: &Arc<Self>, out: OutRequest) -> Outcome {
+        if let Err(why) = admissible(&out, self.cfg.max_message) {
+            tracing::warn!(method = %out.method, remote = %out.flow.remote, why, "request from the bus refused");
+            self.drop_counted("bus_refused");
+            return Outcome::of_code(403);
+        }
         let method = out.method.clone();
         let mut _turn = None;
         if method == "NOTIFY" {
@@ -329,4 +336,71 @@ impl Edge {
             }
         }
     }
+}
+
+/// What an edge sends for the bus: only what a notifier or a MESSAGE relay
+/// asks for — a NOTIFY of a subscription dialog or a MESSAGE, to a SIP URI,
+/// with the headers that make it one (a NOTIFY with no Via: the edge adds
+/// it) and a body within `--max-message-size`. Defence in depth: a client
+/// that can publish on the bus must not turn edges into a SIP cannon
+/// (INVITEs, REGISTERs towards third parties, forged Vias). Where the
+/// request goes is bounded apart from this: over UDP by the amplification
+/// budget of an address that never sent us anything, over streams by the
+/// connections the edge holds.
+pub(super) fn admissible(out: &OutRequest, max_message: usize) -> Result<(), &'static str> {
+    let method = out.method.as_str();
+    if method != "NOTIFY" && method != "MESSAGE" {
+        return Err("method other than NOTIFY or MESSAGE");
+    }
+    let uri = out.uri.as_str();
+    let scheme_ok = uri.len() > 4
+        && (uri[..4].eq_ignore_ascii_case("sip:")
+            || uri
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case("sips:")));
+    if !scheme_ok
+        || uri
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("Request-URI is not a SIP URI");
+    }
+    if out.body.len() > max_message {
+        return Err("body over --max-message-size");
+    }
+    let has = |name: &str| {
+        out.headers
+            .iter()
+            .any(|h| h.name().eq_ignore_ascii_case(name))
+    };
+    // A relayed MESSAGE keeps the sender's Vias under ours (they route
+    // nothing: the edge answers the sender itself); a notifier's NOTIFY
+    // has none.
+    if method == "NOTIFY" && has("Via") {
+        return Err("a NOTIFY with a Via of its own");
+    }
+    for name in ["From", "To", "Call-ID", "CSeq"] {
+        if !has(name) {
+            return Err("From, To, Call-ID and CSeq are required");
+        }
+    }
+    if method == "NOTIFY" && !(has("Event") && has("Subscription-State")) {
+        return Err("a NOTIFY without Event and Subscription-State");
+    }
+    let cseq_method = out
+        .headers
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case("CSeq"))
+        .and_then(|h| h.value().split_whitespace().nth(1).map(str::to_string));
+    if cseq_method.as_deref() != Some(method) {
+        return Err("CSeq method differs");
+    }
+    if out
+        .headers
+        .iter()
+        .any(|h| h.value().bytes().any(|b| b == b'\r' || b == b'\n'))
+    {
+        return Err("a header value with a line break");
+    }
+    Ok(())
 }

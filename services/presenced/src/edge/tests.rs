@@ -197,6 +197,105 @@ async fn a_resent_notify_joins_its_transaction() {
     );
 }
 
+/// What the bus may ask an edge to send: a NOTIFY or MESSAGE that looks
+/// like one; anything else is refused.
+#[test]
+fn only_notify_and_message_from_the_bus() {
+    let flow = Flow {
+        transport: Transport::Udp,
+        remote: "192.0.2.1:5060".parse().unwrap(),
+        local: "127.0.0.1:5060".parse().unwrap(),
+        edge: "e1".into(),
+        conn: 0,
+    };
+    let ok = notify(&flow, 3);
+    assert_eq!(admissible(&ok, 65536), Ok(()));
+    let mut message = notify(&flow, 3);
+    message.method = "MESSAGE".into();
+    message.headers.retain(|h| {
+        !h.name().eq_ignore_ascii_case("CSeq")
+            && !h.name().eq_ignore_ascii_case("Event")
+            && !h.name().eq_ignore_ascii_case("Subscription-State")
+    });
+    message
+        .headers
+        .push(rsip::headers::make_header("CSeq", "1 MESSAGE".to_string()));
+    assert_eq!(admissible(&message, 65536), Ok(()));
+    let with = |f: &dyn Fn(&mut OutRequest)| {
+        let mut o = notify(&flow, 3);
+        f(&mut o);
+        admissible(&o, 65536)
+    };
+    for (what, r) in [
+        ("INVITE", with(&|o| o.method = "INVITE".into())),
+        ("REGISTER", with(&|o| o.method = "REGISTER".into())),
+        ("tel: URI", with(&|o| o.uri = "tel:+15551234".into())),
+        (
+            "http URI",
+            with(&|o| o.uri = "http://victim.example/".into()),
+        ),
+        (
+            "URI with a space",
+            with(&|o| o.uri = "sip:a@b SIP/2.0".into()),
+        ),
+        (
+            "NOTIFY with its own Via",
+            with(&|o| {
+                o.headers.push(rsip::headers::make_header(
+                    "Via",
+                    "SIP/2.0/UDP 192.0.2.9".to_string(),
+                ))
+            }),
+        ),
+        (
+            "no Event",
+            with(&|o| {
+                o.headers
+                    .retain(|h| !h.name().eq_ignore_ascii_case("Event"))
+            }),
+        ),
+        (
+            "CSeq of another method",
+            with(&|o| {
+                o.headers.retain(|h| !h.name().eq_ignore_ascii_case("CSeq"));
+                o.headers
+                    .push(rsip::headers::make_header("CSeq", "3 INVITE".to_string()));
+            }),
+        ),
+        (
+            "too big",
+            with(&|o| o.body = Bytes::from(vec![b'x'; 70_000])),
+        ),
+    ] {
+        assert!(r.is_err(), "{what} was let through");
+    }
+}
+
+/// A refused request from the bus is answered 403, counted, and nothing
+/// goes out.
+#[tokio::test]
+async fn a_refused_bus_request_sends_nothing() {
+    let (edge, local, _stop) = running_edge().await;
+    let w = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    let flow = Flow {
+        transport: Transport::Udp,
+        remote: w.0.local_addr().expect("addr"),
+        local,
+        edge: "e1".into(),
+        conn: 0,
+    };
+    let mut invite = notify(&flow, 1);
+    invite.method = "INVITE".into();
+    assert_eq!(edge.send_request(invite).await.code, 403);
+    assert_eq!(w.next_new(&[], Duration::from_millis(500)).await, None);
+    let refused = edge
+        .metrics
+        .edge_dropped
+        .with_label_values(&["bus_refused"])
+        .get();
+    assert_eq!(refused, 1);
+}
+
 /// An answered transaction's entry goes after its own keep time, also
 /// when its (longer) guard entry is queued before it.
 #[tokio::test(start_paused = true)]
