@@ -23,9 +23,13 @@ pub struct Cli {
     /// are spread over them and fail over to the next one when theirs dies.
     #[arg(long)]
     pub target: Option<String>,
-    /// udp or tcp.
+    /// udp, tcp, tls or ws (SIP over WebSocket, RFC 7118).
     #[arg(long)]
     pub transport: Option<String>,
+    /// CA certificate (PEM) the server's TLS certificate must chain to
+    /// (needed for --transport tls).
+    #[arg(long = "tls-ca")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Number of user agents (each with its own AoR).
     #[arg(long)]
     pub users: Option<u32>,
@@ -187,6 +191,9 @@ pub fn load_profile(name: &str) -> Result<(String, Profile), String> {
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
+    /// SIP over WebSocket (RFC 7118): one SIP message per WebSocket message.
+    Ws,
 }
 
 impl Transport {
@@ -194,7 +201,24 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
         }
+    }
+
+    /// Lower case, as in `transport=` and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+        }
+    }
+
+    /// Over connections (not datagrams).
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
     }
 }
 
@@ -207,6 +231,8 @@ pub struct Settings {
     /// Every target given (one unless a comma list).
     pub targets: Vec<SocketAddr>,
     pub transport: Transport,
+    /// The CA a TLS server's certificate must chain to.
+    pub tls_ca: Option<std::path::PathBuf>,
     pub users: u32,
     pub domain: String,
     pub user_prefix: String,
@@ -272,11 +298,16 @@ impl Settings {
         {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            "ws" => Transport::Ws,
             other => {
-                errors.push(format!("--transport {other:?}: udp or tcp"));
+                errors.push(format!("--transport {other:?}: udp, tcp, tls or ws"));
                 Transport::Udp
             }
         };
+        if transport == Transport::Tls && cli.tls_ca.is_none() {
+            errors.push("--transport tls needs --tls-ca (the server certificate's CA)".into());
+        }
         let alg_text = pick!(auth_algorithm, "sha-256".to_string());
         let auth_algorithm = crate::digest::parse_alg(&alg_text).unwrap_or_else(|| {
             errors.push(format!("--auth-algorithm {alg_text:?}: sha-256 or md5"));
@@ -287,6 +318,7 @@ impl Settings {
             target,
             targets,
             transport,
+            tls_ca: cli.tls_ca.clone(),
             users: pick!(users, 100),
             domain: pick!(domain, "example.com".to_string()),
             user_prefix: pick!(user_prefix, "u".to_string()),

@@ -419,7 +419,7 @@ impl Engine {
         let n = eps.len().max(1) as u32;
         match tp {
             Transport::Udp => ua % n,
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls | Transport::Ws => {
                 let per = (n / n_targets).max(1);
                 (target * per + (ua / n_targets) % per).min(n - 1)
             }
@@ -599,10 +599,11 @@ impl Engine {
     ) -> (u32, bool) {
         let d = self.s.domain.clone();
         let tp = self.s.transport;
-        let tcp_param = if tp == Transport::Tcp {
-            ";transport=tcp"
-        } else {
-            ""
+        let tcp_param = match tp {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+            Transport::Ws => ";transport=ws",
         };
         let run = &self.run;
         match kind {
@@ -2028,10 +2029,7 @@ impl Engine {
                     .map(|t| t.to_string())
                     .collect::<Vec<_>>()
                     .join(","),
-                transport: match self.s.transport {
-                    Transport::Udp => "udp",
-                    Transport::Tcp => "tcp",
-                },
+                transport: self.s.transport.name(),
                 users: self.s.users,
                 subscriptions: self.subs.len() as u64,
                 buddies: self.s.buddies,

@@ -85,7 +85,11 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
                 udp.push(sock);
             }
         }
-        Transport::Tcp => {
+        Transport::Tcp | Transport::Tls | Transport::Ws => {
+            let tls = match s.transport {
+                Transport::Tls => Some(tls_connector(s.tls_ca.as_deref())?),
+                _ => None,
+            };
             // `--connections` to each target, grouped by target.
             for (t, &target) in targets.iter().enumerate() {
                 for _ in 0..s.connections {
@@ -96,13 +100,32 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
                             .map_err(|e| format!("tcp connect to {target}: {e}"))?;
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().map_err(|e| e.to_string())?;
+                    let conn = match (s.transport, &tls) {
+                        (Transport::Tls, Some(c)) => {
+                            let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+                            let tls = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                c.connect(name, stream),
+                            )
+                            .await
+                            .map_err(|_| format!("tls handshake with {target}: timed out"))?
+                            .map_err(|e| format!("tls handshake with {target}: {e}"))?;
+                            let (r, w) = tokio::io::split(tls);
+                            Conn::Bytes(Box::new(r), Box::new(w))
+                        }
+                        (Transport::Ws, _) => Conn::Ws(Box::new(ws_connect(target, stream).await?)),
+                        _ => {
+                            let (r, w) = stream.into_split();
+                            Conn::Bytes(Box::new(r), Box::new(w))
+                        }
+                    };
                     let out = Rc::new(TcpOut::default());
                     eps.push(Endpoint {
                         wire: Wire::Tcp(out.clone()),
                         host: host_of(local),
                         target: t as u32,
                     });
-                    tcp.push((stream, out));
+                    tcp.push((conn, target, out));
                 }
             }
         }
@@ -132,66 +155,11 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
             }
         });
     }
-    for (i, (stream, out)) in tcp.into_iter().enumerate() {
-        let peer = stream.peer_addr().unwrap_or(target);
-        let (mut rd, mut wr) = stream.into_split();
-        let w_out = out.clone();
-        tokio::task::spawn_local(async move {
-            let mut spare: Vec<u8> = Vec::new();
-            loop {
-                w_out.wake.notified().await;
-                loop {
-                    let data =
-                        std::mem::replace(&mut *w_out.buf.borrow_mut(), std::mem::take(&mut spare));
-                    if data.is_empty() {
-                        spare = data;
-                        break;
-                    }
-                    if wr.write_all(&data).await.is_err() {
-                        w_out.closed.set(true);
-                        return;
-                    }
-                    spare = data;
-                    spare.clear();
-                }
-            }
-        });
-        let engine = engine.clone();
-        tokio::task::spawn_local(async move {
-            let mut buf: Vec<u8> = Vec::with_capacity(65536);
-            let mut chunk = vec![0u8; 65536];
-            loop {
-                let n = match rd.read(&mut chunk).await {
-                    Ok(0) | Err(_) => {
-                        engine.borrow_mut().on_tcp_closed(i as u32);
-                        return;
-                    }
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                let mut off = 0;
-                loop {
-                    match frame_stream(&buf[off..], scan::MAX_MESSAGE) {
-                        Ok(StreamFrame::KeepAlive { len, .. }) => off += len,
-                        Ok(StreamFrame::Message { skip, len }) => {
-                            let at = off + skip;
-                            engine
-                                .borrow_mut()
-                                .on_message(i as u32, peer, &buf[at..at + len]);
-                            off = at + len;
-                        }
-                        Ok(StreamFrame::NeedMore) => break,
-                        Err(_) => {
-                            let mut e = engine.borrow_mut();
-                            e.stats.unparseable += 1;
-                            e.on_tcp_closed(i as u32);
-                            return;
-                        }
-                    }
-                }
-                buf.drain(..off);
-            }
-        });
+    for (i, (conn, peer, out)) in tcp.into_iter().enumerate() {
+        match conn {
+            Conn::Bytes(rd, wr) => spawn_stream(i as u32, peer, rd, wr, out, engine.clone()),
+            Conn::Ws(ws) => spawn_ws(i as u32, peer, *ws, out, engine.clone()),
+        }
     }
     let stop = engine.borrow().stop.clone();
     tokio::task::spawn_local(async move {
@@ -214,4 +182,188 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
     let e = engine.borrow();
     e.end_progress();
     Ok(e.report(cpu_base))
+}
+
+/// One connection of a stream transport.
+enum Conn {
+    /// TCP or TLS: a byte stream framed by Content-Length.
+    Bytes(
+        Box<dyn tokio::io::AsyncRead + Unpin>,
+        Box<dyn tokio::io::AsyncWrite + Unpin>,
+    ),
+    /// WebSocket: one SIP message per WebSocket message.
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+}
+
+/// A TLS client trusting the CA in `ca` (PEM).
+fn tls_connector(ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::pem::PemObject;
+    let ca = ca.ok_or("--transport tls needs --tls-ca")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?
+    {
+        let c = c.map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+/// The WebSocket handshake (subprotocol `sip`) over `stream`.
+async fn ws_connect(
+    target: SocketAddr,
+    stream: TcpStream,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{target}/")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("sip"),
+    );
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(req, stream),
+    )
+    .await
+    .map_err(|_| format!("websocket handshake with {target}: timed out"))?
+    .map_err(|e| format!("websocket handshake with {target}: {e}"))?;
+    Ok(ws)
+}
+
+/// The writer and reader tasks of a TCP or TLS connection.
+fn spawn_stream(
+    i: u32,
+    peer: SocketAddr,
+    mut rd: Box<dyn tokio::io::AsyncRead + Unpin>,
+    mut wr: Box<dyn tokio::io::AsyncWrite + Unpin>,
+    out: Rc<TcpOut>,
+    engine: Rc<RefCell<Engine>>,
+) {
+    let w_out = out.clone();
+    tokio::task::spawn_local(async move {
+        let mut spare: Vec<u8> = Vec::new();
+        loop {
+            w_out.wake.notified().await;
+            loop {
+                let data =
+                    std::mem::replace(&mut *w_out.buf.borrow_mut(), std::mem::take(&mut spare));
+                if data.is_empty() {
+                    spare = data;
+                    break;
+                }
+                // TLS keeps records until flushed (a no-op for TCP).
+                if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
+                    w_out.closed.set(true);
+                    return;
+                }
+                spare = data;
+                spare.clear();
+            }
+        }
+    });
+    tokio::task::spawn_local(async move {
+        let mut buf: Vec<u8> = Vec::with_capacity(65536);
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            let n = match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    engine.borrow_mut().on_tcp_closed(i);
+                    return;
+                }
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut off = 0;
+            loop {
+                match frame_stream(&buf[off..], scan::MAX_MESSAGE) {
+                    Ok(StreamFrame::KeepAlive { len, .. }) => off += len,
+                    Ok(StreamFrame::Message { skip, len }) => {
+                        let at = off + skip;
+                        engine.borrow_mut().on_message(i, peer, &buf[at..at + len]);
+                        off = at + len;
+                    }
+                    Ok(StreamFrame::NeedMore) => break,
+                    Err(_) => {
+                        let mut e = engine.borrow_mut();
+                        e.stats.unparseable += 1;
+                        e.on_tcp_closed(i);
+                        return;
+                    }
+                }
+            }
+            buf.drain(..off);
+        }
+    });
+}
+
+/// The writer and reader tasks of a WebSocket connection: the engine
+/// writes SIP messages back to back (with Content-Length), each goes out
+/// as one WebSocket message.
+fn spawn_ws(
+    i: u32,
+    peer: SocketAddr,
+    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    out: Rc<TcpOut>,
+    engine: Rc<RefCell<Engine>>,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let (mut sink, mut stream) = ws.split();
+    let w_out = out.clone();
+    tokio::task::spawn_local(async move {
+        loop {
+            w_out.wake.notified().await;
+            loop {
+                let data = std::mem::take(&mut *w_out.buf.borrow_mut());
+                if data.is_empty() {
+                    break;
+                }
+                let mut off = 0;
+                while off < data.len() {
+                    match frame_stream(&data[off..], scan::MAX_MESSAGE) {
+                        Ok(StreamFrame::Message { skip, len }) => {
+                            let at = off + skip;
+                            let text = String::from_utf8_lossy(&data[at..at + len]).into_owned();
+                            if sink.feed(WsMessage::text(text)).await.is_err() {
+                                w_out.closed.set(true);
+                                return;
+                            }
+                            off = at + len;
+                        }
+                        Ok(StreamFrame::KeepAlive { len, .. }) => off += len,
+                        Ok(StreamFrame::NeedMore) | Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    w_out.closed.set(true);
+                    return;
+                }
+            }
+        }
+    });
+    tokio::task::spawn_local(async move {
+        while let Some(m) = stream.next().await {
+            let data = match m {
+                Ok(WsMessage::Text(t)) => t.as_bytes().to_vec(),
+                Ok(WsMessage::Binary(b)) => b.to_vec(),
+                Ok(WsMessage::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            engine.borrow_mut().on_message(i, peer, &data);
+        }
+        engine.borrow_mut().on_tcp_closed(i);
+    });
 }

@@ -60,6 +60,10 @@ struct Slot {
     changed_at_ms: Option<u64>,
     /// Jobs waiting for the pending NOTIFY to be answered (or to become moot).
     waiters: Vec<Arc<JobDone>>,
+    /// The subscription record (remote CSeq, expiry) whose refresh NOTIFY
+    /// was answered last: a Refresh job for the same record again (pushed
+    /// twice by the outbox, redelivered by the queue) sends nothing new.
+    refreshed: Option<(u32, u64)>,
 }
 
 /// Counts down the NOTIFYs one notify job asked for; the job is acknowledged
@@ -477,6 +481,14 @@ impl Notifier {
                 if !force && version <= last_version {
                     return Next::Continue;
                 }
+                let record = (sub.remote_cseq, sub.expires_at_ms);
+                if force && version <= last_version {
+                    let mut again = false;
+                    self.with_slot(id, |slot| again = slot.refreshed == Some(record));
+                    if again {
+                        return Next::Continue;
+                    }
+                }
                 let remaining = sub.expires_at_ms.saturating_sub(self.clock.now_ms()) / 1000;
                 let state = format!("active;expires={remaining}");
                 let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
@@ -496,7 +508,10 @@ impl Notifier {
                                 .observe(secs);
                         }
                         self.with_slot(id, |slot| {
-                            slot.last_version = slot.last_version.max(version)
+                            slot.last_version = slot.last_version.max(version);
+                            if force {
+                                slot.refreshed = Some(record);
+                            }
                         });
                     }
                     Some(481) | Some(408) | None => {

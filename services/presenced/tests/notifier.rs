@@ -1,5 +1,6 @@
-//! The notifier's backpressure (`MAX_OWED`) must not let dead watchers
-//! stall it: a NOTIFY whose watcher has not answered for a while
+//! The notifier against a real store and a stand-in for the edges.
+//!
+//! Backpressure (`MAX_OWED`) must not let dead watchers stall it: a NOTIFY whose watcher has not answered for a while
 //! (`SLOW_WATCHER`, 2 s) stops counting, so a change for a live watcher
 //! goes out behind a fan-out to more dead phones than the limit while
 //! those wait out their transactions (32 s). Virtual time (the clock is
@@ -29,10 +30,100 @@ const DEAD: &str = "edge-dead";
 const POPULAR: usize = 3;
 const DEAD_WATCHERS: usize = 500;
 
+/// A Refresh job delivered twice (the outbox may push a job twice, the
+/// queue redeliver one) sends one NOTIFY, not two: CI saw the second as an
+/// extra `active` NOTIFY where the watcher expected the final one. A new
+/// refresh of the subscription (a new expiry) sends again.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_job_twice_sends_one_notify() {
+    let shards = 8;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let aor = "sip:alice@example.com";
+    let mut sub = subscription(1, aor, "edge-live");
+    let commit = |sub: Subscription| {
+        let store = store.clone();
+        async move {
+            store
+                .commit(
+                    presence_core::shard_of(aor, shards),
+                    vec![Op::PutSubscription(sub)],
+                )
+                .await
+                .expect("commit")
+        }
+    };
+    commit(sub.clone()).await;
+    let jobs: Arc<dyn WorkQueue<NotifyJob>> = Arc::new(MemoryQueue::new());
+    let edges = Arc::new(Edges {
+        answered: Mutex::new(Vec::new()),
+        states: Mutex::new(Vec::new()),
+    });
+    let notifier = Arc::new(Notifier::new(
+        store.clone(),
+        jobs.clone(),
+        edges.clone(),
+        Arc::new(MemoryBus::new()),
+        Registry::default(),
+        Clock::new(),
+        shards,
+        Arc::new(Metrics::new()),
+    ));
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(notifier.run(1, stop_rx));
+    let states = || edges.states.lock().unwrap().clone();
+    let until = |n: usize| {
+        let edges = edges.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while edges.states.lock().unwrap().len() < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "fewer than {n} NOTIFYs"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let refresh = || NotifyJob::Refresh { id: sub.id.clone() };
+    jobs.push(refresh()).await.expect("push");
+    until(1).await;
+    // Virtual time: a sleep returns once every task waits, i.e. once the
+    // notifier has done all it will do with the job.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The same job again: nothing new.
+    jobs.push(refresh()).await.expect("push");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        states().len(),
+        1,
+        "the same Refresh again sent another NOTIFY: {:?}",
+        states()
+    );
+    // A real refresh (a longer expiry): its NOTIFY.
+    sub.expires_at_ms += 600_000;
+    sub.remote_cseq += 1;
+    commit(sub.clone()).await;
+    jobs.push(refresh()).await.expect("push");
+    until(2).await;
+    let got = states();
+    let expires = |s: &str| -> u64 {
+        s.rsplit("expires=")
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        expires(&got[1]) > expires(&got[0]) + 500,
+        "the second NOTIFY is not the refresh's: {got:?}"
+    );
+}
+
 /// Edges: `edge.edge-dead` never answers (each attempt runs out its
 /// timeout), every other edge answers 200 at once and records when.
 struct Edges {
     answered: Mutex<Vec<(String, Instant)>>,
+    /// The Subscription-State of each NOTIFY answered.
+    states: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -51,6 +142,13 @@ impl Requests<OutRequest, Outcome> for Edges {
             .lock()
             .unwrap()
             .push((req.uri.clone(), Instant::now()));
+        let state = req
+            .headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("Subscription-State"))
+            .map(|h| h.value().to_string())
+            .unwrap_or_default();
+        self.states.lock().unwrap().push(state);
         Ok(Outcome::of_code(200))
     }
     async fn serve(
@@ -129,6 +227,7 @@ async fn dead_watchers_do_not_stall_a_live_ones_notify() {
     let jobs: Arc<dyn WorkQueue<NotifyJob>> = Arc::new(MemoryQueue::new());
     let edges = Arc::new(Edges {
         answered: Mutex::new(Vec::new()),
+        states: Mutex::new(Vec::new()),
     });
     let shards_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
     let notifier = Arc::new(Notifier::new(
