@@ -242,3 +242,57 @@ async fn a_server_that_skips_notifies_fails_the_run() {
         "{stdout}"
     );
 }
+
+/// The smoke profile over TLS and over WebSocket (RFC 7118): the canary
+/// passes and the report names the transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_profile_passes_over_tls_and_websocket() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let cert_file = Tmp::new("cert.pem");
+    let key_file = Tmp::new("key.pem");
+    std::fs::write(&cert_file.0, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file.0, cert.key_pair.serialize_pem()).unwrap();
+    let args: Vec<String> = [
+        "presenced",
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--sip-tls-listen",
+        "127.0.0.1:0",
+        "--sip-ws-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert_file.0.display().to_string(),
+        "--tls-key",
+        &key_file.0.display().to_string(),
+        "--http-listen",
+        "127.0.0.1:0",
+        "--domain",
+        "example.com",
+        "--log",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cfg = Config::from_args(&Args::parse_from(&args)).expect("valid config");
+    let server = presenced::start_all(cfg).await.expect("server starts");
+    for (transport, target) in [
+        ("tls", server.sip_tls_addrs[0]),
+        ("ws", server.sip_ws_addrs[0]),
+    ] {
+        let report = Tmp::new(&format!("{transport}.json"));
+        let mut args = smoke_args(target, &report);
+        args.extend([
+            "--transport".into(),
+            transport.into(),
+            "--tls-ca".into(),
+            cert_file.0.display().to_string(),
+        ]);
+        let out = run_tool(args).await;
+        assert!(out.status.success(), "over {transport}: {}", show(&out));
+        let r = read_report(&report);
+        assert_sane(&r, 50);
+        assert_eq!(r["setup"]["transport"], transport);
+    }
+    server.shutdown().await;
+}
