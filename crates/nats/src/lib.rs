@@ -41,24 +41,52 @@ pub use metrics::NatsMetrics;
 pub use queue::{JetStreamQueue, JsDelivery, QueueConfig, Storage};
 pub use requests::{request_with_retry, NatsRequests, RequestsConfig};
 
-/// Connect to `url` (e.g. `nats://127.0.0.1:4222`) with settings fit for the
-/// bus: fails if no server answers now; once connected, reconnects without
-/// limit. `name` shows in the server's monitoring (`/connz`).
-///
-/// TLS is not built in (no crypto provider is compiled in, which keeps C
-/// crypto out of the tree): a `tls://` URL is refused here.
+/// How a process proves itself to NATS and checks the server: TLS (the
+/// CA the server's certificate must chain to, a client certificate) and
+/// credentials (a `.creds` file with a JWT and nkey, or a user and a
+/// password read from a file). All optional; the default is what a
+/// `nats://` URL on a trusted network needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// CA certificates (PEM); with it, TLS is required.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// A NATS credentials file (JWT and nkey seed).
+    pub creds: Option<std::path::PathBuf>,
+    /// User and password.
+    pub user: Option<(String, String)>,
+}
+
+/// Connect to `url` (e.g. `nats://127.0.0.1:4222`, or `tls://…` for TLS)
+/// with settings fit for the bus: fails if no server answers now; once
+/// connected, reconnects without limit. `name` shows in the server's
+/// monitoring (`/connz`). TLS is rustls on ring.
 pub async fn connect(
     url: &str,
     name: &str,
+    security: &Security,
 ) -> Result<async_nats::Client, presence_store::BusError> {
-    if url.trim_start().to_ascii_lowercase().starts_with("tls://") {
-        return Err(presence_store::BusError::Backend(format!(
-            "{url}: TLS connections to NATS are not supported by this build"
-        )));
+    let backend = |e: String| presence_store::BusError::Backend(e);
+    let mut opts = async_nats::ConnectOptions::new().name(name);
+    let tls = url.trim_start().to_ascii_lowercase().starts_with("tls://");
+    if let Some(ca) = &security.ca {
+        opts = opts.add_root_certificates(ca.clone());
     }
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .connect(url)
-        .await
-        .map_err(|e| presence_store::BusError::Backend(e.to_string()))
+    if let Some((cert, key)) = &security.client_cert {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    if tls || security.ca.is_some() || security.client_cert.is_some() {
+        opts = opts.require_tls(true);
+    }
+    if let Some(creds) = &security.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| backend(format!("--nats-creds {}: {e}", creds.display())))?;
+    }
+    if let Some((user, password)) = &security.user {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    opts.connect(url).await.map_err(|e| backend(e.to_string()))
 }

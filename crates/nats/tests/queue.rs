@@ -32,7 +32,9 @@ async fn queue<J: presence_nats::Envelope + Send + 'static>(
     server: &NatsServer,
     cfg: QueueConfig,
 ) -> JetStreamQueue<J> {
-    let client = connect(&server.url(), "queue-test").await.expect("connect");
+    let client = connect(&server.url(), "queue-test", &Default::default())
+        .await
+        .expect("connect");
     JetStreamQueue::new(client, cfg, NatsMetrics::default())
         .await
         .expect("queue")
@@ -229,7 +231,9 @@ async fn a_job_held_by_a_dead_puller_comes_back_after_ack_wait() {
     pusher.push(&5).await.expect("push");
     {
         // A puller whose process dies holding the job: no nak ever comes.
-        let client = connect(&server.url(), "doomed").await.expect("connect");
+        let client = connect(&server.url(), "doomed", &Default::default())
+            .await
+            .expect("connect");
         let doomed: JetStreamQueue<u32> =
             JetStreamQueue::new(client.clone(), cfg.clone(), NatsMetrics::default())
                 .await
@@ -312,7 +316,9 @@ async fn metrics_show_pending_and_redeliveries() {
     let server = NatsServer::start();
     let registry = prometheus::Registry::new();
     let metrics = NatsMetrics::new(&registry).expect("register");
-    let client = connect(&server.url(), "metrics").await.expect("connect");
+    let client = connect(&server.url(), "metrics", &Default::default())
+        .await
+        .expect("connect");
     let q: JetStreamQueue<u32> =
         JetStreamQueue::new(client, config(Storage::Memory), metrics.clone())
             .await

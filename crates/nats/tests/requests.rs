@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 async fn bus<Req, Rep>(server: &NatsServer, name: &str) -> NatsRequests<Req, Rep> {
-    let client = connect(&server.url(), name).await.expect("connect");
+    let client = connect(&server.url(), name, &Default::default())
+        .await
+        .expect("connect");
     NatsRequests::new(
         client,
         RequestsConfig {
@@ -287,7 +289,9 @@ async fn metrics_count_round_trips_and_errors() {
     let server = NatsServer::start();
     let registry = prometheus::Registry::new();
     let metrics = NatsMetrics::new(&registry).expect("register");
-    let client = connect(&server.url(), "metrics").await.expect("connect");
+    let client = connect(&server.url(), "metrics", &Default::default())
+        .await
+        .expect("connect");
     let b: NatsRequests<u32, u32> = NatsRequests::new(
         client,
         RequestsConfig {

@@ -27,7 +27,9 @@ fn route() -> Command {
 async fn request_reply_rates() {
     let server = NatsServer::start();
     let shard: NatsRequests<Command, Reply> = NatsRequests::new(
-        connect(&server.url(), "shard").await.expect("connect"),
+        connect(&server.url(), "shard", &Default::default())
+            .await
+            .expect("connect"),
         RequestsConfig::default(),
         NatsMetrics::default(),
     );
@@ -39,7 +41,9 @@ async fn request_reply_rates() {
         }
     });
     let edge: Arc<NatsRequests<Command, Reply>> = Arc::new(NatsRequests::new(
-        connect(&server.url(), "edge").await.expect("connect"),
+        connect(&server.url(), "edge", &Default::default())
+            .await
+            .expect("connect"),
         RequestsConfig::default(),
         NatsMetrics::default(),
     ));
@@ -94,7 +98,9 @@ async fn work_queue_rates() {
         };
         let q: Arc<JetStreamQueue<NotifyJob>> = Arc::new(
             JetStreamQueue::new(
-                connect(&server.url(), "bench").await.expect("connect"),
+                connect(&server.url(), "bench", &Default::default())
+                    .await
+                    .expect("connect"),
                 cfg,
                 NatsMetrics::default(),
             )

@@ -28,6 +28,17 @@ pub struct NatsServer {
     port: u16,
     monitor_port: u16,
     dir: PathBuf,
+    secure: Option<Secure>,
+}
+
+/// A server that requires TLS (this certificate and key) and a user and
+/// password: what a cluster's bus looks like in production.
+#[derive(Debug, Clone)]
+pub struct Secure {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub user: String,
+    pub password: String,
 }
 
 fn fresh_dir() -> PathBuf {
@@ -53,13 +64,23 @@ impl NatsServer {
         Self::start_with(&binary())
     }
 
+    /// [`NatsServer::start`] requiring TLS and a user and password.
+    pub fn start_secure(secure: Secure) -> NatsServer {
+        Self::start_inner(&binary(), Some(secure))
+    }
+
     fn start_with(bin: &str) -> NatsServer {
+        Self::start_inner(bin, None)
+    }
+
+    fn start_inner(bin: &str, secure: Option<Secure>) -> NatsServer {
         let mut s = NatsServer {
             bin: bin.to_string(),
             child: None,
             port: crate::free_port(),
             monitor_port: crate::free_port(),
             dir: fresh_dir(),
+            secure,
         };
         // A free port can be taken by another process between our check
         // and nats-server's bind: then start again on fresh ports.
@@ -91,8 +112,19 @@ impl NatsServer {
             .arg("-m")
             .arg(self.monitor_port.to_string())
             .arg("-l")
-            .arg(&log)
-            .stdin(Stdio::null())
+            .arg(&log);
+        if let Some(sec) = &self.secure {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(&sec.cert)
+                .arg("--tlskey")
+                .arg(&sec.key)
+                .arg("--user")
+                .arg(&sec.user)
+                .arg("--pass")
+                .arg(&sec.password);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = match cmd.spawn() {
@@ -135,7 +167,10 @@ impl NatsServer {
 
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match self.secure {
+            Some(_) => format!("tls://127.0.0.1:{}", self.port),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn port(&self) -> u16 {

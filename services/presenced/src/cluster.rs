@@ -71,7 +71,7 @@ impl Backends {
                 jobs: Arc::new(MemoryQueue::new()),
             });
         };
-        let client = presence_nats::connect(url, &cfg.node_id)
+        let client = presence_nats::connect(url, &cfg.node_id, &cfg.nats_security)
             .await
             .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
         let metrics = NatsMetrics::new(registry).map_err(|e| format!("metrics: {e}"))?;

@@ -25,9 +25,29 @@ pub struct Args {
     /// redis+cluster://h1:p1,h2:p2 / a comma list of URLs (Redis Cluster).
     #[arg(long, env = "PRESENCE_REDIS")]
     pub redis: Option<String>,
-    /// NATS, the bus: nats://host:port.
+    /// NATS, the bus: nats://host:port, or tls://host:port for TLS.
     #[arg(long, env = "PRESENCE_NATS")]
     pub nats: Option<String>,
+    /// CA certificates (PEM) the NATS server's certificate must chain to;
+    /// TLS to NATS is required with it.
+    #[arg(long = "nats-ca", env = "PRESENCE_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients.
+    #[arg(long = "nats-cert", env = "PRESENCE_NATS_CERT")]
+    pub nats_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "nats-key", env = "PRESENCE_NATS_KEY")]
+    pub nats_key: Option<PathBuf>,
+    /// A NATS credentials file (JWT and nkey seed, as `nsc` makes).
+    #[arg(long = "nats-creds", env = "PRESENCE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name (with --nats-password-file).
+    #[arg(long = "nats-user", env = "PRESENCE_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// A file holding the NATS password (not on the command line, where
+    /// every process listing shows it).
+    #[arg(long = "nats-password-file", env = "PRESENCE_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
     /// This process's name in the cluster (lease owner, edge subject
     /// `edge.<id>`): letters, digits, `-` and `_`. Default: hostname-pid.
     #[arg(long = "node-id", env = "PRESENCE_NODE_ID")]
@@ -339,6 +359,8 @@ pub struct Config {
     pub redis: Option<String>,
     /// NATS URL, when the bus is NATS.
     pub nats: Option<String>,
+    /// TLS and credentials for NATS.
+    pub nats_security: presence_nats::Security,
     pub node_id: String,
     pub lease_ttl: Duration,
     pub handover_wait: Duration,
@@ -409,6 +431,39 @@ impl Config {
             if let Err(e) = check_nats_url(url) {
                 errors.push(format!("--nats {:?}: {e}", redact_url(url)));
             }
+        }
+        let mut nats_security = presence_nats::Security {
+            ca: args.nats_ca.clone(),
+            creds: args.nats_creds.clone(),
+            ..Default::default()
+        };
+        for (flag, path) in [
+            ("--nats-ca", &args.nats_ca),
+            ("--nats-cert", &args.nats_cert),
+            ("--nats-key", &args.nats_key),
+            ("--nats-creds", &args.nats_creds),
+        ] {
+            if let Some(p) = path {
+                if let Err(e) = std::fs::metadata(p) {
+                    errors.push(format!("{flag} {}: {e}", p.display()));
+                }
+            }
+        }
+        match (&args.nats_cert, &args.nats_key) {
+            (Some(c), Some(k)) => nats_security.client_cert = Some((c.clone(), k.clone())),
+            (None, None) => {}
+            _ => errors.push("--nats-cert and --nats-key go together".into()),
+        }
+        match (&args.nats_user, &args.nats_password_file) {
+            (Some(user), Some(file)) => match std::fs::read_to_string(file) {
+                Ok(p) if !p.trim().is_empty() => {
+                    nats_security.user = Some((user.clone(), p.trim().to_string()));
+                }
+                Ok(_) => errors.push(format!("--nats-password-file {}: empty", file.display())),
+                Err(e) => errors.push(format!("--nats-password-file {}: {e}", file.display())),
+            },
+            (None, None) => {}
+            _ => errors.push("--nats-user and --nats-password-file go together".into()),
         }
         let node_id = match &args.node_id {
             Some(id) => {
@@ -645,6 +700,7 @@ impl Config {
             roles: roles.unwrap_or(Roles::ALL),
             redis: redis.map(str::to_string),
             nats: nats.map(str::to_string),
+            nats_security,
             node_id,
             lease_ttl: Duration::from_millis(args.lease_ttl_ms),
             handover_wait: Duration::from_millis(args.handover_wait_ms),
@@ -768,15 +824,15 @@ fn check_backends(target: &str, roles: Roles, redis: bool, nats: bool, errors: &
 }
 
 fn check_nats_url(url: &str) -> Result<(), String> {
-    let lower = url.to_ascii_lowercase();
-    if lower.starts_with("tls://") {
-        return Err("TLS to NATS is not supported by this build".into());
-    }
     for part in url.split(',') {
-        let rest = part.trim().strip_prefix("nats://").unwrap_or(part.trim());
+        let part = part.trim();
+        let rest = part
+            .strip_prefix("nats://")
+            .or_else(|| part.strip_prefix("tls://"))
+            .unwrap_or(part);
         let host_port = rest.rsplit('@').next().unwrap_or(rest);
         if host_port.is_empty() || host_port.contains('/') && !host_port.ends_with('/') {
-            return Err("expected nats://host:port".into());
+            return Err("expected nats://host:port or tls://host:port".into());
         }
     }
     Ok(())

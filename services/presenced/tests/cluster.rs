@@ -460,7 +460,7 @@ async fn a_job_whose_push_fails_is_relayed_when_nats_is_back() {
     )
     .await
     .expect("connect to redis");
-    let client = presence_nats::connect(&nats.url(), "outbox-test")
+    let client = presence_nats::connect(&nats.url(), "outbox-test", &Default::default())
         .await
         .expect("connect to nats");
     let queue: Arc<JetStreamQueue<NotifyJob>> = Arc::new(

@@ -1,0 +1,131 @@
+//! The bus secured: a real `nats-server` that requires TLS and a user and
+//! password, and `presenced` with every role on it (and Redis) serving a
+//! watcher's NOTIFY over it. A client without the CA, or with a wrong
+//! password, does not get in.
+
+mod common;
+mod harness;
+
+use common::*;
+use presence_testkit::nats::{NatsServer, Secure};
+use presence_testkit::redis::RedisServer;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("presence-secure-bus-{}", rand_token()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_runs_over_nats_with_tls_and_a_password() {
+    let dir = tempdir();
+    let (pem, key, _) = harness::make_cert(&["127.0.0.1", "localhost"]);
+    let (cert_file, key_file) = (dir.join("nats-cert.pem"), dir.join("nats-key.pem"));
+    std::fs::write(&cert_file, &pem).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let password = format!("pw-{}", rand_token());
+    let pw_file = dir.join("nats-password");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    let nats = NatsServer::start_secure(Secure {
+        cert: cert_file.clone(),
+        key: key_file.clone(),
+        user: "presence".into(),
+        password: password.clone(),
+    });
+    let redis = RedisServer::start();
+    let url = nats.url();
+    assert!(url.starts_with("tls://"), "{url}");
+
+    // Without the CA the server's certificate is not trusted.
+    let no_ca = presence_nats::Security {
+        user: Some(("presence".into(), password.clone())),
+        ..Default::default()
+    };
+    assert!(presence_nats::connect(&url, "t", &no_ca).await.is_err());
+    // With it but a wrong password: refused by the server.
+    let wrong = presence_nats::Security {
+        ca: Some(cert_file.clone()),
+        user: Some(("presence".into(), "guess".into())),
+        ..Default::default()
+    };
+    assert!(presence_nats::connect(&url, "t", &wrong).await.is_err());
+    let right = presence_nats::Security {
+        ca: Some(cert_file.clone()),
+        user: Some(("presence".into(), password.clone())),
+        ..Default::default()
+    };
+    let client = presence_nats::connect(&url, "t", &right)
+        .await
+        .expect("connects with the CA and the password");
+    drop(client);
+
+    // presenced, every role, on that bus.
+    let (sip, http_port) = (presence_testkit::free_port(), presence_testkit::free_port());
+    let log = dir.join("presenced.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["--sip-listen", &format!("127.0.0.1:{sip}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .args(["--domain", "example.com", "--shards", "8", "--log", "info"])
+        .args(["--redis", &redis.url()])
+        .args(["--nats", &url])
+        .arg("--nats-ca")
+        .arg(&cert_file)
+        .args(["--nats-user", "presence"])
+        .arg("--nats-password-file")
+        .arg(&pw_file)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("start presenced");
+    let http_addr: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::spawn(async move { http(http_addr, "GET", "/readyz", b"").await }),
+        )
+        .await;
+        if let Ok(Ok((200, _))) = ready {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "presenced exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presenced not ready:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let at: SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
+    let mut bob = Ua::new(Tp::Udp, at, "bob").await;
+    bob.patience = Duration::from_secs(15);
+    let (r, _, _) = bob.subscribe("sip:alice@example.com", 600).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let _first = bob.notify().await;
+    let mut alice = Ua::new(Tp::Udp, at, "alice").await;
+    alice.patience = Duration::from_secs(15);
+    let publish = alice
+        .req("PUBLISH", "sip:alice@example.com")
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .body(
+            "application/pidf+xml",
+            pidf("sip:alice@example.com", "t1", true, "over a secured bus"),
+        );
+    assert_eq!(alice.send(&publish).await.code, 200);
+    let n = bob
+        .notify_containing("over a secured bus", Duration::from_secs(15))
+        .await;
+    assert!(String::from_utf8_lossy(&n.body).contains("over a secured bus"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
