@@ -27,6 +27,20 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Connect and response timeout of one round trip.
     pub timeout: Duration,
+    /// TLS (`rediss://` URLs): the CA certificates the server's must chain
+    /// to (PEM; `None`: the system's roots) and a client certificate and
+    /// key (PEM) for servers that verify clients.
+    pub tls_ca: Option<Vec<u8>>,
+    pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
+    /// A password to use instead of (or for lack of) one in the URLs.
+    pub password: Option<String>,
+}
+
+impl RedisConfig {
+    /// Do the URLs ask for TLS?
+    pub fn tls(&self) -> bool {
+        self.urls.iter().any(|u| u.starts_with("rediss://"))
+    }
 }
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
@@ -49,14 +63,25 @@ impl RedisConfig {
             let url = if let Some(rest) = p.strip_prefix("redis+cluster://") {
                 cluster = true;
                 format!("redis://{rest}")
-            } else if p.starts_with("redis://") {
+            } else if let Some(rest) = p.strip_prefix("rediss+cluster://") {
+                cluster = true;
+                format!("rediss://{rest}")
+            } else if p.starts_with("redis://") || p.starts_with("rediss://") {
                 p.to_string()
             } else if i > 0 && !p.contains("://") {
                 // `redis+cluster://a:1,b:2`: later seeds without a scheme.
-                format!("redis://{p}")
+                let scheme = if urls
+                    .first()
+                    .is_some_and(|u: &String| u.starts_with("rediss://"))
+                {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                format!("{scheme}://{p}")
             } else {
                 return Err(format!(
-                    "unsupported Redis URL {p:?} (use redis:// or redis+cluster://)"
+                    "unsupported Redis URL {p:?} (use redis://, rediss:// (TLS), redis+cluster:// or rediss+cluster://)"
                 ));
             };
             urls.push(url);
@@ -71,6 +96,9 @@ impl RedisConfig {
             grace: DEFAULT_GRACE,
             prefix: "presence".into(),
             timeout: Duration::from_secs(2),
+            tls_ca: None,
+            tls_client: None,
+            password: None,
         })
     }
 
@@ -101,7 +129,12 @@ mod tests {
         let c = RedisConfig::new("redis+cluster://a:1", 16).unwrap();
         assert_eq!((c.cluster, c.urls[0].as_str()), (true, "redis://a:1"));
         assert!(RedisConfig::new("", 16).is_err());
-        assert!(RedisConfig::new("rediss://a:1", 16).is_err());
+        assert!(RedisConfig::new("rediss://a:1", 16).unwrap().tls());
+        let c = RedisConfig::new("rediss+cluster://a:1,b:2", 16).unwrap();
+        assert!(c.cluster && c.tls());
+        assert_eq!(c.urls, vec!["rediss://a:1", "rediss://b:2"]);
+        assert!(!RedisConfig::new("redis://a:1", 16).unwrap().tls());
+        assert!(RedisConfig::new("http://a:1", 16).is_err());
         assert!(RedisConfig::new("redis://a:1", 0).is_err());
     }
 }

@@ -172,19 +172,47 @@ impl RedisStore {
     ) -> StoreResult<RedisStore> {
         let metrics = RedisMetrics::register(registry)
             .map_err(|e| StoreError::Backend(format!("metrics: {e}")))?;
+        // The redis crate's TLS takes the process's default provider: ring,
+        // as everywhere in this server (no C crypto toolchain needed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = || redis::TlsCertificates {
+            client_tls: config
+                .tls_client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: config.tls_ca.clone(),
+        };
         let conn = if config.cluster {
-            let client = ClusterClient::builder(config.urls.clone())
+            let mut builder = ClusterClient::builder(config.urls.clone())
                 .connection_timeout(config.timeout)
-                .response_timeout(config.timeout)
-                .build()
-                .map_err(backend)?;
+                .response_timeout(config.timeout);
+            if config.tls() {
+                builder = builder.certs(certs());
+            }
+            if let Some(p) = &config.password {
+                builder = builder.password(p);
+            }
+            let client = builder.build().map_err(backend)?;
             Conn::Cluster(client.get_async_connection().await.map_err(backend)?)
         } else {
             let url = config
                 .urls
                 .first()
                 .ok_or_else(|| StoreError::Backend("no Redis URL".into()))?;
-            let client = redis::Client::open(url.as_str()).map_err(backend)?;
+            use redis::IntoConnectionInfo;
+            let mut info = url.as_str().into_connection_info().map_err(backend)?;
+            if let Some(p) = &config.password {
+                let settings = info.redis_settings().clone().set_password(p);
+                info = info.set_redis_settings(settings);
+            }
+            let client = if config.tls() {
+                redis::Client::build_with_tls(info, certs()).map_err(backend)?
+            } else {
+                redis::Client::open(info).map_err(backend)?
+            };
             let cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.timeout))
                 .set_response_timeout(Some(config.timeout))
@@ -196,7 +224,7 @@ impl RedisStore {
                     .map_err(backend)?,
             )
         };
-        Ok(RedisStore {
+        let store = RedisStore {
             conn,
             shards: config.shards.max(1),
             grace_ms: ms(config.grace),
@@ -212,7 +240,11 @@ impl RedisStore {
                 release: Script::new(scripts::RELEASE),
             },
             metrics,
-        })
+        };
+        // Fail now, not at the first request, when the server refuses us
+        // (a wrong or missing password: NOAUTH, WRONGPASS).
+        let _: String = store.query(&redis::cmd("PING")).await?;
+        Ok(store)
     }
 
     pub fn metrics(&self) -> &RedisMetrics {

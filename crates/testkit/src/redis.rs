@@ -97,8 +97,11 @@ fn wait_for_ping(child: &mut Child, port: u16) -> bool {
         if let Ok(Some(_)) = child.try_wait() {
             return false; // exited: most likely the port was taken meanwhile
         }
-        if command(port, &["PING"]).is_ok_and(|r| r == "PONG") {
-            return true;
+        match command(port, &["PING"]) {
+            Ok(r) if r == "PONG" => return true,
+            // Up, and asking for the password it was started with.
+            Err(e) if e.to_string().starts_with("NOAUTH") => return true,
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -152,6 +155,8 @@ impl Drop for Node {
 /// A standalone `redis-server` on a free port.
 pub struct RedisServer {
     node: Node,
+    /// The TLS port of a server started by [`RedisServer::start_secure`].
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -160,6 +165,34 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         RedisServer {
             node: Node::start("redis", Vec::new),
+            tls_port: None,
+        }
+    }
+
+    /// A server that also listens for TLS (this certificate and key, PEM)
+    /// and requires `password` on every connection: what production looks
+    /// like. [`RedisServer::url`] is then its `rediss://` URL.
+    pub fn start_secure(cert: &Path, key: &Path, password: &str) -> RedisServer {
+        let tls_port = crate::free_port();
+        let extra = || {
+            vec![
+                "--tls-port".to_string(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--requirepass".into(),
+                password.to_string(),
+            ]
+        };
+        RedisServer {
+            node: Node::start("redis-tls", extra),
+            tls_port: Some(tls_port),
         }
     }
 
@@ -167,9 +200,13 @@ impl RedisServer {
         self.node.port
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis://127.0.0.1:PORT`, or `rediss://127.0.0.1:TLS_PORT` for a
+    /// server started by [`RedisServer::start_secure`].
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.node.port)
+        match self.tls_port {
+            Some(p) => format!("rediss://127.0.0.1:{p}"),
+            None => format!("redis://127.0.0.1:{}", self.node.port),
+        }
     }
 
     /// Kill the server now (`kill -9`), for failure tests.

@@ -52,8 +52,11 @@ impl Backends {
     pub async fn connect(cfg: &Config, registry: &Registry) -> Result<Backends, String> {
         let (store, leases): (Arc<dyn Store>, Option<Arc<dyn Leases>>) = match &cfg.redis {
             Some(spec) => {
-                let rc = presence_redis::RedisConfig::new(spec, cfg.shards)
+                let mut rc = presence_redis::RedisConfig::new(spec, cfg.shards)
                     .map_err(|e| format!("--redis {spec}: {e}"))?;
+                rc.tls_ca = cfg.redis_ca.clone();
+                rc.tls_client = cfg.redis_client.clone();
+                rc.password = cfg.redis_password.clone();
                 let redis = presence_redis::RedisStore::connect(rc, registry)
                     .await
                     .map_err(|e| format!("cannot connect to Redis at {spec}: {e}"))?;

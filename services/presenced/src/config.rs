@@ -25,6 +25,20 @@ pub struct Args {
     /// redis+cluster://h1:p1,h2:p2 / a comma list of URLs (Redis Cluster).
     #[arg(long, env = "PRESENCE_REDIS")]
     pub redis: Option<String>,
+    /// CA certificates (PEM) a TLS Redis server's certificate (rediss://
+    /// URLs) must chain to. Without it, the system's roots.
+    #[arg(long = "redis-ca", env = "PRESENCE_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for Redis servers that verify clients.
+    #[arg(long = "redis-cert", env = "PRESENCE_REDIS_CERT")]
+    pub redis_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "redis-key", env = "PRESENCE_REDIS_KEY")]
+    pub redis_key: Option<PathBuf>,
+    /// A file holding the Redis password (instead of one in the URL, which
+    /// every process listing shows); the URL's user name, if any, stays.
+    #[arg(long = "redis-password-file", env = "PRESENCE_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
     /// NATS, the bus: nats://host:port, or tls://host:port for TLS.
     #[arg(long, env = "PRESENCE_NATS")]
     pub nats: Option<String>,
@@ -357,6 +371,10 @@ pub struct Config {
     pub roles: Roles,
     /// Redis URL(s), when the store is Redis.
     pub redis: Option<String>,
+    /// TLS material and password for Redis (read at start).
+    pub redis_ca: Option<Vec<u8>>,
+    pub redis_client: Option<(Vec<u8>, Vec<u8>)>,
+    pub redis_password: Option<String>,
     /// NATS URL, when the bus is NATS.
     pub nats: Option<String>,
     /// TLS and credentials for NATS.
@@ -431,6 +449,27 @@ impl Config {
             if let Err(e) = check_nats_url(url) {
                 errors.push(format!("--nats {:?}: {e}", redact_url(url)));
             }
+        }
+        let mut read = |flag: &str, path: &Option<PathBuf>| -> Option<Vec<u8>> {
+            let p = path.as_ref()?;
+            match std::fs::read(p) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    errors.push(format!("{flag} {}: {e}", p.display()));
+                    None
+                }
+            }
+        };
+        let redis_ca = read("--redis-ca", &args.redis_ca);
+        let redis_cert = read("--redis-cert", &args.redis_cert);
+        let redis_key = read("--redis-key", &args.redis_key);
+        let redis_password = read("--redis-password-file", &args.redis_password_file)
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+        if redis_password.as_deref() == Some("") {
+            errors.push("--redis-password-file: empty".into());
+        }
+        if args.redis_cert.is_some() != args.redis_key.is_some() {
+            errors.push("--redis-cert and --redis-key go together".into());
         }
         let mut nats_security = presence_nats::Security {
             ca: args.nats_ca.clone(),
@@ -701,6 +740,9 @@ impl Config {
             redis: redis.map(str::to_string),
             nats: nats.map(str::to_string),
             nats_security,
+            redis_ca,
+            redis_client: redis_cert.zip(redis_key),
+            redis_password,
             node_id,
             lease_ttl: Duration::from_millis(args.lease_ttl_ms),
             handover_wait: Duration::from_millis(args.handover_wait_ms),

@@ -1,7 +1,8 @@
-//! The bus secured: a real `nats-server` that requires TLS and a user and
-//! password, and `presenced` with every role on it (and Redis) serving a
-//! watcher's NOTIFY over it. A client without the CA, or with a wrong
-//! password, does not get in.
+//! The backends secured: a real `nats-server` and a real `redis-server`
+//! that require TLS and a password, and `presenced` with every role on
+//! them serving a watcher's NOTIFY. A NATS client without the CA, or with
+//! a wrong password, does not get in; neither does presenced without the
+//! Redis password.
 
 mod common;
 mod harness;
@@ -19,7 +20,7 @@ fn tempdir() -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cluster_runs_over_nats_with_tls_and_a_password() {
+async fn the_cluster_runs_over_redis_and_nats_with_tls_and_passwords() {
     let dir = tempdir();
     let (pem, key, _) = harness::make_cert(&["127.0.0.1", "localhost"]);
     let (cert_file, key_file) = (dir.join("nats-cert.pem"), dir.join("nats-key.pem"));
@@ -34,7 +35,11 @@ async fn the_cluster_runs_over_nats_with_tls_and_a_password() {
         user: "presence".into(),
         password: password.clone(),
     });
-    let redis = RedisServer::start();
+    let redis_pw_file = dir.join("redis-password");
+    let redis_password = format!("rpw-{}", rand_token());
+    std::fs::write(&redis_pw_file, &redis_password).unwrap();
+    let redis = RedisServer::start_secure(&cert_file, &key_file, &redis_password);
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
     let url = nats.url();
     assert!(url.starts_with("tls://"), "{url}");
 
@@ -70,6 +75,10 @@ async fn the_cluster_runs_over_nats_with_tls_and_a_password() {
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .args(["--domain", "example.com", "--shards", "8", "--log", "info"])
         .args(["--redis", &redis.url()])
+        .arg("--redis-ca")
+        .arg(&cert_file)
+        .arg("--redis-password-file")
+        .arg(&redis_pw_file)
         .args(["--nats", &url])
         .arg("--nats-ca")
         .arg(&cert_file)
@@ -127,5 +136,47 @@ async fn the_cluster_runs_over_nats_with_tls_and_a_password() {
     assert!(String::from_utf8_lossy(&n.body).contains("over a secured bus"));
     let _ = child.kill();
     let _ = child.wait();
+
+    // Without the Redis password presenced does not start.
+    let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args([
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--domain", "example.com", "--shards", "8", "--log", "warn"])
+        .args(["--redis", &redis.url()])
+        .arg("--redis-ca")
+        .arg(&cert_file)
+        .args(["--nats", &url])
+        .arg("--nats-ca")
+        .arg(&cert_file)
+        .args(["--nats-user", "presence"])
+        .arg("--nats-password-file")
+        .arg(&pw_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run presenced");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = refused.try_wait().expect("status") {
+            break Some(status);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = refused.wait_with_output().expect("output");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "presenced did not refuse to start without the Redis password: {text}"
+    );
+    assert!(text.contains("NOAUTH") || text.contains("Redis"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
