@@ -66,6 +66,14 @@ pub struct QueueConfig {
     pub depth_refresh: Duration,
     /// `queue` label of the metrics.
     pub label: String,
+    /// The stream holds at most this many bytes of jobs; past it a push is
+    /// refused (discard policy New), never an older job dropped: the
+    /// compositor keeps a refused job in its outbox (Redis) and pushes it
+    /// again later, so a long notifier outage fills Redis's outbox, which
+    /// has its own TTLs, instead of growing JetStream without bound. Applied
+    /// when the stream is created (an existing stream keeps its limits:
+    /// `nats stream edit`).
+    pub max_bytes: i64,
 }
 
 impl Default for QueueConfig {
@@ -81,6 +89,7 @@ impl Default for QueueConfig {
             prefetch: 32,
             depth_refresh: Duration::from_secs(1),
             label: "notify".into(),
+            max_bytes: 1 << 30,
         }
     }
 }
@@ -180,6 +189,8 @@ async fn ensure(js: &Context, cfg: &QueueConfig) -> Result<PullConsumer, BusErro
             name: cfg.stream.clone(),
             subjects: vec![cfg.subject.clone()],
             retention: RetentionPolicy::WorkQueue,
+            max_bytes: cfg.max_bytes,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
             storage: match cfg.storage {
                 Storage::File => StorageType::File,
                 Storage::Memory => StorageType::Memory,

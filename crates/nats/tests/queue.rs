@@ -378,3 +378,46 @@ async fn queue_contract_on_nats() {
     let q: JetStreamQueue<u32> = queue(&server, config(Storage::Memory)).await;
     presence_store::contract::queue_contract(&q).await;
 }
+
+/// A full stream refuses new jobs (the pusher keeps them: the compositor's
+/// outbox) and drops none it holds; once jobs are acked, pushes go through
+/// again.
+#[tokio::test]
+async fn a_full_stream_refuses_new_jobs_and_keeps_the_old() {
+    let server = NatsServer::start();
+    let cfg = QueueConfig {
+        max_bytes: 4096,
+        prefetch: 1,
+        ..config(Storage::File)
+    };
+    let q: JetStreamQueue<u32> = queue(&server, cfg).await;
+    let mut pushed = 0u32;
+    let refused = loop {
+        match q.push(&pushed).await {
+            Ok(()) => pushed += 1,
+            Err(e) => break e,
+        }
+        assert!(pushed < 10_000, "a 4 KB stream took {pushed} jobs");
+    };
+    assert!(pushed > 0, "nothing fit");
+    assert!(
+        refused
+            .to_string()
+            .to_ascii_lowercase()
+            .contains("maximum bytes"),
+        "{refused}"
+    );
+    // The oldest job is still there, first.
+    let d = pull_within(&q).await;
+    assert_eq!(*d.job(), 0);
+    d.ack();
+    // Room again.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while q.push(&pushed).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no room after an ack"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
