@@ -23,21 +23,7 @@ import sys
 import tempfile
 import time
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / TICK
+from benchproc import cpu_s, free_port  # noqa: E402
 
 
 def make_certs(d):
@@ -154,6 +140,9 @@ def main():
           f"WebSocket {rows['ws'] / rows['tcp']:.2f}x (same load, same run).\n")
     cpu, wall = handshakes(args, ca, cert, key)
     per = cpu / args.handshakes
+    if per <= 0:
+        print(f"TLS handshakes: {args.handshakes} are too few to measure (CPU is counted in 10 ms ticks).\n")
+        return
     print(f"TLS handshakes: {args.handshakes} new connections (Python ssl client, one at a time) in {wall:.1f} s; "
           f"server CPU {per * 1e6:.0f} µs per handshake, i.e. about {1 / per:.0f} handshakes/s per core.\n")
 

@@ -70,25 +70,34 @@ async fn the_cluster_runs_over_redis_and_nats_with_tls_and_passwords() {
     let (sip, http_port) = (presence_testkit::free_port(), presence_testkit::free_port());
     let log = dir.join("presenced.log");
     let out = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
-        .args(["--sip-listen", &format!("127.0.0.1:{sip}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .args(["--domain", "example.com", "--shards", "8", "--log", "info"])
-        .args(["--redis", &redis.url()])
-        .arg("--redis-ca")
-        .arg(&cert_file)
-        .arg("--redis-password-file")
-        .arg(&redis_pw_file)
-        .args(["--nats", &url])
-        .arg("--nats-ca")
-        .arg(&cert_file)
-        .args(["--nats-user", "presence"])
-        .arg("--nats-password-file")
-        .arg(&pw_file)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("start presenced");
+    // presenced on both secured backends, with or without the Redis password.
+    let presenced = |sip: &str, http: &str, redis_password: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"));
+        cmd.args(["--sip-listen", sip, "--http-listen", http])
+            .args(["--domain", "example.com", "--shards", "8", "--log", "info"])
+            .args(["--redis", &redis.url()])
+            .arg("--redis-ca")
+            .arg(&cert_file)
+            .args(["--nats", &url])
+            .arg("--nats-ca")
+            .arg(&cert_file)
+            .args(["--nats-user", "presence"])
+            .arg("--nats-password-file")
+            .arg(&pw_file);
+        if redis_password {
+            cmd.arg("--redis-password-file").arg(&redis_pw_file);
+        }
+        cmd
+    };
+    let mut child = presenced(
+        &format!("127.0.0.1:{sip}"),
+        &format!("127.0.0.1:{http_port}"),
+        true,
+    )
+    .stdout(out.try_clone().unwrap())
+    .stderr(out)
+    .spawn()
+    .expect("start presenced");
     let http_addr: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -138,23 +147,7 @@ async fn the_cluster_runs_over_redis_and_nats_with_tls_and_passwords() {
     let _ = child.wait();
 
     // Without the Redis password presenced does not start.
-    let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
-        .args([
-            "--sip-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--domain", "example.com", "--shards", "8", "--log", "warn"])
-        .args(["--redis", &redis.url()])
-        .arg("--redis-ca")
-        .arg(&cert_file)
-        .args(["--nats", &url])
-        .arg("--nats-ca")
-        .arg(&cert_file)
-        .args(["--nats-user", "presence"])
-        .arg("--nats-password-file")
-        .arg(&pw_file)
+    let mut refused = presenced("127.0.0.1:0", "127.0.0.1:0", false)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

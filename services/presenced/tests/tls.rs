@@ -380,37 +380,27 @@ fn tls_settings_are_checked_at_start() {
     assert!(text.contains("go together"), "{text}");
     let garbage = dir.join("garbage.pem");
     std::fs::write(&garbage, "nothing").unwrap();
-    let (code, text) = check(&[
-        "--sip-tls-listen",
-        "127.0.0.1:5061",
-        "--tls-cert",
-        &garbage.display().to_string(),
-        "--tls-key",
-        &key,
-    ]);
+    // A TLS listener with these files.
+    let listener = |cert: &str, key: &str| {
+        check(&[
+            "--sip-tls-listen",
+            "127.0.0.1:5061",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ])
+    };
+    let (code, text) = listener(&garbage.display().to_string(), &key);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("--tls-cert"), "{text}");
     // A key that is not the certificate's.
     let (_, other_key, _) = make_cert(&["127.0.0.1"]);
     let other = dir.join("other-key.pem");
     std::fs::write(&other, other_key).unwrap();
-    let (code, text) = check(&[
-        "--sip-tls-listen",
-        "127.0.0.1:5061",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &other.display().to_string(),
-    ]);
+    let (code, text) = listener(&cert, &other.display().to_string());
     assert_eq!(code, Some(2), "a mismatched key was taken: {text}");
-    let (code, text) = check(&[
-        "--sip-tls-listen",
-        "127.0.0.1:5061",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
+    let (code, text) = listener(&cert, &key);
     assert_eq!(code, Some(0), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
