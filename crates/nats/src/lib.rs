@@ -56,6 +56,11 @@ pub struct Security {
     pub creds: Option<std::path::PathBuf>,
     /// User and password.
     pub user: Option<(String, String)>,
+    /// The subject prefix of this process's reply inboxes (the client's
+    /// default `_INBOX` when `None`). presenced uses `_INBOX.<role>`, so a
+    /// NATS account can let each role read only its own replies
+    /// (helm/presence/files/nats-auth.conf).
+    pub inbox_prefix: Option<String>,
 }
 
 /// Connect to `url` (e.g. `nats://127.0.0.1:4222`, or `tls://…` for TLS)
@@ -87,6 +92,9 @@ pub async fn connect(
     }
     if let Some((user, password)) = &security.user {
         opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(prefix) = &security.inbox_prefix {
+        opts = opts.custom_inbox_prefix(prefix);
     }
     opts.connect(url).await.map_err(|e| backend(e.to_string()))
 }

@@ -103,6 +103,7 @@ impl Backends {
                 // A job given back because the store failed comes back after
                 // a pause, not in a tight loop.
                 nak_delay: Duration::from_secs(1),
+                max_bytes: cfg.notify_stream_max_bytes,
                 ..QueueConfig::default()
             },
             metrics,

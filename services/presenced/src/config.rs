@@ -90,6 +90,16 @@ pub struct Args {
         default_value_t = crate::names::DEFAULT_BATCH
     )]
     pub notify_batch: usize,
+    /// The most bytes of notify jobs the JetStream stream holds, set when
+    /// presenced creates the stream (an existing stream keeps its limits:
+    /// `nats stream edit`). A full stream refuses pushes: the jobs wait in
+    /// the compositors' outboxes in Redis, nothing is dropped.
+    #[arg(
+        long = "notify-stream-max-bytes",
+        env = "PRESENCE_NOTIFY_STREAM_MAX_BYTES",
+        default_value_t = 1 << 30
+    )]
+    pub notify_stream_max_bytes: i64,
     /// SIP listen address, UDP and TCP (repeatable).
     #[arg(
         long = "sip-listen",
@@ -383,6 +393,7 @@ pub struct Config {
     pub lease_ttl: Duration,
     pub handover_wait: Duration,
     pub notify_batch: usize,
+    pub notify_stream_max_bytes: i64,
 }
 
 /// Which roles run in this process.
@@ -399,6 +410,17 @@ impl Roles {
         compositor: true,
         notifier: true,
     };
+
+    /// The role's name, or `presence` for several: the NATS user and inbox
+    /// prefix a process of these roles has (helm/presence/files/nats-auth.conf).
+    pub fn name(self) -> &'static str {
+        match (self.edge, self.compositor, self.notifier) {
+            (true, false, false) => "edge",
+            (false, true, false) => "compositor",
+            (false, false, true) => "notifier",
+            _ => "presence",
+        }
+    }
 
     /// `edge,compositor`, for logs and `--check-config`.
     pub fn names(&self) -> String {
@@ -474,6 +496,7 @@ impl Config {
         let mut nats_security = presence_nats::Security {
             ca: args.nats_ca.clone(),
             creds: args.nats_creds.clone(),
+            inbox_prefix: roles.map(|r| format!("_INBOX.{}", r.name())),
             ..Default::default()
         };
         for (flag, path) in [
@@ -519,6 +542,9 @@ impl Config {
         // 10 000 ids of ~18 bytes stay well inside NATS's 1 MB payload.
         if !(1..=10_000).contains(&args.notify_batch) {
             errors.push("--notify-batch must be between 1 and 10000".into());
+        }
+        if args.notify_stream_max_bytes < 1 << 20 {
+            errors.push("--notify-stream-max-bytes must be at least 1048576 (1 MiB)".into());
         }
         if args.handover_wait_ms > 30_000 {
             errors.push("--handover-wait-ms must be at most 30000 (SIP Timer F is 32 s)".into());
@@ -747,6 +773,7 @@ impl Config {
             lease_ttl: Duration::from_millis(args.lease_ttl_ms),
             handover_wait: Duration::from_millis(args.handover_wait_ms),
             notify_batch: args.notify_batch,
+            notify_stream_max_bytes: args.notify_stream_max_bytes,
         })
     }
 }
