@@ -31,14 +31,28 @@ pub struct NatsServer {
     secure: Option<Secure>,
 }
 
-/// A server that requires TLS (this certificate and key) and a user and
-/// password: what a cluster's bus looks like in production.
+/// A server that requires credentials and, with `tls`, TLS: what a
+/// cluster's bus looks like in production.
 #[derive(Debug, Clone)]
 pub struct Secure {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub user: String,
-    pub password: String,
+    /// The certificate and key the server presents; TLS is then required.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub auth: Auth,
+}
+
+/// Who may log in.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// One user with every permission.
+    User { user: String, password: String },
+    /// The users of a nats-server `authorization` file (e.g. presence's
+    /// per-role users, helm/presence/files/nats-auth.conf), copied next to
+    /// the server's config and included; `env` are the variables it reads
+    /// (passwords).
+    File {
+        path: PathBuf,
+        env: Vec<(String, String)>,
+    },
 }
 
 fn fresh_dir() -> PathBuf {
@@ -64,7 +78,7 @@ impl NatsServer {
         Self::start_with(&binary())
     }
 
-    /// [`NatsServer::start`] requiring TLS and a user and password.
+    /// [`NatsServer::start`] requiring credentials (and TLS, if given).
     pub fn start_secure(secure: Secure) -> NatsServer {
         Self::start_inner(&binary(), Some(secure))
     }
@@ -114,15 +128,27 @@ impl NatsServer {
             .arg("-l")
             .arg(&log);
         if let Some(sec) = &self.secure {
-            cmd.arg("--tls")
-                .arg("--tlscert")
-                .arg(&sec.cert)
-                .arg("--tlskey")
-                .arg(&sec.key)
-                .arg("--user")
-                .arg(&sec.user)
-                .arg("--pass")
-                .arg(&sec.password);
+            if let Some((cert, key)) = &sec.tls {
+                cmd.arg("--tls")
+                    .arg("--tlscert")
+                    .arg(cert)
+                    .arg("--tlskey")
+                    .arg(key);
+            }
+            match &sec.auth {
+                Auth::User { user, password } => {
+                    cmd.arg("--user").arg(user).arg("--pass").arg(password);
+                }
+                Auth::File { path, env } => {
+                    // nats-server includes only relative paths.
+                    let text = std::fs::read_to_string(path)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    std::fs::write(self.dir.join("auth.conf"), text).expect("write auth.conf");
+                    let conf = self.dir.join("nats.conf");
+                    std::fs::write(&conf, "include ./auth.conf\n").expect("write nats.conf");
+                    cmd.arg("-c").arg(conf).envs(env.iter().cloned());
+                }
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -165,9 +191,9 @@ impl NatsServer {
         matches!(self.monitor_get("/healthz"), Some((200, _)))
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (`tls://` when TLS is required).
     pub fn url(&self) -> String {
-        match self.secure {
+        match self.secure.as_ref().and_then(|s| s.tls.as_ref()) {
             Some(_) => format!("tls://127.0.0.1:{}", self.port),
             None => format!("nats://127.0.0.1:{}", self.port),
         }

@@ -8,7 +8,7 @@ mod common;
 mod harness;
 
 use common::*;
-use presence_testkit::nats::{NatsServer, Secure};
+use presence_testkit::nats::{Auth, NatsServer, Secure};
 use presence_testkit::redis::RedisServer;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,10 +30,11 @@ async fn the_cluster_runs_over_redis_and_nats_with_tls_and_passwords() {
     let pw_file = dir.join("nats-password");
     std::fs::write(&pw_file, format!("{password}\n")).unwrap();
     let nats = NatsServer::start_secure(Secure {
-        cert: cert_file.clone(),
-        key: key_file.clone(),
-        user: "presence".into(),
-        password: password.clone(),
+        tls: Some((cert_file.clone(), key_file.clone())),
+        auth: Auth::User {
+            user: "presence".into(),
+            password: password.clone(),
+        },
     });
     let redis_pw_file = dir.join("redis-password");
     let redis_password = format!("rpw-{}", rand_token());
@@ -171,5 +172,132 @@ async fn the_cluster_runs_over_redis_and_nats_with_tls_and_passwords() {
         "presenced did not refuse to start without the Redis password: {text}"
     );
     assert!(text.contains("NOAUTH") || text.contains("Redis"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client of NATS user `role` (password from the harness's file), with
+/// the inbox prefix presenced gives that role.
+async fn as_role(
+    url: &str,
+    dir: &std::path::Path,
+    role: &str,
+) -> presence_nats::async_nats::Client {
+    let password = std::fs::read_to_string(harness::nats_password_file(dir, role)).unwrap();
+    let security = presence_nats::Security {
+        user: Some((role.into(), password)),
+        inbox_prefix: Some(format!("_INBOX.{role}")),
+        ..Default::default()
+    };
+    presence_nats::connect(url, &format!("test-{role}"), &security)
+        .await
+        .unwrap_or_else(|e| panic!("{role} cannot log in: {e}"))
+}
+
+/// Returns once the server has handled everything `client` sent before
+/// (it handles one connection in order): an echo through the client's own
+/// inbox, which every role may use.
+async fn round_trip(client: &presence_nats::async_nats::Client) {
+    use futures_util::StreamExt;
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, "".into()).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(10), echo.next()).await;
+    assert!(
+        back.is_ok_and(|m| m.is_some()),
+        "no echo through {client:?}'s inbox"
+    );
+}
+
+/// Does a message `publisher` sends on `subject` reach `subscriber`'s
+/// subscription to `filter`? A subscription or publication the server
+/// refuses delivers nothing (it answers the client with a permissions
+/// violation); an allowed one arrives within milliseconds.
+async fn delivered(
+    subscriber: &presence_nats::async_nats::Client,
+    filter: &str,
+    publisher: &presence_nats::async_nats::Client,
+    subject: &str,
+) -> bool {
+    use futures_util::StreamExt;
+    let mut sub = subscriber.subscribe(filter.to_string()).await.unwrap();
+    subscriber.flush().await.unwrap();
+    round_trip(subscriber).await;
+    publisher
+        .publish(subject.to_string(), "probe".into())
+        .await
+        .unwrap();
+    round_trip(publisher).await;
+    let got = tokio::time::timeout(Duration::from_millis(500), sub.next())
+        .await
+        .is_ok_and(|m| m.is_some());
+    let _ = sub.unsubscribe().await;
+    got
+}
+
+/// The per-role users of helm/presence/files/nats-auth.conf (what every
+/// harness cluster runs under): each role reaches the subjects it needs
+/// and no others; nobody logs in without a password; no role may delete
+/// the notify stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_may_use_only_its_own_nats_subjects() {
+    let dir = tempdir();
+    let nats = harness::start_nats_with_role_users(&dir);
+    let url = nats.url();
+    assert!(
+        presence_nats::connect(&url, "anonymous", &Default::default())
+            .await
+            .is_err()
+    );
+    let edge = as_role(&url, &dir, "edge").await;
+    let compositor = as_role(&url, &dir, "compositor").await;
+    let notifier = as_role(&url, &dir, "notifier").await;
+
+    // Allowed: requests to shard owners, NOTIFYs to edges.
+    assert!(delivered(&compositor, "shard.*", &edge, "shard.5").await);
+    assert!(delivered(&compositor, "shard.*", &notifier, "shard.5").await);
+    assert!(delivered(&edge, "edge.e1", &notifier, "edge.e1").await);
+    assert!(delivered(&edge, "edges.any", &edge, "edges.any").await);
+    // Refused publications: a compositor cannot send SIP through an edge.
+    assert!(!delivered(&edge, "edge.e1", &compositor, "edge.e1").await);
+    assert!(!delivered(&edge, "edges.any", &compositor, "edges.any").await);
+    // Refused subscriptions: only compositors serve shards; nobody reads
+    // another role's replies.
+    assert!(!delivered(&edge, "shard.*", &notifier, "shard.5").await);
+    assert!(!delivered(&notifier, "shard.*", &edge, "shard.5").await);
+    assert!(!delivered(&notifier, "edge.*", &edge, "edge.e1").await);
+    assert!(!delivered(&notifier, "_INBOX.edge.>", &notifier, "_INBOX.edge.x").await);
+    assert!(!delivered(&compositor, "_INBOX.notifier.>", &edge, "_INBOX.notifier.x").await);
+
+    // JetStream: any role sets up the stream; none may delete it; an edge
+    // may not push jobs.
+    let queue = presence_nats::JetStreamQueue::<presence_core::commands::NotifyJob>::new(
+        compositor.clone(),
+        presence_nats::QueueConfig::default(),
+        presence_nats::NatsMetrics::new(&prometheus::Registry::new()).unwrap(),
+    )
+    .await
+    .expect("a compositor sets up the notify stream");
+    drop(queue);
+    // The server does not answer a refused request: 2 s tells.
+    async fn refused<T, E>(op: impl std::future::IntoFuture<Output = Result<T, E>>) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), op).await,
+            Err(_) | Ok(Err(_))
+        )
+    }
+    for client in [&edge, &compositor, &notifier] {
+        let js = presence_nats::async_nats::jetstream::new(client.clone());
+        let stream = js.get_stream("PRESENCE_NOTIFY").await.expect("stream info");
+        assert!(refused(stream.purge()).await);
+        assert!(refused(js.delete_stream("PRESENCE_NOTIFY")).await);
+    }
+    let js = presence_nats::async_nats::jetstream::new(edge.clone());
+    assert!(
+        refused(async { js.publish("presence.notify", "x".into()).await?.await }).await,
+        "an edge pushed a notify job"
+    );
+    let js = presence_nats::async_nats::jetstream::new(compositor.clone());
+    let ack = js.publish("presence.notify", "x".into()).await.unwrap();
+    assert!(ack.await.is_ok(), "a compositor pushes jobs");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@
 //! the state directory removed on drop (kept, with a note, after a panic).
 #![allow(dead_code)] // each test file uses its own part of it
 
-use presence_testkit::nats::NatsServer;
+use presence_testkit::nats::{Auth, NatsServer, Secure};
 use presence_testkit::redis::RedisServer;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -83,8 +83,46 @@ pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// The NATS users and permissions presence ships (one source for
+/// `make cluster-up`, the chart and these tests).
+pub fn nats_auth_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../helm/presence/files/nats-auth.conf")
+}
+
+/// The NATS roles of nats-auth.conf.
+pub const NATS_ROLES: [&str; 4] = ["edge", "compositor", "notifier", "presence"];
+
+/// A file with the password of NATS user `role` in `dir` (see
+/// [`start_nats_with_role_users`]).
+pub fn nats_password_file(dir: &Path, role: &str) -> PathBuf {
+    dir.join(format!("nats-{role}.password"))
+}
+
+/// nats-server with presence's per-role users and permissions, passwords
+/// made up here and written to [`nats_password_file`]s in `dir`: every
+/// cluster test runs its roles under the permissions an operator deploys,
+/// so a subject a role uses and may not is a failing test.
+pub fn start_nats_with_role_users(dir: &Path) -> NatsServer {
+    let mut env = Vec::new();
+    for role in NATS_ROLES {
+        let password = format!("{role}-{:016x}", rand::random::<u64>());
+        std::fs::write(nats_password_file(dir, role), &password).expect("password file");
+        env.push((
+            format!("PRESENCE_NATS_{}_PASSWORD", role.to_uppercase()),
+            password,
+        ));
+    }
+    NatsServer::start_secure(Secure {
+        tls: None,
+        auth: Auth::File {
+            path: nats_auth_file(),
+            env,
+        },
+    })
+}
+
 impl Cluster {
-    /// Redis, NATS, and `edges` + `compositors` + `notifiers` processes
+    /// Redis, NATS (with presence's per-role users), and `edges` + `compositors` + `notifiers` processes
     /// (nodes `edge<i>`, `comp<i>`, `notif<i>`) with `extra` flags each;
     /// returns when every process is ready and all shards are owned.
     pub fn start(
@@ -101,7 +139,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("state dir");
         let mut c = Cluster {
             redis: RedisServer::start(),
-            nats: NatsServer::start(),
+            nats: start_nats_with_role_users(&dir),
             procs: Vec::new(),
             dir,
             shards,
@@ -390,6 +428,9 @@ impl Cluster {
         cmd.args(["--target", role])
             .args(["--redis", &self.redis.url()])
             .args(["--nats", &self.nats.url()])
+            .args(["--nats-user", role])
+            .arg("--nats-password-file")
+            .arg(nats_password_file(&self.dir, role))
             .args(["--node-id", node_id])
             .args(["--shards", &self.shards.to_string()])
             .args(["--http-listen", &http.to_string()])
