@@ -144,6 +144,49 @@ async fn cluster_passes_the_store_contract() {
     store_contract(&clustered(&cluster).await, SHARDS).await;
 }
 
+/// A Redis Cluster as production runs it: TLS between clients and nodes
+/// and on the cluster bus, a password, MOVED/ASK to the nodes' TLS ports;
+/// reached with `rediss+cluster://`, the CA and the password off the URL.
+#[tokio::test]
+async fn cluster_with_tls_and_a_password_passes_both_contracts() {
+    let dir = std::env::temp_dir().join(format!(
+        "presence-redis-tls-{}-{}",
+        std::process::id(),
+        presence_testkit::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+    let cluster = RedisCluster::start_secure(3, &cert, &key, "cluster-pw");
+    let seeds: Vec<String> = cluster
+        .tls_ports()
+        .expect("TLS ports")
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let url = format!("rediss+cluster://{}", seeds.join(","));
+    let (r1, r2) = (prometheus::Registry::new(), prometheus::Registry::new());
+    let connect = |password: Option<&str>, registry| {
+        let mut config = RedisConfig::new(&url, SHARDS).expect("config");
+        assert!(config.cluster && config.tls());
+        config.tls_ca = Some(c.cert.pem().into_bytes());
+        config.password = password.map(str::to_string);
+        RedisStore::connect(config, registry)
+    };
+    assert!(
+        connect(None, &r1).await.is_err(),
+        "a Redis Cluster that requires a password let us in without one"
+    );
+    let s = connect(Some("cluster-pw"), &r2)
+        .await
+        .expect("connect over TLS");
+    store_contract(&s, SHARDS).await;
+    lease_contract(&s, &s, SHARDS).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn cluster_passes_the_lease_contract() {
     let cluster = RedisCluster::start(3);

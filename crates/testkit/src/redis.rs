@@ -60,16 +60,32 @@ fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Child {
 /// Errors come back as `Err` with the server's message. Arrays are not
 /// supported (the harness does not need them).
 pub fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    command_as(port, None, args)
+}
+
+/// [`command`] on a server that requires `password` (AUTH first).
+pub fn command_as(port: u16, password: Option<&str>, args: &[&str]) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let encode = |args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    };
+    let mut r = BufReader::new(s.try_clone()?);
+    if let Some(pw) = password {
+        s.write_all(&encode(&["AUTH", pw]))?;
+        let mut ok = String::new();
+        r.read_line(&mut ok)?;
+        if !ok.starts_with("+OK") {
+            return Err(std::io::Error::other(ok.trim_end().to_string()));
+        }
     }
-    s.write_all(&out)?;
-    let mut r = BufReader::new(s);
+    s.write_all(&encode(args))?;
     let mut line = String::new();
     r.read_line(&mut line)?;
     let line = line.trim_end().to_string();
@@ -218,6 +234,7 @@ impl RedisServer {
 /// A Redis Cluster of masters only, each on free ports, every slot assigned.
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    tls_ports: Option<Vec<u16>>,
 }
 
 impl RedisCluster {
@@ -225,13 +242,28 @@ impl RedisCluster {
     /// them with `redis-cli --cluster create`, and wait until every node
     /// reports `cluster_state:ok`.
     pub fn start(masters: usize) -> RedisCluster {
+        Self::start_inner(masters, None)
+    }
+
+    /// [`RedisCluster::start`] whose nodes also listen for TLS (this
+    /// certificate and key, PEM), talk to each other over TLS on the cluster
+    /// bus, announce their TLS ports to TLS clients and require `password`:
+    /// a production Redis Cluster. [`RedisCluster::tls_ports`] are the
+    /// ports to give a client.
+    pub fn start_secure(masters: usize, cert: &Path, key: &Path, password: &str) -> RedisCluster {
+        Self::start_inner(masters, Some((cert, key, password)))
+    }
+
+    fn start_inner(masters: usize, secure: Option<(&Path, &Path, &str)>) -> RedisCluster {
         assert!(masters >= 3, "Redis Cluster needs at least 3 masters");
+        let mut tls_ports = Vec::new();
         let nodes: Vec<Node> = (0..masters)
             .map(|_| {
-                Node::start("redis-cluster", || {
+                let tls_port = crate::free_port();
+                let node = Node::start("redis-cluster", || {
                     // The cluster bus port must be free too; by default it is
                     // port + 10000, which nobody checked.
-                    vec![
+                    let mut args: Vec<String> = vec![
                         "--cluster-enabled".into(),
                         "yes".into(),
                         "--cluster-config-file".into(),
@@ -240,11 +272,43 @@ impl RedisCluster {
                         "2000".into(),
                         "--cluster-port".into(),
                         crate::free_port().to_string(),
-                    ]
-                })
+                    ];
+                    if let Some((cert, key, password)) = secure {
+                        args.extend(
+                            [
+                                "--tls-port",
+                                &tls_port.to_string(),
+                                "--tls-cluster",
+                                "yes",
+                                "--tls-replication",
+                                "yes",
+                                "--tls-cert-file",
+                                &cert.display().to_string(),
+                                "--tls-key-file",
+                                &key.display().to_string(),
+                                "--tls-ca-cert-file",
+                                &cert.display().to_string(),
+                                "--tls-auth-clients",
+                                "no",
+                                "--requirepass",
+                                password,
+                                "--masterauth",
+                                password,
+                            ]
+                            .map(String::from),
+                        );
+                    }
+                    args
+                });
+                tls_ports.push(tls_port);
+                node
             })
             .collect();
+        let password = secure.map(|(_, _, p)| p);
         let mut create = Command::new("redis-cli");
+        if let Some(pw) = password {
+            create.env("REDISCLI_AUTH", pw);
+        }
         create.arg("--cluster").arg("create");
         for n in &nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
@@ -268,7 +332,8 @@ impl RedisCluster {
         let start = Instant::now();
         loop {
             let ok = nodes.iter().all(|n| {
-                command(n.port, &["CLUSTER", "INFO"]).is_ok_and(|i| i.contains("cluster_state:ok"))
+                command_as(n.port, password, &["CLUSTER", "INFO"])
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
             });
             if ok {
                 break;
@@ -279,7 +344,15 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        RedisCluster { nodes }
+        RedisCluster {
+            nodes,
+            tls_ports: secure.map(|_| tls_ports),
+        }
+    }
+
+    /// The TLS ports of a cluster started by [`RedisCluster::start_secure`].
+    pub fn tls_ports(&self) -> Option<Vec<u16>> {
+        self.tls_ports.clone()
     }
 
     pub fn ports(&self) -> Vec<u16> {
