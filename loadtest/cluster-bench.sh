@@ -17,6 +17,9 @@
 #                         watchers); above the cluster's capacity, so the
 #                         delivered rate is what it can do
 #   ALL_IN_ONE=1          also run the all-in-one server (0: cluster only)
+#   SECURE=1              the cluster as cluster-up makes it by default (TLS and
+#                         passwords on Redis and NATS, one NATS user per role);
+#                         0: plain text, as the figures before issue 11
 #   BIN=target/release    presenced and presence-loadtest; when unset they
 #                         are built first (give a copy to measure a fixed build)
 #   OUT=target/cluster-bench/<time>  reports, CPU samples, cluster logs
@@ -163,7 +166,7 @@ step_cluster() { # compositors load buddies rate
   log "cluster, $c compositor(s): $load, $USERS users x $buddies buddies, $rate PUBLISH/s for ${DURATION}s"
   STATE=$dir/state
   # USERS etc. mean other things to cluster-up: set them explicitly.
-  STATE=$STATE PRESENCED=$BIN/presenced EDGES=$EDGES COMPOSITORS=$c NOTIFIERS=$NOTIFIERS \
+  STATE=$STATE SECURE=${SECURE:-1} PRESENCED=$BIN/presenced EDGES=$EDGES COMPOSITORS=$c NOTIFIERS=$NOTIFIERS \
     SHARDS=$SHARDS USERS="" POLICY="" SIP_BASE="" LOG=info DOMAIN=example.com \
     scripts/cluster-up.sh >"$dir/cluster-up.txt"
   wait_ready "$c"
