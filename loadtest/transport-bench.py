@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TCP, TLS and WebSocket side by side, for docs/benchmarks.md.
+"""TCP, TLS, WebSocket and secure WebSocket side by side, for docs/benchmarks.md.
 
 One all-in-one `presenced` (release build) with a TCP, a TLS and a
 WebSocket listener, a throwaway CA and server certificate made here with
@@ -9,13 +9,16 @@ transport: messages the server handled per second, the server's CPU per
 message (from /proc, user + system), latencies, and whether the load
 tool's canary passed. Then the TLS handshake cost: N new TLS connections
 (Python's ssl), the server's CPU per handshake and handshakes per second of
-one core at that cost.
+one core at that cost. Last, the server's memory per idle connection: N
+connections opened (TCP, and TLS with its handshake done) and left idle,
+resident memory before and after.
 
 Usage: loadtest/transport-bench.py [--bin DIR] [--users N] [--buddies N]
-       [--rate N] [--duration S] [--handshakes N]. Prints markdown.
+       [--rate N] [--duration S] [--handshakes N] [--idle N]. Prints markdown.
 """
 import argparse
 import os
+import resource
 import socket
 import ssl
 import subprocess
@@ -23,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from benchproc import cpu_s, free_port  # noqa: E402
+from benchproc import cpu_s, free_port, rss_kb  # noqa: E402
 
 
 def make_certs(d):
@@ -44,10 +47,11 @@ def make_certs(d):
 
 
 def start(bindir, cert, key):
-    ports = {n: free_port() for n in ("sip", "tls", "ws", "http")}
+    ports = {n: free_port() for n in ("sip", "tls", "ws", "wss", "http")}
     srv = subprocess.Popen(
         [f"{bindir}/presenced", "--sip-listen", f"127.0.0.1:{ports['sip']}",
          "--sip-tls-listen", f"127.0.0.1:{ports['tls']}", "--sip-ws-listen", f"127.0.0.1:{ports['ws']}",
+         "--sip-wss-listen", f"127.0.0.1:{ports['wss']}",
          "--tls-cert", cert, "--tls-key", key, "--http-listen", f"127.0.0.1:{ports['http']}",
          "--domain", "example.com", "--log", "error",
          # Every simulated UA shares 127.0.0.1: lift the per-source limits.
@@ -65,7 +69,7 @@ def start(bindir, cert, key):
 
 def load(args, transport, ca, cert, key):
     srv, ports = start(args.bin, cert, key)
-    port = {"tcp": ports["sip"], "tls": ports["tls"], "ws": ports["ws"]}[transport]
+    port = {"tcp": ports["sip"], "tls": ports["tls"], "ws": ports["ws"], "wss": ports["wss"]}[transport]
     before = cpu_s(srv.pid)
     t0 = time.monotonic()
     out = subprocess.run(
@@ -97,6 +101,27 @@ def handshakes(args, ca, cert, key):
     return cpu, wall
 
 
+def idle_memory(args, ca, cert, key, kind):
+    """Resident memory the server spends per idle connection of `kind`
+    (tcp, or tls with the handshake done): RSS before and after opening
+    --idle of them, per connection."""
+    srv, ports = start(args.bin, cert, key)
+    time.sleep(0.5)
+    before = rss_kb(srv.pid)
+    ctx = ssl.create_default_context(cafile=ca)
+    conns = []
+    for _ in range(args.idle):
+        raw = socket.create_connection(("127.0.0.1", ports["sip" if kind == "tcp" else "tls"]))
+        conns.append(ctx.wrap_socket(raw, server_hostname="127.0.0.1") if kind == "tls" else raw)
+    time.sleep(1.0)
+    after = rss_kb(srv.pid)
+    for c in conns:
+        c.close()
+    srv.terminate()
+    srv.wait(10)
+    return (after - before) / args.idle
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release")
@@ -105,15 +130,18 @@ def main():
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--handshakes", type=int, default=2000)
+    ap.add_argument("--idle", type=int, default=2000)
     args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle + 256)), hard))
     d = tempfile.mkdtemp(prefix="transport-bench-")
     ca, cert, key = make_certs(d)
-    print(f"### TCP, TLS and WebSocket: {args.users} UAs x {args.buddies} buddies, "
+    print(f"### TCP, TLS, WebSocket and secure WebSocket: {args.users} UAs x {args.buddies} buddies, "
           f"{args.rate} PUBLISH/s for {args.duration} s, one all-in-one presenced\n")
     print("| transport | messages | server CPU s | server µs/message | PUBLISH p50 / p99 ms | change->NOTIFY p50 / p99 ms | canary |")
     print("|---|---|---|---|---|---|---|")
     rows = {}
-    for t in ("tcp", "tls", "ws"):
+    for t in ("tcp", "tls", "ws", "wss"):
         out, cpu, wall = load(args, t, ca, cert, key)
         lines = [l for l in out.splitlines() if l.strip()]
         def row(method):
@@ -137,7 +165,12 @@ def main():
         if passed != "passed":
             print("\n```\n" + "\n".join(lines[-15:]) + "\n```\n", file=sys.stderr)
     print(f"\nServer CPU per message relative to TCP: TLS {rows['tls'] / rows['tcp']:.2f}x, "
-          f"WebSocket {rows['ws'] / rows['tcp']:.2f}x (same load, same run).\n")
+          f"WebSocket {rows['ws'] / rows['tcp']:.2f}x, secure WebSocket {rows['wss'] / rows['tcp']:.2f}x "
+          f"(same load, same run).\n")
+    tcp_kb = idle_memory(args, ca, cert, key, "tcp")
+    tls_kb = idle_memory(args, ca, cert, key, "tls")
+    print(f"Idle connections: {args.idle} opened and left idle; server memory {tcp_kb:.1f} KB per TCP "
+          f"connection, {tls_kb:.1f} KB per TLS connection (handshake done).\n")
     cpu, wall = handshakes(args, ca, cert, key)
     per = cpu / args.handshakes
     if per <= 0:

@@ -23,11 +23,11 @@ pub struct Cli {
     /// are spread over them and fail over to the next one when theirs dies.
     #[arg(long)]
     pub target: Option<String>,
-    /// udp, tcp, tls or ws (SIP over WebSocket, RFC 7118).
+    /// udp, tcp, tls, ws (SIP over WebSocket, RFC 7118) or wss (over TLS).
     #[arg(long)]
     pub transport: Option<String>,
     /// CA certificate (PEM) the server's TLS certificate must chain to
-    /// (needed for --transport tls).
+    /// (needed for --transport tls and wss).
     #[arg(long = "tls-ca")]
     pub tls_ca: Option<std::path::PathBuf>,
     /// Number of user agents (each with its own AoR).
@@ -194,6 +194,8 @@ pub enum Transport {
     Tls,
     /// SIP over WebSocket (RFC 7118): one SIP message per WebSocket message.
     Ws,
+    /// SIP over secure WebSocket (WebSocket over TLS).
+    Wss,
 }
 
 impl Transport {
@@ -203,6 +205,7 @@ impl Transport {
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
             Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 
@@ -213,12 +216,18 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
     }
 
     /// Over connections (not datagrams).
     pub fn is_stream(self) -> bool {
         self != Transport::Udp
+    }
+
+    /// Over TLS (needs `--tls-ca`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
     }
 }
 
@@ -300,13 +309,17 @@ impl Settings {
             "tcp" => Transport::Tcp,
             "tls" => Transport::Tls,
             "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
             other => {
-                errors.push(format!("--transport {other:?}: udp, tcp, tls or ws"));
+                errors.push(format!("--transport {other:?}: udp, tcp, tls, ws or wss"));
                 Transport::Udp
             }
         };
-        if transport == Transport::Tls && cli.tls_ca.is_none() {
-            errors.push("--transport tls needs --tls-ca (the server certificate's CA)".into());
+        if transport.is_tls() && cli.tls_ca.is_none() {
+            errors.push(format!(
+                "--transport {} needs --tls-ca (the server certificate's CA)",
+                transport.name()
+            ));
         }
         let alg_text = pick!(auth_algorithm, "sha-256".to_string());
         let auth_algorithm = crate::digest::parse_alg(&alg_text).unwrap_or_else(|| {

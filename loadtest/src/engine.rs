@@ -419,7 +419,7 @@ impl Engine {
         let n = eps.len().max(1) as u32;
         match tp {
             Transport::Udp => ua % n,
-            Transport::Tcp | Transport::Tls | Transport::Ws => {
+            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
                 let per = (n / n_targets).max(1);
                 (target * per + (ua / n_targets) % per).min(n - 1)
             }
@@ -603,7 +603,8 @@ impl Engine {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
-            Transport::Ws => ";transport=ws",
+            // RFC 7118: `ws` for both (the secure one is told by sips:).
+            Transport::Ws | Transport::Wss => ";transport=ws",
         };
         let run = &self.run;
         match kind {

@@ -85,10 +85,10 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
                 udp.push(sock);
             }
         }
-        Transport::Tcp | Transport::Tls | Transport::Ws => {
-            let tls = match s.transport {
-                Transport::Tls => Some(tls_connector(s.tls_ca.as_deref())?),
-                _ => None,
+        Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
+            let tls = match s.transport.is_tls() {
+                true => Some(tls_connector(s.tls_ca.as_deref())?),
+                false => None,
             };
             // `--connections` to each target, grouped by target.
             for (t, &target) in targets.iter().enumerate() {
@@ -102,18 +102,16 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
                     let local = stream.local_addr().map_err(|e| e.to_string())?;
                     let conn = match (s.transport, &tls) {
                         (Transport::Tls, Some(c)) => {
-                            let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
-                            let tls = tokio::time::timeout(
-                                Duration::from_secs(5),
-                                c.connect(name, stream),
-                            )
-                            .await
-                            .map_err(|_| format!("tls handshake with {target}: timed out"))?
-                            .map_err(|e| format!("tls handshake with {target}: {e}"))?;
-                            let (r, w) = tokio::io::split(tls);
+                            let (r, w) = tokio::io::split(tls_handshake(c, target, stream).await?);
                             Conn::Bytes(Box::new(r), Box::new(w))
                         }
-                        (Transport::Ws, _) => Conn::Ws(Box::new(ws_connect(target, stream).await?)),
+                        (Transport::Wss, Some(c)) => {
+                            let tls = tls_handshake(c, target, stream).await?;
+                            Conn::Wss(Box::new(ws_connect(target, tls, "wss").await?))
+                        }
+                        (Transport::Ws, _) => {
+                            Conn::Ws(Box::new(ws_connect(target, stream, "ws").await?))
+                        }
                         _ => {
                             let (r, w) = stream.into_split();
                             Conn::Bytes(Box::new(r), Box::new(w))
@@ -159,6 +157,7 @@ async fn run_local(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, Str
         match conn {
             Conn::Bytes(rd, wr) => spawn_stream(i as u32, peer, rd, wr, out, engine.clone()),
             Conn::Ws(ws) => spawn_ws(i as u32, peer, *ws, out, engine.clone()),
+            Conn::Wss(ws) => spawn_ws(i as u32, peer, *ws, out, engine.clone()),
         }
     }
     let stop = engine.borrow().stop.clone();
@@ -193,6 +192,24 @@ enum Conn {
     ),
     /// WebSocket: one SIP message per WebSocket message.
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+    /// The same over TLS.
+    Wss(Box<tokio_tungstenite::WebSocketStream<TlsStream>>),
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The TLS handshake with `target` (its IP address must be in the
+/// certificate) over `stream`.
+async fn tls_handshake(
+    c: &tokio_rustls::TlsConnector,
+    target: SocketAddr,
+    stream: TcpStream,
+) -> Result<TlsStream, String> {
+    let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+    tokio::time::timeout(Duration::from_secs(5), c.connect(name, stream))
+        .await
+        .map_err(|_| format!("tls handshake with {target}: timed out"))?
+        .map_err(|e| format!("tls handshake with {target}: {e}"))
 }
 
 /// A TLS client trusting the CA in `ca` (PEM).
@@ -220,13 +237,18 @@ fn tls_connector(ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnec
     )))
 }
 
-/// The WebSocket handshake (subprotocol `sip`) over `stream`.
-async fn ws_connect(
+/// The WebSocket handshake (subprotocol `sip`) over `stream` (`scheme`
+/// ws, or wss over a TLS stream).
+async fn ws_connect<S>(
     target: SocketAddr,
-    stream: TcpStream,
-) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+    stream: S,
+    scheme: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<S>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{target}/")
+    let mut req = format!("{scheme}://{target}/")
         .into_client_request()
         .map_err(|e| e.to_string())?;
     req.headers_mut().insert(
@@ -312,13 +334,15 @@ fn spawn_stream(
 /// The writer and reader tasks of a WebSocket connection: the engine
 /// writes SIP messages back to back (with Content-Length), each goes out
 /// as one WebSocket message.
-fn spawn_ws(
+fn spawn_ws<S>(
     i: u32,
     peer: SocketAddr,
-    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    ws: tokio_tungstenite::WebSocketStream<S>,
     out: Rc<TcpOut>,
     engine: Rc<RefCell<Engine>>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
     let (mut sink, mut stream) = ws.split();

@@ -243,8 +243,8 @@ async fn a_server_that_skips_notifies_fails_the_run() {
     );
 }
 
-/// The smoke profile over TLS and over WebSocket (RFC 7118): the canary
-/// passes and the report names the transport.
+/// The smoke profile over TLS, over WebSocket (RFC 7118) and over secure
+/// WebSocket: the canary passes and the report names the transport.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_profile_passes_over_tls_and_websocket() {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
@@ -260,6 +260,8 @@ async fn smoke_profile_passes_over_tls_and_websocket() {
         "127.0.0.1:0",
         "--sip-ws-listen",
         "127.0.0.1:0",
+        "--sip-wss-listen",
+        "127.0.0.1:0",
         "--tls-cert",
         &cert_file.0.display().to_string(),
         "--tls-key",
@@ -270,6 +272,12 @@ async fn smoke_profile_passes_over_tls_and_websocket() {
         "example.com",
         "--log",
         "warn",
+        // Three runs from one address in a row: more than one source's
+        // request rate.
+        "--rate-per-source",
+        "1000000",
+        "--burst-per-source",
+        "1000000",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -279,6 +287,7 @@ async fn smoke_profile_passes_over_tls_and_websocket() {
     for (transport, target) in [
         ("tls", server.sip_tls_addrs[0]),
         ("ws", server.sip_ws_addrs[0]),
+        ("wss", server.sip_wss_addrs[0]),
     ] {
         let report = Tmp::new(&format!("{transport}.json"));
         let mut args = smoke_args(target, &report);
