@@ -534,6 +534,7 @@ impl Edge {
             local: src.local,
             edge: self.cfg.id.clone(),
             conn: src.conn,
+            seal: None,
         }
     }
 

@@ -120,6 +120,7 @@ async fn notifies_of_a_dialog_leave_one_at_a_time_in_cseq_order() {
         local,
         edge: "e1".into(),
         conn: 0,
+        seal: None,
     };
     let send = |cseq| {
         let (edge, out) = (edge.clone(), notify(&flow, cseq));
@@ -165,6 +166,7 @@ async fn a_resent_notify_joins_its_transaction() {
         local,
         edge: "e1".into(),
         conn: 0,
+        seal: None,
     };
     let send = || {
         let (edge, out) = (edge.clone(), notify(&flow, 5));
@@ -207,6 +209,7 @@ fn only_notify_and_message_from_the_bus() {
         local: "127.0.0.1:5060".parse().unwrap(),
         edge: "e1".into(),
         conn: 0,
+        seal: None,
     };
     let ok = notify(&flow, 3);
     assert_eq!(admissible(&ok, 65536), Ok(()));
@@ -283,6 +286,7 @@ async fn a_refused_bus_request_sends_nothing() {
         local,
         edge: "e1".into(),
         conn: 0,
+        seal: None,
     };
     let mut invite = notify(&flow, 1);
     invite.method = "INVITE".into();
