@@ -3,8 +3,9 @@
 //! What it is: the domain model (publications, bindings, subscriptions,
 //! documents, flows), canonical AoRs and their shard, event packages as a
 //! registry of trait objects, PIDF parsing and composition, watcher
-//! authorisation policy, and Digest authentication (RFC 2617 / RFC 8760) with
-//! stateless nonces. Functions take values and return values.
+//! authorisation policy, Digest authentication (RFC 2617 / RFC 8760) with
+//! stateless nonces, and the seals of flows. Functions take values and
+//! return values.
 //!
 //! What it is not: no sockets, no storage, no clock reads (time is passed in
 //! as unix milliseconds), no async.
@@ -17,6 +18,8 @@ pub mod model;
 pub mod packages;
 pub mod pidf;
 pub mod policy;
+pub mod seal;
 
 pub use aor::{canonical_aor, shard_of, Aor};
 pub use model::*;
+pub use seal::{FlowSealer, Seal};

@@ -44,6 +44,10 @@ pub struct Flow {
     pub edge: String,
     /// Connection id on that edge (0 for UDP).
     pub conn: u64,
+    /// The edge's seal over transport and remote address (see
+    /// [`crate::seal`]): edges send bus requests only through sealed flows.
+    /// `None` in records written before seals existed.
+    pub seal: Option<crate::seal::Seal>,
 }
 
 /// One soft-state publication (RFC 3903).

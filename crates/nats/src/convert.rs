@@ -10,7 +10,7 @@ use presence_core::commands::{
     Command, ContactSpec, NotifyJob, Origin, PublishCmd, Quota, Refusal, RegisterAction,
     RegisterCmd, Reply, SubscribeCmd,
 };
-use presence_core::{Binding, EndReason, Flow, Subscription, Transport, View};
+use presence_core::{Binding, EndReason, Flow, Seal, Subscription, Transport, View};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Why bytes or a message could not become a core value.
@@ -160,6 +160,10 @@ impl From<&Flow> for pb::Flow {
             local: Some((&f.local).into()),
             edge: f.edge.clone(),
             conn: f.conn,
+            seal: f
+                .seal
+                .map(|s| s.as_bytes().to_vec().into())
+                .unwrap_or_default(),
         }
     }
 }
@@ -173,6 +177,12 @@ impl TryFrom<pb::Flow> for Flow {
             local: required(f.local, "flow.local")?.try_into()?,
             edge: f.edge,
             conn: f.conn,
+            seal: match f.seal.len() {
+                0 => None,
+                _ => Some(Seal::from_slice(&f.seal).ok_or_else(|| {
+                    invalid("flow.seal", format!("{} bytes, want 16", f.seal.len()))
+                })?),
+            },
         })
     }
 }

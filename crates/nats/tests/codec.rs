@@ -14,7 +14,7 @@ use presence_core::commands::{
     Command, ContactSpec, NotifyJob, Origin, PublishCmd, Quota, Refusal, RegisterAction,
     RegisterCmd, Reply, SubscribeCmd,
 };
-use presence_core::{Binding, EndReason, Flow, Subscription, Transport, View};
+use presence_core::{Binding, EndReason, Flow, Seal, Subscription, Transport, View};
 use presence_nats::{pb, DecodeError, Envelope};
 use prost::Message;
 use rand::rngs::StdRng;
@@ -99,6 +99,7 @@ fn flow(r: &mut StdRng) -> Flow {
         local: addr(r),
         edge: text(r),
         conn: r.random(),
+        seal: opt(r, |r| Seal(r.random())),
     }
 }
 
@@ -590,4 +591,40 @@ fn out_of_range_numbers_and_bad_addresses_are_refused() {
         SocketAddr::try_from(bad(&[127, 0, 0, 1], 5060, 0)),
         Ok("127.0.0.1:5060".parse().expect("addr"))
     );
+}
+
+/// A flow's seal: absent (empty, as from a sender that predates seals) is
+/// no seal, 16 bytes are one, any other length is refused.
+#[test]
+fn a_flow_seal_is_16_bytes_or_none() {
+    let with = |seal: &[u8]| {
+        Flow::try_from(pb::Flow {
+            seal: Bytes::copy_from_slice(seal),
+            ..valid_flow()
+        })
+    };
+    assert_eq!(with(&[]).map(|f| f.seal), Ok(None));
+    assert_eq!(with(&[7; 16]).map(|f| f.seal), Ok(Some(Seal([7; 16]))));
+    for n in [1, 15, 17, 32] {
+        assert!(
+            matches!(
+                with(&vec![7; n]),
+                Err(DecodeError::Invalid {
+                    field: "flow.seal",
+                    ..
+                })
+            ),
+            "{n} bytes"
+        );
+    }
+    // A sealed flow keeps its seal through an OutRequest, as an edge gets it.
+    let mut r = rng();
+    let mut f = flow(&mut r);
+    f.seal = Some(Seal([9; 16]));
+    let req = pb::OutRequest {
+        flow: Some(pb::Flow::from(&f)),
+        ..Default::default()
+    };
+    let back = <pb::OutRequest as Envelope>::decode(&Envelope::encode(&req)).expect("decodes");
+    assert_eq!(Flow::try_from(back.flow.expect("flow")), Ok(f));
 }

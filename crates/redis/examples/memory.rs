@@ -47,6 +47,8 @@ fn flow(i: u32) -> Flow {
         local: "203.0.113.10:5060".parse().expect("addr"),
         edge: "edge-1".into(),
         conn: i as u64,
+        // What an edge seals every flow with (16 bytes).
+        seal: Some(presence_core::Seal([0x5e; 16])),
     }
 }
 

@@ -3,14 +3,26 @@
 //! varint length + bytes. Fields that the key already names (the AoR and
 //! event of a publication, the AoR of a binding list) are not repeated.
 //! Decoding never panics: bad input is `None`.
+//!
+//! Two formats: 1, and 2 for the records that hold a sealed flow (bindings,
+//! subscriptions), whose flows end with their seal (0, or 1 and 16 bytes).
+//! Records of format 1 (written before seals) still decode, their flows
+//! without a seal. A record whose flows have no seal is still written as
+//! format 1, which the previous version reads: a cluster can upgrade its
+//! compositors and notifiers while edges of the previous version (which
+//! seal nothing) still run (docs/operations.md, upgrade notes).
 
 use bytes::Bytes;
 use presence_core::commands::NotifyJob;
-use presence_core::{Binding, EndReason, Flow, Publication, Subscription, Transport, View};
+use presence_core::seal::SEAL_LEN;
+use presence_core::{Binding, EndReason, Flow, Publication, Seal, Subscription, Transport, View};
 use presence_store::ExpiryKey;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const FORMAT: u8 = 1;
+
+/// Like [`FORMAT`], flows with their seal.
+const FORMAT_SEALED: u8 = 2;
 
 #[derive(Default)]
 struct W(Vec<u8>);
@@ -18,6 +30,14 @@ struct W(Vec<u8>);
 impl W {
     fn new() -> W {
         W(vec![FORMAT])
+    }
+    /// A record holding flows: format 2 if one of them is sealed.
+    fn with_flows<'a>(mut flows: impl Iterator<Item = &'a Flow>) -> W {
+        if flows.any(|f| f.seal.is_some()) {
+            W(vec![FORMAT_SEALED])
+        } else {
+            W::new()
+        }
     }
     fn u64(&mut self, mut v: u64) {
         loop {
@@ -77,21 +97,43 @@ impl W {
         self.addr(&f.local);
         self.str(&f.edge);
         self.u64(f.conn);
+        if self.0[0] != FORMAT_SEALED {
+            debug_assert!(f.seal.is_none(), "a sealed flow in a record of format 1");
+            return;
+        }
+        match &f.seal {
+            Some(seal) => {
+                self.0.push(1);
+                self.0.extend_from_slice(seal.as_bytes());
+            }
+            None => self.0.push(0),
+        }
     }
 }
 
-struct R<'a>(&'a [u8]);
+struct R<'a> {
+    b: &'a [u8],
+    /// Format 2: flows end with their seal.
+    sealed: bool,
+}
 
 impl<'a> R<'a> {
     fn new(b: &'a [u8]) -> Option<R<'a>> {
         match b.split_first() {
-            Some((&FORMAT, rest)) => Some(R(rest)),
+            Some((&FORMAT, rest)) => Some(R {
+                b: rest,
+                sealed: false,
+            }),
+            Some((&FORMAT_SEALED, rest)) => Some(R {
+                b: rest,
+                sealed: true,
+            }),
             _ => None,
         }
     }
     fn u8(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
+        let (b, rest) = self.b.split_first()?;
+        self.b = rest;
         Some(*b)
     }
     fn u64(&mut self) -> Option<u64> {
@@ -109,11 +151,11 @@ impl<'a> R<'a> {
         u32::try_from(self.u64()?).ok()
     }
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
+        if self.b.len() < n {
             return None;
         }
-        let (a, rest) = self.0.split_at(n);
-        self.0 = rest;
+        let (a, rest) = self.b.split_at(n);
+        self.b = rest;
         Some(a)
     }
     fn bytes(&mut self) -> Option<&'a [u8]> {
@@ -133,7 +175,7 @@ impl<'a> R<'a> {
     fn strs(&mut self) -> Option<Vec<String>> {
         let n = self.u64()?;
         // Each string takes at least one byte: bound the allocation.
-        if n > self.0.len() as u64 {
+        if n > self.b.len() as u64 {
             return None;
         }
         (0..n).map(|_| self.str()).collect()
@@ -168,10 +210,18 @@ impl<'a> R<'a> {
             local: self.addr()?,
             edge: self.str()?,
             conn: self.u64()?,
+            seal: match self.sealed {
+                false => None,
+                true => match self.u8()? {
+                    0 => None,
+                    1 => Some(Seal::from_slice(self.take(SEAL_LEN)?)?),
+                    _ => return None,
+                },
+            },
         })
     }
     fn end(self) -> Option<()> {
-        self.0.is_empty().then_some(())
+        self.b.is_empty().then_some(())
     }
 }
 
@@ -205,7 +255,7 @@ pub fn decode_publication(aor: &str, event: &str, b: &[u8]) -> Option<Publicatio
 
 /// An AoR's binding list without the AoR (the key names it).
 pub fn encode_bindings(list: &[Binding]) -> Vec<u8> {
-    let mut w = W::new();
+    let mut w = W::with_flows(list.iter().map(|b| &b.flow));
     w.u64(list.len() as u64);
     for b in list {
         w.str(&b.uri);
@@ -258,7 +308,7 @@ pub fn decode_bindings(aor: &str, b: &[u8]) -> Option<Vec<Binding>> {
 /// the watcher-set key suffix (`<event>:<aor>`), which names them, so the
 /// commit script can find the watcher set of a subscription it deletes.
 pub fn encode_subscription(s: &Subscription) -> Vec<u8> {
-    let mut w = W::new();
+    let mut w = W::with_flows(std::iter::once(&s.flow));
     w.str(&s.id);
     w.opt_str(s.event_id.as_deref());
     w.str(&s.watcher);
@@ -445,6 +495,7 @@ pub fn decode_job(b: &[u8]) -> Option<NotifyJob> {
 mod tests {
     use super::*;
 
+    /// An IPv6 TCP flow with a seal, or an IPv4 UDP one without.
     fn flow(v6: bool) -> Flow {
         Flow {
             transport: if v6 { Transport::Tcp } else { Transport::Udp },
@@ -456,6 +507,7 @@ mod tests {
             local: "127.0.0.1:5060".parse().unwrap(),
             edge: "edge-1".into(),
             conn: 300,
+            seal: v6.then_some(Seal(*b"0123456789abcdef")),
         }
     }
 
@@ -560,6 +612,140 @@ mod tests {
         ] {
             assert_eq!(decode_expiry_key(&encode_expiry_key(&k)), Some(k));
         }
+    }
+
+    /// Records written before flows had seals (format 1) decode, their
+    /// flows without a seal, and are written again byte for byte as long as
+    /// no flow has a seal; with one, they are format 2.
+    #[test]
+    fn records_written_before_seals_decode_without_one() {
+        fn s(b: &mut Vec<u8>, text: &str) {
+            b.push(text.len() as u8);
+            b.extend_from_slice(text.as_bytes());
+        }
+        // A binding list of one binding, as format 1 wrote it.
+        let mut old = vec![1, 1];
+        s(&mut old, "sip:a@192.0.2.1");
+        s(&mut old, "");
+        old.push(9); // expires at
+        s(&mut old, "c");
+        old.push(2); // CSeq
+        old.push(0); // UDP
+        old.extend_from_slice(&[4, 192, 0, 2, 1, 0x13, 0xc4]);
+        old.extend_from_slice(&[4, 127, 0, 0, 1, 0x13, 0xc4]);
+        s(&mut old, "e1");
+        old.push(0); // connection
+        old.extend_from_slice(&[0, 0]); // no methods, no q
+        let want_flow = Flow {
+            transport: Transport::Udp,
+            remote: "192.0.2.1:5060".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            edge: "e1".into(),
+            conn: 0,
+            seal: None,
+        };
+        let list = decode_bindings("sip:a@x", &old).expect("a format 1 binding list decodes");
+        assert_eq!(
+            list,
+            vec![Binding {
+                aor: "sip:a@x".into(),
+                uri: "sip:a@192.0.2.1".into(),
+                params: String::new(),
+                expires_at_ms: 9,
+                call_id: "c".into(),
+                cseq: 2,
+                flow: want_flow.clone(),
+                methods: None,
+                q: None,
+            }]
+        );
+        // Without a seal, written as before (what the previous version reads).
+        assert_eq!(encode_bindings(&list), old);
+        let mut sealed = list.clone();
+        sealed[0].flow.seal = Some(Seal([3; 16]));
+        let again = encode_bindings(&sealed);
+        assert_eq!(again[0], FORMAT_SEALED);
+        assert_eq!(decode_bindings("sip:a@x", &again), Some(sealed));
+
+        // A subscription, as format 1 wrote it (IPv6 TCP flow).
+        let mut old = vec![1];
+        s(&mut old, "sid");
+        old.push(0); // no event id
+        for text in ["w", "c", "t", "l", "r", "sip:w@192.0.2.9"] {
+            s(&mut old, text);
+        }
+        old.push(0); // no route set
+        old.push(1); // TCP
+        old.push(6);
+        old.extend_from_slice(
+            &"2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        old.extend_from_slice(&5070u16.to_be_bytes());
+        old.extend_from_slice(&[4, 127, 0, 0, 1, 0x13, 0xc4]);
+        s(&mut old, "e1");
+        old.extend_from_slice(&[0xac, 0x02]); // connection 300
+        old.extend_from_slice(&[3, 77]); // remote CSeq, expires at
+        s(&mut old, "ct");
+        old.push(1); // neutral view
+        let sub = decode_subscription("sip:a@x", "presence", &old)
+            .expect("a format 1 subscription decodes");
+        assert_eq!(
+            sub.flow,
+            Flow {
+                transport: Transport::Tcp,
+                remote: "[2001:db8::1]:5070".parse().unwrap(),
+                conn: 300,
+                ..want_flow
+            }
+        );
+        assert_eq!(
+            (sub.id.as_str(), sub.remote_cseq, sub.view),
+            ("sid", 3, View::Neutral)
+        );
+        assert_eq!(encode_subscription(&sub), old);
+        // Inside a notify job of the previous version too.
+        let mut job = vec![1, b't', 5];
+        s(&mut job, "sip:a@x");
+        s(&mut job, "presence");
+        job.push(old.len() as u8);
+        job.extend_from_slice(&old);
+        match decode_job(&job) {
+            Some(NotifyJob::Terminated { sub: back, .. }) => assert_eq!(*back, sub),
+            other => panic!("{other:?}"),
+        }
+        // Format 1 with a seal byte appended is one byte too many.
+        let mut longer = old.clone();
+        longer.push(0);
+        assert_eq!(decode_subscription("sip:a@x", "presence", &longer), None);
+    }
+
+    /// A seal is 0 (none) or 1 and 16 bytes; anything else is refused.
+    #[test]
+    fn a_bad_seal_marker_is_refused() {
+        let list = vec![Binding {
+            aor: "a".into(),
+            uri: "u".into(),
+            params: String::new(),
+            expires_at_ms: 1,
+            call_id: "c".into(),
+            cseq: 1,
+            flow: flow(true),
+            methods: None,
+            q: None,
+        }];
+        let good = encode_bindings(&list);
+        // The seal marker sits 17 bytes before the last two (methods, q).
+        let at = good.len() - 2 - 17;
+        assert_eq!(good[at], 1);
+        let mut bad = good.clone();
+        bad[at] = 2;
+        assert_eq!(decode_bindings("a", &bad), None);
+        let mut cut = good[..at + 1 + 15].to_vec();
+        cut.extend_from_slice(&[0, 0]);
+        assert_eq!(decode_bindings("a", &cut), None);
     }
 
     #[test]

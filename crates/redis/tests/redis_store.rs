@@ -50,6 +50,7 @@ fn flow() -> Flow {
         local: "127.0.0.1:5060".parse().expect("addr"),
         edge: "edge-1".into(),
         conn: 7,
+        seal: Some(presence_core::Seal([7; 16])),
     }
 }
 

@@ -21,6 +21,7 @@ fn flow() -> Flow {
         local: "127.0.0.1:5060".parse().expect("addr"),
         edge: "edge-1".into(),
         conn: 0,
+        seal: Some(presence_core::Seal([1; 16])),
     }
 }
 

@@ -191,7 +191,8 @@ pub struct Args {
         default_value = "MD5,SHA-256"
     )]
     pub digest_algorithms: String,
-    /// Secret for stateless nonces (all edges of a cluster share it). Random if unset.
+    /// Secret for stateless nonces and flow seals (all edges of a cluster
+    /// share it; required for an edge with --nats). Random if unset.
     #[arg(long = "nonce-secret", env = "PRESENCE_NONCE_SECRET")]
     pub nonce_secret: Option<String>,
     /// HTTP address for /metrics, /healthz, /readyz and the admin API.
@@ -647,6 +648,18 @@ impl Config {
         }
         if args.nonce_lifetime == 0 {
             errors.push("--nonce-lifetime must be at least 1 second".into());
+        }
+        // Edges of a cluster check each other's nonces and flow seals
+        // (presence_core::seal): a random secret per process would refuse
+        // every NOTIFY and MESSAGE through a flow another edge sealed.
+        let no_secret = args
+            .nonce_secret
+            .as_deref()
+            .is_none_or(|s| s.trim().is_empty());
+        if roles.is_some_and(|r| r.edge) && nats.is_some() && no_secret {
+            errors.push(
+                "--nonce-secret (PRESENCE_NONCE_SECRET) is required for the edge role with --nats: every edge of a cluster must share it, to check each other's Digest nonces and the seals of the flows they send NOTIFYs and MESSAGEs through".into(),
+            );
         }
         if args.min_expires == 0 || args.min_expires > args.max_expires {
             errors.push(format!(

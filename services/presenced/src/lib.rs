@@ -313,6 +313,10 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
                 ),
                 limits: cfg.edge_limits,
                 advertise: cfg.sip_advertise.clone(),
+                // Every edge of a cluster has the same secret (Config
+                // requires it), so any of them can send through a flow
+                // another one sealed.
+                sealer: presence_core::FlowSealer::new(&cfg.nonce_secret),
             },
             shards_bus.clone(),
             clock,

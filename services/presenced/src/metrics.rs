@@ -229,6 +229,7 @@ impl Metrics {
                 "ws_handshake",
                 "handshake_timeout",
                 "bus_refused",
+                "bus_unsealed_flow",
             ],
         );
         one(&self.edge_tls_reloads, &["ok", "failed"]);

@@ -84,6 +84,7 @@ fn flow() -> Flow {
         local: "127.0.0.1:5060".parse().unwrap(),
         edge: "edge-test".into(),
         conn: 0,
+        seal: None,
     }
 }
 

@@ -183,6 +183,7 @@ fn subscription(n: usize, aor: &str, edge: &str) -> Subscription {
             local: addr,
             edge: edge.into(),
             conn: 0,
+            seal: None,
         },
         remote_cseq: 1,
         expires_at_ms: Clock::new().now_ms() + 3_600_000,

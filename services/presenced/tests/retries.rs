@@ -109,6 +109,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
             delay_subscribe_answer: Duration::ZERO,
             limits: Default::default(),
             advertise: Vec::new(),
+            sealer: presence_core::FlowSealer::new(b"test secret"),
         },
         Arc::new(LosesReplies {
             inner: shards.clone(),

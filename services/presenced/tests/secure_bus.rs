@@ -76,6 +76,7 @@ async fn the_cluster_runs_over_redis_and_nats_with_tls_and_passwords() {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"));
         cmd.args(["--sip-listen", sip, "--http-listen", http])
             .args(["--domain", "example.com", "--shards", "8", "--log", "info"])
+            .args(["--nonce-secret", "secure-bus-test-secret"])
             .args(["--redis", &redis.url()])
             .arg("--redis-ca")
             .arg(&cert_file)

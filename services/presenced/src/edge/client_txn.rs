@@ -111,12 +111,25 @@ impl Edge {
     }
 
     /// Send a request through a flow as a client transaction. What the
-    /// bus asks for is checked first ([`admissible`]): anything but a
-    /// well-formed NOTIFY or MESSAGE is refused (403) and counted.
+    /// bus asks for is checked first: anything but a well-formed NOTIFY or
+    /// MESSAGE ([`admissible`]) is refused (403) and counted as
+    /// `bus_refused`; so is one whose flow has no seal, or not the seal of
+    /// its transport and remote address (`bus_unsealed_flow`: a flow no
+    /// edge of this cluster built, see `presence_core::seal`).
     pub async fn send_request(self: &Arc<Self>, out: OutRequest) -> Outcome {
         if let Err(why) = admissible(&out, self.cfg.max_message) {
             tracing::warn!(method = %out.method, remote = %out.flow.remote, why, "request from the bus refused");
             self.drop_counted("bus_refused");
+            return Outcome::of_code(403);
+        }
+        if !self.cfg.sealer.verify(&out.flow) {
+            let why = if out.flow.seal.is_some() {
+                "the flow's seal is not that of its transport and address"
+            } else {
+                "the flow has no seal (written by an older version, or forged)"
+            };
+            tracing::warn!(method = %out.method, transport = out.flow.transport.as_str(), remote = %out.flow.remote, why, "request from the bus refused");
+            self.drop_counted("bus_unsealed_flow");
             return Outcome::of_code(403);
         }
         let method = out.method.clone();
@@ -344,9 +357,10 @@ impl Edge {
 /// it) and a body within `--max-message-size`. Defence in depth: a client
 /// that can publish on the bus must not turn edges into a SIP cannon
 /// (INVITEs, REGISTERs towards third parties, forged Vias). Where the
-/// request goes is bounded apart from this: over UDP by the amplification
-/// budget of an address that never sent us anything, over streams by the
-/// connections the edge holds.
+/// request goes is checked apart from this, by the flow's seal (only to a
+/// transport and address a UA reached an edge of this cluster from), and
+/// bounded: over UDP by the amplification budget of an address that never
+/// sent us anything, over streams by the connections the edge holds.
 pub(super) fn admissible(out: &OutRequest, max_message: usize) -> Result<(), &'static str> {
     let method = out.method.as_str();
     if method != "NOTIFY" && method != "MESSAGE" {

@@ -50,7 +50,7 @@ use presence_core::commands::{
 };
 use presence_core::digest::{Client, Credentials, Verdict, Verifier};
 use presence_core::packages::Registry;
-use presence_core::{canonical_aor, shard_of, Binding, Flow, Transport};
+use presence_core::{canonical_aor, shard_of, Binding, Flow, FlowSealer, Transport};
 use presence_sip::{
     encode_request, frame_stream, parse, rsip, ContactValue, FrameError, HeaderAccess, Message,
     Method, ParseError, Request, Response, ResponseBuilder, StreamFrame, TransportKind,
@@ -91,6 +91,9 @@ pub struct EdgeConfig {
     pub limits: EdgeLimits,
     /// `--sip-advertise`, one per listener in `--sip-listen` order (or none).
     pub advertise: Vec<Advertised>,
+    /// Seals the flows this edge builds and checks those it is asked to
+    /// send through (from `--nonce-secret`, shared by a cluster's edges).
+    pub sealer: FlowSealer,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -527,6 +530,8 @@ impl Edge {
         }
     }
 
+    /// The flow a request arrived on, sealed: an edge sends what the bus
+    /// asks for only through flows an edge of this cluster built.
     fn flow(&self, src: Source) -> Flow {
         Flow {
             transport: src.transport,
@@ -534,6 +539,7 @@ impl Edge {
             local: src.local,
             edge: self.cfg.id.clone(),
             conn: src.conn,
+            seal: Some(self.cfg.sealer.seal(src.transport, src.remote)),
         }
     }
 

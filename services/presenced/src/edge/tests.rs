@@ -68,6 +68,21 @@ fn notify(flow: &Flow, cseq: u32) -> OutRequest {
     }
 }
 
+/// A relayed MESSAGE through `flow`, as the relay asks for one.
+fn message(flow: &Flow) -> OutRequest {
+    let mut out = notify(flow, 1);
+    out.method = "MESSAGE".into();
+    out.headers.retain(|h| {
+        !h.name().eq_ignore_ascii_case("CSeq")
+            && !h.name().eq_ignore_ascii_case("Event")
+            && !h.name().eq_ignore_ascii_case("Subscription-State")
+    });
+    out.headers
+        .push(rsip::headers::make_header("CSeq", "1 MESSAGE".to_string()));
+    out.body = Bytes::from_static(b"hello");
+    out
+}
+
 /// The configuration of the edges of these tests (`e1`, example.com).
 fn test_config() -> EdgeConfig {
     EdgeConfig {
@@ -82,12 +97,26 @@ fn test_config() -> EdgeConfig {
         delay_subscribe_answer: Duration::ZERO,
         limits: EdgeLimits::default(),
         advertise: Vec::new(),
+        sealer: presence_core::FlowSealer::new(b"test secret"),
     }
 }
 
 /// A running edge on a free UDP/TCP port of 127.0.0.1; it stops when the
 /// returned sender is dropped.
 async fn running_edge() -> (Arc<Edge>, SocketAddr, watch::Sender<bool>) {
+    let (edge, local, _, stop) = running_edge_on_bus().await;
+    (edge, local, stop)
+}
+
+/// [`running_edge`], and the bus on which it serves `edge.e1` and
+/// `edges.any` (where notifiers, relays — and anything else that can
+/// publish there — ask it to send).
+async fn running_edge_on_bus() -> (
+    Arc<Edge>,
+    SocketAddr,
+    Arc<MemoryBus<OutRequest, Outcome>>,
+    watch::Sender<bool>,
+) {
     let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("addr")])
         .await
         .expect("bind");
@@ -100,11 +129,37 @@ async fn running_edge() -> (Arc<Edge>, SocketAddr, watch::Sender<bool>) {
         listeners.udp.clone(),
     ));
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(
-        edge.clone()
-            .run(listeners.tcp, Arc::new(MemoryBus::new()), stop_rx),
-    );
-    (edge, local, stop)
+    let out_bus = Arc::new(MemoryBus::new());
+    tokio::spawn(edge.clone().run(listeners.tcp, out_bus.clone(), stop_rx));
+    (edge, local, out_bus, stop)
+}
+
+/// Ask the edge on `bus` to send `out`, as a notifier or relay would (or
+/// anything else that can publish on `subject`); waits until the edge
+/// serves its subjects.
+async fn ask_edge(bus: &MemoryBus<OutRequest, Outcome>, subject: &str, out: OutRequest) -> Outcome {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match bus.request(subject, out.clone(), PATIENCE).await {
+            Err(presence_store::BusError::NoResponders(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other.expect("the edge answers"),
+        }
+    }
+}
+
+/// The UDP flow of a UA at `remote` that reached edge `e1` at `local`,
+/// sealed as the edges of these tests seal it.
+fn sealed_udp(remote: SocketAddr, local: SocketAddr) -> Flow {
+    Flow {
+        transport: Transport::Udp,
+        remote,
+        local,
+        edge: "e1".into(),
+        conn: 0,
+        seal: Some(test_config().sealer.seal(Transport::Udp, remote)),
+    }
 }
 
 /// NOTIFYs of one dialog numbered by different notifiers arrive at the
@@ -114,13 +169,7 @@ async fn running_edge() -> (Arc<Edge>, SocketAddr, watch::Sender<bool>) {
 async fn notifies_of_a_dialog_leave_one_at_a_time_in_cseq_order() {
     let (edge, local, _stop) = running_edge().await;
     let w = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-    let flow = Flow {
-        transport: Transport::Udp,
-        remote: w.0.local_addr().expect("addr"),
-        local,
-        edge: "e1".into(),
-        conn: 0,
-    };
+    let flow = sealed_udp(w.0.local_addr().expect("addr"), local);
     let send = |cseq| {
         let (edge, out) = (edge.clone(), notify(&flow, cseq));
         tokio::spawn(async move { edge.send_request(out).await })
@@ -159,13 +208,7 @@ const PATIENCE: Duration = Duration::from_secs(5);
 async fn a_resent_notify_joins_its_transaction() {
     let (edge, local, _stop) = running_edge().await;
     let w = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-    let flow = Flow {
-        transport: Transport::Udp,
-        remote: w.0.local_addr().expect("addr"),
-        local,
-        edge: "e1".into(),
-        conn: 0,
-    };
+    let flow = sealed_udp(w.0.local_addr().expect("addr"), local);
     let send = || {
         let (edge, out) = (edge.clone(), notify(&flow, 5));
         tokio::spawn(async move { edge.send_request(out).await })
@@ -201,26 +244,13 @@ async fn a_resent_notify_joins_its_transaction() {
 /// like one; anything else is refused.
 #[test]
 fn only_notify_and_message_from_the_bus() {
-    let flow = Flow {
-        transport: Transport::Udp,
-        remote: "192.0.2.1:5060".parse().unwrap(),
-        local: "127.0.0.1:5060".parse().unwrap(),
-        edge: "e1".into(),
-        conn: 0,
-    };
+    let flow = sealed_udp(
+        "192.0.2.1:5060".parse().unwrap(),
+        "127.0.0.1:5060".parse().unwrap(),
+    );
     let ok = notify(&flow, 3);
     assert_eq!(admissible(&ok, 65536), Ok(()));
-    let mut message = notify(&flow, 3);
-    message.method = "MESSAGE".into();
-    message.headers.retain(|h| {
-        !h.name().eq_ignore_ascii_case("CSeq")
-            && !h.name().eq_ignore_ascii_case("Event")
-            && !h.name().eq_ignore_ascii_case("Subscription-State")
-    });
-    message
-        .headers
-        .push(rsip::headers::make_header("CSeq", "1 MESSAGE".to_string()));
-    assert_eq!(admissible(&message, 65536), Ok(()));
+    assert_eq!(admissible(&message(&flow), 65536), Ok(()));
     let with = |f: &dyn Fn(&mut OutRequest)| {
         let mut o = notify(&flow, 3);
         f(&mut o);
@@ -277,13 +307,7 @@ fn only_notify_and_message_from_the_bus() {
 async fn a_refused_bus_request_sends_nothing() {
     let (edge, local, _stop) = running_edge().await;
     let w = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-    let flow = Flow {
-        transport: Transport::Udp,
-        remote: w.0.local_addr().expect("addr"),
-        local,
-        edge: "e1".into(),
-        conn: 0,
-    };
+    let flow = sealed_udp(w.0.local_addr().expect("addr"), local);
     let mut invite = notify(&flow, 1);
     invite.method = "INVITE".into();
     assert_eq!(edge.send_request(invite).await.code, 403);
@@ -294,6 +318,120 @@ async fn a_refused_bus_request_sends_nothing() {
         .with_label_values(&["bus_refused"])
         .get();
     assert_eq!(refused, 1);
+}
+
+/// What the edge has counted as dropped for `reason`.
+fn dropped(edge: &Edge, reason: &str) -> u64 {
+    edge.metrics.edge_dropped.with_label_values(&[reason]).get()
+}
+
+/// A NOTIFY or MESSAGE from the bus goes only through a flow an edge of
+/// this cluster sealed. Through one without a seal, with a made-up seal,
+/// or with the seal of another address, transport or secret, it is refused
+/// as an inadmissible one is (403 to the asker), counted as
+/// `bus_unsealed_flow`, and nothing reaches the address it names; the same
+/// requests through the flow the edge sealed for that address arrive.
+#[tokio::test]
+async fn a_bus_request_through_an_unsealed_flow_sends_nothing() {
+    let (edge, local, bus, _stop) = running_edge_on_bus().await;
+    // Where the asker wants requests to go: a socket that listens.
+    let target = Watcher(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    let to = target.0.local_addr().expect("addr");
+    let genuine = sealed_udp(to, local);
+    // A UA that did reach the edge, from another address: a sealed flow.
+    let other_ua = sealed_udp("127.0.0.1:9".parse().unwrap(), local);
+    let forged = [
+        (
+            "no seal",
+            Flow {
+                seal: None,
+                ..genuine.clone()
+            },
+        ),
+        (
+            "a made-up seal",
+            Flow {
+                seal: Some(presence_core::Seal([0x42; 16])),
+                ..genuine.clone()
+            },
+        ),
+        (
+            "another address's seal",
+            Flow {
+                remote: to,
+                ..other_ua
+            },
+        ),
+        (
+            "another transport's seal",
+            Flow {
+                seal: Some(test_config().sealer.seal(Transport::Tcp, to)),
+                ..genuine.clone()
+            },
+        ),
+        (
+            "another secret's seal",
+            Flow {
+                seal: Some(FlowSealer::new(b"not the cluster's").seal(Transport::Udp, to)),
+                ..genuine.clone()
+            },
+        ),
+    ];
+    let e1 = crate::names::edge_subject("e1");
+    let mut refused = 0;
+    for (i, (what, flow)) in forged.iter().enumerate() {
+        for mut out in [notify(flow, i as u32 + 1), message(flow)] {
+            let method = out.method.clone();
+            // Were it sent, its transaction would end soon, unanswered.
+            out.deadline_ms = Clock::new().now_ms() + 300;
+            let subject = [e1.as_str(), crate::names::ANY_EDGE][i % 2];
+            let o = ask_edge(&bus, subject, out).await;
+            assert_eq!(
+                (
+                    o.code,
+                    o.reason.as_str(),
+                    o.timed_out,
+                    o.superseded,
+                    o.body.len()
+                ),
+                (403, "", false, false, 0),
+                "{method} through a flow with {what}: {o:?}"
+            );
+            refused += 1;
+            assert_eq!(
+                dropped(&edge, "bus_unsealed_flow"),
+                refused,
+                "{method}, {what}"
+            );
+        }
+    }
+    assert_eq!(
+        target.next_new(&[], Duration::from_millis(700)).await,
+        None,
+        "nothing reaches {to}"
+    );
+    assert_eq!(dropped(&edge, "bus_refused"), 0, "admissible requests");
+    // Through the flow the edge sealed, both go out.
+    let send = |out: OutRequest| {
+        let bus = bus.clone();
+        tokio::spawn(async move { ask_edge(&bus, crate::names::ANY_EDGE, out).await })
+    };
+    for (out, cseq) in [(notify(&genuine, 10), 10), (message(&genuine), 1)] {
+        let method = out.method.clone();
+        let pending = send(out);
+        let (c, text) = target
+            .next_new(&[], PATIENCE)
+            .await
+            .unwrap_or_else(|| panic!("the {method} through the sealed flow arrives"));
+        assert_eq!(c, cseq);
+        assert!(
+            text.starts_with(&format!("{method} sip:w@127.0.0.1 SIP/2.0")),
+            "{text}"
+        );
+        target.ok(&text, local).await;
+        assert_eq!(pending.await.expect("task").code, 200, "{method}");
+    }
+    assert_eq!(dropped(&edge, "bus_unsealed_flow"), refused);
 }
 
 /// An answered transaction's entry goes after its own keep time, also
@@ -314,6 +452,64 @@ async fn answered_transactions_are_kept_for_their_own_time() {
     tokio::time::advance(TIMER_J).await;
     t.sweep(Instant::now());
     assert!(t.entries.is_empty());
+}
+
+/// The flows an edge puts into REGISTER and SUBSCRIBE commands (what the
+/// shard owner stores as bindings and watchers) carry the seal of their
+/// transport and remote address, over every transport: another edge of
+/// the cluster (same secret) can send through them, one with another
+/// secret cannot.
+#[test]
+fn the_flows_an_edge_builds_are_sealed() {
+    let edge = mapping_edge();
+    let other_edge = test_config().sealer;
+    let stranger = FlowSealer::new(b"another cluster");
+    let contact = "Contact: <sip:alice@192.0.2.1:5060>";
+    for (i, transport) in [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Ws,
+        Transport::Wss,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let src = Source {
+            transport,
+            remote: format!("192.0.2.{}:{}", i + 1, 40_000 + i).parse().unwrap(),
+            local: "192.0.2.100:5060".parse().unwrap(),
+            conn: i as u64,
+        };
+        let register = request(
+            "REGISTER",
+            "sip:example.com",
+            &[contact, "Expires: 600"],
+            "",
+        );
+        let subscribe = request(
+            "SUBSCRIBE",
+            "sip:bob@example.com",
+            &["Event: presence", contact],
+            "",
+        );
+        let flows = [
+            match edge.register_command(&register, src, None) {
+                Ok((_, Command::Register(c))) => c.flow,
+                other => panic!("{other:?}"),
+            },
+            match edge.subscribe_command(&subscribe, src, None) {
+                Ok((_, Command::Subscribe(c))) => c.flow,
+                other => panic!("{other:?}"),
+            },
+        ];
+        for flow in flows {
+            assert_eq!((flow.transport, flow.remote), (transport, src.remote));
+            assert!(flow.seal.is_some(), "{transport:?}: no seal");
+            assert!(other_edge.verify(&flow), "{transport:?}");
+            assert!(!stranger.verify(&flow), "{transport:?}");
+        }
+    }
 }
 
 /// An edge with no sockets, for the pure request → command mapping.
