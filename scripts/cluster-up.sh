@@ -164,7 +164,7 @@ else
 fi
 wait_tcp "$NATS_PORT" nats-server
 
-# Every edge must verify every edge's nonces.
+# Every edge must verify every edge's Digest nonces and flow seals.
 SECRET=$(secret)
 
 declare -a SUMMARY
