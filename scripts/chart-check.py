@@ -12,6 +12,11 @@ kubernetes-validate, jsonschema); scripts/check-chart.sh drives it.
                                 Secrets written at their mount paths under a
                                 temporary root; with LT, the presence-loadtest
                                 test pods' flags and settings too
+  nats-config --nats-server NS FILE...
+                                the bundled NATS's rendered config (nats.conf
+                                with nats-auth.conf, TLS) through `NS -t`, its
+                                env and mounted files materialised as for
+                                check-config
   monitoring FILE MONITORING_DIR
                                 every rule file and dashboard of the directory
                                 is in the render, unchanged, and nothing else
@@ -437,6 +442,8 @@ def check_references(name, docs):
             if not selected(spec.get("podSelector") or {}):
                 errs.append("%s: selects no pod" % where)
 
+    errs.extend(check_nats_users(name, docs, pods))
+
     # Every presenced container: probes on its HTTP port, a grace period
     # above preStop sleep + --drain-seconds.
     for d, pmeta, spec in pods:
@@ -470,6 +477,74 @@ def check_references(name, docs):
                     if not any(p.get("containerPort") == sip_port and p.get("protocol", "TCP") == proto
                                for p in c.get("ports") or []):
                         errs.append("%s: no %s container port %s" % (where, proto, sip_port))
+    return errs
+
+
+NATS_USERS = ("edge", "compositor", "notifier", "presence")
+
+
+def secret_refs(spec, c):
+    """(Secret name, key, where) of every Secret key a container reads:
+    mounted items (secret and projected volumes) and env secretKeyRefs."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    out = []
+    for m in c.get("volumeMounts") or []:
+        v = volumes.get(m["name"]) or {}
+        sources = [{"secret": dict(v["secret"], name=v["secret"].get("secretName"))}] if "secret" in v else \
+            (v.get("projected") or {}).get("sources") or []
+        for src in sources:
+            sec = src.get("secret")
+            if not sec:
+                continue
+            for it in sec.get("items") or [{"key": None, "path": None}]:
+                out.append((sec["name"], it["key"], m["mountPath"] + "/" + str(it["path"])))
+    for e in c.get("env") or []:
+        r = ((e.get("valueFrom") or {}).get("secretKeyRef"))
+        if r:
+            out.append((r["name"], r["key"], "env " + e["name"]))
+    return out
+
+
+def check_nats_users(name, docs, pods):
+    """Per-role NATS users (files/nats-auth.conf): each presenced container
+    logs in as its own role's user (--nats-user, or --nats-creds <user>.creds)
+    and can read no other role's password or credentials; a
+    checksum/nats-auth annotation is the checksum of the passwords Secret the
+    pod reads."""
+    errs = []
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    import hashlib
+    import json
+    for d, pmeta, spec in pods:
+        component = (pmeta.get("labels") or {}).get("app.kubernetes.io/component")
+        for c in spec.get("containers") or []:
+            where = "%s: %s container %s" % (name, ident(d), c.get("name"))
+            refs = secret_refs(spec, c)
+            if is_presenced(c) and component in SERVER_COMPONENTS:
+                user = "presence" if component == "all" else component
+                args = dict(a[2:].split("=", 1) for a in c.get("args") or [] if a.startswith("--") and "=" in a)
+                if "nats-user" in args and args["nats-user"] != user:
+                    errs.append("%s: --nats-user=%s, but a %s pod is NATS user %s" % (where, args["nats-user"], component, user))
+                if "nats-creds" in args and os.path.basename(args["nats-creds"]) != user + ".creds":
+                    errs.append("%s: --nats-creds=%s is not %s.creds" % (where, args["nats-creds"], user))
+                pw = args.get("nats-password-file")
+                if pw and not any(r[2] == pw and r[1] == user for r in refs):
+                    errs.append("%s: --nats-password-file %s is not the key %s of a Secret" % (where, pw, user))
+                for sec, key, at in refs:
+                    other = key.rsplit(".creds", 1)[0] if key else None
+                    if other in NATS_USERS and other != user:
+                        errs.append("%s: reads NATS user %s's %s (Secret %s key %s at %s)"
+                                    % (where, other, "credentials" if key.endswith(".creds") else "password", sec, key, at))
+            want = ((pmeta.get("annotations") or {}).get("checksum/nats-auth"))
+            if want:
+                used = {sec for sec, key, _ in refs if key in NATS_USERS and sec in secrets}
+                if not used:
+                    errs.append("%s: checksum/nats-auth, but it reads no rendered NATS passwords Secret" % where)
+                for sec in used:
+                    data = secrets[sec].get("data") or {}
+                    got = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+                    if got != want:
+                        errs.append("%s: checksum/nats-auth is not the checksum of Secret %s's passwords" % (where, sec))
     return errs
 
 
@@ -538,7 +613,11 @@ class Objects:
             if optional:
                 return None
             raise KeyError("%s %s has no key %s" % (kind, name, key))
-        value = STAND_INS.get(key, "stand-in-%s-0123456789" % re.sub(r"[^A-Za-z0-9]", "", key))
+        value = STAND_INS.get(key)
+        if value is None and re.search(r"(^|[.-])(ca|crt|pem|cert)$", key):
+            value = STAND_INS["tls.crt"]  # CA certificates (ca.crt, ca.pem, …): PEM
+        if value is None:
+            value = "stand-in-%s-0123456789" % re.sub(r"[^A-Za-z0-9]", "", key)
         self.stand_ins.append("%s %s/%s" % (kind, name, key))
         return value
 
@@ -641,25 +720,96 @@ def check_config(bin_path, paths, loadtest=None):
     return errors
 
 
+def check_nats_config(nats_server, paths):
+    """Every bundled NATS container (a StatefulSet's container `nats`):
+    `nats-server -t` on its rendered config, with its ConfigMap and Secret
+    files written under a temporary root (the paths inside them rewritten
+    there too) and its env resolved: an include that is missing, a password
+    variable the env lacks, a TLS file that is not there all fail."""
+    errors = []
+    checked = 0
+    for path in paths:
+        docs = load_docs(path)
+        objs = Objects(docs)
+        for d in docs:
+            if d["kind"] != "StatefulSet":
+                continue
+            _, spec = pod_spec_of(d)
+            for c in spec.get("containers") or []:
+                if c.get("name") != "nats":
+                    continue
+                checked += 1
+                label = "%s: %s container %s" % (os.path.basename(path), ident(d), c["name"])
+                with tempfile.TemporaryDirectory(prefix="presence-check-") as root:
+                    try:
+                        mounts = []
+                        argv, env = materialise(root, d, spec, c, objs, mounts_out=mounts)
+                    except Exception as e:
+                        errors.append("%s: %s" % (label, e))
+                        continue
+                    for top, _, files in os.walk(root):
+                        for fn in files:
+                            f = os.path.join(top, fn)
+                            with open(f) as fh:
+                                text = fh.read()
+                            for local, mp in sorted(mounts, key=lambda m: len(m[1]), reverse=True):
+                                text = re.sub(r"(^|[\s:\"'])" + re.escape(mp) + r"(?=[/\s\"']|$)",
+                                              lambda m: m.group(1) + local, text, flags=re.M)
+                            with open(f, "w") as fh:
+                                fh.write(text)
+                    run_env = {"PATH": "/usr/bin:/bin", "HOME": root}
+                    run_env.update(env)
+                    p = subprocess.run([nats_server, "-t"] + argv, env=run_env, cwd=root,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+                    out = p.stdout.strip().replace(root, "")
+                    users = sorted(e for e in env if e.startswith("PRESENCE_NATS_"))
+                    if p.returncode == 0:
+                        print("  ok   %s\n       %s; env %s" % (label, out, ", ".join(users) or "(no passwords)"))
+                    else:
+                        print("  FAIL %s (nats-server -t)\n       %s" % (label, out.replace("\n", "\n       ")))
+                        errors.append("%s: nats-server -t exited %d" % (label, p.returncode))
+    if checked == 0:
+        print("  (no bundled NATS in these renders)")
+    return errors
+
+
 def materialise(root, d, spec, c, objs, rewrite_paths=True, mounts_out=None):
     """Write the container's volumes under root, resolve its env, and rewrite
     the args and env values that name a mount path (unless rewrite_paths is
     false: the files are then bind-mounted at their paths, see pod_spec)."""
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    # A StatefulSet's volumeClaimTemplates: an empty directory here.
+    for t in (d.get("spec") or {}).get("volumeClaimTemplates") or []:
+        volumes.setdefault(t["metadata"]["name"], {"name": t["metadata"]["name"], "emptyDir": {}})
     mounts = []
     for m in c.get("volumeMounts") or []:
         v = volumes[m["name"]]
         target = root + m["mountPath"]
         files = {}
-        if "secret" in v or "configMap" in v:
-            kind = "Secret" if "secret" in v else "ConfigMap"
-            src = v.get("secret") or v.get("configMap")
-            name = src.get("secretName") or src.get("name")
+
+        def add_source(kind, src, name):
             items = src.get("items") or [{"key": k, "path": k} for k in objs.keys(kind, name)]
             for it in items:
                 value = objs.get(kind, name, it["key"], optional=src.get("optional", False))
                 if value is not None:
+                    if it["path"] in files:
+                        raise ValueError("volume %s: two sources write %s" % (v["name"], it["path"]))
                     files[it["path"]] = value
+
+        if "secret" in v or "configMap" in v:
+            kind = "Secret" if "secret" in v else "ConfigMap"
+            src = v.get("secret") or v.get("configMap")
+            add_source(kind, src, src.get("secretName") or src.get("name"))
+        elif "projected" in v:
+            # Several Secrets' and ConfigMaps' keys in one directory.
+            for source in v["projected"].get("sources") or []:
+                if "secret" in source:
+                    add_source("Secret", source["secret"], source["secret"]["name"])
+                elif "configMap" in source:
+                    add_source("ConfigMap", source["configMap"], source["configMap"]["name"])
+                else:
+                    raise ValueError("volume %s: projected source %s not handled by the check"
+                                     % (v["name"], list(source)))
         elif "emptyDir" in v:
             pass
         else:
@@ -869,6 +1019,9 @@ def main():
     cc.add_argument("--bin", required=True)
     cc.add_argument("--loadtest", help="presence-loadtest: also check the args of the test pods that run it")
     cc.add_argument("files", nargs="+")
+    nc = sub.add_parser("nats-config")
+    nc.add_argument("--nats-server", required=True)
+    nc.add_argument("files", nargs="+")
     mo = sub.add_parser("monitoring")
     mo.add_argument("file")
     mo.add_argument("mondir")
@@ -885,6 +1038,8 @@ def main():
         errors = validate(a.files, set(a.allow_host_network))
     elif a.cmd == "check-config":
         errors = check_config(a.bin, a.files, a.loadtest)
+    elif a.cmd == "nats-config":
+        errors = check_nats_config(a.nats_server, a.files)
     elif a.cmd == "pod-spec":
         errors = pod_spec(a.file, a.outdir)
     elif a.cmd == "monitoring":

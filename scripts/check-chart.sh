@@ -18,7 +18,11 @@
 #     paths under a temporary root; env valueFrom resolved, status.hostIP as
 #     127.0.0.1, metadata.name as the longest name the controller makes);
 #     and the helm test pod's presence-loadtest flags through `$LOADTEST`
-#     (it validates them and exits when only writing a users file);
+#     (it validates them and exits when only writing a users file); and the
+#     bundled NATS's rendered config (nats.conf including
+#     files/nats-auth.conf, TLS) through `$NATS_SERVER -t` with the
+#     container's env and files (every password variable the users file
+#     names must be set);
 #  4. the monitoring symlink: the chart rendered from a copy of the repository
 #     layout whose monitoring/ is helm/tests/monitoring: every rule file and
 #     dashboard is in the render, unchanged, and a promtool test file is
@@ -29,10 +33,12 @@
 #     (helm 4; helm 3 must refuse it too, in its own words);
 #  6. k8s/ is what `make k8s` renders now (fails when stale), and each
 #     overlay builds with `kubectl kustomize` (secret files stood in) and
-#     passes steps 2 and 3.
+#     passes steps 2 and 3 (the bundled NATS's config too).
 #
 # Variables: BIN (presenced for step 3; default target/debug/presenced),
-#   LOADTEST (presence-loadtest; default: next to BIN; skipped if absent).
+#   LOADTEST (presence-loadtest; default: next to BIN; skipped if absent),
+#   NATS_SERVER (default: nats-server on PATH, as `make test-deps` installs
+#   it; skipped if absent).
 # Installs helm and kubernetes-validate into target/tools on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,7 +82,8 @@ quiet_helm3() {
 }
 # A render without what differs from run to run or between helm versions:
 # generated secrets, blank lines.
-comparable() { grep -v -E '^  (nonce-secret|admin-token|password):|^[[:space:]]*$' "$1"; }
+RANDOM_LINES='^  (nonce-secret|admin-token|password):'
+comparable() { grep -v -E "$RANDOM_LINES|^[[:space:]]*\$" "$1"; }
 
 scripts/stage-chart.sh "$WORK/repo"
 CHART=$WORK/repo/helm/presence
@@ -118,6 +125,13 @@ $CHECK validate --allow-host-network edge "${RENDERS[@]}"
 step "3. presenced --check-config on every presenced container ($BIN)"
 [ -n "$LOADTEST" ] || echo "  (no presence-loadtest next to BIN and no LOADTEST: the test pods' flags are not checked)"
 $CHECK check-config --bin "$BIN" "${LOADTEST_ARGS[@]}" "${RENDERS[@]}"
+NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || true)}
+if [ -n "$NATS_SERVER" ]; then
+  echo "  the bundled NATS's config through $("$NATS_SERVER" --version) -t:"
+  $CHECK nats-config --nats-server "$NATS_SERVER" "${RENDERS[@]}"
+else
+  echo "  (no nats-server on PATH and no NATS_SERVER: the bundled NATS's config is not checked; make test-deps installs it)"
+fi
 
 step "4. monitoring/ through the chart's symlink"
 scripts/stage-chart.sh "$WORK/fixture" helm/tests/monitoring
@@ -130,8 +144,8 @@ if [ -d monitoring ]; then
   "$HELM" template presence helm/presence --namespace presence --kube-version "$KUBE" \
     -f helm/presence/ci/all-in-one-values.yaml 2>/dev/null >"$WORK/direct.yaml"
   # Same objects as the staged render (secrets are random each time).
-  grep -v -E '^  (nonce-secret|admin-token|password):' "$WORK/direct.yaml" >"$WORK/direct.cmp"
-  grep -v -E '^  (nonce-secret|admin-token|password):' "$AIO_RENDER" >"$WORK/staged.cmp"
+  grep -v -E "$RANDOM_LINES" "$WORK/direct.yaml" >"$WORK/direct.cmp"
+  grep -v -E "$RANDOM_LINES" "$AIO_RENDER" >"$WORK/staged.cmp"
   diff -q "$WORK/direct.cmp" "$WORK/staged.cmp" >/dev/null \
     || { echo "FAIL: helm/presence renders differently from its staged copy" >&2; exit 1; }
   echo "  ok   helm/presence renders straight from the repository (the symlink resolves)"
@@ -150,7 +164,7 @@ for f in helm/tests/bad-values/*.yaml; do
   if "$HELM3" template presence "$CHART" --kube-version "$KUBE" -f "$f" >/dev/null 2>&1; then
     echo "FAIL: helm 3 accepted $f" >&2; exit 1
   fi
-  printf '  ok   %-32s %s\n' "$(basename "$f")" "$(grep -F -- "$expect" <<<"$out" | head -1 | sed 's/^[[:space:]-]*//' | cut -c1-110)"
+  printf '  ok   %-40s %s\n' "$(basename "$f")" "$(grep -F -- "$expect" <<<"$out" | head -1 | sed 's/^[[:space:]-]*//' | cut -c1-110)"
 done
 
 step "6. k8s/ is the chart's render (make k8s), and each overlay builds and passes 2 and 3"
@@ -179,6 +193,7 @@ for overlay in all-in-one cluster; do
 done
 $CHECK validate "${KUSTOMIZED[@]}"
 $CHECK check-config --bin "$BIN" "${KUSTOMIZED[@]}"
+[ -z "$NATS_SERVER" ] || $CHECK nats-config --nats-server "$NATS_SERVER" "${KUSTOMIZED[@]}"
 
 step_end=$(date +%s.%N)
 printf '   (%s s)\n' "$(secs "$step_end" "$step_start")"
