@@ -81,8 +81,8 @@ quiet_helm3() {
   "$HELM3" "$@" 2> >(grep -v 'found symbolic link in path' >&2)
 }
 # A render without what differs from run to run or between helm versions:
-# generated secrets, blank lines.
-RANDOM_LINES='^  (nonce-secret|admin-token|password):'
+# generated secrets (and the checksum of the NATS passwords), blank lines.
+RANDOM_LINES='^  (nonce-secret|admin-token|password|edge|compositor|notifier|presence):|^ +checksum/nats-auth:'
 comparable() { grep -v -E "$RANDOM_LINES|^[[:space:]]*\$" "$1"; }
 
 scripts/stage-chart.sh "$WORK/repo"
@@ -184,7 +184,9 @@ printf 'stand-in-nonce-secret-0123456789' >"$WORK/kustomize/base/secrets/nonce-s
 printf 'stand-in-admin-token-0123456789' >"$WORK/kustomize/base/secrets/admin-token"
 printf 'alice@example.com:alice-secret\n' >"$WORK/kustomize/base/secrets/users.txt"
 printf 'standinredis0123' >"$WORK/kustomize/overlays/cluster/secrets/redis-password"
-printf 'standinnats0123' >"$WORK/kustomize/overlays/cluster/secrets/nats-password"
+for role in edge compositor notifier presence; do
+  printf 'standin%snats0123' "$role" >"$WORK/kustomize/overlays/cluster/secrets/nats-$role-password"
+done
 KUSTOMIZED=()
 for overlay in all-in-one cluster; do
   kubectl kustomize "$WORK/kustomize/overlays/$overlay" >"$WORK/k8s-$overlay.yaml"

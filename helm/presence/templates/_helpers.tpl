@@ -137,52 +137,6 @@ Returns the base64 form.
 {{- end -}}
 {{- end -}}
 
-{{/*
-The Redis URL with the password as $(REDIS_PASSWORD), expanded by
-the kubelet from the env var of that name: every seed of a Redis Cluster list
-gets it.
-*/}}
-{{- define "presence.redisUrl" -}}
-{{- $url := .Values.redis.url -}}
-{{- if .Values.redis.bundled -}}
-{{- $url = printf "redis://%s:6379" (include "presence.redisHost" .) -}}
-{{- end -}}
-{{- if .Values.redis.auth.enabled -}}
-{{- $cred := printf "%s:$(REDIS_PASSWORD)@" .Values.redis.auth.username -}}
-{{- $parts := list -}}
-{{- range $i, $p := splitList "," $url -}}
-{{- $p = trim $p -}}
-{{- if hasPrefix "redis+cluster://" $p -}}
-{{- $parts = append $parts (printf "redis+cluster://%s%s" $cred (trimPrefix "redis+cluster://" $p)) -}}
-{{- else if hasPrefix "redis://" $p -}}
-{{- $parts = append $parts (printf "redis://%s%s" $cred (trimPrefix "redis://" $p)) -}}
-{{- else -}}
-{{- $parts = append $parts (printf "%s%s" $cred $p) -}}
-{{- end -}}
-{{- end -}}
-{{- join "," $parts -}}
-{{- else -}}
-{{- $url -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "presence.natsUrl" -}}
-{{- $url := .Values.nats.url -}}
-{{- if .Values.nats.bundled -}}
-{{- $url = printf "nats://%s:4222" (include "presence.natsHost" .) -}}
-{{- end -}}
-{{- if .Values.nats.auth.enabled -}}
-{{- $cred := printf "%s:$(NATS_PASSWORD)@" .Values.nats.auth.user -}}
-{{- $parts := list -}}
-{{- range $p := splitList "," $url -}}
-{{- $parts = append $parts (printf "nats://%s%s" $cred (trimPrefix "nats://" (trim $p))) -}}
-{{- end -}}
-{{- join "," $parts -}}
-{{- else -}}
-{{- $url -}}
-{{- end -}}
-{{- end -}}
-
 {{/* Fails rendering on combinations the schema cannot express. */}}
 {{- define "presence.validate" -}}
 {{- $v := .Values -}}
@@ -215,12 +169,7 @@ gets it.
 {{- if and $v.auth.enabled (not (or $v.auth.existingSecret $v.auth.users)) -}}
 {{- fail "auth.enabled: set auth.existingSecret (a Secret with the users file) or auth.users (its content)" -}}
 {{- end -}}
-{{- if and $v.redis.auth.enabled $v.redis.url (not (or $v.redis.auth.existingSecret $v.redis.auth.password)) -}}
-{{- fail "redis.auth.enabled with an existing Redis: set redis.auth.existingSecret or redis.auth.password" -}}
-{{- end -}}
-{{- if and $v.nats.auth.enabled $v.nats.url (not (or $v.nats.auth.existingSecret $v.nats.auth.password)) -}}
-{{- fail "nats.auth.enabled with an existing NATS: set nats.auth.existingSecret or nats.auth.password" -}}
-{{- end -}}
+{{- include "presence.validateBackends" . -}}
 {{- if and $v.edge.hostNetwork (ne $v.edge.kind "DaemonSet") -}}
 {{- fail "edge.hostNetwork needs edge.kind: DaemonSet (one edge per node owns the node's SIP port)" -}}
 {{- end -}}

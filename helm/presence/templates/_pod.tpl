@@ -31,6 +31,10 @@ metadata:
   {{- if and $v.policy.rules (not $v.policy.existingConfigMap) }}
   {{- $_ := set $annotations "checksum/policy" ($v.policy.rules | sha256sum) }}
   {{- end }}
+  {{- /* The NATS password is read at start too: a regenerated one (rotation) restarts the pods. */}}
+  {{- if and $nats (include "presence.natsPasswordsGenerated" $root) }}
+  {{- $_ := set $annotations "checksum/nats-auth" (include "presence.natsPasswords" $root | sha256sum) }}
+  {{- end }}
   {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
@@ -110,6 +114,9 @@ spec:
         {{- if include "presence.policyEnabled" $root }}
         - --policy=/etc/presence/policy/policy.txt
         {{- end }}
+        {{- with include "presence.backendArgs" (dict "root" $root "component" .component) | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
         {{- range $k, $val := $v.config }}
         {{- if kindIs "float64" $val }}
         - --{{ $k }}={{ int64 $val }}
@@ -138,24 +145,10 @@ spec:
               fieldPath: status.hostIP
         {{- end }}
         {{- if $redis }}
-        {{- if $v.redis.auth.enabled }}
-        - name: REDIS_PASSWORD
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "presence.redisSecretName" $root }}
-              key: {{ $v.redis.auth.existingSecretKey }}
-        {{- end }}
         - name: PRESENCE_REDIS
           value: {{ include "presence.redisUrl" $root | quote }}
         {{- end }}
         {{- if $nats }}
-        {{- if $v.nats.auth.enabled }}
-        - name: NATS_PASSWORD
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "presence.natsSecretName" $root }}
-              key: {{ $v.nats.auth.existingSecretKey }}
-        {{- end }}
         - name: PRESENCE_NATS
           value: {{ include "presence.natsUrl" $root | quote }}
         {{- end }}
@@ -238,6 +231,9 @@ spec:
           mountPath: /etc/presence/tls
           readOnly: true
         {{- end }}
+        {{- with include "presence.backendMounts" (dict "root" $root) | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
   volumes:
     - name: secrets
       secret:
@@ -277,6 +273,9 @@ spec:
           - key: {{ . }}
             path: client-ca.pem
           {{- end }}
+    {{- end }}
+    {{- with include "presence.backendVolumes" (dict "root" $root "component" .component) | trim }}
+    {{- . | nindent 4 }}
     {{- end }}
 {{- end -}}
 
