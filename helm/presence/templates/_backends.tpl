@@ -268,4 +268,20 @@ other roles'). dict "root" $ "component" C.
 {{- if and $n.auth.credsSecret $n.bundled -}}
 {{- fail "nats.auth.credsSecret is for an existing NATS with operator-mode accounts; the bundled NATS has the password users of files/nats-auth.conf (leave credsSecret empty)" -}}
 {{- end -}}
+{{- /* JetStream reserves the notify stream's max bytes in the file store when presenced creates it. */ -}}
+{{- if $n.bundled -}}
+{{- $store := trimSuffix "B" $n.jetstream.maxFileStore -}}
+{{- $unit := 1 -}}
+{{- range $u, $bytes := dict "K" 1024 "M" 1048576 "G" 1073741824 "T" 1099511627776 -}}
+{{- if hasSuffix $u $store -}}
+{{- $unit = $bytes -}}
+{{- $store = trimSuffix $u $store -}}
+{{- end -}}
+{{- end -}}
+{{- $storeBytes := mul (int64 $store) (int64 $unit) -}}
+{{- $stream := int64 (index $v.config "notify-stream-max-bytes" | default 1073741824) -}}
+{{- if lt $storeBytes $stream -}}
+{{- fail (printf "nats.jetstream.maxFileStore (%s) is smaller than the notify stream's limit (config.notify-stream-max-bytes, %d bytes): JetStream would refuse to create the stream; raise maxFileStore (and persistence.size) or lower the limit" $n.jetstream.maxFileStore $stream) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
