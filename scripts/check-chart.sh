@@ -12,7 +12,9 @@
 #     our own schemas of the fields their controllers require), names, Pod
 #     Security "restricted" (hostNetwork allowed for the DaemonSet edge only,
 #     reported), and references (selectors select, targets exist, ports
-#     exist, probes on the HTTP port, grace period > preStop + drain);
+#     exist, probes on the HTTP port, grace period > preStop + drain, each
+#     presenced pod its own role's NATS user and no other role's password or
+#     credentials, checksum/nats-auth = the passwords it reads);
 #  3. every presenced container of those renders through
 #     `$BIN --check-config` (its Secrets and ConfigMaps written at their mount
 #     paths under a temporary root; env valueFrom resolved, status.hostIP as
