@@ -268,7 +268,13 @@ other roles'). dict "root" $ "component" C.
 {{- if and $n.auth.credsSecret $n.bundled -}}
 {{- fail "nats.auth.credsSecret is for an existing NATS with operator-mode accounts; the bundled NATS has the password users of files/nats-auth.conf (leave credsSecret empty)" -}}
 {{- end -}}
-{{- /* JetStream reserves the notify stream's max bytes in the file store when presenced creates it. */ -}}
+{{- /*
+JetStream reserves the notify stream's max bytes in the file store when it
+is created, and checks that room again when another process asks to create
+the existing stream (processes starting together race to create it; the
+server refuses the second create with "insufficient storage resources"
+below twice the limit): the store must hold the stream twice.
+*/ -}}
 {{- if $n.bundled -}}
 {{- $store := trimSuffix "B" $n.jetstream.maxFileStore -}}
 {{- $unit := 1 -}}
@@ -280,8 +286,8 @@ other roles'). dict "root" $ "component" C.
 {{- end -}}
 {{- $storeBytes := mul (int64 $store) (int64 $unit) -}}
 {{- $stream := int64 (index $v.config "notify-stream-max-bytes" | default 1073741824) -}}
-{{- if lt $storeBytes $stream -}}
-{{- fail (printf "nats.jetstream.maxFileStore (%s) is smaller than the notify stream's limit (config.notify-stream-max-bytes, %d bytes): JetStream would refuse to create the stream; raise maxFileStore (and persistence.size) or lower the limit" $n.jetstream.maxFileStore $stream) -}}
+{{- if lt $storeBytes (mul 2 $stream) -}}
+{{- fail (printf "nats.jetstream.maxFileStore (%s) must be at least twice the notify stream's limit (config.notify-stream-max-bytes, %d bytes): JetStream reserves it when the stream is created and again when a second process asks to create it, and refuses below; raise maxFileStore or lower the limit" $n.jetstream.maxFileStore $stream) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
