@@ -184,35 +184,42 @@ async fn release_prefetched(mut stream: pull::Stream, client: Client, limit: usi
 
 async fn ensure(js: &Context, cfg: &QueueConfig) -> Result<PullConsumer, BusError> {
     let backend = |e: &dyn std::fmt::Display| BusError::Backend(e.to_string());
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: cfg.stream.clone(),
-            subjects: vec![cfg.subject.clone()],
-            retention: RetentionPolicy::WorkQueue,
-            max_bytes: cfg.max_bytes,
-            discard: async_nats::jetstream::stream::DiscardPolicy::New,
-            storage: match cfg.storage {
-                Storage::File => StorageType::File,
-                Storage::Memory => StorageType::Memory,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| backend(&e))?;
-    stream
-        .get_or_create_consumer(
-            &cfg.durable,
-            pull::Config {
-                durable_name: Some(cfg.durable.clone()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: cfg.ack_wait,
-                max_deliver: -1,
-                max_ack_pending: cfg.max_ack_pending,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| backend(&e))
+    let config = stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![cfg.subject.clone()],
+        retention: RetentionPolicy::WorkQueue,
+        max_bytes: cfg.max_bytes,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        storage: match cfg.storage {
+            Storage::File => StorageType::File,
+            Storage::Memory => StorageType::Memory,
+        },
+        ..Default::default()
+    };
+    // Processes that start together may both find no stream and both
+    // create it; the server can refuse the second create for other reasons
+    // than "exists" (it checks the storage reservation again:
+    // "insufficient storage resources"). Whoever loses takes the stream
+    // the winner made.
+    let stream = match js.get_or_create_stream(config).await {
+        Ok(s) => s,
+        Err(e) => js.get_stream(&cfg.stream).await.map_err(|_| backend(&e))?,
+    };
+    let consumer = pull::Config {
+        durable_name: Some(cfg.durable.clone()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: cfg.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: cfg.max_ack_pending,
+        ..Default::default()
+    };
+    match stream.get_or_create_consumer(&cfg.durable, consumer).await {
+        Ok(c) => Ok(c),
+        Err(e) => stream
+            .get_consumer(&cfg.durable)
+            .await
+            .map_err(|_| backend(&e)),
+    }
 }
 
 impl<Job> JetStreamQueue<Job>

@@ -421,3 +421,33 @@ async fn a_full_stream_refuses_new_jobs_and_keeps_the_old() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Processes that start together all create the stream and the consumer.
+/// A server whose file store has room for the stream once (not twice)
+/// refuses a second create with "insufficient storage resources" rather
+/// than "exists": every process must still get the queue (a notifier used
+/// to exit at start there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_all_get_the_queue() {
+    let server = NatsServer::start_with_file_store("1536MB");
+    let cfg = QueueConfig {
+        max_bytes: 1 << 30,
+        ..config(Storage::File)
+    };
+    let mut starts = Vec::new();
+    for i in 0..8 {
+        let url = server.url();
+        let cfg = cfg.clone();
+        starts.push(tokio::spawn(async move {
+            let client = connect(&url, &format!("starter-{i}"), &Default::default())
+                .await
+                .expect("connect");
+            JetStreamQueue::<NotifyJob>::new(client, cfg, NatsMetrics::default())
+                .await
+                .map(|_| ())
+        }));
+    }
+    for s in starts {
+        s.await.unwrap().expect("every process gets the queue");
+    }
+}

@@ -29,6 +29,8 @@ pub struct NatsServer {
     monitor_port: u16,
     dir: PathBuf,
     secure: Option<Secure>,
+    /// JetStream's file store limit (`max_file_store`, e.g. "1536MB").
+    max_file_store: Option<String>,
 }
 
 /// A server that requires credentials and, with `tls`, TLS: what a
@@ -80,14 +82,24 @@ impl NatsServer {
 
     /// [`NatsServer::start`] requiring credentials (and TLS, if given).
     pub fn start_secure(secure: Secure) -> NatsServer {
-        Self::start_inner(&binary(), Some(secure))
+        Self::start_inner(&binary(), Some(secure), None)
+    }
+
+    /// [`NatsServer::start`] whose JetStream file store holds at most
+    /// `limit` (nats-server units: "1536MB").
+    pub fn start_with_file_store(limit: &str) -> NatsServer {
+        Self::start_inner(&binary(), None, Some(limit.to_string()))
     }
 
     fn start_with(bin: &str) -> NatsServer {
-        Self::start_inner(bin, None)
+        Self::start_inner(bin, None, None)
     }
 
-    fn start_inner(bin: &str, secure: Option<Secure>) -> NatsServer {
+    fn start_inner(
+        bin: &str,
+        secure: Option<Secure>,
+        max_file_store: Option<String>,
+    ) -> NatsServer {
         let mut s = NatsServer {
             bin: bin.to_string(),
             child: None,
@@ -95,6 +107,7 @@ impl NatsServer {
             monitor_port: crate::free_port(),
             dir: fresh_dir(),
             secure,
+            max_file_store,
         };
         // A free port can be taken by another process between our check
         // and nats-server's bind: then start again on fresh ports.
@@ -127,6 +140,11 @@ impl NatsServer {
             .arg(self.monitor_port.to_string())
             .arg("-l")
             .arg(&log);
+        // What flags cannot say goes into a config file.
+        let mut conf = String::new();
+        if let Some(limit) = &self.max_file_store {
+            conf.push_str(&format!("jetstream {{ max_file_store: {limit} }}\n"));
+        }
         if let Some(sec) = &self.secure {
             if let Some((cert, key)) = &sec.tls {
                 cmd.arg("--tls")
@@ -144,11 +162,15 @@ impl NatsServer {
                     let text = std::fs::read_to_string(path)
                         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                     std::fs::write(self.dir.join("auth.conf"), text).expect("write auth.conf");
-                    let conf = self.dir.join("nats.conf");
-                    std::fs::write(&conf, "include ./auth.conf\n").expect("write nats.conf");
-                    cmd.arg("-c").arg(conf).envs(env.iter().cloned());
+                    conf.push_str("include ./auth.conf\n");
+                    cmd.envs(env.iter().cloned());
                 }
             }
+        }
+        if !conf.is_empty() {
+            let path = self.dir.join("nats.conf");
+            std::fs::write(&path, conf).expect("write nats.conf");
+            cmd.arg("-c").arg(path);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
