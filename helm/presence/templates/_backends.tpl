@@ -270,10 +270,9 @@ other roles'). dict "root" $ "component" C.
 {{- end -}}
 {{- /*
 JetStream reserves the notify stream's max bytes in the file store when it
-is created, and checks that room again when another process asks to create
-the existing stream (processes starting together race to create it; the
-server refuses the second create with "insufficient storage resources"
-below twice the limit): the store must hold the stream twice.
+is created: the store must hold the stream. (Processes starting together
+race to create it and the server may refuse the losers with "insufficient
+storage resources"; presenced then takes the stream the winner made.)
 */ -}}
 {{- if $n.bundled -}}
 {{- $store := trimSuffix "B" $n.jetstream.maxFileStore -}}
@@ -286,8 +285,8 @@ below twice the limit): the store must hold the stream twice.
 {{- end -}}
 {{- $storeBytes := mul (int64 $store) (int64 $unit) -}}
 {{- $stream := int64 (index $v.config "notify-stream-max-bytes" | default 1073741824) -}}
-{{- if lt $storeBytes (mul 2 $stream) -}}
-{{- fail (printf "nats.jetstream.maxFileStore (%s) must be at least twice the notify stream's limit (config.notify-stream-max-bytes, %d bytes): JetStream reserves it when the stream is created and again when a second process asks to create it, and refuses below; raise maxFileStore or lower the limit" $n.jetstream.maxFileStore $stream) -}}
+{{- if lt $storeBytes $stream -}}
+{{- fail (printf "nats.jetstream.maxFileStore (%s) must hold the notify stream's limit (config.notify-stream-max-bytes, %d bytes): JetStream reserves it when the stream is created and refuses the stream otherwise; raise maxFileStore or lower the limit" $n.jetstream.maxFileStore $stream) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
