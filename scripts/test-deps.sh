@@ -10,7 +10,7 @@ if ! command -v redis-server >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y redis-server >/dev/null || { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
 fi
-for tool in sipp:sip-tester sipsak:sipsak baresip:baresip-core; do
+for tool in sipp:sip-tester sipsak:sipsak baresip:baresip-core openssl:openssl; do
   if ! command -v "${tool%%:*}" >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y "${tool#*:}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${tool#*:}" >/dev/null; }

@@ -184,7 +184,9 @@ pub struct Args {
     pub nonce_lifetime: u64,
     /// Digest algorithms offered, in preference order (MD5, SHA-256). Many
     /// phones answer only the first challenge, and most know only MD5: keep
-    /// MD5 first unless every client of the fleet speaks SHA-256.
+    /// MD5 first unless every client of the fleet speaks SHA-256. Clients
+    /// that give up on any unknown challenge (libre before 3.12, baresip
+    /// 1.x) need MD5 alone.
     #[arg(
         long = "digest-algorithms",
         env = "PRESENCE_DIGEST_ALGORITHMS",
