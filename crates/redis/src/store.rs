@@ -567,6 +567,15 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn is_watched(&self, aor: &str, event: &str) -> StoreResult<bool> {
+        // Redis removes a set when its last member goes.
+        self.timed("is_watched", async {
+            self.query(redis::cmd("EXISTS").arg(self.aor_key("w", aor, Some(event))))
+                .await
+        })
+        .await
+    }
+
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>> {
         self.timed("document", async {
             let (v, ct, body): (Option<u64>, Option<String>, Option<Vec<u8>>) = self

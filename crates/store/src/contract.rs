@@ -167,6 +167,7 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     assert_eq!(s.counts().await.expect("counts").documents, 1);
 
     // Subscriptions and the watcher list.
+    assert!(!s.is_watched(a, "presence").await.expect("read"));
     s.commit(
         k,
         vec![
@@ -196,6 +197,22 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
         .expect("commit");
     assert!(s.subscription("s2").await.expect("read").is_none());
     assert_eq!(s.watcher_ids(a, "presence").await.expect("read").len(), 1);
+    assert!(s.is_watched(a, "presence").await.expect("read"));
+    assert!(!s.is_watched(a, "dialog").await.expect("read"));
+    // Its last watcher gone, a resource is not watched (Redis drops the set).
+    let lone = "sip:lone@example.com";
+    let kl = shard_of(lone, shards);
+    s.commit(
+        kl,
+        vec![Op::PutSubscription(subscription("s9", lone, 60_000))],
+    )
+    .await
+    .expect("commit");
+    assert!(s.is_watched(lone, "presence").await.expect("read"));
+    s.commit(kl, vec![Op::DeleteSubscription { id: "s9".into() }])
+        .await
+        .expect("commit");
+    assert!(!s.is_watched(lone, "presence").await.expect("read"));
     assert!(s.due(k, 30_000, 10).await.expect("due").is_empty());
 
     // Bindings: replaced as a set, indexed at the earliest expiry.

@@ -258,6 +258,14 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn is_watched(&self, aor: &str, event: &str) -> StoreResult<bool> {
+        Ok(self
+            .lock()
+            .watchers
+            .get(&pair(aor, event))
+            .is_some_and(|ids| !ids.is_empty()))
+    }
+
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>> {
         Ok(self.lock().documents.get(&pair(aor, event)).cloned())
     }

@@ -124,6 +124,9 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of the subscriptions watching (aor, event). One whose record has
     /// just gone may still be listed: loading it then finds nothing.
     async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>>;
+    /// Whether any subscription watches (aor, event), without loading the
+    /// ids (a hot resource has thousands).
+    async fn is_watched(&self, aor: &str, event: &str) -> StoreResult<bool>;
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>>;
     async fn hard_state(&self, aor: &str, event: &str) -> StoreResult<Option<Bytes>>;
     async fn is_known(&self, aor: &str) -> StoreResult<bool>;

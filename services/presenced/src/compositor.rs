@@ -431,6 +431,21 @@ impl Compositor {
             let Some(version) = version else {
                 return self.commit_with_jobs(shard, ops, jobs).await;
             };
+            // Nor does a change nobody watches: the job would cost a queue
+            // round trip and a notifier's reads to find no watcher. A
+            // SUBSCRIBE coming later is served by this shard after this
+            // commit, and its first NOTIFY carries the new document.
+            if !self.store.is_watched(aor, event).await? {
+                self.metrics
+                    .compositor_changes
+                    .with_label_values(&["unwatched"])
+                    .inc();
+                return self.commit_with_jobs(shard, ops, jobs).await;
+            }
+            self.metrics
+                .compositor_changes
+                .with_label_values(&["announced"])
+                .inc();
             jobs.insert(
                 0,
                 NotifyJob::Changed {

@@ -542,6 +542,9 @@ impl Store for FencedStore {
     async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>> {
         self.inner.watcher_ids(aor, event).await
     }
+    async fn is_watched(&self, aor: &str, event: &str) -> StoreResult<bool> {
+        self.inner.is_watched(aor, event).await
+    }
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>> {
         self.inner.document(aor, event).await
     }

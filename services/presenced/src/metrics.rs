@@ -26,6 +26,7 @@ pub struct Metrics {
     pub compositor_store_errors: IntCounter,
     pub compositor_retried_commands: IntCounterVec,
     pub compositor_outbox: IntCounterVec,
+    pub compositor_changes: IntCounterVec,
     pub notifier_notifies: IntCounterVec,
     pub notifier_latency_seconds: HistogramVec,
     pub notifier_rerouted: IntCounter,
@@ -170,6 +171,18 @@ impl Metrics {
                 "Notify jobs of the outbox: relayed = pushed by the relay (after a failed push, or left by a previous owner), push_failed = a push to the notify queue failed (the job stays in the outbox)",
                 &["outcome"],
             ),
+            compositor_changes: {
+                let c = counter(
+                    &r,
+                    "presence_compositor_changes_total",
+                    "Changes of a composed document: announced = with a notify job for its watchers, unwatched = nobody watches it, so no job",
+                    &["outcome"],
+                );
+                for outcome in ["announced", "unwatched"] {
+                    c.with_label_values(&[outcome]);
+                }
+                c
+            },
             notifier_notifies: counter(
                 &r,
                 "presence_notifier_notifies_total",

@@ -293,3 +293,39 @@ async fn an_unwatched_publication_ends_without_a_trace() {
         .unwrap()
         .is_empty());
 }
+
+/// A change nobody watches makes no notify job (it would cost a queue
+/// round trip and a notifier's reads to find no watcher); the same change
+/// with a watcher does, and the watcher's first NOTIFY had the document.
+#[tokio::test(start_paused = true)]
+async fn a_change_nobody_watches_makes_no_notify_job() {
+    let r = rig().await;
+    let aor = "sip:alice@example.com";
+    let Reply::Published { .. } = ask(&r, aor, initial_publish(aor, 600)).await else {
+        panic!("not published")
+    };
+    assert_eq!(drain(&r).await, vec![], "a job for a change nobody watches");
+    assert!(r.store.document(aor, "presence").await.unwrap().is_some());
+
+    watch(&r, aor, 600).await;
+    let closed = Command::Publish(PublishCmd {
+        aor: aor.into(),
+        event: "presence".into(),
+        if_match: None,
+        expires: 600,
+        body: Some((
+            "application/pidf+xml".into(),
+            Bytes::from(PIDF.replace("open", "closed").replace("\"t\"", "\"t2\"")),
+        )),
+        origin: Default::default(),
+    });
+    let Reply::Published { .. } = ask(&r, aor, closed).await else {
+        panic!("not published")
+    };
+    let jobs = drain(&r).await;
+    assert!(
+        jobs.iter()
+            .any(|j| matches!(j, NotifyJob::Changed { aor: a, .. } if a == aor)),
+        "no job for a watched change: {jobs:?}"
+    );
+}
