@@ -180,7 +180,7 @@ def main():
             for i in range(args.n):
                 p = presentities[i % len(presentities)]
                 etags[p] = publish(publisher, p, f"n{i}", etags[p])
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while watchers.notifies < want and time.monotonic() < deadline:
                 time.sleep(0.1)
             # Changes of one presentity close together may be told in one

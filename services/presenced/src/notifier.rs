@@ -15,7 +15,7 @@ use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{Command, NotifyJob, Reply};
 use presence_core::packages::Registry;
-use presence_core::{shard_of, EndReason, Subscription, View};
+use presence_core::{shard_of, Document, EndReason, Subscription, View};
 use presence_sip::rsip;
 use presence_store::{BusError, Requests, Store, WorkQueue};
 use std::collections::HashMap;
@@ -111,13 +111,20 @@ enum Sent {
 }
 
 /// Combine what was pending with what arrives: a final NOTIFY wins, forced
-/// (refresh) NOTIFYs stay forced.
+/// (refresh) NOTIFYs stay forced, and of two documents read for changes the
+/// newer is kept (none if either wants the store read).
 fn merge(old: Option<Pending>, new: Pending) -> Pending {
     match (old, new) {
         (Some(Pending::Final(s, r)), _) => Pending::Final(s, r),
         (_, Pending::Final(s, r)) => Pending::Final(s, r),
-        (Some(Pending::Latest { force: a }), Pending::Latest { force: b }) => {
-            Pending::Latest { force: a || b }
+        (Some(Pending::Latest { force: a, doc: da }), Pending::Latest { force: b, doc: db }) => {
+            Pending::Latest {
+                force: a || b,
+                doc: match (da, db) {
+                    (Some(x), Some(y)) => Some(if y.version > x.version { y } else { x }),
+                    _ => None,
+                },
+            }
         }
         (None, p) => p,
     }
@@ -132,7 +139,14 @@ enum Next {
 }
 
 enum Pending {
-    Latest { force: bool },
+    /// The current document; `doc`, when given, is the document read once
+    /// for the whole job of a change (after its commit, so at least that
+    /// change's version) instead of once per watcher. A newer change has a
+    /// job of its own, and a version already sent is not sent again.
+    Latest {
+        force: bool,
+        doc: Option<Arc<Document>>,
+    },
     Final(Box<Subscription>, EndReason),
 }
 
@@ -319,6 +333,7 @@ impl Notifier {
                         return None;
                     }
                 };
+                let doc = self.job_document(&aor, &event).await?;
                 if ids.len() > self.batch {
                     // A large fan-out: other notifiers take all batches but
                     // the first. If queueing one fails the job is not taken
@@ -342,18 +357,29 @@ impl Notifier {
                             .inc();
                     }
                 }
-                Some(self.schedule_changes(&ids, at_ms))
+                Some(self.schedule_changes(&ids, at_ms, doc))
             }
-            NotifyJob::ChangedFor { ids, at_ms, .. } => {
+            NotifyJob::ChangedFor {
+                aor,
+                event,
+                ids,
+                at_ms,
+                ..
+            } => {
                 self.metrics
                     .notifier_batches
                     .with_label_values(&["taken"])
                     .inc();
-                Some(self.schedule_changes(&ids, at_ms))
+                let doc = self.job_document(&aor, &event).await?;
+                Some(self.schedule_changes(&ids, at_ms, doc))
             }
             NotifyJob::Refresh { id } => {
                 let done = JobDone::new(1);
-                self.schedule(&id, Pending::Latest { force: true }, None, done.clone());
+                let p = Pending::Latest {
+                    force: true,
+                    doc: None,
+                };
+                self.schedule(&id, p, None, done.clone());
                 Some(done)
             }
             NotifyJob::Terminated { sub, reason } => {
@@ -365,16 +391,33 @@ impl Notifier {
         }
     }
 
+    /// The document of a change's job, read once for all its watchers;
+    /// `None` (the job is left for later) when the store fails, `Some(None)`
+    /// when there is no document (each watcher's NOTIFY then reads it).
+    async fn job_document(&self, aor: &str, event: &str) -> Option<Option<Arc<Document>>> {
+        match self.store.document(aor, event).await {
+            Ok(d) => Some(d.map(Arc::new)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the document");
+                None
+            }
+        }
+    }
+
     /// Schedule the NOTIFY of a change for each of these subscriptions.
-    fn schedule_changes(self: &Arc<Self>, ids: &[String], at_ms: u64) -> Arc<JobDone> {
+    fn schedule_changes(
+        self: &Arc<Self>,
+        ids: &[String],
+        at_ms: u64,
+        doc: Option<Arc<Document>>,
+    ) -> Arc<JobDone> {
         let done = JobDone::new(ids.len());
         for id in ids {
-            self.schedule(
-                id,
-                Pending::Latest { force: false },
-                Some(at_ms),
-                done.clone(),
-            );
+            let p = Pending::Latest {
+                force: false,
+                doc: doc.clone(),
+            };
+            self.schedule(id, p, Some(at_ms), done.clone());
         }
         done
     }
@@ -458,7 +501,8 @@ impl Notifier {
         changed_at: Option<u64>,
     ) -> Next {
         match pending {
-            Pending::Latest { force } => {
+            Pending::Latest { force, doc: read } => {
+                let retry = |read| Next::Retry(Pending::Latest { force, doc: read });
                 let sub = match self.store.subscription(id).await {
                     Ok(Some(s)) => s,
                     Ok(None) => {
@@ -467,15 +511,18 @@ impl Notifier {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot load subscription");
-                        return Next::Retry(Pending::Latest { force });
+                        return retry(read);
                     }
                 };
-                let doc = match self.store.document(&sub.aor, &sub.event).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot load the document");
-                        return Next::Retry(Pending::Latest { force });
-                    }
+                let doc = match read.filter(|d| d.aor == sub.aor && d.event == sub.event) {
+                    Some(d) => Some(Document::clone(&d)),
+                    None => match self.store.document(&sub.aor, &sub.event).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot load the document");
+                            return retry(None);
+                        }
+                    },
                 };
                 let version = doc.as_ref().map(|d| d.version).unwrap_or(0);
                 if !force && version <= last_version {
@@ -496,7 +543,7 @@ impl Notifier {
                     Sent::Answered(code) => Some(code),
                     Sent::NoAnswer => None,
                     Sent::Superseded => return Next::Continue,
-                    Sent::StoreFailed => return Next::Retry(Pending::Latest { force }),
+                    Sent::StoreFailed => return retry(None),
                 };
                 match outcome {
                     Some(code) if (200..300).contains(&code) => {
@@ -811,5 +858,58 @@ impl Sending<'_> {
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(version: u64) -> Option<Arc<Document>> {
+        Some(Arc::new(Document {
+            aor: "sip:alice@example.com".into(),
+            event: "presence".into(),
+            version,
+            content_type: "application/pidf+xml".into(),
+            body: Bytes::from(format!("v{version}")),
+        }))
+    }
+
+    fn latest(force: bool, doc: Option<Arc<Document>>) -> Pending {
+        Pending::Latest { force, doc }
+    }
+
+    fn read_version(p: &Pending) -> Option<u64> {
+        match p {
+            Pending::Latest { doc, .. } => doc.as_ref().map(|d| d.version),
+            Pending::Final(..) => None,
+        }
+    }
+
+    /// Two changes pending for one watcher keep the newer document read
+    /// for them, in either order; a refresh pending (which reads the store
+    /// when it is sent) keeps the store read.
+    #[test]
+    fn merged_changes_keep_the_newer_document() {
+        let m = merge(Some(latest(false, doc(3))), latest(false, doc(5)));
+        assert_eq!(read_version(&m), Some(5));
+        let m = merge(Some(latest(false, doc(5))), latest(false, doc(3)));
+        assert_eq!(read_version(&m), Some(5));
+        let m = merge(Some(latest(true, None)), latest(false, doc(4)));
+        assert!(matches!(
+            m,
+            Pending::Latest {
+                force: true,
+                doc: None
+            }
+        ));
+        let m = merge(Some(latest(false, doc(4))), latest(true, None));
+        assert!(matches!(
+            m,
+            Pending::Latest {
+                force: true,
+                doc: None
+            }
+        ));
     }
 }
