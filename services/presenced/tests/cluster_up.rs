@@ -166,26 +166,7 @@ async fn cluster_up_is_secured_by_default_and_serves_presence() {
 
     // Presence end to end through the secured backends.
     let at: SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
-    let mut bob = Ua::new(Tp::Udp, at, "bob").await;
-    bob.patience = Duration::from_secs(20);
-    let (r, _, _) = bob.subscribe("sip:alice@example.com", 600).await;
-    assert_eq!(r.code, 200, "{}", r.reason);
-    let _first = bob.notify().await;
-    let mut alice = Ua::new(Tp::Udp, at, "alice").await;
-    alice.patience = Duration::from_secs(20);
-    let publish = alice
-        .req("PUBLISH", "sip:alice@example.com")
-        .h("Event", "presence")
-        .h("Expires", "600")
-        .body(
-            "application/pidf+xml",
-            pidf("sip:alice@example.com", "t1", true, "via cluster-up"),
-        );
-    assert_eq!(alice.send(&publish).await.code, 200);
-    let n = bob
-        .notify_containing("via cluster-up", Duration::from_secs(20))
-        .await;
-    assert!(String::from_utf8_lossy(&n.body).contains("via cluster-up"));
+    watcher_sees_a_publish(at, "via cluster-up", Duration::from_secs(20)).await;
 
     // No role met a permission it lacks.
     let nats_log = std::fs::read_to_string(state.join("nats.log")).unwrap_or_default();

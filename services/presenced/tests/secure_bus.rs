@@ -125,26 +125,7 @@ async fn the_cluster_runs_over_redis_and_nats_with_tls_and_passwords() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let at: SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
-    let mut bob = Ua::new(Tp::Udp, at, "bob").await;
-    bob.patience = Duration::from_secs(15);
-    let (r, _, _) = bob.subscribe("sip:alice@example.com", 600).await;
-    assert_eq!(r.code, 200, "{}", r.reason);
-    let _first = bob.notify().await;
-    let mut alice = Ua::new(Tp::Udp, at, "alice").await;
-    alice.patience = Duration::from_secs(15);
-    let publish = alice
-        .req("PUBLISH", "sip:alice@example.com")
-        .h("Event", "presence")
-        .h("Expires", "600")
-        .body(
-            "application/pidf+xml",
-            pidf("sip:alice@example.com", "t1", true, "over a secured bus"),
-        );
-    assert_eq!(alice.send(&publish).await.code, 200);
-    let n = bob
-        .notify_containing("over a secured bus", Duration::from_secs(15))
-        .await;
-    assert!(String::from_utf8_lossy(&n.body).contains("over a secured bus"));
+    watcher_sees_a_publish(at, "over a secured bus", Duration::from_secs(15)).await;
     let _ = child.kill();
     let _ = child.wait();
 

@@ -1115,6 +1115,30 @@ fn parse_lenient(data: &[u8], kind: presence_sip::TransportKind) -> Option<Messa
     parse(&patched, kind, MAX).ok()
 }
 
+/// Presence end to end through the server at `at` over UDP: bob watches
+/// alice, alice publishes `note`, bob's NOTIFY carries it. Each step may
+/// take `patience` (a cluster of separate processes warming up).
+pub async fn watcher_sees_a_publish(at: SocketAddr, note: &str, patience: Duration) {
+    let mut bob = Ua::new(Tp::Udp, at, "bob").await;
+    bob.patience = patience;
+    let (r, _, _) = bob.subscribe("sip:alice@example.com", 600).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let _first = bob.notify().await;
+    let mut alice = Ua::new(Tp::Udp, at, "alice").await;
+    alice.patience = patience;
+    let publish = alice
+        .req("PUBLISH", "sip:alice@example.com")
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .body(
+            "application/pidf+xml",
+            pidf("sip:alice@example.com", "t1", true, note),
+        );
+    assert_eq!(alice.send(&publish).await.code, 200);
+    let n = bob.notify_containing(note, patience).await;
+    assert!(String::from_utf8_lossy(&n.body).contains(note));
+}
+
 /// A PIDF document with one tuple.
 pub fn pidf(entity: &str, tuple: &str, open: bool, note: &str) -> String {
     format!(
