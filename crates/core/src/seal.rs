@@ -50,7 +50,9 @@ impl std::fmt::Debug for Seal {
 /// Makes and checks [`Seal`]s with the key derived from a cluster secret.
 #[derive(Clone)]
 pub struct FlowSealer {
-    key: [u8; 32],
+    /// The HMAC keyed once; each seal starts from a copy of it (every
+    /// NOTIFY an edge sends checks one).
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for FlowSealer {
@@ -65,15 +67,16 @@ impl FlowSealer {
         let mut h = Sha256::new();
         h.update(b"presence flow seal\0");
         h.update(secret);
+        let key: [u8; 32] = h.finalize().into();
         FlowSealer {
-            key: h.finalize().into(),
+            keyed: <Hmac<Sha256> as KeyInit>::new_from_slice(&key)
+                .expect("HMAC takes a key of any length"),
         }
     }
 
     /// The seal of a flow over `transport` from `remote`.
     pub fn seal(&self, transport: Transport, remote: SocketAddr) -> Seal {
-        let mut m =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC accepts any key");
+        let mut m = self.keyed.clone();
         let t = transport.as_str().as_bytes();
         m.update(&[t.len() as u8]);
         m.update(t);
