@@ -669,9 +669,10 @@ def test_users_missing(objs, written):
     return [l.split(":", 1)[0] for l in want if not any(l in f for f in files)]
 
 
-def check_config(bin_path, paths, loadtest=None):
-    errors = []
-    checked = 0
+def pod_containers(paths):
+    """Every container of every object with a pod in the renders at
+    `paths`: (path, the render's objects, the object, its pod spec, the
+    container)."""
     for path in paths:
         docs = load_docs(path)
         objs = Objects(docs)
@@ -680,39 +681,49 @@ def check_config(bin_path, paths, loadtest=None):
             if spec is None:
                 continue
             for c in spec.get("containers") or []:
-                if is_presenced(c):
-                    program, how = bin_path, "--check-config"
-                elif is_loadtest(c) and loadtest:
-                    program, how = loadtest, "loadtest flags"
-                else:
-                    continue
-                checked += 1
-                label = "%s: %s container %s" % (os.path.basename(path), ident(d), c["name"])
-                with tempfile.TemporaryDirectory(prefix="presence-check-") as root:
-                    try:
-                        argv, env = materialise(root, d, spec, c, objs)
-                    except Exception as e:  # a reference that cannot be resolved
-                        errors.append("%s: %s" % (label, e))
-                        continue
-                    if program == bin_path:
-                        argv = argv + ["--check-config"]
-                    else:
-                        argv = loadtest_argv(argv, root)
-                    run_env = {"PATH": "/usr/bin:/bin", "HOME": root}
-                    run_env.update(env)
-                    p = subprocess.run([program] + argv, env=run_env, cwd=root,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
-                    out = p.stdout.strip().replace(root, "")
-                    if p.returncode == 0 and program != bin_path:
-                        missing = test_users_missing(objs, os.path.join(root, "loadtest-users.txt"))
-                        if missing:
-                            errors.append("%s: the test's users are not in the users file the chart renders: %s"
-                                          % (label, ", ".join(missing[:5])))
-                    if p.returncode == 0:
-                        print("  ok   %s\n       %s" % (label, out))
-                    else:
-                        print("  FAIL %s (%s)\n       %s" % (label, how, out.replace("\n", "\n       ")))
-                        errors.append("%s: %s exited %d" % (label, how, p.returncode))
+                yield path, objs, d, spec, c
+
+
+def check_config(bin_path, paths, loadtest=None):
+    errors = []
+    checked = 0
+    renders = {}
+    for path, objs, d, spec, c in pod_containers(paths):
+        renders[path] = objs
+        if is_presenced(c):
+            program, how = bin_path, "--check-config"
+        elif is_loadtest(c) and loadtest:
+            program, how = loadtest, "loadtest flags"
+        else:
+            continue
+        checked += 1
+        label = "%s: %s container %s" % (os.path.basename(path), ident(d), c["name"])
+        with tempfile.TemporaryDirectory(prefix="presence-check-") as root:
+            try:
+                argv, env = materialise(root, d, spec, c, objs)
+            except Exception as e:  # a reference that cannot be resolved
+                errors.append("%s: %s" % (label, e))
+                continue
+            if program == bin_path:
+                argv = argv + ["--check-config"]
+            else:
+                argv = loadtest_argv(argv, root)
+            run_env = {"PATH": "/usr/bin:/bin", "HOME": root}
+            run_env.update(env)
+            p = subprocess.run([program] + argv, env=run_env, cwd=root,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+            out = p.stdout.strip().replace(root, "")
+            if p.returncode == 0 and program != bin_path:
+                missing = test_users_missing(objs, os.path.join(root, "loadtest-users.txt"))
+                if missing:
+                    errors.append("%s: the test's users are not in the users file the chart renders: %s"
+                                  % (label, ", ".join(missing[:5])))
+            if p.returncode == 0:
+                print("  ok   %s\n       %s" % (label, out))
+            else:
+                print("  FAIL %s (%s)\n       %s" % (label, how, out.replace("\n", "\n       ")))
+                errors.append("%s: %s exited %d" % (label, how, p.returncode))
+    for path, objs in renders.items():
         if objs.stand_ins:
             print("  (%s: not rendered, stand-ins used: %s)" % (os.path.basename(path), ", ".join(sorted(set(objs.stand_ins)))))
     if checked == 0:
@@ -728,46 +739,39 @@ def check_nats_config(nats_server, paths):
     variable the env lacks, a TLS file that is not there all fail."""
     errors = []
     checked = 0
-    for path in paths:
-        docs = load_docs(path)
-        objs = Objects(docs)
-        for d in docs:
-            if d["kind"] != "StatefulSet":
+    for path, objs, d, spec, c in pod_containers(paths):
+        if d["kind"] != "StatefulSet" or c.get("name") != "nats":
+            continue
+        checked += 1
+        label = "%s: %s container %s" % (os.path.basename(path), ident(d), c["name"])
+        with tempfile.TemporaryDirectory(prefix="presence-check-") as root:
+            try:
+                mounts = []
+                argv, env = materialise(root, d, spec, c, objs, mounts_out=mounts)
+            except Exception as e:
+                errors.append("%s: %s" % (label, e))
                 continue
-            _, spec = pod_spec_of(d)
-            for c in spec.get("containers") or []:
-                if c.get("name") != "nats":
-                    continue
-                checked += 1
-                label = "%s: %s container %s" % (os.path.basename(path), ident(d), c["name"])
-                with tempfile.TemporaryDirectory(prefix="presence-check-") as root:
-                    try:
-                        mounts = []
-                        argv, env = materialise(root, d, spec, c, objs, mounts_out=mounts)
-                    except Exception as e:
-                        errors.append("%s: %s" % (label, e))
-                        continue
-                    for top, _, files in os.walk(root):
-                        for fn in files:
-                            f = os.path.join(top, fn)
-                            with open(f) as fh:
-                                text = fh.read()
-                            for local, mp in sorted(mounts, key=lambda m: len(m[1]), reverse=True):
-                                text = re.sub(r"(^|[\s:\"'])" + re.escape(mp) + r"(?=[/\s\"']|$)",
-                                              lambda m: m.group(1) + local, text, flags=re.M)
-                            with open(f, "w") as fh:
-                                fh.write(text)
-                    run_env = {"PATH": "/usr/bin:/bin", "HOME": root}
-                    run_env.update(env)
-                    p = subprocess.run([nats_server, "-t"] + argv, env=run_env, cwd=root,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
-                    out = p.stdout.strip().replace(root, "")
-                    users = sorted(e for e in env if e.startswith("PRESENCE_NATS_"))
-                    if p.returncode == 0:
-                        print("  ok   %s\n       %s; env %s" % (label, out, ", ".join(users) or "(no passwords)"))
-                    else:
-                        print("  FAIL %s (nats-server -t)\n       %s" % (label, out.replace("\n", "\n       ")))
-                        errors.append("%s: nats-server -t exited %d" % (label, p.returncode))
+            for top, _, files in os.walk(root):
+                for fn in files:
+                    f = os.path.join(top, fn)
+                    with open(f) as fh:
+                        text = fh.read()
+                    for local, mp in sorted(mounts, key=lambda m: len(m[1]), reverse=True):
+                        text = re.sub(r"(^|[\s:\"'])" + re.escape(mp) + r"(?=[/\s\"']|$)",
+                                      lambda m: m.group(1) + local, text, flags=re.M)
+                    with open(f, "w") as fh:
+                        fh.write(text)
+            run_env = {"PATH": "/usr/bin:/bin", "HOME": root}
+            run_env.update(env)
+            p = subprocess.run([nats_server, "-t"] + argv, env=run_env, cwd=root,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+            out = p.stdout.strip().replace(root, "")
+            users = sorted(e for e in env if e.startswith("PRESENCE_NATS_"))
+            if p.returncode == 0:
+                print("  ok   %s\n       %s; env %s" % (label, out, ", ".join(users) or "(no passwords)"))
+            else:
+                print("  FAIL %s (nats-server -t)\n       %s" % (label, out.replace("\n", "\n       ")))
+                errors.append("%s: nats-server -t exited %d" % (label, p.returncode))
     if checked == 0:
         print("  (no bundled NATS in these renders)")
     return errors
