@@ -36,15 +36,7 @@ async fn names_itself(tp: Tp, server: SocketAddr, want: &str) {
     let note = format!("here-{}", rand_token());
 
     let mut alice = Ua::new(tp, server, "alice").await;
-    let publish = alice
-        .req("PUBLISH", "sip:alice@example.com")
-        .h("Event", "presence")
-        .h("Expires", "600")
-        .body(
-            "application/pidf+xml",
-            pidf("sip:alice@example.com", "t1", true, &note),
-        );
-    assert_eq!(alice.send(&publish).await.code, 200);
+    assert_eq!(publish_note(&mut alice, &note).await.code, 200);
     notifies.push(watcher.notify_containing(&note, watcher.patience).await);
 
     let mut end = sent.next().in_dialog(&dialog);

@@ -1126,6 +1126,14 @@ pub async fn watcher_sees_a_publish(at: SocketAddr, note: &str, patience: Durati
     let _first = bob.notify().await;
     let mut alice = Ua::new(Tp::Udp, at, "alice").await;
     alice.patience = patience;
+    assert_eq!(publish_note(&mut alice, note).await.code, 200);
+    let n = bob.notify_containing(note, patience).await;
+    assert!(String::from_utf8_lossy(&n.body).contains(note));
+}
+
+/// alice (the [`Ua`] of user alice) publishes one open tuple with `note`
+/// for 600 s; the answer.
+pub async fn publish_note(alice: &mut Ua, note: &str) -> Response {
     let publish = alice
         .req("PUBLISH", "sip:alice@example.com")
         .h("Event", "presence")
@@ -1134,9 +1142,7 @@ pub async fn watcher_sees_a_publish(at: SocketAddr, note: &str, patience: Durati
             "application/pidf+xml",
             pidf("sip:alice@example.com", "t1", true, note),
         );
-    assert_eq!(alice.send(&publish).await.code, 200);
-    let n = bob.notify_containing(note, patience).await;
-    assert!(String::from_utf8_lossy(&n.body).contains(note));
+    alice.send(&publish).await
 }
 
 /// A PIDF document with one tuple.
