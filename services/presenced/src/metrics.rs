@@ -30,6 +30,7 @@ pub struct Metrics {
     pub notifier_notifies: IntCounterVec,
     pub notifier_latency_seconds: HistogramVec,
     pub notifier_rerouted: IntCounter,
+    pub notifier_renumbered: IntCounter,
     pub notifier_batches: IntCounterVec,
     pub notifier_queue_depth: IntGauge,
 }
@@ -80,6 +81,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(rerouted.clone()))
+            .expect("unique metric");
+        let renumbered = IntCounter::new(
+            "presence_notifier_renumbered_total",
+            "NOTIFYs given a new CSeq because an attempt that may have gone out was re-sent through another edge",
+        )
+        .expect("valid metric");
+        r.register(Box::new(renumbered.clone()))
             .expect("unique metric");
         let m = Metrics {
             edge_requests: counter(
@@ -196,6 +204,7 @@ impl Metrics {
                 &["event"],
             ),
             notifier_rerouted: rerouted,
+            notifier_renumbered: renumbered,
             notifier_batches: counter(
                 &r,
                 "presence_notifier_fanout_batches_total",

@@ -671,7 +671,7 @@ impl Notifier {
     ) -> Sent {
         self.sending.fetch_add(1, Ordering::Relaxed);
         let mut sending = Sending(Some(&self.sending));
-        let cseq = match self.take_cseq(sub, version).await {
+        let mut cseq = match self.take_cseq(sub, version).await {
             Ok(c) => c,
             Err(not_sent) => return not_sent,
         };
@@ -711,7 +711,7 @@ impl Notifier {
         // per NOTIFY, never two), one that lost it sends it. Only when a
         // transaction's lifetime has passed is the watcher deemed gone.
         let lifetime = Duration::from_secs(32);
-        let req = OutRequest {
+        let mut req = OutRequest {
             flow: sub.flow.clone(),
             method: "NOTIFY".into(),
             uri: sub.remote_target.clone(),
@@ -725,7 +725,27 @@ impl Notifier {
         let mut heir: Option<String> = None;
         let give_up = tokio::time::Instant::now() + lifetime;
         let mut unserved_since: Option<tokio::time::Instant> = None;
+        // An attempt that timed out may have gone out (the edge sent it and
+        // died before its answer came back). The same CSeq from another
+        // edge would be a second transaction with that CSeq, which the
+        // watcher takes as a duplicate; so a NOTIFY that changes edges after
+        // such an attempt takes a new CSeq. Only re-sends to the same edge
+        // keep theirs (it joins them to the transaction it has in flight);
+        // one through any edge may reach another, so it is renumbered too.
+        let mut may_have_gone: Option<String> = None;
         let outcome = loop {
+            if may_have_gone
+                .as_deref()
+                .is_some_and(|s| s != subject || s == ANY_EDGE)
+            {
+                cseq = match self.take_cseq(sub, version).await {
+                    Ok(c) => c,
+                    Err(not_sent) => return not_sent,
+                };
+                set_cseq(&mut req.headers, cseq);
+                self.metrics.notifier_renumbered.inc();
+                may_have_gone = None;
+            }
             let result = {
                 let request = self.edges.request(&subject, req.clone(), ATTEMPT_WAIT);
                 tokio::pin!(request);
@@ -738,13 +758,17 @@ impl Notifier {
                 }
             };
             let unserved = matches!(result, Err(BusError::NoResponders(_)));
+            if result.is_err() && !unserved {
+                may_have_gone = Some(subject.clone());
+            }
             // Nobody serves the watcher's edge: it is gone when the roster
             // says so or it was found gone before, else after a while (an
             // edge that restarts comes back under a new id). The dialog's
             // heir sends it (pinned: the same edge for one dialog whichever
-            // notifier asks, so the dialog's NOTIFYs stay in order); nothing
-            // went out, so the CSeq still holds.
-            if unserved && subject == flow_edge {
+            // notifier asks, so the dialog's NOTIFYs stay in order). If no
+            // attempt may have gone out the CSeq still holds, else it is
+            // renumbered (at the top of the loop).
+            let rerouted = if unserved && subject == flow_edge {
                 let since = *unserved_since.get_or_insert_with(tokio::time::Instant::now);
                 let known_gone = self
                     .roster
@@ -759,7 +783,9 @@ impl Notifier {
                         .as_deref()
                         .map_or_else(|| ANY_EDGE.to_string(), edge_subject);
                     tracing::debug!(edge = %sub.flow.edge, via = %subject, "edge gone; sending through another");
-                    continue;
+                    true
+                } else {
+                    false
                 }
             } else if unserved && subject != ANY_EDGE {
                 // The heir went too: another one (pinned again), else any
@@ -771,6 +797,11 @@ impl Notifier {
                 subject = heir
                     .as_deref()
                     .map_or_else(|| ANY_EDGE.to_string(), edge_subject);
+                true
+            } else {
+                false
+            };
+            if rerouted {
                 continue;
             }
             if result.is_ok() && subject == flow_edge {
@@ -858,6 +889,15 @@ impl Sending<'_> {
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// Replace the CSeq of a NOTIFY being re-sent, in place.
+fn set_cseq(headers: &mut rsip::Headers, cseq: u32) {
+    for h in headers.iter_mut() {
+        if h.name().eq_ignore_ascii_case("CSeq") {
+            *h = rsip::headers::make_header("CSeq", format!("{cseq} NOTIFY"));
+        }
     }
 }
 

@@ -278,3 +278,122 @@ async fn dead_watchers_do_not_stall_a_live_ones_notify() {
         POPULAR * DEAD_WATCHERS
     );
 }
+
+/// Edges for [`a_notify_resent_through_another_edge_gets_a_new_cseq`]:
+/// `edge.edge-dying` takes the first attempt and never answers (it sent the
+/// NOTIFY and was killed before the watcher's 200 came back); after that
+/// nobody serves it. Any other subject answers 200. Records (subject, CSeq)
+/// of every attempt.
+struct DyingEdge {
+    attempts: Mutex<Vec<(String, u32)>>,
+}
+
+const DYING: &str = "edge-dying";
+
+#[async_trait]
+impl Requests<OutRequest, Outcome> for DyingEdge {
+    async fn request(
+        &self,
+        subject: &str,
+        req: OutRequest,
+        timeout: Duration,
+    ) -> Result<Outcome, BusError> {
+        let cseq = req
+            .headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("CSeq"))
+            .and_then(|h| h.value().split_whitespace().next()?.parse().ok())
+            .expect("a NOTIFY with a CSeq");
+        let first = {
+            let mut a = self.attempts.lock().unwrap();
+            a.push((subject.to_string(), cseq));
+            a.len() == 1
+        };
+        if subject == presenced::names::edge_subject(DYING) {
+            if first {
+                tokio::time::sleep(timeout).await;
+                return Err(BusError::Timeout);
+            }
+            return Err(BusError::NoResponders(subject.to_string()));
+        }
+        Ok(Outcome::of_code(200))
+    }
+    async fn serve(
+        &self,
+        _: &str,
+        _: mpsc::Sender<Incoming<OutRequest, Outcome>>,
+    ) -> Result<(), BusError> {
+        Ok(())
+    }
+    async fn unserve(&self, _: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// CI saw a watcher get CSeq 7 twice in two transactions: its edge sent
+/// the NOTIFY and was killed before the answer came back, and the notifier
+/// sent the same NOTIFY through another edge. A re-send through another
+/// edge after an attempt that may have gone out takes a new CSeq; a re-send
+/// after an attempt that surely did not (nobody served the edge) keeps it.
+#[tokio::test(start_paused = true)]
+async fn a_notify_resent_through_another_edge_gets_a_new_cseq() {
+    let shards = 8;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let aor = "sip:alice@example.com";
+    store
+        .commit(
+            presence_core::shard_of(aor, shards),
+            vec![Op::PutSubscription(subscription(1, aor, DYING))],
+        )
+        .await
+        .expect("commit");
+    let jobs: Arc<dyn WorkQueue<NotifyJob>> = Arc::new(MemoryQueue::new());
+    let edges = Arc::new(DyingEdge {
+        attempts: Mutex::new(Vec::new()),
+    });
+    let metrics = Arc::new(Metrics::new());
+    let notifier = Arc::new(Notifier::new(
+        store.clone(),
+        jobs.clone(),
+        edges.clone(),
+        Arc::new(MemoryBus::new()),
+        Registry::default(),
+        Clock::new(),
+        shards,
+        metrics.clone(),
+    ));
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(notifier.run(1, stop_rx));
+    jobs.push(NotifyJob::Refresh { id: "sub1".into() })
+        .await
+        .expect("push");
+    let dying = presenced::names::edge_subject(DYING);
+    let mut waited = Duration::ZERO;
+    let attempts = loop {
+        let a = edges.attempts.lock().unwrap().clone();
+        if a.last().is_some_and(|(s, _)| *s != dying) {
+            break a;
+        }
+        assert!(
+            waited < Duration::from_secs(120),
+            "the NOTIFY never went through another edge: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    };
+    // Timed out at the dying edge (may have gone out), then unserved there
+    // (surely not sent: same CSeq), then through another edge: renumbered.
+    let (first, second, last) = (&attempts[0], &attempts[1], attempts.last().unwrap());
+    assert_eq!(first.0, dying, "{attempts:?}");
+    assert_eq!(
+        second, first,
+        "a re-send to the same edge keeps its CSeq: {attempts:?}"
+    );
+    assert!(
+        last.1 > first.1,
+        "the re-send through {} kept CSeq {} of an attempt that may have reached the watcher: {attempts:?}",
+        last.0,
+        first.1
+    );
+    assert_eq!(metrics.notifier_renumbered.get(), 1, "{attempts:?}");
+}
