@@ -82,6 +82,16 @@ pub struct Args {
         default_value_t = 6000
     )]
     pub handover_wait_ms: u64,
+    /// A compositor keeps what it read and wrote of the shards it owns in
+    /// memory (it is their only writer) for up to this many keys (an AoR's
+    /// publications, document, hard state, watcher set or bindings each
+    /// count one); 0 reads the store for every command.
+    #[arg(
+        long = "owner-cache-entries",
+        env = "PRESENCE_OWNER_CACHE_ENTRIES",
+        default_value_t = 200_000
+    )]
+    pub owner_cache_entries: usize,
     /// A notifier splits the NOTIFYs of one change with more watchers than
     /// this into batches of this size, shared with the other notifiers.
     #[arg(
@@ -395,6 +405,7 @@ pub struct Config {
     pub node_id: String,
     pub lease_ttl: Duration,
     pub handover_wait: Duration,
+    pub owner_cache_entries: usize,
     pub notify_batch: usize,
     pub notify_stream_max_bytes: i64,
 }
@@ -787,6 +798,7 @@ impl Config {
             node_id,
             lease_ttl: Duration::from_millis(args.lease_ttl_ms),
             handover_wait: Duration::from_millis(args.handover_wait_ms),
+            owner_cache_entries: args.owner_cache_entries,
             notify_batch: args.notify_batch,
             notify_stream_max_bytes: args.notify_stream_max_bytes,
         })

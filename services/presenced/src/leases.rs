@@ -14,17 +14,13 @@
 //!    shard is unserved first, its lease released a moment later.
 //!
 //! Every change is an [`LeaseEvent`] for the compositor, which serves a
-//! shard's subject exactly while it owns it. [`FencedStore`] turns every
+//! shard's subject exactly while it owns it. [`crate::fenced::FencedStore`] turns every
 //! `commit` into `commit_fenced` with the shard's current token, so a stale
 //! owner's writes fail; a `Fenced` answer marks the lease lost at once.
 //!
 //! Time: `tokio::time`, so the loop runs under paused time in tests.
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use presence_core::commands::NotifyJob;
-use presence_core::{Binding, Document, Publication, Subscription};
-use presence_store::{Counts, ExpiryKey, Lease, Leases, Op, Store, StoreError, StoreResult};
+use presence_store::Leases;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -159,6 +155,11 @@ impl ShardLeases {
 
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// How many shards there are.
+    pub fn shards(&self) -> u32 {
+        self.shards
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -491,98 +492,12 @@ impl ShardLeases {
     }
 }
 
-/// The store as a compositor in cluster mode sees it: every `commit` is a
-/// `commit_fenced` with the shard's current lease token, and a write for a
-/// shard this process does not hold fails with `Fenced` without reaching the
-/// backend. Reads pass through.
-pub struct FencedStore {
-    inner: Arc<dyn Store>,
-    leases: Arc<ShardLeases>,
-}
-
-impl FencedStore {
-    pub fn new(inner: Arc<dyn Store>, leases: Arc<ShardLeases>) -> FencedStore {
-        FencedStore { inner, leases }
-    }
-}
-
-#[async_trait]
-impl Store for FencedStore {
-    async fn commit(&self, shard: u32, ops: Vec<Op>) -> StoreResult<Vec<u64>> {
-        let token = self.leases.fence(shard).ok_or(StoreError::Fenced)?;
-        let lease = Lease {
-            owner: self.leases.owner().to_string(),
-            token,
-        };
-        self.commit_fenced(shard, &lease, ops).await
-    }
-
-    async fn commit_fenced(
-        &self,
-        shard: u32,
-        fence: &Lease,
-        ops: Vec<Op>,
-    ) -> StoreResult<Vec<u64>> {
-        let r = self.inner.commit_fenced(shard, fence, ops).await;
-        if matches!(r, Err(StoreError::Fenced)) {
-            self.leases.fenced(shard, fence.token);
-        }
-        r
-    }
-
-    async fn publications(&self, aor: &str, event: &str) -> StoreResult<Vec<Publication>> {
-        self.inner.publications(aor, event).await
-    }
-    async fn bindings(&self, aor: &str) -> StoreResult<Vec<Binding>> {
-        self.inner.bindings(aor).await
-    }
-    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
-        self.inner.subscription(id).await
-    }
-    async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>> {
-        self.inner.watcher_ids(aor, event).await
-    }
-    async fn is_watched(&self, aor: &str, event: &str) -> StoreResult<bool> {
-        self.inner.is_watched(aor, event).await
-    }
-    async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>> {
-        self.inner.document(aor, event).await
-    }
-    async fn hard_state(&self, aor: &str, event: &str) -> StoreResult<Option<Bytes>> {
-        self.inner.hard_state(aor, event).await
-    }
-    async fn is_known(&self, aor: &str) -> StoreResult<bool> {
-        self.inner.is_known(aor).await
-    }
-    async fn due(
-        &self,
-        shard: u32,
-        now_ms: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<(u64, ExpiryKey)>> {
-        self.inner.due(shard, now_ms, limit).await
-    }
-    async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
-        self.inner.next_cseq(id, version).await
-    }
-    async fn drop_cseq(&self, id: &str) -> StoreResult<()> {
-        self.inner.drop_cseq(id).await
-    }
-    async fn outbox(&self, shard: u32, limit: usize) -> StoreResult<Vec<(String, NotifyJob)>> {
-        self.inner.outbox(shard, limit).await
-    }
-    async fn outbox_done(&self, shard: u32, ids: &[String]) -> StoreResult<()> {
-        self.inner.outbox_done(shard, ids).await
-    }
-    async fn counts(&self) -> StoreResult<Counts> {
-        self.inner.counts().await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fenced::FencedStore;
     use presence_store::MemoryStore;
+    use presence_store::{Lease, Op, Store, StoreError};
 
     fn manager(
         store: &Arc<MemoryStore>,

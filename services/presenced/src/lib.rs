@@ -15,6 +15,7 @@ pub mod compositor;
 pub mod config;
 pub mod edge;
 pub mod faults;
+pub mod fenced;
 pub mod gone_edges;
 use faults::Faults;
 pub mod guard;
@@ -24,6 +25,7 @@ pub mod names;
 pub mod notifier;
 pub mod ops;
 pub mod outbox;
+pub mod owner_cache;
 pub mod recent;
 pub mod roster;
 
@@ -31,10 +33,12 @@ use crate::cluster::{Backends, HandoverRetry, RetryMetrics};
 use crate::compositor::Compositor;
 use crate::config::{Config, Roles};
 use crate::edge::{Edge, EdgeConfig, Listeners};
-use crate::leases::{FencedStore, LeaseMetrics, ShardLeases};
+use crate::fenced::FencedStore;
+use crate::leases::{LeaseMetrics, ShardLeases};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::outbox::Outbox;
+use crate::owner_cache::OwnerCache;
 use presence_core::commands::{Command, Reply};
 use presence_core::digest::Verifier;
 use presence_core::packages::Registry;
@@ -219,8 +223,10 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
                     cfg.lease_ttl,
                     lm,
                 );
-                let fenced: Arc<dyn Store> =
-                    Arc::new(FencedStore::new(store.clone(), shard_leases.clone()));
+                let cache = OwnerCache::new(cfg.owner_cache_entries, metrics.owner_cache.clone());
+                let fenced: Arc<dyn Store> = Arc::new(
+                    FencedStore::new(store.clone(), shard_leases.clone()).with_cache(cache),
+                );
                 (fenced, Some((shard_leases, events)))
             }
             None => (store.clone(), None),

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub notifier_latency_seconds: HistogramVec,
     pub notifier_rerouted: IntCounter,
     pub notifier_renumbered: IntCounter,
+    pub owner_cache: crate::owner_cache::CacheMetrics,
     pub notifier_batches: IntCounterVec,
     pub notifier_queue_depth: IntGauge,
 }
@@ -89,6 +90,28 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(renumbered.clone()))
             .expect("unique metric");
+        let cache_reads = IntCounterVec::new(
+            prometheus::Opts::new(
+                "presence_compositor_cache_reads_total",
+                "Reads of owned shards' state answered from the compositor's memory (hit) or the store (miss)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(cache_reads.clone()))
+            .expect("unique metric");
+        let cache_entries = IntGauge::new(
+            "presence_compositor_cache_entries",
+            "Keys of owned shards' state the compositor keeps in memory",
+        )
+        .expect("valid metric");
+        r.register(Box::new(cache_entries.clone()))
+            .expect("unique metric");
+        let owner_cache = crate::owner_cache::CacheMetrics {
+            hits: cache_reads.with_label_values(&["hit"]),
+            misses: cache_reads.with_label_values(&["miss"]),
+            entries: cache_entries,
+        };
         let m = Metrics {
             edge_requests: counter(
                 &r,
@@ -205,6 +228,7 @@ impl Metrics {
             ),
             notifier_rerouted: rerouted,
             notifier_renumbered: renumbered,
+            owner_cache,
             notifier_batches: counter(
                 &r,
                 "presence_notifier_fanout_batches_total",

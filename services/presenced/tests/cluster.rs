@@ -27,7 +27,8 @@ use presence_redis::{RedisConfig, RedisStore};
 use presence_sip::HeaderAccess;
 use presence_store::{Lease, Leases, Op, Store, StoreError};
 use presence_testkit::redis::RedisServer;
-use presenced::leases::{FencedStore, LeaseMetrics, ShardLeases};
+use presenced::fenced::FencedStore;
+use presenced::leases::{LeaseMetrics, ShardLeases};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
