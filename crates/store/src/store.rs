@@ -142,6 +142,18 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<(u64, ExpiryKey)>>;
 
+    /// Whether [`Store::due`] for `shard` may find anything at `now_ms`. A
+    /// hint for the sweeper: `true` unless the implementation knows better
+    /// (a shard owner that remembers every deadline it committed since its
+    /// last sweep, see presenced's `OwnerCache`).
+    fn may_have_due(&self, _shard: u32, _now_ms: u64) -> bool {
+        true
+    }
+
+    /// The sweeper read [`Store::due`] for `shard` at `now_ms`; `complete`:
+    /// it returned everything due (fewer than its limit).
+    fn swept(&self, _shard: u32, _now_ms: u64, _complete: bool) {}
+
     /// Next CSeq for a NOTIFY of a subscription carrying document `version`
     /// (strictly increasing, from 1), or `None` when a NOTIFY for a newer
     /// version already took one: then this one must not be sent. Taking the

@@ -74,6 +74,8 @@ impl Default for Limits {
 /// Every this many ticks (of 200 ms) the relay sweeps every owned outbox
 /// for jobs older than [`OUTBOX_SWEEP_AGE_MS`].
 const OUTBOX_SWEEP_TICKS: u64 = 50;
+/// Most expiry index entries one sweep of a shard reads.
+const SWEEP_LIMIT: usize = 512;
 const OUTBOX_SWEEP_AGE_MS: u64 = 5_000;
 
 enum Work {
@@ -248,8 +250,12 @@ impl Compositor {
                 _ = tick.tick() => {
                     let now = self.clock.now_ms();
                     for shard in owned() {
-                        match self.store.due(shard, now, 512).await {
+                        if !self.store.may_have_due(shard, now) {
+                            continue;
+                        }
+                        match self.store.due(shard, now, SWEEP_LIMIT).await {
                             Ok(keys) => {
+                                self.store.swept(shard, now, keys.len() < SWEEP_LIMIT);
                                 for (_, key) in keys {
                                     let (tx, _) = &senders[shard as usize % workers];
                                     let _ = tx.send(Work::Expire(shard, key)).await;

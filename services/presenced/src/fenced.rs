@@ -159,6 +159,17 @@ impl Store for FencedStore {
     ) -> StoreResult<Vec<(u64, ExpiryKey)>> {
         self.inner.due(shard, now_ms, limit).await
     }
+    fn may_have_due(&self, shard: u32, now_ms: u64) -> bool {
+        match (&self.cache, self.leases.fence(shard)) {
+            (Some(cache), Some(token)) => cache.may_have_due(shard, token, now_ms),
+            _ => true,
+        }
+    }
+    fn swept(&self, shard: u32, now_ms: u64, complete: bool) {
+        if let (Some(cache), Some(token)) = (&self.cache, self.leases.fence(shard)) {
+            cache.swept(shard, token, now_ms, complete);
+        }
+    }
     async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
         self.inner.next_cseq(id, version).await
     }

@@ -43,6 +43,11 @@ use std::time::{Duration, Instant};
 
 /// How long a shard's entries are trusted before they are read again.
 pub const MAX_AGE: Duration = Duration::from_secs(300);
+/// A shard whose expiry index was read in full is not read again for this
+/// long unless this owner commits an earlier deadline: an idle shard costs
+/// one index read a second instead of five (the sweeper ticks every 200
+/// ms), and a deadline a previous owner set is handled at most this late.
+pub const SWEEP_IDLE_MS: u64 = 1_000;
 
 type Key = (String, String);
 
@@ -62,6 +67,10 @@ struct Shard {
     /// Which cached watcher set each subscription id is in.
     watcher_of: HashMap<String, Key>,
     bindings: HashMap<String, Vec<Binding>>,
+    /// Nothing in the shard's expiry index is due before this (ms), as far
+    /// as this owner knows: its last full sweep, lowered by every deadline
+    /// it committed since.
+    quiet_until: Option<u64>,
 }
 
 impl Default for Shard {
@@ -75,6 +84,7 @@ impl Default for Shard {
             watchers: HashMap::new(),
             watcher_of: HashMap::new(),
             bindings: HashMap::new(),
+            quiet_until: None,
         }
     }
 }
@@ -91,6 +101,15 @@ impl Shard {
     /// Apply a committed op. `versions` yields the versions the store gave
     /// the batch's documents, in order.
     fn apply(&mut self, op: &Op, versions: &mut impl Iterator<Item = u64>) {
+        let deadline = match op {
+            Op::PutPublication(p) => Some(p.expires_at_ms),
+            Op::PutSubscription(s) => Some(s.expires_at_ms),
+            Op::PutBindings { bindings, .. } => bindings.iter().map(|b| b.expires_at_ms).min(),
+            _ => None,
+        };
+        if let (Some(d), Some(q)) = (deadline, self.quiet_until) {
+            self.quiet_until = Some(q.min(d));
+        }
         match op {
             Op::PutPublication(p) => {
                 if let Some(list) = self.publications.get_mut(&key(&p.aor, &p.event)) {
@@ -267,9 +286,9 @@ impl OwnerCache {
         }
         let mut st = self.lock();
         let s = st.shards.entry(shard).or_default();
-        if s.entries() == 0 {
+        if s.entries() == 0 && s.token != token {
+            *s = Shard::default();
             s.token = token;
-            s.born = Instant::now();
         }
         if s.token != token {
             return;
@@ -320,6 +339,31 @@ impl OwnerCache {
         }
         self.bound(&mut st);
         self.count(&st);
+    }
+
+    /// Whether the expiry index of `shard` (owned under `token`) may hold
+    /// something due at `now_ms`.
+    pub fn may_have_due(&self, shard: u32, token: u64, now_ms: u64) -> bool {
+        let st = self.lock();
+        match st.shards.get(&shard) {
+            Some(s) if s.token == token => s.quiet_until.is_none_or(|q| now_ms >= q),
+            _ => true,
+        }
+    }
+
+    /// The expiry index of `shard` was read at `now_ms` under `token`;
+    /// `complete`: everything due was returned.
+    pub fn swept(&self, shard: u32, token: u64, now_ms: u64, complete: bool) {
+        if self.max_entries == 0 {
+            return;
+        }
+        let mut st = self.lock();
+        let s = st.shards.entry(shard).or_default();
+        if s.token != token {
+            *s = Shard::default();
+            s.token = token;
+        }
+        s.quiet_until = complete.then_some(now_ms + SWEEP_IDLE_MS);
     }
 
     /// Forget all of `shard` (a write whose outcome is unknown, a lost
@@ -466,6 +510,29 @@ mod tests {
             &Value::Publications(vec![publication("e1", 1)]),
         );
         assert!(pubs(&c, 8).is_none(), "a stale read filled the cache");
+    }
+
+    #[test]
+    fn a_swept_shard_is_quiet_until_a_deadline_it_committed() {
+        let c = cache(100);
+        assert!(c.may_have_due(1, 1, 0), "never swept: may have");
+        c.swept(1, 1, 10_000, true);
+        assert!(!c.may_have_due(1, 1, 10_500));
+        assert!(c.may_have_due(1, 1, 10_000 + SWEEP_IDLE_MS));
+        // A deadline committed meanwhile brings the next sweep forward.
+        let mut p = publication("e1", 1);
+        p.expires_at_ms = 10_200;
+        c.committed(1, 1, &[Op::PutPublication(p)], &[]);
+        assert!(!c.may_have_due(1, 1, 10_100));
+        assert!(c.may_have_due(1, 1, 10_200));
+        // A sweep that hit its limit leaves more: sweep again at once.
+        c.swept(1, 1, 10_300, false);
+        assert!(c.may_have_due(1, 1, 10_300));
+        // Another token knows nothing.
+        c.swept(1, 1, 20_000, true);
+        assert!(c.may_have_due(1, 2, 20_001));
+        c.forget(1);
+        assert!(c.may_have_due(1, 1, 20_001));
     }
 
     #[test]
