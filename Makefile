@@ -1,7 +1,7 @@
 # The two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test test-deps build release lint fmt check-config bench cluster-bench smoke cluster-up cluster-down cluster-test
+.PHONY: run test test-deps build release lint fmt check-config bench cluster-bench cluster-scale smoke cluster-up cluster-down cluster-test
 
 run:
 	$(CARGO) run --release -p presenced --
@@ -44,6 +44,14 @@ bench:
 # Knobs: COMPOSITORS, NOTIFIERS, USERS, DURATION, FANOUT_RATE, PUBLISH_RATE, BIN.
 cluster-bench:
 	loadtest/cluster-bench.sh
+
+# The scaling curve (docs/benchmarks.md §6): each cluster process on a
+# simulated host (network namespace + cgroup CPU quota), 1, 2 and 4
+# instances of each tier. Needs root. Knobs: SCALE_ARGS (see
+# `loadtest/cluster-scale.py --help`), e.g. SCALE_ARGS=--redis-cluster.
+cluster-scale:
+	$(CARGO) build --release --locked -p presenced -p presence-loadtest
+	python3 loadtest/cluster-scale.py $(SCALE_ARGS)
 
 # The load generator's smoke profile against a freshly started server.
 smoke:
