@@ -62,6 +62,23 @@ pub fn shard_of(aor: &str, shards: u32) -> u32 {
     (h % shards.max(1) as u64) as u32
 }
 
+/// A subscription id that names its shard: `<tag>.<shard>`. The id is the
+/// dialog's local tag (token characters only), and a store finds the record
+/// from the id alone, without first looking up where it lives.
+pub fn subscription_id(tag: &str, shard: u32) -> String {
+    format!("{tag}.{shard}")
+}
+
+/// The shard a subscription id names, if it names one (ids made before
+/// [`subscription_id`] do not: the store looks them up).
+pub fn shard_in_id(id: &str) -> Option<u32> {
+    let (tag, shard) = id.rsplit_once('.')?;
+    if tag.is_empty() || shard.is_empty() || !shard.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    shard.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +115,14 @@ mod tests {
         }
         assert!(seen.len() > 240, "only {} shards used", seen.len());
         assert_eq!(shard_of("x", 1), 0);
+    }
+
+    #[test]
+    fn subscription_ids_name_their_shard() {
+        assert_eq!(shard_in_id(&subscription_id("00ab", 17)), Some(17));
+        assert_eq!(shard_in_id("00ab"), None, "an id of the old form");
+        for bad in [".5", "a.", "a.-1", "a.1x", "a.99999999999"] {
+            assert_eq!(shard_in_id(bad), None, "{bad}");
+        }
     }
 }

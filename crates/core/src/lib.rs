@@ -20,6 +20,6 @@ pub mod pidf;
 pub mod policy;
 pub mod seal;
 
-pub use aor::{canonical_aor, shard_of, Aor};
+pub use aor::{canonical_aor, shard_in_id, shard_of, subscription_id, Aor};
 pub use model::*;
 pub use seal::{FlowSealer, Seal};

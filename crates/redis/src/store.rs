@@ -535,10 +535,18 @@ impl Store for RedisStore {
 
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
         self.timed("subscription", async {
-            let shard: Option<String> = self
-                .query(redis::cmd("HGET").arg(self.sid_key(id)).arg("k"))
-                .await?;
-            let Some(shard) = shard.and_then(|s| s.parse::<u32>().ok()) else {
+            // An id that names its shard is read in one round trip; an id
+            // of the old form is looked up first.
+            let shard = match presence_core::shard_in_id(id).filter(|s| *s < self.shards) {
+                Some(s) => Some(s),
+                None => {
+                    let k: Option<String> = self
+                        .query(redis::cmd("HGET").arg(self.sid_key(id)).arg("k"))
+                        .await?;
+                    k.and_then(|s| s.parse::<u32>().ok())
+                }
+            };
+            let Some(shard) = shard else {
                 return Ok(None);
             };
             if shard >= self.shards {

@@ -199,6 +199,25 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     assert_eq!(s.watcher_ids(a, "presence").await.expect("read").len(), 1);
     assert!(s.is_watched(a, "presence").await.expect("read"));
     assert!(!s.is_watched(a, "dialog").await.expect("read"));
+    // An id that names its shard (what compositors make) is found, and
+    // gone once deleted; an id naming another shard finds nothing.
+    let named = presence_core::subscription_id("t1", k);
+    s.commit(
+        k,
+        vec![Op::PutSubscription(subscription(&named, a, 60_000))],
+    )
+    .await
+    .expect("commit");
+    assert_eq!(
+        s.subscription(&named).await.expect("read").map(|x| x.id),
+        Some(named.clone())
+    );
+    let elsewhere = presence_core::subscription_id("t1", (k + 1) % shards);
+    assert!(s.subscription(&elsewhere).await.expect("read").is_none());
+    s.commit(k, vec![Op::DeleteSubscription { id: named.clone() }])
+        .await
+        .expect("commit");
+    assert!(s.subscription(&named).await.expect("read").is_none());
     // Its last watcher gone, a resource is not watched (Redis drops the set).
     let lone = "sip:lone@example.com";
     let kl = shard_of(lone, shards);

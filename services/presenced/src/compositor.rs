@@ -829,7 +829,7 @@ impl Compositor {
                 limit,
             }));
         }
-        let id = new_tag();
+        let id = presence_core::subscription_id(&new_tag(), shard_of(&c.aor, self.shards));
         let sub = Subscription {
             id: id.clone(),
             aor: c.aor.clone(),
