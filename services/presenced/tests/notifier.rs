@@ -58,18 +58,14 @@ async fn a_refresh_job_twice_sends_one_notify() {
         answered: Mutex::new(Vec::new()),
         states: Mutex::new(Vec::new()),
     });
-    let notifier = Arc::new(Notifier::new(
-        store.clone(),
-        jobs.clone(),
+    let _stop = start(
+        &store,
+        &jobs,
         edges.clone(),
-        Arc::new(MemoryBus::new()),
-        Registry::default(),
-        Clock::new(),
         shards,
         Arc::new(Metrics::new()),
-    ));
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(notifier.run(1, stop_rx));
+        1,
+    );
     let states = || edges.states.lock().unwrap().clone();
     let until = |n: usize| {
         let edges = edges.clone();
@@ -116,6 +112,32 @@ async fn a_refresh_job_twice_sends_one_notify() {
         expires(&got[1]) > expires(&got[0]) + 500,
         "the second NOTIFY is not the refresh's: {got:?}"
     );
+}
+
+/// A notifier with `pullers` job pullers on `store` and `jobs`, sending
+/// through `edges`; it runs until the returned sender is dropped.
+fn start(
+    store: &Arc<dyn Store>,
+    jobs: &Arc<dyn WorkQueue<NotifyJob>>,
+    edges: Arc<dyn Requests<OutRequest, Outcome>>,
+    shards: u32,
+    metrics: Arc<Metrics>,
+    pullers: usize,
+) -> watch::Sender<bool> {
+    let shards_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
+    let notifier = Arc::new(Notifier::new(
+        store.clone(),
+        jobs.clone(),
+        edges,
+        shards_bus,
+        Registry::default(),
+        Clock::new(),
+        shards,
+        metrics,
+    ));
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(notifier.run(pullers, stop_rx));
+    stop
 }
 
 /// Edges: `edge.edge-dead` never answers (each attempt runs out its
@@ -230,19 +252,14 @@ async fn dead_watchers_do_not_stall_a_live_ones_notify() {
         answered: Mutex::new(Vec::new()),
         states: Mutex::new(Vec::new()),
     });
-    let shards_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
-    let notifier = Arc::new(Notifier::new(
-        store.clone(),
-        jobs.clone(),
+    let _stop = start(
+        &store,
+        &jobs,
         edges.clone(),
-        shards_bus,
-        Registry::default(),
-        Clock::new(),
         shards,
         Arc::new(Metrics::new()),
-    ));
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(notifier.run(4, stop_rx));
+        4,
+    );
     for job in changes {
         jobs.push(job).await.expect("push");
     }
@@ -352,18 +369,7 @@ async fn a_notify_resent_through_another_edge_gets_a_new_cseq() {
         attempts: Mutex::new(Vec::new()),
     });
     let metrics = Arc::new(Metrics::new());
-    let notifier = Arc::new(Notifier::new(
-        store.clone(),
-        jobs.clone(),
-        edges.clone(),
-        Arc::new(MemoryBus::new()),
-        Registry::default(),
-        Clock::new(),
-        shards,
-        metrics.clone(),
-    ));
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(notifier.run(1, stop_rx));
+    let _stop = start(&store, &jobs, edges.clone(), shards, metrics.clone(), 1);
     jobs.push(NotifyJob::Refresh { id: "sub1".into() })
         .await
         .expect("push");
