@@ -4,13 +4,14 @@
 # Debian's 2.9 is too old for the JetStream features we use), and the real
 # SIP clients the interop tests drive: SIPp (sip-tester), sipsak, and
 # baresip (baresip-core: the softphone and its modules, without the
-# FFmpeg, GStreamer, GTK and X11 parts the `baresip` metapackage recommends).
+# FFmpeg, GStreamer, GTK and X11 parts the `baresip` metapackage recommends),
+# and `ip` (iproute2) for the simulated hosts of tests/cluster_scale.rs.
 set -euo pipefail
 if ! command -v redis-server >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y redis-server >/dev/null || { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
 fi
-for tool in sipp:sip-tester sipsak:sipsak baresip:baresip-core openssl:openssl; do
+for tool in sipp:sip-tester sipsak:sipsak baresip:baresip-core openssl:openssl ip:iproute2 redis-cli:redis-tools; do
   if ! command -v "${tool%%:*}" >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y "${tool#*:}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${tool#*:}" >/dev/null; }
