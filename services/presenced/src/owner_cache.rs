@@ -240,9 +240,22 @@ impl OwnerCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn count(&self, st: &State) {
-        let n: usize = st.shards.values().map(Shard::entries).sum();
-        self.metrics.entries.set(n as i64);
+    /// After a change: past the bound, the largest shard's entries go; the
+    /// gauge says how many are kept.
+    fn settle(&self, st: &mut State) {
+        let mut total: usize = st.shards.values().map(Shard::entries).sum();
+        if total > self.max_entries {
+            let biggest = st
+                .shards
+                .iter()
+                .max_by_key(|(_, s)| s.entries())
+                .map(|(k, s)| (*k, s.entries()));
+            if let Some((k, n)) = biggest {
+                st.shards.remove(&k);
+                total -= n;
+            }
+        }
+        self.metrics.entries.set(total as i64);
     }
 
     /// The cached value of `read` for `shard` under lease `token`, if known.
@@ -285,14 +298,16 @@ impl OwnerCache {
             return;
         }
         let mut st = self.lock();
-        let s = st.shards.entry(shard).or_default();
-        if s.entries() == 0 && s.token != token {
-            *s = Shard::default();
-            s.token = token;
-        }
-        if s.token != token {
+        // Entries of another token that a commit or sweep put there since
+        // the read began: the read is older, it fills nothing.
+        if st
+            .shards
+            .get(&shard)
+            .is_some_and(|s| s.token != token && s.entries() > 0)
+        {
             return;
         }
+        let s = shard_mut(&mut st, shard, token);
         match (read, value) {
             (Read::Publications(a, e), Value::Publications(v)) => {
                 s.publications.insert((a, e), v.clone());
@@ -315,8 +330,7 @@ impl OwnerCache {
             }
             _ => {}
         }
-        self.bound(&mut st);
-        self.count(&st);
+        self.settle(&mut st);
     }
 
     /// `ops` were committed to `shard` under `token`; the store numbered
@@ -326,19 +340,12 @@ impl OwnerCache {
             return;
         }
         let mut st = self.lock();
-        let s = st.shards.entry(shard).or_default();
-        if s.token != token {
-            if s.entries() > 0 {
-                *s = Shard::default();
-            }
-            s.token = token;
-        }
+        let s = shard_mut(&mut st, shard, token);
         let mut versions = versions.iter().copied();
         for op in ops {
             s.apply(op, &mut versions);
         }
-        self.bound(&mut st);
-        self.count(&st);
+        self.settle(&mut st);
     }
 
     /// Whether the expiry index of `shard` (owned under `token`) may hold
@@ -358,12 +365,7 @@ impl OwnerCache {
             return;
         }
         let mut st = self.lock();
-        let s = st.shards.entry(shard).or_default();
-        if s.token != token {
-            *s = Shard::default();
-            s.token = token;
-        }
-        s.quiet_until = complete.then_some(now_ms + SWEEP_IDLE_MS);
+        shard_mut(&mut st, shard, token).quiet_until = complete.then_some(now_ms + SWEEP_IDLE_MS);
     }
 
     /// Forget all of `shard` (a write whose outcome is unknown, a lost
@@ -371,23 +373,21 @@ impl OwnerCache {
     pub fn forget(&self, shard: u32) {
         let mut st = self.lock();
         st.shards.remove(&shard);
-        self.count(&st);
+        self.settle(&mut st);
     }
+}
 
-    fn bound(&self, st: &mut State) {
-        let total: usize = st.shards.values().map(Shard::entries).sum();
-        if total <= self.max_entries {
-            return;
-        }
-        if let Some(biggest) = st
-            .shards
-            .iter()
-            .max_by_key(|(_, s)| s.entries())
-            .map(|(k, _)| *k)
-        {
-            st.shards.remove(&biggest);
-        }
+/// `shard`'s entries under lease `token`: a fresh, empty set if those kept
+/// were read or written under another token.
+fn shard_mut(st: &mut State, shard: u32, token: u64) -> &mut Shard {
+    let s = st.shards.entry(shard).or_default();
+    if s.token != token {
+        *s = Shard {
+            token,
+            ..Shard::default()
+        };
     }
+    s
 }
 
 #[cfg(test)]

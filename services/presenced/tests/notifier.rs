@@ -54,10 +54,7 @@ async fn a_refresh_job_twice_sends_one_notify() {
     };
     commit(sub.clone()).await;
     let jobs: Arc<dyn WorkQueue<NotifyJob>> = Arc::new(MemoryQueue::new());
-    let edges = Arc::new(Edges {
-        answered: Mutex::new(Vec::new()),
-        states: Mutex::new(Vec::new()),
-    });
+    let edges = Arc::new(Edges::default());
     let _stop = start(
         &store,
         &jobs,
@@ -141,11 +138,23 @@ fn start(
 }
 
 /// Edges: `edge.edge-dead` never answers (each attempt runs out its
-/// timeout), every other edge answers 200 at once and records when.
+/// timeout); `edge.edge-dying` takes its first attempt and never answers
+/// (it sent the NOTIFY and was killed before the watcher's 200 came back),
+/// after which nobody serves it; every other edge answers 200 at once and
+/// records when. Every attempt is recorded with its subject and CSeq.
+#[derive(Default)]
 struct Edges {
     answered: Mutex<Vec<(String, Instant)>>,
     /// The Subscription-State of each NOTIFY answered.
     states: Mutex<Vec<String>>,
+    attempts: Mutex<Vec<(String, u32)>>,
+}
+
+fn header<'a>(req: &'a OutRequest, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case(name))
+        .map(|h| h.value())
 }
 
 #[async_trait]
@@ -156,21 +165,32 @@ impl Requests<OutRequest, Outcome> for Edges {
         req: OutRequest,
         timeout: Duration,
     ) -> Result<Outcome, BusError> {
-        if subject == presenced::names::edge_subject(DEAD) {
+        let cseq = header(&req, "CSeq")
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("a NOTIFY with a CSeq");
+        let tried_dying = {
+            let mut a = self.attempts.lock().unwrap();
+            let before = a
+                .iter()
+                .any(|(s, _)| *s == presenced::names::edge_subject(DYING));
+            a.push((subject.to_string(), cseq));
+            before
+        };
+        if subject == presenced::names::edge_subject(DEAD)
+            || (subject == presenced::names::edge_subject(DYING) && !tried_dying)
+        {
             tokio::time::sleep(timeout).await;
             return Err(BusError::Timeout);
+        }
+        if subject == presenced::names::edge_subject(DYING) {
+            return Err(BusError::NoResponders(subject.to_string()));
         }
         self.answered
             .lock()
             .unwrap()
             .push((req.uri.clone(), Instant::now()));
-        let state = req
-            .headers
-            .iter()
-            .find(|h| h.name().eq_ignore_ascii_case("Subscription-State"))
-            .map(|h| h.value().to_string())
-            .unwrap_or_default();
-        self.states.lock().unwrap().push(state);
+        let state = header(&req, "Subscription-State").unwrap_or_default();
+        self.states.lock().unwrap().push(state.to_string());
         Ok(Outcome::of_code(200))
     }
     async fn serve(
@@ -248,10 +268,7 @@ async fn dead_watchers_do_not_stall_a_live_ones_notify() {
     }
     let live_change = commit(live_aor, vec![subscription(999_999, live_aor, "edge-live")]).await;
     let jobs: Arc<dyn WorkQueue<NotifyJob>> = Arc::new(MemoryQueue::new());
-    let edges = Arc::new(Edges {
-        answered: Mutex::new(Vec::new()),
-        states: Mutex::new(Vec::new()),
-    });
+    let edges = Arc::new(Edges::default());
     let _stop = start(
         &store,
         &jobs,
@@ -296,56 +313,7 @@ async fn dead_watchers_do_not_stall_a_live_ones_notify() {
     );
 }
 
-/// Edges for [`a_notify_resent_through_another_edge_gets_a_new_cseq`]:
-/// `edge.edge-dying` takes the first attempt and never answers (it sent the
-/// NOTIFY and was killed before the watcher's 200 came back); after that
-/// nobody serves it. Any other subject answers 200. Records (subject, CSeq)
-/// of every attempt.
-struct DyingEdge {
-    attempts: Mutex<Vec<(String, u32)>>,
-}
-
 const DYING: &str = "edge-dying";
-
-#[async_trait]
-impl Requests<OutRequest, Outcome> for DyingEdge {
-    async fn request(
-        &self,
-        subject: &str,
-        req: OutRequest,
-        timeout: Duration,
-    ) -> Result<Outcome, BusError> {
-        let cseq = req
-            .headers
-            .iter()
-            .find(|h| h.name().eq_ignore_ascii_case("CSeq"))
-            .and_then(|h| h.value().split_whitespace().next()?.parse().ok())
-            .expect("a NOTIFY with a CSeq");
-        let first = {
-            let mut a = self.attempts.lock().unwrap();
-            a.push((subject.to_string(), cseq));
-            a.len() == 1
-        };
-        if subject == presenced::names::edge_subject(DYING) {
-            if first {
-                tokio::time::sleep(timeout).await;
-                return Err(BusError::Timeout);
-            }
-            return Err(BusError::NoResponders(subject.to_string()));
-        }
-        Ok(Outcome::of_code(200))
-    }
-    async fn serve(
-        &self,
-        _: &str,
-        _: mpsc::Sender<Incoming<OutRequest, Outcome>>,
-    ) -> Result<(), BusError> {
-        Ok(())
-    }
-    async fn unserve(&self, _: &str) -> Result<(), BusError> {
-        Ok(())
-    }
-}
 
 /// CI saw a watcher get CSeq 7 twice in two transactions: its edge sent
 /// the NOTIFY and was killed before the answer came back, and the notifier
@@ -365,9 +333,7 @@ async fn a_notify_resent_through_another_edge_gets_a_new_cseq() {
         .await
         .expect("commit");
     let jobs: Arc<dyn WorkQueue<NotifyJob>> = Arc::new(MemoryQueue::new());
-    let edges = Arc::new(DyingEdge {
-        attempts: Mutex::new(Vec::new()),
-    });
+    let edges = Arc::new(Edges::default());
     let metrics = Arc::new(Metrics::new());
     let _stop = start(&store, &jobs, edges.clone(), shards, metrics.clone(), 1);
     jobs.push(NotifyJob::Refresh { id: "sub1".into() })
