@@ -16,7 +16,11 @@
 //!   `presence_nats_errors_total{bus,op,kind}`,
 //!   `presence_nats_jetstream_publish_seconds{queue}`,
 //!   `presence_nats_jetstream_pending`,
-//!   `presence_nats_jetstream_redeliveries_total`.
+//!   `presence_nats_jetstream_redeliveries_total`,
+//!   `presence_nats_batch_items{bus,kind}`.
+//! - Batches ([`batch`]): a bus made with [`RequestsConfig::batch`] sends
+//!   the requests queued together for one subject as one message, and every
+//!   server answers a batch's requests in batches.
 //!
 //! What it is not: no retries inside `request` (the caller decides), no
 //! knowledge of shards or edges beyond the subject names it is given.
@@ -28,6 +32,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/presence.v1.rs"));
 }
 
+pub mod batch;
 pub mod convert;
 pub mod envelope;
 pub mod metrics;

@@ -20,6 +20,9 @@ pub struct NatsMetrics {
     pub jetstream_pending: IntGauge,
     /// Deliveries that were redeliveries (delivery count > 1).
     pub jetstream_redeliveries: IntCounter,
+    /// Requests or answers per batched message (`bus`, `kind`: `request`
+    /// or `answer`).
+    pub batch_items: HistogramVec,
 }
 
 impl NatsMetrics {
@@ -58,8 +61,17 @@ impl NatsMetrics {
                 "presence_nats_jetstream_redeliveries_total",
                 "Jobs delivered again (not acked in time, or released unacked)",
             )?,
+            batch_items: HistogramVec::new(
+                HistogramOpts::new(
+                    "presence_nats_batch_items",
+                    "Requests (or answers) carried by one batched NATS message",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+                &["bus", "kind"],
+            )?,
         };
         registry.register(Box::new(m.request_seconds.clone()))?;
+        registry.register(Box::new(m.batch_items.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
         registry.register(Box::new(m.publish_seconds.clone()))?;
         registry.register(Box::new(m.jetstream_pending.clone()))?;

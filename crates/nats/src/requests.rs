@@ -9,6 +9,7 @@
 //! dropped without answering, is answered at once with an error header
 //! instead of letting the caller wait for its timeout.
 
+use crate::batch::{Batcher, Outgoing};
 use crate::envelope::Envelope;
 use crate::metrics::NatsMetrics;
 use async_nats::client::RequestErrorKind;
@@ -42,6 +43,9 @@ pub struct RequestsConfig {
     pub queue_group: String,
     /// `bus` label of the metrics, from a fixed set (e.g. `shard`, `edge`).
     pub label: String,
+    /// Send requests queued together for one subject as one message
+    /// ([`crate::batch`]). Every server takes batches whatever this says.
+    pub batch: bool,
 }
 
 impl Default for RequestsConfig {
@@ -49,6 +53,7 @@ impl Default for RequestsConfig {
         RequestsConfig {
             queue_group: "presence".into(),
             label: "default".into(),
+            batch: false,
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct NatsRequests<Req, Rep> {
     cfg: Arc<RequestsConfig>,
     metrics: NatsMetrics,
     served: Mutex<HashMap<String, Served>>,
+    /// The batching requester, started by the first request (`batch` on).
+    batcher: tokio::sync::OnceCell<Batcher>,
     _types: PhantomData<fn(Req) -> Rep>,
 }
 
@@ -74,6 +81,7 @@ impl<Req, Rep> NatsRequests<Req, Rep> {
             cfg: Arc::new(cfg),
             metrics,
             served: Mutex::new(HashMap::new()),
+            batcher: tokio::sync::OnceCell::new(),
             _types: PhantomData,
         }
     }
@@ -119,6 +127,51 @@ where
     async fn request(&self, subject: &str, req: Req, timeout: Duration) -> Result<Rep, BusError> {
         let label = self.cfg.label.as_str();
         let start = Instant::now();
+        if self.cfg.batch {
+            let batcher = self
+                .batcher
+                .get_or_try_init(|| {
+                    Batcher::start(
+                        self.client.clone(),
+                        self.cfg.label.clone(),
+                        self.metrics.clone(),
+                    )
+                })
+                .await;
+            match batcher {
+                Ok(b) if !b.unbatched(subject) => {
+                    return match b.request(subject, req.encode().into(), timeout).await {
+                        Ok(payload) => match Rep::decode(&payload) {
+                            Ok(rep) => {
+                                self.metrics
+                                    .request_seconds
+                                    .with_label_values(&[label])
+                                    .observe(start.elapsed().as_secs_f64());
+                                Ok(rep)
+                            }
+                            Err(e) => {
+                                self.metrics.error(label, "request", "decode");
+                                Err(BusError::Backend(format!("bad reply: {e}")))
+                            }
+                        },
+                        Err(BusError::NoResponders(_)) => {
+                            Err(BusError::NoResponders(subject.to_string()))
+                        }
+                        Err(e) => {
+                            if e == BusError::Timeout {
+                                self.metrics.error(label, "request", "timeout");
+                            }
+                            Err(e)
+                        }
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.error(label, "request", "backend");
+                    return Err(e);
+                }
+            }
+        }
         let request = async_nats::Request::new()
             .payload(req.encode().into())
             .timeout(Some(timeout));
@@ -244,6 +297,8 @@ async fn serve_loop<Req, Rep>(
 {
     let label = cfg.label.as_str();
     let mut draining = false;
+    // Answers to batched requests, batched in turn (see crate::batch).
+    let mut answers: Option<mpsc::UnboundedSender<Outgoing>> = None;
     loop {
         let next = if draining {
             sub.next().await
@@ -264,6 +319,25 @@ async fn serve_loop<Req, Rep>(
             metrics.error(label, "serve", "no_reply_subject");
             continue;
         };
+        if crate::batch::is_batch(msg.headers.as_ref()) {
+            let answers = answers.get_or_insert_with(|| {
+                crate::batch::answer_writer(client.clone(), cfg.label.clone(), metrics.clone())
+            });
+            let served = crate::batch::serve_batch(
+                &msg.subject,
+                reply_to.to_string(),
+                &msg.payload,
+                &tx,
+                answers,
+                label,
+                &metrics,
+            )
+            .await;
+            if !served {
+                break;
+            }
+            continue;
+        }
         let req = match Req::decode(&msg.payload) {
             Ok(r) => r,
             Err(e) => {

@@ -628,3 +628,39 @@ fn a_flow_seal_is_16_bytes_or_none() {
     let back = <pb::OutRequest as Envelope>::decode(&Envelope::encode(&req)).expect("decodes");
     assert_eq!(Flow::try_from(back.flow.expect("flow")), Ok(f));
 }
+
+// ---------------------------------------------------------------------------
+// Batches (crate::batch)
+// ---------------------------------------------------------------------------
+
+fn bus_item(r: &mut StdRng) -> pb::BusItem {
+    pb::BusItem {
+        token: r.random(),
+        payload: body(r),
+        error: text(r),
+    }
+}
+
+/// A batch of any items decodes to those items; bytes that are not a batch
+/// (random, truncated, bit-flipped) never panic the decoder.
+#[test]
+fn batches_round_trip_and_bad_bytes_never_panic() {
+    let mut r = rng();
+    for _ in 0..ROUNDS {
+        let items: Vec<pb::BusItem> = (0..r.random_range(0..6))
+            .map(|_| bus_item(&mut r))
+            .collect();
+        let bytes = presence_nats::batch::encode(items.clone());
+        assert_eq!(presence_nats::batch::decode(&bytes), Some(items));
+        let mut bad = bytes.to_vec();
+        match r.random_range(0..3) {
+            0 => bad.truncate(r.random_range(0..=bad.len())),
+            1 if !bad.is_empty() => {
+                let i = r.random_range(0..bad.len());
+                bad[i] ^= 1 << r.random_range(0..8);
+            }
+            _ => bad = body(&mut r).to_vec(),
+        }
+        let _ = presence_nats::batch::decode(&bad);
+    }
+}

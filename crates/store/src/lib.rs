@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod contract;
+pub mod gather;
 pub mod lease;
 pub mod memory;
 pub mod store;

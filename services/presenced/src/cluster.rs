@@ -83,6 +83,8 @@ impl Backends {
             presence_nats::RequestsConfig {
                 queue_group: "compositors".into(),
                 label: "shard".into(),
+                // One subject per shard: requests to one shard rarely meet.
+                batch: false,
             },
             metrics.clone(),
         );
@@ -91,6 +93,8 @@ impl Backends {
             presence_nats::RequestsConfig {
                 queue_group: "edges".into(),
                 label: "edge".into(),
+                // A change's NOTIFYs to one edge travel as one message.
+                batch: true,
             },
             metrics.clone(),
         );

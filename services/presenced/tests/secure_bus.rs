@@ -283,3 +283,61 @@ async fn each_role_may_use_only_its_own_nats_subjects() {
     assert!(ack.await.is_ok(), "a compositor pushes jobs");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under the per-role users, an edge answers a notifier's batch of NOTIFYs
+/// (crates/nats/src/batch.rs) in as many messages as their transactions
+/// take: here the first request is answered only after the others came
+/// back in earlier messages. NATS's `allow_responses = true` lets a
+/// responder answer once; nats-auth.conf allows 64 answers per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_answers_a_batch_in_several_messages_under_its_permissions() {
+    use presence_nats::{NatsMetrics, NatsRequests, RequestsConfig};
+    use presence_store::{Incoming, Requests};
+    let dir = tempdir();
+    let nats = harness::start_nats_with_role_users(&dir);
+    let url = nats.url();
+    let bus = |client| {
+        NatsRequests::<u32, u32>::new(
+            client,
+            RequestsConfig {
+                label: "edge".into(),
+                batch: true,
+                ..Default::default()
+            },
+            NatsMetrics::default(),
+        )
+    };
+    let edge = bus(as_role(&url, &dir, "edge").await);
+    let notifier = std::sync::Arc::new(bus(as_role(&url, &dir, "notifier").await));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming<u32, u32>>(64);
+    edge.serve("edge.e1", tx).await.expect("serve");
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut gate = Some(released);
+        while let Some(inc) = rx.recv().await {
+            if inc.request == 0 {
+                let gate = gate.take().expect("one slow request");
+                tokio::spawn(async move {
+                    let _ = gate.await;
+                    inc.reply(1000);
+                });
+            } else {
+                let x = inc.request;
+                inc.reply(x * 2);
+            }
+        }
+    });
+    let calls: Vec<_> = (0..6u32)
+        .map(|i| {
+            let n = notifier.clone();
+            tokio::spawn(async move { n.request("edge.e1", i, Duration::from_secs(20)).await })
+        })
+        .collect();
+    let mut calls = calls.into_iter();
+    let slow = calls.next().expect("six calls");
+    for (i, call) in (1..6u32).zip(calls) {
+        assert_eq!(call.await.expect("task"), Ok(i * 2));
+    }
+    release.send(()).expect("the slow request waits");
+    assert_eq!(slow.await.expect("task"), Ok(1000));
+}
