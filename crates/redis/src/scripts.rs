@@ -172,18 +172,28 @@ if cur == -1 or (cur >= 0 and cur < t) then redis.call('PEXPIREAT', KEYS[1], t) 
 return 1
 "#;
 
-/// Next NOTIFY CSeq: KEYS[1] the id hash, ARGV[1] grace ms (TTL of a counter
-/// whose subscription was never stored, e.g. a fetch), ARGV[2] the version.
-/// Nil when a newer version took one, or the NOTIFYs are over (`e`).
+/// Next NOTIFY CSeq of each subscription: KEYS[i] an id hash, ARGV[1]
+/// grace ms (TTL of a counter whose subscription was never stored, e.g. a
+/// fetch), ARGV[i + 1] the version KEYS[i]'s NOTIFY carries. Returns one
+/// number per key, taken in order (a key twice takes two): the CSeq, or 0
+/// when a newer version took one, or the NOTIFYs are over (`e`). Several
+/// keys only where they share a slot (not across a Redis Cluster).
 pub const NEXT_CSEQ: &str = r#"
-local st = redis.call('HMGET', KEYS[1], 'v', 'e')
-if st[2] then return false end
-local v = tonumber(st[1] or '0')
-if tonumber(ARGV[2]) < v then return false end
-redis.call('HSET', KEYS[1], 'v', ARGV[2])
-local c = redis.call('HINCRBY', KEYS[1], 'c', 1)
-if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return c
+local out = {}
+for i, key in ipairs(KEYS) do
+  local c = 0
+  local st = redis.call('HMGET', key, 'v', 'e')
+  if not st[2] then
+    local v = tonumber(st[1] or '0')
+    if tonumber(ARGV[i + 1]) >= v then
+      redis.call('HSET', key, 'v', ARGV[i + 1])
+      c = redis.call('HINCRBY', key, 'c', 1)
+      if redis.call('PTTL', key) == -1 then redis.call('PEXPIRE', key, ARGV[1]) end
+    end
+  end
+  out[i] = c
+end
+return out
 "#;
 
 /// The NOTIFYs of a subscription are over: KEYS[1] the id hash, ARGV[1]

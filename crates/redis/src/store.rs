@@ -294,6 +294,35 @@ impl RedisStore {
         r
     }
 
+    fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// One call of the CSeq script for these counters (all in one slot).
+    async fn take_cseqs(&self, asks: &[(String, u64)]) -> StoreResult<Vec<Option<u32>>> {
+        let mut c = self.conn.clone();
+        let mut call = self.scripts.next_cseq.prepare_invoke();
+        for (id, _) in asks {
+            call.key(self.sid_key(id));
+        }
+        call.arg(self.grace_ms);
+        for (_, version) in asks {
+            call.arg(version.to_string());
+        }
+        let got: Vec<i64> = call.invoke_async(&mut c).await.map_err(backend)?;
+        if got.len() != asks.len() {
+            return Err(corrupt("CSeq counters"));
+        }
+        got.into_iter()
+            .map(|n| match n {
+                0 => Ok(None),
+                n => u32::try_from(n)
+                    .map(Some)
+                    .map_err(|_| StoreError::Backend(format!("CSeq counter out of range: {n}"))),
+            })
+            .collect()
+    }
+
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> StoreResult<T> {
         let mut c = self.conn.clone();
         cmd.query_async(&mut c).await.map_err(backend)
@@ -567,6 +596,58 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn subscriptions(&self, ids: &[String]) -> StoreResult<Vec<Option<Subscription>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.timed("subscriptions", async {
+            // Ids that name their shard are read with one MGET (one
+            // round trip; on a Redis Cluster, where their shards' slots
+            // differ, one GET each, all at once); any other id alone.
+            let mut out: Vec<Option<Subscription>> = vec![None; ids.len()];
+            let mut named = Vec::new();
+            let mut other = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                match presence_core::shard_in_id(id).filter(|s| *s < self.shards) {
+                    Some(shard) => named.push((i, self.shard_key(shard, &format!("s:{id}")))),
+                    None => other.push(i),
+                }
+            }
+            let raws: Vec<Option<Vec<u8>>> = if named.is_empty() {
+                Vec::new()
+            } else if self.is_cluster() {
+                let reads =
+                    futures_util::future::join_all(named.iter().map(|(_, key)| async move {
+                        self.query::<Option<Vec<u8>>>(redis::cmd("GET").arg(key))
+                            .await
+                    }))
+                    .await;
+                reads.into_iter().collect::<StoreResult<_>>()?
+            } else {
+                let mut mget = redis::cmd("MGET");
+                for (_, key) in &named {
+                    mget.arg(key);
+                }
+                self.query(&mget).await?
+            };
+            if raws.len() != named.len() {
+                return Err(corrupt("subscriptions"));
+            }
+            for ((i, _), raw) in named.iter().zip(raws) {
+                if let Some(v) = raw {
+                    let s =
+                        decode_stored_subscription(&v).ok_or_else(|| corrupt("subscription"))?;
+                    out[*i] = (s.id == ids[*i]).then_some(s);
+                }
+            }
+            for i in other {
+                out[i] = self.subscription(&ids[i]).await?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>> {
         self.timed("watcher_ids", async {
             self.query(redis::cmd("SMEMBERS").arg(self.aor_key("w", aor, Some(event))))
@@ -677,21 +758,48 @@ impl Store for RedisStore {
 
     async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
         self.timed("next_cseq", async {
-            let mut c = self.conn.clone();
-            let n: Option<i64> = self
-                .scripts
-                .next_cseq
-                .key(self.sid_key(id))
-                .arg(self.grace_ms)
-                .arg(version.to_string())
-                .invoke_async(&mut c)
-                .await
-                .map_err(backend)?;
-            n.map(|n| {
-                u32::try_from(n)
-                    .map_err(|_| StoreError::Backend(format!("CSeq counter out of range: {n}")))
-            })
-            .transpose()
+            let ask = [(id.to_string(), version)];
+            let mut got = self.take_cseqs(&ask).await?;
+            Ok(got.pop().flatten())
+        })
+        .await
+    }
+
+    async fn next_cseqs(&self, asks: &[(String, u64)]) -> StoreResult<Vec<Option<u32>>> {
+        if asks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.timed("next_cseqs", async {
+            if !self.is_cluster() {
+                return self.take_cseqs(asks).await;
+            }
+            // Across a Redis Cluster the counters live in different slots:
+            // one script call each, all at once (the cluster connection
+            // sends each to its node), in order for the same id twice.
+            let mut out = Vec::with_capacity(asks.len());
+            let mut calls = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut rest = Vec::new();
+            for (i, ask) in asks.iter().enumerate() {
+                if seen.insert(ask.0.as_str()) {
+                    calls.push((i, ask.clone()));
+                } else {
+                    rest.push((i, ask.clone()));
+                }
+            }
+            out.resize(asks.len(), None);
+            let results = futures_util::future::join_all(calls.iter().map(|(_, a)| {
+                let ask = [a.clone()];
+                async move { self.take_cseqs(&ask).await }
+            }))
+            .await;
+            for ((i, _), r) in calls.iter().zip(results) {
+                out[*i] = r?.pop().flatten();
+            }
+            for (i, ask) in rest {
+                out[i] = self.take_cseqs(&[ask]).await?.pop().flatten();
+            }
+            Ok(out)
         })
         .await
     }

@@ -214,6 +214,35 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     );
     let elsewhere = presence_core::subscription_id("t1", (k + 1) % shards);
     assert!(s.subscription(&elsewhere).await.expect("read").is_none());
+    // Read together, in order: both id forms, missing ones, one twice.
+    let other = presence_core::subscription_id("t2", (k + 1) % shards);
+    let ids: Vec<String> = vec![
+        named.clone(),
+        "s1".into(),
+        elsewhere.clone(),
+        "nobody".into(),
+        other,
+        named.clone(),
+    ];
+    let got: Vec<Option<String>> = s
+        .subscriptions(&ids)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|x| x.map(|x| x.id))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Some(named.clone()),
+            Some("s1".into()),
+            None,
+            None,
+            None,
+            Some(named.clone())
+        ]
+    );
+    assert!(s.subscriptions(&[]).await.expect("read").is_empty());
     s.commit(k, vec![Op::DeleteSubscription { id: named.clone() }])
         .await
         .expect("commit");
@@ -320,6 +349,19 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     assert_eq!(s.next_cseq("s1", 9).await.expect("cseq"), None);
     assert_eq!(s.next_cseq("s1", u64::MAX).await.expect("cseq"), None);
     assert_eq!(s.next_cseq("s2", 1).await.expect("cseq"), Some(1));
+    // Taken together, each as if alone (the same id twice included).
+    let asks: Vec<(String, u64)> = vec![
+        ("s2".into(), 1),
+        ("s3".into(), 4),
+        ("s2".into(), 0),
+        ("s1".into(), 10),
+        ("s3".into(), 6),
+    ];
+    assert_eq!(
+        s.next_cseqs(&asks).await.expect("cseqs"),
+        vec![Some(2), Some(1), None, None, Some(2)]
+    );
+    assert_eq!(s.next_cseqs(&[]).await.expect("cseqs"), vec![]);
 
     // The outbox: jobs committed with a batch, listed in id order per shard,
     // kept until done.

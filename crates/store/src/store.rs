@@ -121,6 +121,15 @@ pub trait Store: Send + Sync + 'static {
     async fn publications(&self, aor: &str, event: &str) -> StoreResult<Vec<Publication>>;
     async fn bindings(&self, aor: &str) -> StoreResult<Vec<Binding>>;
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>>;
+    /// [`Store::subscription`] of each id, in order: one round trip where
+    /// the backend can (a notifier reads a change's watchers together).
+    async fn subscriptions(&self, ids: &[String]) -> StoreResult<Vec<Option<Subscription>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.subscription(id).await?);
+        }
+        Ok(out)
+    }
     /// Ids of the subscriptions watching (aor, event). One whose record has
     /// just gone may still be listed: loading it then finds nothing.
     async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>>;
@@ -162,6 +171,15 @@ pub trait Store: Send + Sync + 'static {
     /// lower CSeq (RFC 3261 §12.2.2) never applies an older document after a
     /// newer one. The same version may take several CSeqs (refreshes).
     async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>>;
+    /// [`Store::next_cseq`] for each (id, version), in order, each as if
+    /// taken alone: one round trip where the backend can.
+    async fn next_cseqs(&self, asks: &[(String, u64)]) -> StoreResult<Vec<Option<u32>>> {
+        let mut out = Vec::with_capacity(asks.len());
+        for (id, version) in asks {
+            out.push(self.next_cseq(id, *version).await?);
+        }
+        Ok(out)
+    }
     /// The subscription's NOTIFYs are over (its final NOTIFY went out):
     /// from now on [`Store::next_cseq`] answers `None` for it, whatever the
     /// version, so a redelivered job never sends another NOTIFY after the
