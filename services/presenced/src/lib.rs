@@ -11,6 +11,7 @@
 
 pub mod answers;
 pub mod cluster;
+pub mod coalesce;
 pub mod compositor;
 pub mod config;
 pub mod edge;

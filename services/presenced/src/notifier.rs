@@ -8,6 +8,7 @@
 //! from the store's per-subscription counter, so it only goes up. A 481, 408
 //! or a transaction timeout removes the subscription.
 
+use crate::coalesce::Coalesced;
 use crate::edge::{OutRequest, Outcome};
 use crate::faults::Faults;
 use crate::metrics::Metrics;
@@ -17,7 +18,7 @@ use presence_core::commands::{Command, NotifyJob, Reply};
 use presence_core::packages::Registry;
 use presence_core::{shard_of, Document, EndReason, Subscription, View};
 use presence_sip::rsip;
-use presence_store::{BusError, Requests, Store, WorkQueue};
+use presence_store::{BusError, Requests, Store, StoreResult, WorkQueue};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,10 @@ pub struct Notifier {
     /// A change with more watchers than this is split into batches of this
     /// size, all but one queued for other notifiers.
     batch: usize,
+    /// Subscription reads and CSeqs the NOTIFY tasks ask for together, made
+    /// as one store call each ([`crate::coalesce`]); started on first use.
+    subs: std::sync::OnceLock<Coalesced<String, Option<Subscription>>>,
+    cseqs: std::sync::OnceLock<Coalesced<(String, u64), Option<u32>>>,
 }
 
 /// Default of `--notify-batch`.
@@ -218,6 +223,8 @@ impl Notifier {
             sent: AtomicU64::new(0),
             sending: Default::default(),
             batch: DEFAULT_BATCH,
+            subs: Default::default(),
+            cseqs: Default::default(),
         }
     }
 
@@ -404,7 +411,10 @@ impl Notifier {
         }
     }
 
-    /// Schedule the NOTIFY of a change for each of these subscriptions.
+    /// Schedule the NOTIFY of a change for each of these subscriptions. The
+    /// subscriptions that had nothing in flight are served by one task,
+    /// so their store calls and bus requests are made in one poll and
+    /// leave together (see [`crate::coalesce`]).
     fn schedule_changes(
         self: &Arc<Self>,
         ids: &[String],
@@ -412,34 +422,47 @@ impl Notifier {
         doc: Option<Arc<Document>>,
     ) -> Arc<JobDone> {
         let done = JobDone::new(ids.len());
+        let mut idle = Vec::new();
         for id in ids {
             let p = Pending::Latest {
                 force: false,
                 doc: doc.clone(),
             };
-            self.schedule(id, p, Some(at_ms), done.clone());
+            if self.enqueue(id, p, Some(at_ms), done.clone()) {
+                idle.push(id.clone());
+            }
+        }
+        if !idle.is_empty() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                futures_util::future::join_all(idle.into_iter().map(|id| me.clone().drain(id)))
+                    .await;
+            });
         }
         done
     }
 
     fn schedule(self: &Arc<Self>, id: &str, p: Pending, at_ms: Option<u64>, done: Arc<JobDone>) {
-        let start = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            let slot = slots.entry(id.to_string()).or_default();
-            slot.waiters.push(done);
-            slot.pending = Some(merge(slot.pending.take(), p));
-            if slot.changed_at_ms.is_none() {
-                slot.changed_at_ms = at_ms;
-            }
-            let start = !slot.busy;
-            slot.busy = true;
-            start
-        };
-        if start {
+        if self.enqueue(id, p, at_ms, done) {
             let me = self.clone();
             let id = id.to_string();
             tokio::spawn(async move { me.drain(id).await });
         }
+    }
+
+    /// Put `p` in the subscription's slot; `true` when nothing was in
+    /// flight for it, so the caller must start draining it.
+    fn enqueue(&self, id: &str, p: Pending, at_ms: Option<u64>, done: Arc<JobDone>) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.entry(id.to_string()).or_default();
+        slot.waiters.push(done);
+        slot.pending = Some(merge(slot.pending.take(), p));
+        if slot.changed_at_ms.is_none() {
+            slot.changed_at_ms = at_ms;
+        }
+        let start = !slot.busy;
+        slot.busy = true;
+        start
     }
 
     /// Send what is pending for one subscription until nothing is.
@@ -503,7 +526,7 @@ impl Notifier {
         match pending {
             Pending::Latest { force, doc: read } => {
                 let retry = |read| Next::Retry(Pending::Latest { force, doc: read });
-                let sub = match self.store.subscription(id).await {
+                let sub = match self.subscription(id).await {
                     Ok(Some(s)) => s,
                     Ok(None) => {
                         let _ = self.forget_if_idle(id);
@@ -638,11 +661,35 @@ impl Notifier {
         }
     }
 
+    /// The subscription record, read with those other NOTIFY tasks read now.
+    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
+        let subs = self.subs.get_or_init(|| {
+            let store = self.store.clone();
+            Coalesced::new(move |ids: Vec<String>| {
+                let store = store.clone();
+                async move { store.subscriptions(&ids).await }
+            })
+        });
+        subs.call(id.to_string()).await
+    }
+
+    /// [`Store::next_cseq`], taken with those other NOTIFY tasks take now.
+    async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
+        let cseqs = self.cseqs.get_or_init(|| {
+            let store = self.store.clone();
+            Coalesced::new(move |asks: Vec<(String, u64)>| {
+                let store = store.clone();
+                async move { store.next_cseqs(&asks).await }
+            })
+        });
+        cseqs.call((id.to_string(), version)).await
+    }
+
     /// The CSeq for a NOTIFY carrying `version`; `Err` with how the send
     /// ends when it must not go out: superseded by a newer version (counted,
     /// and done), or the store failed (try again).
     async fn take_cseq(&self, sub: &Subscription, version: u64) -> Result<u32, Sent> {
-        match self.store.next_cseq(&sub.id, version).await {
+        match self.next_cseq(&sub.id, version).await {
             Ok(Some(c)) => Ok(c),
             Ok(None) => {
                 self.metrics
