@@ -100,7 +100,10 @@ enum Answer {
 }
 
 struct Queued {
+    /// Where the message goes.
     subject: String,
+    /// The subject the request is for, when `subject` is a router.
+    routed: Option<String>,
     token: u64,
     payload: Bytes,
 }
@@ -123,28 +126,46 @@ struct Shared {
 }
 
 impl Shared {
-    fn wake(&self, token: u64, answer: Answer) {
+    /// Give the caller waiting for `token` its answer; `false` if nobody
+    /// waits (it gave up, or was answered).
+    fn wake(&self, token: u64, answer: Answer) -> bool {
         let tx = self
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&token);
-        if let Some(tx) = tx {
-            let _ = tx.send(answer);
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(answer);
+                true
+            }
+            None => false,
         }
     }
 
-    /// Fail what is still waiting of batch `id`, and forget the batch.
-    fn fail_batch(&self, id: u64, e: impl Fn() -> BusError) -> Option<String> {
+    /// Fail what is still waiting of batch `id`, and forget the batch; its
+    /// subject, and how many requests it failed.
+    fn fail_batch(&self, id: u64, e: impl Fn() -> BusError) -> Option<(String, u64)> {
         let sent = self
             .batches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id)?;
+        let mut failed = 0;
         for t in sent.tokens {
-            self.wake(t, Answer::Failed(e()));
+            if self.wake(t, Answer::Failed(e())) {
+                failed += 1;
+            }
         }
-        Some(sent.subject)
+        Some((sent.subject, failed))
+    }
+
+    /// Count `n` failed requests of `kind`.
+    fn failed(&self, kind: &str, n: u64) {
+        self.metrics
+            .errors
+            .with_label_values(&[&self.label, "request", kind])
+            .inc_by(n);
     }
 
     /// One answer of batch `id` came.
@@ -243,10 +264,12 @@ impl Batcher {
         }
     }
 
-    /// Queue one request and wait for its answer's payload.
+    /// Queue one request and wait for its answer's payload. With `routed`,
+    /// it goes to router subject `subject` for subject `routed`.
     pub(crate) async fn request(
         &self,
         subject: &str,
+        routed: Option<&str>,
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, BusError> {
@@ -261,6 +284,7 @@ impl Batcher {
         self.queue
             .send(Queued {
                 subject: subject.to_string(),
+                routed: routed.map(str::to_string),
                 token,
                 payload,
             })
@@ -336,6 +360,7 @@ async fn write_requests(
                         token: q.token,
                         payload: q.payload,
                         error: String::new(),
+                        subject: q.routed.unwrap_or_default(),
                     })
                     .collect(),
             );
@@ -348,9 +373,11 @@ async fn write_requests(
                 )
                 .await;
             if let Err(e) = sent {
-                shared.metrics.error(&shared.label, "request", "backend");
                 let e = e.to_string();
-                shared.fail_batch(next_batch, || BusError::Backend(e.clone()));
+                if let Some((_, n)) = shared.fail_batch(next_batch, || BusError::Backend(e.clone()))
+                {
+                    shared.failed("backend", n);
+                }
             }
         }
     }
@@ -367,11 +394,8 @@ async fn read_answers(mut answers: async_nats::Subscriber, shared: Arc<Shared>) 
             continue;
         };
         if msg.status == Some(StatusCode::NO_RESPONDERS) {
-            if let Some(subject) = shared.fail_batch(id, || BusError::NoResponders(String::new())) {
-                shared
-                    .metrics
-                    .error(&shared.label, "request", "no_responders");
-                tracing::trace!(%subject, "no responders for a batch");
+            if let Some((_, n)) = shared.fail_batch(id, || BusError::NoResponders(String::new())) {
+                shared.failed("no_responders", n);
             }
             continue;
         }
@@ -381,20 +405,19 @@ async fn read_answers(mut answers: async_nats::Subscriber, shared: Arc<Shared>) 
                 // A server that does not know batches: one request per
                 // message to it for a while.
                 let e = || BusError::Backend("the server takes no batches".into());
-                if let Some(subject) = shared.fail_batch(id, e) {
+                if let Some((subject, n)) = shared.fail_batch(id, e) {
                     tracing::info!(%subject, "server takes no batches; sending one request per message");
                     shared
                         .unbatched
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(subject, Instant::now());
+                    shared.failed("undecodable", n);
                 }
-                shared
-                    .metrics
-                    .error(&shared.label, "request", "undecodable");
-            } else {
-                shared.fail_batch(id, || BusError::NoResponders(String::new()));
-                shared.metrics.error(&shared.label, "request", "dropped");
+            } else if let Some((_, n)) =
+                shared.fail_batch(id, || BusError::NoResponders(String::new()))
+            {
+                shared.failed("dropped", n);
             }
             continue;
         }
@@ -406,13 +429,11 @@ async fn read_answers(mut answers: async_nats::Subscriber, shared: Arc<Shared>) 
             let answer = match item.error.as_str() {
                 "" => Answer::Reply(item.payload),
                 DROPPED => {
-                    shared.metrics.error(&shared.label, "request", "dropped");
+                    shared.failed("dropped", 1);
                     Answer::Failed(BusError::NoResponders(String::new()))
                 }
                 other => {
-                    shared
-                        .metrics
-                        .error(&shared.label, "request", "undecodable");
+                    shared.failed("undecodable", 1);
                     Answer::Failed(BusError::Backend(format!("server answered {other}")))
                 }
             };
@@ -479,6 +500,7 @@ where
                 token,
                 payload,
                 error: error.to_string(),
+                subject: String::new(),
             },
         });
     };
@@ -503,7 +525,14 @@ where
                 continue;
             }
         };
-        let (inc, rx) = Incoming::new(subject.to_string(), req);
+        // A routed request is for the subject it names (the server checks
+        // that it serves it: see `serve_batch`).
+        let for_subject = if item.subject.is_empty() {
+            subject.to_string()
+        } else {
+            item.subject
+        };
+        let (inc, rx) = Incoming::new(for_subject, req);
         if tx.send(inc).await.is_err() {
             served = false;
             answer(item.token, Bytes::new(), DROPPED);
@@ -518,11 +547,13 @@ where
                     token,
                     payload: rep.encode().into(),
                     error: String::new(),
+                    subject: String::new(),
                 },
                 Err(_) => pb::BusItem {
                     token,
                     payload: Bytes::new(),
                     error: DROPPED.to_string(),
+                    subject: String::new(),
                 },
             };
             let _ = answers.send(Outgoing { reply_to, item });
@@ -542,11 +573,13 @@ mod tests {
                 token: 7,
                 payload: Bytes::from_static(b"abc"),
                 error: String::new(),
+                subject: String::new(),
             },
             pb::BusItem {
                 token: 9,
                 payload: Bytes::new(),
                 error: DROPPED.into(),
+                subject: String::new(),
             },
         ];
         let bytes = encode(items.clone());

@@ -86,6 +86,68 @@ impl<Req, Rep> NatsRequests<Req, Rep> {
         }
     }
 
+    /// A request through the batching requester: `None` when this bus does
+    /// not batch, or `to` takes no batches (then send it alone).
+    async fn batched(
+        &self,
+        to: &str,
+        routed: Option<&str>,
+        payload: bytes::Bytes,
+        timeout: Duration,
+    ) -> Option<Result<Rep, BusError>>
+    where
+        Rep: Envelope,
+    {
+        if !self.cfg.batch {
+            return None;
+        }
+        let label = self.cfg.label.as_str();
+        let start = Instant::now();
+        let batcher = self
+            .batcher
+            .get_or_try_init(|| {
+                Batcher::start(
+                    self.client.clone(),
+                    self.cfg.label.clone(),
+                    self.metrics.clone(),
+                )
+            })
+            .await;
+        let b = match batcher {
+            Ok(b) => b,
+            Err(e) => {
+                self.metrics.error(label, "request", "backend");
+                return Some(Err(e));
+            }
+        };
+        if b.unbatched(to) {
+            return None;
+        }
+        let subject = routed.unwrap_or(to);
+        Some(match b.request(to, routed, payload, timeout).await {
+            Ok(payload) => match Rep::decode(&payload) {
+                Ok(rep) => {
+                    self.metrics
+                        .request_seconds
+                        .with_label_values(&[label])
+                        .observe(start.elapsed().as_secs_f64());
+                    Ok(rep)
+                }
+                Err(e) => {
+                    self.metrics.error(label, "request", "decode");
+                    Err(BusError::Backend(format!("bad reply: {e}")))
+                }
+            },
+            Err(BusError::NoResponders(_)) => Err(BusError::NoResponders(subject.to_string())),
+            Err(e) => {
+                if e == BusError::Timeout {
+                    self.metrics.error(label, "request", "timeout");
+                }
+                Err(e)
+            }
+        })
+    }
+
     fn take_served(&self, subject: &str) -> Option<Served> {
         self.served
             .lock()
@@ -128,48 +190,9 @@ where
         let label = self.cfg.label.as_str();
         let start = Instant::now();
         if self.cfg.batch {
-            let batcher = self
-                .batcher
-                .get_or_try_init(|| {
-                    Batcher::start(
-                        self.client.clone(),
-                        self.cfg.label.clone(),
-                        self.metrics.clone(),
-                    )
-                })
-                .await;
-            match batcher {
-                Ok(b) if !b.unbatched(subject) => {
-                    return match b.request(subject, req.encode().into(), timeout).await {
-                        Ok(payload) => match Rep::decode(&payload) {
-                            Ok(rep) => {
-                                self.metrics
-                                    .request_seconds
-                                    .with_label_values(&[label])
-                                    .observe(start.elapsed().as_secs_f64());
-                                Ok(rep)
-                            }
-                            Err(e) => {
-                                self.metrics.error(label, "request", "decode");
-                                Err(BusError::Backend(format!("bad reply: {e}")))
-                            }
-                        },
-                        Err(BusError::NoResponders(_)) => {
-                            Err(BusError::NoResponders(subject.to_string()))
-                        }
-                        Err(e) => {
-                            if e == BusError::Timeout {
-                                self.metrics.error(label, "request", "timeout");
-                            }
-                            Err(e)
-                        }
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.metrics.error(label, "request", "backend");
-                    return Err(e);
-                }
+            let payload = req.encode().into();
+            if let Some(r) = self.batched(subject, None, payload, timeout).await {
+                return r;
             }
         }
         let request = async_nats::Request::new()
@@ -210,6 +233,21 @@ where
                 Ok(rep)
             }
             Err(e) => fail("decode", BusError::Backend(format!("bad reply: {e}"))),
+        }
+    }
+
+    async fn request_via(
+        &self,
+        via: &str,
+        subject: &str,
+        req: Req,
+        timeout: Duration,
+    ) -> Result<Rep, BusError> {
+        let payload = req.encode().into();
+        match self.batched(via, Some(subject), payload, timeout).await {
+            Some(r) => r,
+            // Routing needs batches (the item names its subject).
+            None => self.request(subject, req, timeout).await,
         }
     }
 

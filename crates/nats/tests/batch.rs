@@ -134,7 +134,8 @@ async fn one_slow_answer_does_not_hold_back_its_batch() {
 #[tokio::test]
 async fn a_batch_nobody_serves_fails_at_once_with_no_responders() {
     let server = NatsServer::start();
-    let b = batching(&server, "lonely", NatsMetrics::default()).await;
+    let metrics = NatsMetrics::default();
+    let b = batching(&server, "lonely", metrics.clone()).await;
     let calls = (0..5u32).map(|i| b.request("edge.gone", i, Duration::from_secs(60)));
     let res = tokio::time::timeout(
         Duration::from_secs(20),
@@ -145,6 +146,12 @@ async fn a_batch_nobody_serves_fails_at_once_with_no_responders() {
     for r in res {
         assert_eq!(r, Err(BusError::NoResponders("edge.gone".into())));
     }
+    // Counted per request, not per message.
+    let failed = metrics
+        .errors
+        .with_label_values(&["edge", "request", "no_responders"])
+        .get();
+    assert_eq!(failed, 5);
 }
 
 #[tokio::test]
@@ -182,11 +189,13 @@ async fn an_undecodable_request_in_a_batch_is_refused_alone() {
             token: 1,
             payload: b"no".to_vec().into(),
             error: String::new(),
+            subject: String::new(),
         },
         pb::BusItem {
             token: 2,
             payload: good.into(),
             error: String::new(),
+            subject: String::new(),
         },
     ];
     let mut h = async_nats::HeaderMap::new();
@@ -255,5 +264,42 @@ async fn an_older_server_gets_one_request_per_message() {
     assert_eq!(
         b.request("edge.old", 5, Duration::from_secs(10)).await,
         Ok(6)
+    );
+}
+
+/// A request sent through a router subject reaches its server with the
+/// subject it is for; one nobody serves there fails with `NoResponders`
+/// for that subject.
+#[tokio::test]
+async fn a_routed_request_names_its_subject() {
+    let server = NatsServer::start();
+    let owner = batching(&server, "owner", NatsMetrics::default()).await;
+    let (tx, mut rx) = mpsc::channel::<Incoming<u32, u32>>(16);
+    owner.serve("owner.c1", tx).await.expect("serve");
+    tokio::spawn(async move {
+        while let Some(inc) = rx.recv().await {
+            let shard: u32 = inc
+                .subject
+                .strip_prefix("shard.")
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(999);
+            let x = inc.request;
+            inc.reply(shard * 100 + x);
+        }
+    });
+    let edge = batching(&server, "edge", NatsMetrics::default()).await;
+    let t = Duration::from_secs(10);
+    let calls = [3u32, 7, 3].map(|k| {
+        let subject = format!("shard.{k}");
+        let edge = &edge;
+        async move { edge.request_via("owner.c1", &subject, 1, t).await }
+    });
+    assert_eq!(
+        futures_util::future::join_all(calls).await,
+        vec![Ok(301), Ok(701), Ok(301)]
+    );
+    assert_eq!(
+        edge.request_via("owner.gone", "shard.3", 1, t).await,
+        Err(BusError::NoResponders("shard.3".into()))
     );
 }

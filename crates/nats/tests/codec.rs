@@ -638,6 +638,7 @@ fn bus_item(r: &mut StdRng) -> pb::BusItem {
         token: r.random(),
         payload: body(r),
         error: text(r),
+        subject: text(r),
     }
 }
 

@@ -65,6 +65,22 @@ impl<Rep> Replier<Rep> {
 #[async_trait]
 pub trait Requests<Req: Send + 'static, Rep: Send + 'static>: Send + Sync {
     async fn request(&self, subject: &str, req: Req, timeout: Duration) -> Result<Rep, BusError>;
+    /// [`Requests::request`] for `subject`, sent through `via`: a subject
+    /// whose server serves `subject` among others (a compositor's
+    /// `owner.<id>` for its shards), so requests for several of them can
+    /// travel together. A server that does not serve `subject` (any more)
+    /// drops it: `NoResponders`, and the caller asks `subject` itself. A bus
+    /// that cannot route sends to `subject` directly.
+    async fn request_via(
+        &self,
+        via: &str,
+        subject: &str,
+        req: Req,
+        timeout: Duration,
+    ) -> Result<Rep, BusError> {
+        let _ = via;
+        self.request(subject, req, timeout).await
+    }
     /// Route requests on `subject` into `tx` until [`Requests::unserve`].
     async fn serve(
         &self,

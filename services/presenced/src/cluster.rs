@@ -83,8 +83,9 @@ impl Backends {
             presence_nats::RequestsConfig {
                 queue_group: "compositors".into(),
                 label: "shard".into(),
-                // One subject per shard: requests to one shard rarely meet.
-                batch: false,
+                // Requests to one compositor's shards travel together
+                // through its owner subject (owner_routes.rs).
+                batch: true,
             },
             metrics.clone(),
         );

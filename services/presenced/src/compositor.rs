@@ -7,6 +7,7 @@
 use crate::leases::{LeaseEvent, ShardLeases};
 use crate::metrics::Metrics;
 use crate::names::{new_tag, shard_subject, txn_etag};
+use crate::names::{owner_subject, shard_of_subject};
 use crate::outbox::Outbox;
 use crate::recent::RecentReplies;
 use crate::Clock;
@@ -174,6 +175,42 @@ impl Compositor {
                 }
             }
         };
+        // Every shard this process owns, also on one subject (cluster mode):
+        // an edge sends the requests for several of them as one message
+        // (`Requests::request_via`). A request for a shard not served here
+        // (any more) is dropped: the edge then asks the shard's subject.
+        let router = match &leases {
+            Some(l) => {
+                let subject = owner_subject(l.owner());
+                let (otx, mut orx) = mpsc::channel::<Incoming<Command, Reply>>(4096);
+                let routes: Vec<_> = senders.iter().map(|(_, b)| b.clone()).collect();
+                let l = l.clone();
+                let metrics = self.metrics.clone();
+                let dispatch = tokio::spawn(async move {
+                    while let Some(inc) = orx.recv().await {
+                        match shard_of_subject(&inc.subject).filter(|k| l.serves(*k)) {
+                            Some(k) => {
+                                let _ = routes[k as usize % routes.len()].send(inc).await;
+                            }
+                            None => {
+                                metrics.compositor_misrouted.inc();
+                                drop(inc);
+                            }
+                        }
+                    }
+                });
+                match bus.serve(&subject, otx).await {
+                    Ok(()) => Some((subject, dispatch)),
+                    Err(e) => {
+                        // Edges then ask each shard's subject: slower, not wrong.
+                        tracing::warn!(error = %e, %subject, "cannot serve the owner subject");
+                        dispatch.abort();
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         // Leases run on their own task with their own stop signal: they must
         // keep being renewed while this loop drains.
         let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
@@ -282,6 +319,11 @@ impl Compositor {
         // Lame duck: stop taking requests (unserve drains what the bus has
         // already taken into the workers' queues), finish them, then hand the
         // leases back.
+        if let Some((subject, dispatch)) = router {
+            let _ = bus.unserve(&subject).await;
+            // The bus handed over what it took; the dispatcher passes it on.
+            let _ = dispatch.await;
+        }
         let served = match &leases {
             None => (0..self.shards).collect(),
             Some(l) => l.unserve_all(),

@@ -176,6 +176,15 @@ impl ShardLeases {
             .map(|h| h.token)
     }
 
+    /// Whether this process holds and serves `shard` now.
+    pub fn serves(&self, shard: u32) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .held
+            .get(&shard)
+            .is_some_and(|h| h.serving && h.valid_until > now)
+    }
+
     /// Shards held and served, sorted.
     pub fn owned(&self) -> Vec<u32> {
         let now = Instant::now();

@@ -27,6 +27,7 @@ pub mod notifier;
 pub mod ops;
 pub mod outbox;
 pub mod owner_cache;
+pub mod owner_routes;
 pub mod recent;
 pub mod roster;
 
@@ -40,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::outbox::Outbox;
 use crate::owner_cache::OwnerCache;
+use crate::owner_routes::OwnerRoutes;
 use presence_core::commands::{Command, Reply};
 use presence_core::digest::Verifier;
 use presence_core::packages::Registry;
@@ -202,15 +204,26 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
     // Every caller of a shard rides out handovers the same way.
     let retry_metrics = RetryMetrics::register(&metrics.registry)
         .map_err(|e| StartError::Backend(e.to_string()))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // In a cluster an edge sends a shard's requests through its owner's
+    // subject, so requests for one compositor travel together
+    // (owner_routes.rs).
+    let routed: Arc<dyn Requests<Command, Reply>> = match &backends.leases {
+        Some(leases) if roles.edge => {
+            let r = OwnerRoutes::new(backends.shards_bus.clone(), leases.clone(), cfg.shards);
+            tasks.push(tokio::spawn(r.clone().follow(shutdown_rx.clone())));
+            r
+        }
+        _ => backends.shards_bus.clone(),
+    };
     let shards_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(HandoverRetry::new(
-        backends.shards_bus.clone(),
+        routed,
         cfg.handover_wait,
         Some(retry_metrics),
     ));
     let packages = Registry::default();
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
 
     if roles.compositor {
         let (compositor_store, leased) = match &backends.leases {

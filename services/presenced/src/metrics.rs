@@ -24,6 +24,7 @@ pub struct Metrics {
     pub compositor_documents: IntGauge,
     pub compositor_expired: IntCounterVec,
     pub compositor_store_errors: IntCounter,
+    pub compositor_misrouted: IntCounter,
     pub compositor_retried_commands: IntCounterVec,
     pub compositor_outbox: IntCounterVec,
     pub compositor_changes: IntCounterVec,
@@ -75,6 +76,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(store_errors.clone()))
+            .expect("unique metric");
+        let misrouted = IntCounter::new(
+            "presence_compositor_misrouted_total",
+            "Requests sent through this compositor's owner subject for a shard it does not serve (dropped; the edge asks the shard itself)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(misrouted.clone()))
             .expect("unique metric");
         let rerouted = IntCounter::new(
             "presence_notifier_rerouted_total",
@@ -190,6 +198,7 @@ impl Metrics {
                 &["kind"],
             ),
             compositor_store_errors: store_errors,
+            compositor_misrouted: misrouted,
             compositor_retried_commands: counter(
                 &r,
                 "presence_compositor_retried_commands_total",

@@ -9,6 +9,29 @@ pub fn shard_subject(shard: u32) -> String {
     format!("shard.{shard}")
 }
 
+/// The subject a compositor serves for every shard it owns, so that an
+/// edge can send the requests for several of them as one message
+/// (`Requests::request_via`): `owner.<id>`, from the owner name of its
+/// shard leases, with anything but letters, digits, `-` and `_` as `_`.
+pub fn owner_subject(owner: &str) -> String {
+    let id: String = owner
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("owner.{id}")
+}
+
+/// The shard of a `shard.<k>` subject.
+pub fn shard_of_subject(subject: &str) -> Option<u32> {
+    subject.strip_prefix("shard.")?.parse().ok()
+}
+
 /// The subject an edge serves for the NOTIFYs and MESSAGEs of its flows.
 pub fn edge_subject(edge: &str) -> String {
     format!("edge.{edge}")

@@ -237,6 +237,10 @@ async fn each_role_may_use_only_its_own_nats_subjects() {
     // Allowed: requests to shard owners, NOTIFYs to edges.
     assert!(delivered(&compositor, "shard.*", &edge, "shard.5").await);
     assert!(delivered(&compositor, "shard.*", &notifier, "shard.5").await);
+    // An edge's requests for several shards of one compositor.
+    assert!(delivered(&compositor, "owner.*", &edge, "owner.c1").await);
+    assert!(!delivered(&compositor, "owner.*", &notifier, "owner.c1").await);
+    assert!(!delivered(&edge, "owner.*", &edge, "owner.c1").await);
     assert!(delivered(&edge, "edge.e1", &notifier, "edge.e1").await);
     assert!(delivered(&edge, "edges.any", &edge, "edges.any").await);
     // Refused publications: a compositor cannot send SIP through an edge.
