@@ -248,6 +248,15 @@ impl NatsServer {
         http_get(self.monitor_port, path)
     }
 
+    /// CPU seconds (user + system) the server has used so far: its process
+    /// and any it started (the `nats-server` on PATH may be a wrapper that
+    /// runs the real binary as a child). `None` when it is not running or
+    /// `/proc` cannot say (not Linux). For measurements, never assertions.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let root = self.child.as_ref()?.id();
+        crate::process_tree_cpu_seconds(root)
+    }
+
     /// `kill -9` the server (no lame-duck, no flush). Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
