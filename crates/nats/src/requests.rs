@@ -86,6 +86,27 @@ impl<Req, Rep> NatsRequests<Req, Rep> {
         }
     }
 
+    /// The reply to a request made at `start`, decoded and timed.
+    fn answered(&self, payload: &[u8], start: Instant) -> Result<Rep, BusError>
+    where
+        Rep: Envelope,
+    {
+        let label = self.cfg.label.as_str();
+        match Rep::decode(payload) {
+            Ok(rep) => {
+                self.metrics
+                    .request_seconds
+                    .with_label_values(&[label])
+                    .observe(start.elapsed().as_secs_f64());
+                Ok(rep)
+            }
+            Err(e) => {
+                self.metrics.error(label, "request", "decode");
+                Err(BusError::Backend(format!("bad reply: {e}")))
+            }
+        }
+    }
+
     /// A request through the batching requester: `None` when this bus does
     /// not batch, or `to` takes no batches (then send it alone).
     async fn batched(
@@ -125,19 +146,7 @@ impl<Req, Rep> NatsRequests<Req, Rep> {
         }
         let subject = routed.unwrap_or(to);
         Some(match b.request(to, routed, payload, timeout).await {
-            Ok(payload) => match Rep::decode(&payload) {
-                Ok(rep) => {
-                    self.metrics
-                        .request_seconds
-                        .with_label_values(&[label])
-                        .observe(start.elapsed().as_secs_f64());
-                    Ok(rep)
-                }
-                Err(e) => {
-                    self.metrics.error(label, "request", "decode");
-                    Err(BusError::Backend(format!("bad reply: {e}")))
-                }
-            },
+            Ok(payload) => self.answered(&payload, start),
             Err(BusError::NoResponders(_)) => Err(BusError::NoResponders(subject.to_string())),
             Err(e) => {
                 if e == BusError::Timeout {
@@ -224,16 +233,7 @@ where
                 )
             };
         }
-        match Rep::decode(&msg.payload) {
-            Ok(rep) => {
-                self.metrics
-                    .request_seconds
-                    .with_label_values(&[label])
-                    .observe(start.elapsed().as_secs_f64());
-                Ok(rep)
-            }
-            Err(e) => fail("decode", BusError::Backend(format!("bad reply: {e}"))),
-        }
+        self.answered(&msg.payload, start)
     }
 
     async fn request_via(
