@@ -61,21 +61,22 @@ impl<K: Send + 'static, V: Send + 'static> Coalesced<K, V> {
                 tokio::spawn(async move {
                     let (keys, answers): (Vec<K>, Vec<_>) = calls.into_iter().unzip();
                     let n = keys.len();
-                    let result = batch(keys).await;
-                    drop(slot);
-                    match result {
-                        Ok(values) if values.len() == n => {
-                            for (tx, v) in answers.into_iter().zip(values) {
-                                let _ = tx.send(Ok(v));
-                            }
-                        }
-                        Ok(values) => {
-                            let e = StoreError::Backend(format!(
+                    // One value per call, or one error for all of them.
+                    let result = batch(keys).await.and_then(|values| {
+                        if values.len() == n {
+                            Ok(values)
+                        } else {
+                            Err(StoreError::Backend(format!(
                                 "a batch of {n} calls got {} answers",
                                 values.len()
-                            ));
-                            for tx in answers {
-                                let _ = tx.send(Err(e.clone()));
+                            )))
+                        }
+                    });
+                    drop(slot);
+                    match result {
+                        Ok(values) => {
+                            for (tx, v) in answers.into_iter().zip(values) {
+                                let _ = tx.send(Ok(v));
                             }
                         }
                         Err(e) => {
