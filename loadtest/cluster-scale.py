@@ -294,7 +294,7 @@ def run_step(a, tier, n, logdir):
         users = a.users if tier == "notifier" else a.users * n
         lt = h.start("load", [a.bin + "/presence-loadtest", "--target", targets, "--users", users,
                               "--buddies", buddies, "--publish-rate", rate, "--duration", a.duration,
-                              "--transport", a.transport,
+                              "--transport", a.transport, "--notify-deadline", a.notify_deadline,
                               "--no-teardown", "--no-progress", "--report", report], logdir)
         pids["load"] = lt.pid
         samples = []
@@ -454,6 +454,9 @@ def main():
     ap.add_argument("--transport", default="tcp",
                     help="the UAs' transport; tcp: a UA waiting for a capped tier does not retransmit")
     ap.add_argument("--duration", type=int, default=12)
+    ap.add_argument("--notify-deadline", type=float, default=5.0,
+                    help="seconds a change has to reach its watchers before the canary counts it "
+                         "missing (a deeply overloaded notifier tier may need more)")
     ap.add_argument("--redis-cluster", action="store_true")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release"))
     ap.add_argument("--out", default=os.path.join(ROOT, "target/cluster-scale", time.strftime("%Y%m%d-%H%M%S")))
@@ -493,7 +496,9 @@ def main():
     cmd = (f"sudo python3 loadtest/cluster-scale.py --tiers {a.tiers} --counts {a.counts} --quota {a.quota} "
            f"--edges {a.edges} --compositors {a.compositors} --notifiers {a.notifiers} --users {a.users} "
            f"--buddies {a.buddies} --publish-rate {a.publish_rate} --fanout-rate {a.fanout_rate} "
-           f"--duration {a.duration} --transport {a.transport}" + (" --redis-cluster" if a.redis_cluster else ""))
+           f"--duration {a.duration} --transport {a.transport}"
+           + (f" --notify-deadline {a.notify_deadline:g}" if a.notify_deadline != 5.0 else "")
+           + (" --redis-cluster" if a.redis_cluster else ""))
     text = (f"Command: `{cmd}` ({int(time.time() - started)} s; raw reports and logs: `{a.out}`, not committed).\n\n"
             + table(rows, a) + "\n")
     print(text)

@@ -303,3 +303,64 @@ async fn a_routed_request_names_its_subject() {
         Err(BusError::NoResponders("shard.3".into()))
     );
 }
+
+/// A server that dies in the middle of a batch (here: answers the first
+/// requests it took, then never answers the rest, as a process killed
+/// between a commit and its replies): the answered requests get their
+/// answers at once, each of the others fails with `Timeout` at its own
+/// deadline. Not `NoResponders`, which would tell the caller that nothing
+/// was applied: the rest may have been (the shard owner's re-send policy,
+/// ARCHITECTURE.md "Retries", then relies on idempotence).
+#[tokio::test]
+async fn a_server_dying_mid_batch_answers_what_it_answered_and_the_rest_time_out() {
+    let server = NatsServer::start();
+    let metrics = NatsMetrics::default();
+    let owner = batching(&server, "owner", NatsMetrics::default()).await;
+    let (tx, mut rx) = mpsc::channel::<Incoming<u32, u32>>(64);
+    owner.serve("shard.1", tx).await.expect("serve");
+    let (held_tx, mut held_rx) = mpsc::unbounded_channel::<Incoming<u32, u32>>();
+    tokio::spawn(async move {
+        while let Some(inc) = rx.recv().await {
+            if inc.request < 3 {
+                let x = inc.request;
+                inc.reply(x + 1);
+            } else {
+                // Taken, never answered, never dropped (a drop would answer).
+                let _ = held_tx.send(inc);
+            }
+        }
+    });
+    let edge = Arc::new(batching(&server, "edge", metrics.clone()).await);
+    let started = std::time::Instant::now();
+    let calls = (0..8u32).map(|i| {
+        let edge = edge.clone();
+        async move {
+            let res = edge.request("shard.1", i, Duration::from_secs(3)).await;
+            (i, res, started.elapsed())
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let sent = metrics.batch_items.with_label_values(&["edge", "request"]);
+    assert!(
+        sent.get_sample_count() < 8,
+        "the requests did not travel together ({} messages)",
+        sent.get_sample_count()
+    );
+    for (i, res, at) in results {
+        if i < 3 {
+            assert_eq!(res, Ok(i + 1), "request {i}");
+        } else {
+            assert_eq!(res, Err(BusError::Timeout), "request {i}");
+            assert!(
+                at >= Duration::from_secs(3),
+                "request {i} failed early: {at:?}"
+            );
+        }
+    }
+    let mut held = Vec::new();
+    while let Ok(inc) = held_rx.try_recv() {
+        held.push(inc);
+    }
+    assert_eq!(held.len(), 5, "the server took every request");
+    std::mem::forget(held);
+}

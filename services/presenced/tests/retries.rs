@@ -133,12 +133,17 @@ async fn rig(lose: Vec<usize>) -> Rig {
 }
 
 fn answered_again(m: &Metrics) -> u64 {
+    retried(m, "answered_again")
+}
+
+/// `presence_compositor_retried_commands_total{outcome}`.
+fn retried(m: &Metrics, outcome: &str) -> u64 {
     m.registry
         .gather()
         .iter()
         .filter(|f| f.name() == "presence_compositor_retried_commands_total")
         .flat_map(|f| f.get_metric().to_vec())
-        .filter(|m| m.get_label().iter().any(|l| l.value() == "answered_again"))
+        .filter(|m| m.get_label().iter().any(|l| l.value() == outcome))
         .map(|m| m.get_counter().get_value() as u64)
         .sum()
 }
@@ -245,35 +250,19 @@ async fn a_command_past_its_deadline_is_not_applied() {
     assert!(matches!(timely, Reply::Published { .. }), "{timely:?}");
 }
 
-/// The owner that applied a PUBLISH died before its answer got out; the
-/// edge sends the command again to the next owner, which has no memory of
-/// the answer (the failure CI saw as a 412 after a compositor kill -9). It
-/// finds the publication that transaction made and answers with it: the
-/// modify is not refused for its If-Match ETag being gone, the initial
-/// PUBLISH does not make a second publication.
-#[tokio::test]
-async fn a_new_owner_answers_a_publish_its_predecessor_applied() {
-    let r = rig(vec![]).await;
-    let aor = "sip:dave@example.com";
-    let publish = |txn: &str, if_match: Option<&str>, body: &str| {
-        Command::Publish(presence_core::commands::PublishCmd {
-            aor: aor.into(),
-            event: "presence".into(),
-            if_match: if_match.map(str::to_string),
-            expires: 600,
-            body: Some(("application/pidf+xml".into(), body.to_string().into())),
-            origin: presence_core::commands::Origin {
-                txn: txn.into(),
-                deadline_ms: 0,
-            },
-        })
-    };
-    let subject = presenced::names::shard_subject(presence_core::shard_of(aor, 8));
-    // The next owner: same store, its own (empty) memory of answers.
-    let next_bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
+/// The shard's next owner: the same store, its own (empty) memory of
+/// answers, its own bus. Runs until the returned sender is dropped.
+async fn next_owner(
+    store: &Arc<dyn Store>,
+) -> (
+    Arc<dyn Requests<Command, Reply>>,
+    Arc<Metrics>,
+    watch::Sender<bool>,
+) {
+    let bus: Arc<dyn Requests<Command, Reply>> = Arc::new(MemoryBus::new());
     let metrics = Arc::new(Metrics::new());
     let next = Arc::new(Compositor {
-        store: r.store.clone(),
+        store: store.clone(),
         packages: Registry::default(),
         policy: Policy::new(&["example.com".to_string()]),
         users: None,
@@ -284,9 +273,40 @@ async fn a_new_owner_answers_a_publish_its_predecessor_applied() {
         recent: Default::default(),
         limits: Default::default(),
     });
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(next.run(next_bus.clone(), 2, stop_rx));
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(next.run(bus.clone(), 2, stop_rx));
     tokio::time::sleep(Duration::from_millis(20)).await;
+    (bus, metrics, stop)
+}
+
+fn publish_cmd(aor: &str, txn: &str, if_match: Option<&str>, body: &str) -> Command {
+    Command::Publish(presence_core::commands::PublishCmd {
+        aor: aor.into(),
+        event: "presence".into(),
+        if_match: if_match.map(str::to_string),
+        expires: 600,
+        body: Some(("application/pidf+xml".into(), body.to_string().into())),
+        origin: presence_core::commands::Origin {
+            txn: txn.into(),
+            deadline_ms: 0,
+        },
+    })
+}
+
+/// The owner that applied a PUBLISH died before its answer got out; the
+/// edge sends the command again to the next owner, which has no memory of
+/// the answer (the failure CI saw as a 412 after a compositor kill -9). It
+/// finds the publication that transaction made and answers with it: the
+/// modify is not refused for its If-Match ETag being gone, the initial
+/// PUBLISH does not make a second publication.
+#[tokio::test]
+async fn a_new_owner_answers_a_publish_its_predecessor_applied() {
+    let r = rig(vec![]).await;
+    let aor = "sip:dave@example.com";
+    let publish =
+        |txn: &str, if_match: Option<&str>, body: &str| publish_cmd(aor, txn, if_match, body);
+    let subject = presenced::names::shard_subject(presence_core::shard_of(aor, 8));
+    let (next_bus, metrics, _stop) = next_owner(&r.store).await;
     let ask = |bus: Arc<dyn Requests<Command, Reply>>, cmd: Command| {
         let subject = subject.clone();
         async move {
@@ -310,15 +330,7 @@ async fn a_new_owner_answers_a_publish_its_predecessor_applied() {
     assert_eq!(pubs.len(), 1);
     assert_eq!(pubs[0].etag, modified);
     assert!(pubs[0].body.as_ref().windows(6).any(|w| w == b"closed"));
-    let applied_before = metrics
-        .registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "presence_compositor_retried_commands_total")
-        .flat_map(|f| f.get_metric().to_vec())
-        .filter(|m| m.get_label().iter().any(|l| l.value() == "applied_before"))
-        .map(|m| m.get_counter().get_value() as u64)
-        .sum::<u64>();
+    let applied_before = retried(&metrics, "applied_before");
     assert_eq!(applied_before, 2);
     // Another transaction with the gone ETag is still refused.
     let stale = next_bus
@@ -336,4 +348,61 @@ async fn a_new_owner_answers_a_publish_its_predecessor_applied() {
         ),
         "{stale:?}"
     );
+}
+
+/// A batch of commands (what one bus message carries: initial PUBLISHes
+/// and modifies for several resources of several shards, made at once)
+/// was applied by an owner that died before any of its answers got out.
+/// Every command sent again to the next owner gets the answer of that
+/// first application: the same ETags, one publication per resource, the
+/// modified bodies, nothing refused.
+#[tokio::test]
+async fn a_batch_applied_by_a_dead_owner_is_answered_by_the_next_one() {
+    let r = rig(vec![]).await;
+    let aors: Vec<String> = (0..12).map(|i| format!("sip:u{i}@example.com")).collect();
+    let subject = |aor: &str| presenced::names::shard_subject(presence_core::shard_of(aor, 8));
+    let batch = |bus: Arc<dyn Requests<Command, Reply>>, cmds: Vec<(String, Command)>| async move {
+        let calls = cmds.into_iter().map(|(aor, cmd)| {
+            let bus = bus.clone();
+            async move {
+                match bus
+                    .request(&subject(&aor), cmd, Duration::from_secs(5))
+                    .await
+                {
+                    Ok(Reply::Published { etag, .. }) => etag,
+                    other => panic!("{aor}: {other:?}"),
+                }
+            }
+        });
+        futures_util::future::join_all(calls).await
+    };
+    let initial = |a: &String| (a.clone(), publish_cmd(a, &format!("i-{a}"), None, PIDF));
+    // The dead owner applied the batch; its answers are lost (never read).
+    let first = batch(r.shards.clone(), aors.iter().map(initial).collect()).await;
+    let (next_bus, metrics, _stop) = next_owner(&r.store).await;
+    let again = batch(next_bus.clone(), aors.iter().map(initial).collect()).await;
+    assert_eq!(again, first, "the same ETags from the next owner");
+
+    let closed = PIDF.replace("open", "closed");
+    let modify = |(a, etag): (&String, &String)| {
+        (
+            a.clone(),
+            publish_cmd(a, &format!("m-{a}"), Some(etag), &closed),
+        )
+    };
+    let modified = batch(
+        r.shards.clone(),
+        aors.iter().zip(&first).map(modify).collect(),
+    )
+    .await;
+    let again = batch(next_bus, aors.iter().zip(&first).map(modify).collect()).await;
+    assert_eq!(again, modified, "not 412: each modify's own ETag");
+    for (aor, etag) in aors.iter().zip(&modified) {
+        let pubs = r.store.publications(aor, "presence").await.expect("store");
+        assert_eq!(pubs.len(), 1, "{aor}: one publication, not two: {pubs:?}");
+        assert_eq!(&pubs[0].etag, etag);
+        assert!(pubs[0].body.as_ref().windows(6).any(|w| w == b"closed"));
+    }
+    let applied_before = retried(&metrics, "applied_before");
+    assert_eq!(applied_before, 24, "every command was found applied");
 }
