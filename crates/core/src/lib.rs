@@ -15,6 +15,7 @@ pub mod aor;
 pub mod commands;
 pub mod digest;
 pub mod model;
+pub mod mwi;
 pub mod packages;
 pub mod pidf;
 pub mod policy;

@@ -6,7 +6,7 @@
 //! `presence.winfo` plug in here without touching the core.
 
 use crate::model::{Binding, Publication};
-use crate::pidf;
+use crate::{mwi, pidf};
 use presence_sip::MediaType;
 use std::sync::Arc;
 
@@ -36,6 +36,18 @@ pub trait EventPackage: Send + Sync {
     ) -> Composed;
     /// What a politely blocked watcher sees.
     fn neutral(&self, aor: &str) -> Composed;
+    /// Whether registrations are part of the state (presence shows a
+    /// registered AoR as open): a REGISTER then recomposes the document,
+    /// and bindings keep it alive.
+    fn from_registrations(&self) -> bool {
+        false
+    }
+    /// Whether only the resource itself may watch it, unless a policy rule
+    /// names both the resource and the watcher (`allow`). Presence is
+    /// shared by default; a voicemail lamp or a registration list is not.
+    fn private(&self) -> bool {
+        false
+    }
 
     /// The NOTIFY content type for an Accept list (`None` = no Accept header:
     /// the package default). `Err` → 406.
@@ -135,6 +147,59 @@ impl EventPackage for PresencePackage {
             body: pidf::basic(aor, "neutral", false, None).into_bytes(),
         }
     }
+    fn from_registrations(&self) -> bool {
+        true
+    }
+}
+
+const MWI_TYPES: &[&str] = &["application/simple-message-summary"];
+
+/// RFC 3842 message waiting indication: a voicemail server PUBLISHes the
+/// summary, and each watcher gets the newest live publication byte for
+/// byte (several publishers of one mailbox do not merge: the newest
+/// wins), else the hard state, else "no messages waiting".
+#[derive(Default)]
+pub struct MessageSummaryPackage;
+
+impl EventPackage for MessageSummaryPackage {
+    fn name(&self) -> &'static str {
+        "message-summary"
+    }
+    fn publish_types(&self) -> &'static [&'static str] {
+        MWI_TYPES
+    }
+    fn notify_types(&self) -> &'static [&'static str] {
+        MWI_TYPES
+    }
+    fn check_body(&self, body: &[u8]) -> Result<(), String> {
+        mwi::check(body).map_err(|e| e.to_string())
+    }
+    fn compose(
+        &self,
+        _aor: &str,
+        publications: &[Publication],
+        hard_state: Option<&[u8]>,
+        _bindings: &[Binding],
+    ) -> Composed {
+        let body = match (publications.last(), hard_state) {
+            (Some(newest), _) => newest.body.to_vec(),
+            (None, Some(hard)) => hard.to_vec(),
+            (None, None) => mwi::NO_MESSAGES.as_bytes().to_vec(),
+        };
+        Composed {
+            content_type: MWI_TYPES[0].into(),
+            body,
+        }
+    }
+    fn neutral(&self, _aor: &str) -> Composed {
+        Composed {
+            content_type: MWI_TYPES[0].into(),
+            body: mwi::NO_MESSAGES.as_bytes().to_vec(),
+        }
+    }
+    fn private(&self) -> bool {
+        true
+    }
 }
 
 /// The packages this server serves.
@@ -146,7 +211,10 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            packages: vec![Arc::new(PresencePackage::default())],
+            packages: vec![
+                Arc::new(PresencePackage::default()),
+                Arc::new(MessageSummaryPackage),
+            ],
         }
     }
 }
@@ -240,9 +308,46 @@ mod tests {
     #[test]
     fn registry_answers() {
         let r = Registry::default();
-        assert_eq!(r.allow_events(), "presence");
+        assert_eq!(r.allow_events(), "presence, message-summary");
         assert!(r.get("Presence").is_some());
+        assert!(r.get("message-summary").is_some_and(|p| p.private()));
         assert!(r.get("foo").is_none());
+    }
+
+    #[test]
+    fn a_message_summary_is_the_newest_publication_byte_for_byte() {
+        let p = MessageSummaryPackage;
+        let publication = |etag: &str, body: &str, seq: u64| Publication {
+            aor: "sip:a@example.com".into(),
+            event: "message-summary".into(),
+            etag: etag.into(),
+            content_type: "application/simple-message-summary".into(),
+            body: body.to_string().into(),
+            expires_at_ms: 10_000,
+            modified_ms: 1,
+            seq,
+        };
+        let none = p.compose("sip:a@example.com", &[], None, &[]);
+        assert_eq!(none.body, b"Messages-Waiting: no\r\n");
+        assert_eq!(none.content_type, "application/simple-message-summary");
+        let odd = "Messages-Waiting: yes\nMessage-Account: sip:a@vm.example.com\nVoice-Message: 3/1 (1/0)\n\nX-Extra: kept as is";
+        let pubs = [
+            publication("e1", "Messages-Waiting: no\r\n", 1),
+            publication("e2", odd, 2),
+        ];
+        assert_eq!(
+            p.compose("sip:a@example.com", &pubs, None, &[]).body,
+            odd.as_bytes()
+        );
+        let hard = b"Messages-Waiting: yes\r\nVoice-Message: 9/9\r\n";
+        assert_eq!(
+            p.compose("sip:a@example.com", &[], Some(hard), &[]).body,
+            hard
+        );
+        assert_eq!(p.neutral("sip:a@example.com").body, none.body);
+        assert!(!p.from_registrations() && PresencePackage::default().from_registrations());
+        assert!(p.check_body(odd.as_bytes()).is_ok());
+        assert!(p.check_body(b"<presence/>").is_err());
     }
 
     #[test]

@@ -145,6 +145,26 @@ impl Policy {
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
+    /// [`Policy::decide`] for a private package (a voicemail lamp): the
+    /// resource itself may watch, and whoever a rule names exactly on both
+    /// sides (`sip:boss@example.com allow sip:assistant@example.com`)
+    /// gets what that rule says; nobody else, whatever the wildcard rules
+    /// and local domains say.
+    pub fn decide_private(&self, presentity: &str, watcher: &str) -> Decision {
+        if presentity == watcher {
+            return Decision::Accept(View::Full);
+        }
+        let exact = self.rules.iter().find(|r| {
+            matches!(&r.presentity, Pattern::Exact(p) if p == presentity)
+                && matches!(&r.watcher, Pattern::Exact(w) if w == watcher)
+        });
+        match exact.map(|r| r.action) {
+            Some(Action::Allow) => Decision::Accept(View::Full),
+            Some(Action::PoliteBlock) => Decision::Accept(View::Neutral),
+            Some(Action::Block) | None => Decision::Reject,
+        }
+    }
+
     /// May `watcher` see `presentity` (both canonical AoRs)?
     pub fn decide(&self, presentity: &str, watcher: &str) -> Decision {
         if presentity == watcher {
@@ -194,6 +214,46 @@ mod tests {
         )
         .unwrap();
         p
+    }
+
+    #[test]
+    fn private_packages_are_for_the_resource_and_exact_rules_only() {
+        let p = policy();
+        let d = |a: &str, w: &str| p.decide_private(a, w);
+        assert_eq!(
+            d("sip:alice@example.com", "sip:alice@example.com"),
+            Decision::Accept(View::Full)
+        );
+        // Exact on both sides: the rule's action.
+        assert_eq!(
+            d("sip:alice@example.com", "sip:bob@example.com"),
+            Decision::Accept(View::Full)
+        );
+        assert_eq!(
+            d("sip:alice@example.com", "sip:carol@partner.org"),
+            Decision::Accept(View::Full)
+        );
+        assert_eq!(
+            d("sip:alice@example.com", "sip:mallory@example.com"),
+            Decision::Accept(View::Neutral)
+        );
+        // Local watchers, wildcard rules: not for a private package.
+        assert_eq!(
+            d("sip:alice@example.com", "sip:dave@example.com"),
+            Decision::Reject
+        );
+        assert_eq!(
+            d("sip:bob@example.com", "sip:x@friends.org"),
+            Decision::Reject
+        );
+        assert_eq!(
+            d("sip:bob@example.com", "sip:carol@example.com"),
+            Decision::Reject
+        );
+        assert_eq!(
+            p.decide("sip:bob@example.com", "sip:carol@example.com"),
+            Decision::Accept(View::Full)
+        );
     }
 
     #[test]

@@ -551,7 +551,10 @@ impl Compositor {
             Some(h) => h,
             None => self.store.hard_state(aor, event).await?,
         };
+        // A package that does not show registrations neither reads nor
+        // is kept alive by them.
         let mut bindings = match overlay.and_then(|o| o.bindings) {
+            _ if !package.from_registrations() => Vec::new(),
             Some(b) => b.to_vec(),
             None => self.store.bindings(aor).await?,
         };
@@ -614,15 +617,46 @@ impl Compositor {
             .any(|p| p.expires_at_ms > now)
             || self.store.hard_state(aor, event).await?.is_some()
             || self
-                .store
-                .bindings(aor)
-                .await?
-                .iter()
-                .any(|b| b.expires_at_ms > now);
+                .packages
+                .get(event)
+                .is_some_and(|p| p.from_registrations())
+                && self
+                    .store
+                    .bindings(aor)
+                    .await?
+                    .iter()
+                    .any(|b| b.expires_at_ms > now);
         Ok((!backed).then(|| Op::DeleteDocument {
             aor: aor.to_string(),
             event: event.to_string(),
         }))
+    }
+
+    /// Commit a change of `aor`'s bindings (`ops`, `overlay`) with the
+    /// recomposition of each package that shows registrations; the first
+    /// commit carries the binding ops.
+    async fn commit_bindings(
+        &self,
+        aor: &str,
+        mut ops: Vec<Op>,
+        overlay: &Overlay<'_>,
+    ) -> Result<(), StoreError> {
+        let events: Vec<&str> = self
+            .packages
+            .names()
+            .into_iter()
+            .filter(|e| self.packages.get(e).is_some_and(|p| p.from_registrations()))
+            .collect();
+        if events.is_empty() {
+            let shard = shard_of(aor, self.shards);
+            return self.commit_with_jobs(shard, ops, Vec::new()).await;
+        }
+        for event in events {
+            let ops = std::mem::take(&mut ops);
+            self.commit_and_notify(aor, event, ops, Vec::new(), Some(overlay))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn register(&self, c: RegisterCmd) -> Result<Reply, StoreError> {
@@ -670,7 +704,7 @@ impl Compositor {
                 now_ms: now,
             });
         }
-        let mut ops = vec![
+        let ops = vec![
             Op::PutBindings {
                 aor: c.aor.clone(),
                 bindings: bindings.clone(),
@@ -681,12 +715,7 @@ impl Compositor {
             bindings: Some(&bindings),
             ..Overlay::default()
         };
-        for event in self.packages.names() {
-            // Only the first commit carries the binding ops.
-            let ops = std::mem::take(&mut ops);
-            self.commit_and_notify(&c.aor, event, ops, Vec::new(), Some(&overlay))
-                .await?;
-        }
+        self.commit_bindings(&c.aor, ops, &overlay).await?;
         Ok(Reply::Registered {
             bindings,
             now_ms: now,
@@ -859,7 +888,13 @@ impl Compositor {
                 view,
             });
         }
-        let view = match self.policy.decide(&c.aor, &c.watcher) {
+        let private = self.packages.get(&c.event).is_some_and(|p| p.private());
+        let decision = if private {
+            self.policy.decide_private(&c.aor, &c.watcher)
+        } else {
+            self.policy.decide(&c.aor, &c.watcher)
+        };
+        let view = match decision {
             Decision::Reject => return Ok(Reply::refused(Refusal::PolicyRejected)),
             Decision::Accept(view) => view,
         };
@@ -1073,8 +1108,7 @@ impl Compositor {
                     bindings: Some(&bindings),
                     ..Overlay::default()
                 };
-                self.commit_and_notify(aor, "presence", ops, Vec::new(), Some(&overlay))
-                    .await?;
+                self.commit_bindings(aor, ops, &overlay).await?;
             }
         }
         Ok(())
