@@ -162,6 +162,18 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub ws_allowed_origin: Vec<String>,
+    /// Who may PUBLISH for any local AoR (repeatable): an identity
+    /// (`pbx@example.com`, authenticated by Digest) or a source network
+    /// (`10.1.2.0/24`, `192.0.2.7`), whose PUBLISHes are taken without a
+    /// challenge. For a PBX publishing dialog state or a voicemail server
+    /// publishing message summaries; with Digest on, everyone else may
+    /// publish only their own AoR.
+    #[arg(
+        long = "trusted-publisher",
+        env = "PRESENCE_TRUSTED_PUBLISHER",
+        value_delimiter = ','
+    )]
+    pub trusted_publisher: Vec<String>,
     /// TLS certificate chain, leaf first (PEM). Reloaded on SIGHUP and when
     /// the file changes; live connections keep theirs.
     #[arg(long = "tls-cert", env = "PRESENCE_TLS_CERT")]
@@ -370,6 +382,7 @@ pub struct Config {
     pub sip_wss_listen: Vec<SocketAddr>,
     /// Origins allowed to open WebSockets (empty: any).
     pub ws_origins: Vec<String>,
+    pub trusted_publishers: crate::trusted::TrustedPublishers,
     pub domains: Vec<String>,
     pub users: Option<Users>,
     pub nonce_lifetime: u64,
@@ -625,6 +638,11 @@ impl Config {
                 ));
             }
         }
+        let trusted_publishers = crate::trusted::TrustedPublishers::parse(&args.trusted_publisher)
+            .unwrap_or_else(|e| {
+                errors.extend(e);
+                Default::default()
+            });
         let users = args
             .users
             .as_ref()
@@ -757,6 +775,7 @@ impl Config {
                 .map(|o| o.trim().trim_end_matches('/').to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            trusted_publishers,
             domains,
             users,
             nonce_lifetime: args.nonce_lifetime,

@@ -30,6 +30,7 @@ pub mod owner_cache;
 pub mod owner_routes;
 pub mod recent;
 pub mod roster;
+pub mod trusted;
 
 use crate::cluster::{Backends, HandoverRetry, RetryMetrics};
 use crate::compositor::Compositor;
@@ -337,6 +338,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
                 // requires it), so any of them can send through a flow
                 // another one sealed.
                 sealer: presence_core::FlowSealer::new(&cfg.nonce_secret),
+                trusted: cfg.trusted_publishers.clone(),
             },
             shards_bus.clone(),
             clock,

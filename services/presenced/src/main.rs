@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     };
     if args.check_config {
         println!(
-            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, sip over tls {}, advertised {}, domains {:?}, digest {}, http {}",
+            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, sip over tls {}, advertised {}, domains {:?}, digest {}, trusted publishers {}, http {}",
             cfg.roles.names(),
             cfg.node_id,
             cfg.redis
@@ -57,6 +57,7 @@ fn main() -> std::process::ExitCode {
             } else {
                 "off".to_string()
             },
+            cfg.trusted_publishers,
             cfg.http_listen
         );
         return std::process::ExitCode::SUCCESS;

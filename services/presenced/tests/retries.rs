@@ -110,6 +110,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
             limits: Default::default(),
             advertise: Vec::new(),
             sealer: presence_core::FlowSealer::new(b"test secret"),
+            trusted: Default::default(),
         },
         Arc::new(LosesReplies {
             inner: shards.clone(),

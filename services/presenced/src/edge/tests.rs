@@ -98,6 +98,7 @@ fn test_config() -> EdgeConfig {
         limits: EdgeLimits::default(),
         advertise: Vec::new(),
         sealer: presence_core::FlowSealer::new(b"test secret"),
+        trusted: Default::default(),
     }
 }
 
