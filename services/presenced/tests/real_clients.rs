@@ -1,7 +1,8 @@
 //! Real SIP clients from Debian against the server under Digest, over UDP
 //! and TCP: SIPp (sip-tester) runs the scenarios in tests/sipp/ (REGISTER,
 //! PUBLISH with refresh-by-ETag and removal, SUBSCRIBE with its NOTIFYs and
-//! the in-dialog un-SUBSCRIBE, MESSAGE through the 407), sipsak registers
+//! the in-dialog un-SUBSCRIBE, MESSAGE through the 407, a phone's voicemail
+//! lamp fed by a voicemail server's PUBLISH), sipsak registers
 //! and sends PUBLISH and MESSAGE. Both answer only the first Digest
 //! challenge and know only MD5: with the default `--digest-algorithms
 //! MD5,SHA-256` they get in, with SHA-256 first they cannot, which is the
@@ -290,8 +291,47 @@ macro_rules! both {
 
 both! {
     sipp_under_default_digest;
+    sipp_voicemail_lamp;
     sipsak_under_default_digest;
     sha256_first_locks_them_out;
+}
+
+/// MWI between two SIPp instances (RFC 3842): a phone subscribes to its own
+/// mailbox (tests/sipp/mwi_phone.xml) and sees "no messages", then the
+/// voicemail server, a `--trusted-publisher` identity, PUBLISHes the
+/// mailbox's summary (mwi_publish.xml) and the phone's next NOTIFY carries
+/// it; both under Digest.
+async fn sipp_voicemail_lamp(tp: Tp) {
+    let users = format!("{USERS}voicemail@{DOMAIN}:vm-pass\n");
+    let trusted = format!("voicemail@{DOMAIN}");
+    let s = start(
+        Mode::AllInOne,
+        Some(&users),
+        None,
+        &["--domain", DOMAIN, "--trusted-publisher", &trusted],
+    )
+    .await;
+    let at = s.at(0);
+    let phone =
+        tokio::spawn(async move { sipp(at, tp, "mwi_phone", "alice", "secret", "alice").await });
+    // The publication must come after the phone's subscription.
+    let mailbox = format!("sip:alice@{DOMAIN}");
+    let deadline = Instant::now() + s.wait();
+    while s
+        .store()
+        .watcher_ids(&mailbox, "message-summary")
+        .await
+        .expect("store")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the phone never subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, log) = sipp(at, tp, "mwi_publish", "voicemail", "vm-pass", "alice").await;
+    assert!(ok, "SIPp mwi_publish over {tp:?} failed:\n{log}");
+    let (ok, log) = phone.await.expect("phone task");
+    assert!(ok, "SIPp mwi_phone over {tp:?} failed:\n{log}");
+    s.shutdown().await;
 }
 
 async fn sipp_under_default_digest(tp: Tp) {
