@@ -13,6 +13,7 @@
 
 pub mod aor;
 pub mod commands;
+pub mod dialog;
 pub mod digest;
 pub mod model;
 pub mod mwi;

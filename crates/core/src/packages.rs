@@ -6,7 +6,7 @@
 //! `presence.winfo` plug in here without touching the core.
 
 use crate::model::{Binding, Publication};
-use crate::{mwi, pidf};
+use crate::{dialog, mwi, pidf};
 use presence_sip::MediaType;
 use std::sync::Arc;
 
@@ -47,6 +47,12 @@ pub trait EventPackage: Send + Sync {
     /// shared by default; a voicemail lamp or a registration list is not.
     fn private(&self) -> bool {
         false
+    }
+    /// The body of one NOTIFY of a subscription, the `seq`-th (its CSeq,
+    /// from 1): a package whose documents count their NOTIFYs (dialog's
+    /// `version`, RFC 4235 §4.1) sets that here. As is by default.
+    fn stamp(&self, body: bytes::Bytes, _seq: u32) -> bytes::Bytes {
+        body
     }
 
     /// The NOTIFY content type for an Accept list (`None` = no Accept header:
@@ -202,6 +208,66 @@ impl EventPackage for MessageSummaryPackage {
     }
 }
 
+const DIALOG_TYPES: &[&str] = &["application/dialog-info+xml"];
+
+/// RFC 4235 dialog state (BLF): a PBX or proxy PUBLISHes an extension's
+/// dialogs; watchers get one full-state document merging every live
+/// publication's dialogs, whose `version` counts that subscription's
+/// NOTIFYs from 0. Nothing published: an empty document (lamp off).
+#[derive(Default)]
+pub struct DialogPackage;
+
+impl DialogPackage {
+    fn compose_docs(aor: &str, bodies: &[&[u8]]) -> Composed {
+        let docs: Vec<dialog::DialogInfo> = bodies
+            .iter()
+            .filter_map(|b| dialog::parse(b).ok())
+            .collect();
+        Composed {
+            content_type: DIALOG_TYPES[0].into(),
+            body: dialog::compose(aor, docs.iter()).into_bytes(),
+        }
+    }
+}
+
+impl EventPackage for DialogPackage {
+    fn name(&self) -> &'static str {
+        "dialog"
+    }
+    fn publish_types(&self) -> &'static [&'static str] {
+        DIALOG_TYPES
+    }
+    fn notify_types(&self) -> &'static [&'static str] {
+        DIALOG_TYPES
+    }
+    fn check_body(&self, body: &[u8]) -> Result<(), String> {
+        dialog::parse(body).map(|_| ()).map_err(|e| e.to_string())
+    }
+    fn compose(
+        &self,
+        aor: &str,
+        publications: &[Publication],
+        hard_state: Option<&[u8]>,
+        _bindings: &[Binding],
+    ) -> Composed {
+        let bodies: Vec<&[u8]> = if publications.is_empty() {
+            hard_state.into_iter().collect()
+        } else {
+            publications.iter().map(|p| p.body.as_ref()).collect()
+        };
+        DialogPackage::compose_docs(aor, &bodies)
+    }
+    fn neutral(&self, aor: &str) -> Composed {
+        DialogPackage::compose_docs(aor, &[])
+    }
+    fn stamp(&self, body: bytes::Bytes, seq: u32) -> bytes::Bytes {
+        match dialog::stamp(&body, seq.saturating_sub(1)) {
+            Some(stamped) => stamped.into(),
+            None => body,
+        }
+    }
+}
+
 /// The packages this server serves.
 #[derive(Clone)]
 pub struct Registry {
@@ -213,6 +279,7 @@ impl Default for Registry {
         Registry {
             packages: vec![
                 Arc::new(PresencePackage::default()),
+                Arc::new(DialogPackage),
                 Arc::new(MessageSummaryPackage),
             ],
         }
@@ -308,7 +375,7 @@ mod tests {
     #[test]
     fn registry_answers() {
         let r = Registry::default();
-        assert_eq!(r.allow_events(), "presence, message-summary");
+        assert_eq!(r.allow_events(), "presence, dialog, message-summary");
         assert!(r.get("Presence").is_some());
         assert!(r.get("message-summary").is_some_and(|p| p.private()));
         assert!(r.get("foo").is_none());

@@ -102,6 +102,48 @@ fn xml_err(e: impl std::fmt::Display) -> PidfError {
 
 /// Parse and check a PIDF document (one pass).
 pub fn parse(body: &[u8]) -> Result<Pidf, PidfError> {
+    let raw = parse_raw(body, b"presence", &|ns| ns == PIDF_NS || ns == CPIM_PIDF_NS)?;
+    Ok(Pidf {
+        namespaces: raw.namespaces,
+        children: raw
+            .children
+            .into_iter()
+            .map(|c| Child {
+                kind: kind_of(c.local.as_bytes()),
+                id: c.id,
+                raw: c.raw,
+            })
+            .collect(),
+    })
+}
+
+/// A checked XML document as its root's namespace declarations and its
+/// top-level children, each kept raw (how PIDF and dialog-info documents
+/// are composed: children copied, roots rewritten).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct RawDoc {
+    /// `xmlns:prefix` declarations of the root (prefix, uri); default ns excluded.
+    pub namespaces: Vec<(String, String)>,
+    pub children: Vec<RawChild>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawChild {
+    /// The element's local name.
+    pub local: String,
+    pub id: Option<String>,
+    pub raw: String,
+}
+
+/// Parse and check a document whose root is `root_name` in a namespace
+/// `root_ns` accepts (else [`PidfError::NotPidf`]), with the limits and
+/// checks of this module (no DOCTYPE, PIs, unknown entities; bounded depth,
+/// attributes and elements).
+pub(crate) fn parse_raw(
+    body: &[u8],
+    root_name: &[u8],
+    root_ns: &dyn Fn(&str) -> bool,
+) -> Result<RawDoc, PidfError> {
     let text = std::str::from_utf8(body).map_err(|_| PidfError::NotUtf8)?;
     if let Some(c) = text.chars().find(|&c| !is_xml_char(c as u32)) {
         return Err(PidfError::Xml(format!(
@@ -111,14 +153,14 @@ pub fn parse(body: &[u8]) -> Result<Pidf, PidfError> {
     }
     let mut reader = Reader::from_str(text);
     reader.config_mut().check_comments = true;
-    let mut pidf = Pidf::default();
+    let mut pidf = RawDoc::default();
     // Open elements, the root included.
     let mut depth = 0usize;
     let mut elements = 0usize;
     let mut root_seen = false;
     let mut first_event = true;
-    // The top-level child being read: where it starts, its kind and id.
-    let mut current: Option<(usize, Kind, Option<String>)> = None;
+    // The top-level child being read: where it starts, its name and id.
+    let mut current: Option<(usize, String, Option<String>)> = None;
     loop {
         let before = reader.buffer_position() as usize;
         let ev = reader.read_event().map_err(xml_err)?;
@@ -139,19 +181,19 @@ pub fn parse(body: &[u8]) -> Result<Pidf, PidfError> {
                 check_element(e)?;
                 if depth == 0 {
                     root_seen = true;
-                    root(e, &mut pidf)?;
+                    root(e, root_name, root_ns, &mut pidf)?;
                 } else if depth == 1 {
-                    let kind = kind_of(e.local_name().as_ref());
+                    let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
                     let id = id_of(e)?;
                     if empty {
                         let end = reader.buffer_position() as usize;
-                        pidf.children.push(Child {
-                            kind,
+                        pidf.children.push(RawChild {
+                            local,
                             id,
                             raw: text[before..end].trim().to_string(),
                         });
                     } else {
-                        current = Some((before, kind, id));
+                        current = Some((before, local, id));
                     }
                 }
                 if !empty {
@@ -163,10 +205,10 @@ pub fn parse(body: &[u8]) -> Result<Pidf, PidfError> {
                     .checked_sub(1)
                     .ok_or_else(|| PidfError::Xml("unbalanced end tag".into()))?;
                 if depth == 1 {
-                    if let Some((start, kind, id)) = current.take() {
+                    if let Some((start, local, id)) = current.take() {
                         let end = reader.buffer_position() as usize;
-                        pidf.children.push(Child {
-                            kind,
+                        pidf.children.push(RawChild {
+                            local,
                             id,
                             raw: text[start..end].trim().to_string(),
                         });
@@ -211,10 +253,15 @@ pub fn parse(body: &[u8]) -> Result<Pidf, PidfError> {
     }
 }
 
-/// The root must be a `<presence>` in the PIDF namespace; its `xmlns:p`
-/// declarations are kept for composition.
-fn root(e: &BytesStart<'_>, pidf: &mut Pidf) -> Result<(), PidfError> {
-    if e.local_name().as_ref() != b"presence" {
+/// The root must be a `<root_name>` in a namespace `root_ns` accepts; its
+/// `xmlns:p` declarations are kept for composition.
+fn root(
+    e: &BytesStart<'_>,
+    root_name: &[u8],
+    root_ns: &dyn Fn(&str) -> bool,
+    pidf: &mut RawDoc,
+) -> Result<(), PidfError> {
+    if e.local_name().as_ref() != root_name {
         return Err(PidfError::NotPidf);
     }
     let prefix = e.name().prefix().map(|p| p.as_ref().to_vec());
@@ -228,7 +275,7 @@ fn root(e: &BytesStart<'_>, pidf: &mut Pidf) -> Result<(), PidfError> {
             continue;
         }
         let value = attr.unescape_value().map_err(xml_err)?.to_string();
-        let is_pidf = value == PIDF_NS || value == CPIM_PIDF_NS;
+        let is_pidf = root_ns(&value);
         if key == b"xmlns" {
             ns_ok |= prefix.is_none() && is_pidf;
         } else {

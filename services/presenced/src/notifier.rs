@@ -673,6 +673,15 @@ impl Notifier {
         subs.call(id.to_string()).await
     }
 
+    /// The body of the NOTIFY with CSeq `cseq` (the subscription's
+    /// `cseq`-th): as the package wants it stamped (dialog's `version`).
+    fn stamp(&self, sub: &Subscription, body: Bytes, cseq: u32) -> Bytes {
+        match self.packages.get(&sub.event) {
+            Some(p) if !body.is_empty() => p.stamp(body, cseq),
+            _ => body,
+        }
+    }
+
     /// [`Store::next_cseq`], taken with those other NOTIFY tasks take now.
     async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
         let cseqs = self.cseqs.get_or_init(|| {
@@ -740,7 +749,7 @@ impl Notifier {
             },
         );
         push("Subscription-State", state.to_string());
-        let body = body.unwrap_or_default();
+        let body = self.stamp(sub, body.unwrap_or_default(), cseq);
         if !body.is_empty() {
             push("Content-Type", sub.content_type.clone());
         }
@@ -790,6 +799,7 @@ impl Notifier {
                     Err(not_sent) => return not_sent,
                 };
                 set_cseq(&mut req.headers, cseq);
+                req.body = self.stamp(sub, std::mem::take(&mut req.body), cseq);
                 self.metrics.notifier_renumbered.inc();
                 may_have_gone = None;
             }

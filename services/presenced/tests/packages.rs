@@ -5,6 +5,10 @@
 //! edge and the watchers on the other), over UDP and TCP; the transports
 //! themselves are e2e.rs's concern.
 //!
+//! - blf: RFC 4235 dialog state. PBXs PUBLISH an extension's dialogs; a
+//!   phone watching it gets one full-state document merging them, with a
+//!   `version` counting its NOTIFYs from 0, the dialogs' identifiers as
+//!   published, a terminated dialog once, an empty document without state.
 //! - message_summary: RFC 3842 MWI. A voicemail server PUBLISHes a
 //!   mailbox's summary; the phone's subscription gets it byte for byte,
 //!   "Messages-Waiting: no" before and after; bad bodies and types are
@@ -49,6 +53,7 @@ macro_rules! scenarios {
 }
 
 scenarios! {
+    blf;
     message_summary;
     message_summary_expiry;
     trusted_identity;
@@ -310,4 +315,196 @@ async fn owner_sees_the_summary(s: &TestServer, tp: Tp) {
     assert_eq!(r.code, 200, "{}", r.reason);
     let n = alice.notify_containing("Voice-Message", s.wait()).await;
     assert_eq!(&n.body[..], SUMMARY.as_bytes());
+}
+
+const DIALOG_INFO: &str = "application/dialog-info+xml";
+
+/// A dialog-info document from a PBX for `entity` with `dialogs`.
+fn dialog_info(entity: &str, dialogs: &[(&str, &str)]) -> String {
+    let mut body = format!(
+        r#"<?xml version="1.0"?><dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="3" state="full" entity="{entity}">"#
+    );
+    for (id, state) in dialogs {
+        body += &format!(
+            r#"<dialog id="{id}" call-id="call-{id}@pbx" local-tag="lt-{id}" remote-tag="rt-{id}" direction="recipient"><state>{state}</state><local><identity>{entity}</identity></local><remote><identity display="Caller {id}">sip:caller-{id}@example.com</identity></remote></dialog>"#
+        );
+    }
+    body + "</dialog-info>"
+}
+
+fn dialog_publish(
+    ua: &mut Ua,
+    target: &str,
+    etag: Option<&str>,
+    expires: u32,
+    body: Option<String>,
+) -> Req {
+    let mut req = ua
+        .req("PUBLISH", target)
+        .h("Event", "dialog")
+        .h("Expires", expires.to_string());
+    if let Some(e) = etag {
+        req = req.h("SIP-If-Match", e);
+    }
+    if let Some(b) = body {
+        req = req.body(DIALOG_INFO, b.into_bytes());
+    }
+    req
+}
+
+/// The document's `version` and its dialogs as (id, state), in order.
+fn blf_state(n: &presence_sip::Request) -> (u64, Vec<(String, String)>) {
+    let body = body_str(n);
+    let root = body.find("<dialog-info").expect("a dialog-info document");
+    let v = &body[root..];
+    let v = &v[v.find(" version=\"").expect("version") + 10..];
+    let version = v[..v.find('"').expect("quote")].parse().expect("a number");
+    let parsed = presence_core::dialog::parse(body.as_bytes()).expect("valid dialog-info");
+    let dialogs = parsed
+        .dialogs
+        .into_iter()
+        .map(|d| (d.id, d.state))
+        .collect();
+    (version, dialogs)
+}
+
+async fn blf(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut pbx = s.ua(tp, PRESENTITY, "pbx").await;
+    let mut pbx2 = s.ua(tp, PRESENTITY, "pbx2").await;
+    let mut phone = s.ua(tp, WATCHER, "phone").await;
+    let ext = "sip:2001@example.com";
+    let pair = |id: &str, st: &str| (id.to_string(), st.to_string());
+
+    let contact = format!("<{}>", phone.contact_uri());
+    let req = phone
+        .req("SUBSCRIBE", ext)
+        .h("Event", "dialog")
+        .h("Accept", DIALOG_INFO)
+        .h("Contact", contact)
+        .h("Expires", "600");
+    let r = phone.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    // Nothing published: an empty full-state document, version 0.
+    let n = phone.notify().await;
+    assert_eq!(n.header("Event").map(str::trim), Some("dialog"));
+    assert_eq!(
+        n.content_type().map(|c| c.as_str().to_string()).as_deref(),
+        Some(DIALOG_INFO)
+    );
+    assert!(body_str(&n).contains(r#"state="full""#), "{}", body_str(&n));
+    assert_eq!(blf_state(&n), (0, vec![]));
+
+    // The extension rings, then answers: versions count NOTIFYs.
+    let req = dialog_publish(
+        &mut pbx,
+        ext,
+        None,
+        600,
+        Some(dialog_info(ext, &[("a", "early")])),
+    );
+    let r = pbx.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let tag = etag(&r);
+    let n = phone.notify_containing("call-a@pbx", s.wait()).await;
+    assert_eq!(blf_state(&n), (1, vec![pair("a", "early")]));
+    // What a phone needs for directed pickup arrives as published.
+    for part in [
+        r#"call-id="call-a@pbx""#,
+        r#"local-tag="lt-a""#,
+        r#"remote-tag="rt-a""#,
+        r#"direction="recipient""#,
+        "sip:caller-a@example.com",
+    ] {
+        assert!(body_str(&n).contains(part), "{part} in {}", body_str(&n));
+    }
+    let req = dialog_publish(
+        &mut pbx,
+        ext,
+        Some(&tag),
+        600,
+        Some(dialog_info(ext, &[("a", "confirmed")])),
+    );
+    let r = pbx.send(&req).await;
+    assert_eq!(r.code, 200);
+    let tag = etag(&r);
+    let n = phone.notify_containing("confirmed", s.wait()).await;
+    assert_eq!(blf_state(&n), (2, vec![pair("a", "confirmed")]));
+
+    // A second publisher's dialogs merge in.
+    let req = dialog_publish(
+        &mut pbx2,
+        ext,
+        None,
+        600,
+        Some(dialog_info(ext, &[("b", "trying")])),
+    );
+    let r = pbx2.send(&req).await;
+    assert_eq!(r.code, 200);
+    let tag2 = etag(&r);
+    let n = phone.notify_containing("call-b@pbx", s.wait()).await;
+    assert_eq!(
+        blf_state(&n),
+        (3, vec![pair("a", "confirmed"), pair("b", "trying")])
+    );
+
+    // A terminated dialog is notified once, then dropped.
+    let req = dialog_publish(
+        &mut pbx,
+        ext,
+        Some(&tag),
+        600,
+        Some(dialog_info(ext, &[("a", "terminated")])),
+    );
+    let r = pbx.send(&req).await;
+    assert_eq!(r.code, 200);
+    let tag = etag(&r);
+    let n = phone.notify_containing("terminated", s.wait()).await;
+    assert_eq!(
+        blf_state(&n),
+        (4, vec![pair("b", "trying"), pair("a", "terminated")])
+    );
+    let req = dialog_publish(
+        &mut pbx2,
+        ext,
+        Some(&tag2),
+        600,
+        Some(dialog_info(ext, &[("b", "confirmed")])),
+    );
+    let r = pbx2.send(&req).await;
+    assert_eq!(r.code, 200);
+    let tag2 = etag(&r);
+    let n = phone.notify_containing("confirmed", s.wait()).await;
+    assert_eq!(blf_state(&n), (5, vec![pair("b", "confirmed")]));
+
+    // Bad bodies and types are refused and change nothing.
+    let req = dialog_publish(&mut pbx, ext, None, 600, Some(r#"<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="sip:2001@example.com"><dialog id="x"><state>ringing</state></dialog></dialog-info>"#.into()));
+    assert_eq!(pbx.send(&req).await.code, 400);
+    let req = pbx.req("PUBLISH", ext).h("Event", "dialog").body(
+        "application/pidf+xml",
+        pidf(ext, "t", true, "x").into_bytes(),
+    );
+    let r = pbx.send(&req).await;
+    assert_eq!(r.code, 415);
+    assert_eq!(r.header("Accept").map(str::trim), Some(DIALOG_INFO));
+    assert!(phone.recv_request("NOTIFY", SHORT).await.is_none());
+
+    // Both publications removed: the lamp goes out (an empty document).
+    for (ua, t) in [(&mut pbx, tag), (&mut pbx2, tag2)] {
+        let req = dialog_publish(ua, ext, Some(&t), 0, None);
+        assert_eq!(ua.send(&req).await.code, 200);
+    }
+    let deadline = tokio::time::Instant::now() + s.wait();
+    let mut last = (5, vec![pair("b", "confirmed")]);
+    while !last.1.is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let n = phone
+            .recv_request("NOTIFY", left)
+            .await
+            .expect("the lamp goes out");
+        let next = blf_state(&n);
+        assert_eq!(next.0, last.0 + 1, "one version per NOTIFY");
+        last = next;
+    }
+    s.shutdown().await;
 }
