@@ -2,7 +2,8 @@
 //! and TCP: SIPp (sip-tester) runs the scenarios in tests/sipp/ (REGISTER,
 //! PUBLISH with refresh-by-ETag and removal, SUBSCRIBE with its NOTIFYs and
 //! the in-dialog un-SUBSCRIBE, MESSAGE through the 407, a phone's voicemail
-//! lamp fed by a voicemail server's PUBLISH), sipsak registers
+//! lamp fed by a voicemail server's PUBLISH, a BLF phone watching 20
+//! extensions while a PBX publishes their calls), sipsak registers
 //! and sends PUBLISH and MESSAGE. Both answer only the first Digest
 //! challenge and know only MD5: with the default `--digest-algorithms
 //! MD5,SHA-256` they get in, with SHA-256 first they cannot, which is the
@@ -113,7 +114,26 @@ async fn sipp(
     password: &str,
     target: &str,
 ) -> (bool, String) {
-    let mut args: Vec<String> = vec![
+    let mut args = sipp_args(server, tp, name, user, password, target);
+    args.extend(["-m".into(), "1".into()]);
+    if name != "register" {
+        // SIPp's Digest uri is sip:<this> (else the server's address).
+        args.push("-auth_uri".into());
+        args.push(format!("{target}@{DOMAIN}"));
+    }
+    run("sipp", args).await
+}
+
+/// What every SIPp run here is given (all but how many calls).
+fn sipp_args(
+    server: SocketAddr,
+    tp: Tp,
+    name: &str,
+    user: &str,
+    password: &str,
+    target: &str,
+) -> Vec<String> {
+    vec![
         server.to_string(),
         "-sf".into(),
         scenario(name).display().to_string(),
@@ -139,20 +159,12 @@ async fn sipp(
             Tp::Tcp => "t1".into(),
             Tp::Tls | Tp::Ws => panic!("Debian's SIPp has neither TLS nor WebSocket"),
         },
-        "-m".into(),
-        "1".into(),
         "-timeout".into(),
         "30s".into(),
         "-timeout_error".into(),
         "-nostdin".into(),
         "-trace_err".into(),
-    ];
-    if name != "register" {
-        // SIPp's Digest uri is sip:<this> (else the server's address).
-        args.push("-auth_uri".into());
-        args.push(format!("{target}@{DOMAIN}"));
-    }
-    run("sipp", args).await
+    ]
 }
 
 /// sipsak sending the request in `text` (shoot mode) as `user`, answering
@@ -292,8 +304,66 @@ macro_rules! both {
 both! {
     sipp_under_default_digest;
     sipp_voicemail_lamp;
+    sipp_blf_phone_watching_20_extensions;
     sipsak_under_default_digest;
     sha256_first_locks_them_out;
+}
+
+/// BLF between two SIPp instances (RFC 4235): a phone watches 20
+/// extensions at once (tests/sipp/blf_phone.xml, one SIPp call per
+/// extension), then a PBX publishes a confirmed call on each
+/// (blf_pbx.xml); every subscription sees its lamp go from an empty
+/// version-0 document to the call at version 1, then ends. No Digest (see
+/// the scenario).
+async fn sipp_blf_phone_watching_20_extensions(tp: Tp) {
+    const EXTENSIONS: u32 = 20;
+    let s = start(Mode::AllInOne, None, None, &["--domain", DOMAIN]).await;
+    let at = s.at(0);
+    let dir = tempdir();
+    let inf = dir.join("extensions.csv");
+    let lines: String = (0..EXTENSIONS)
+        .map(|i| format!("{};\n", 2001 + i))
+        .collect();
+    std::fs::write(&inf, format!("SEQUENTIAL\n{lines}")).expect("injection file");
+    let calls = |name: &str, user: &str| {
+        let mut args = sipp_args(at, tp, name, user, "", "");
+        let n = EXTENSIONS.to_string();
+        for a in [
+            "-inf",
+            &inf.display().to_string(),
+            "-m",
+            &n,
+            "-l",
+            &n,
+            "-r",
+            &n,
+        ] {
+            args.push(a.to_string());
+        }
+        args
+    };
+    let phone = tokio::spawn(run("sipp", calls("blf_phone", "phone")));
+    // The PBX publishes once every extension is watched.
+    let deadline = Instant::now() + s.wait();
+    for i in 0..EXTENSIONS {
+        let ext = format!("sip:{}@{DOMAIN}", 2001 + i);
+        while s
+            .store()
+            .watcher_ids(&ext, "dialog")
+            .await
+            .expect("store")
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "{ext} never watched");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (ok, log) = run("sipp", calls("blf_pbx", "pbx")).await;
+    assert!(ok, "SIPp blf_pbx over {tp:?} failed:\n{log}");
+    let (ok, log) = phone.await.expect("phone task");
+    assert!(ok, "SIPp blf_phone over {tp:?} failed:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+    s.shutdown().await;
 }
 
 /// MWI between two SIPp instances (RFC 3842): a phone subscribes to its own
