@@ -100,6 +100,17 @@ pub struct Args {
         default_value_t = crate::names::DEFAULT_BATCH
     )]
     pub notify_batch: usize,
+    /// A subscription's state-change NOTIFYs go out at most once per this
+    /// many milliseconds; changes meanwhile are coalesced into the newest
+    /// state (RFC 6446 rate control as an operator default: the answer to
+    /// NOTIFY storms on hot presentities). First, refresh and final
+    /// NOTIFYs are never held back. 0: off.
+    #[arg(
+        long = "notify-min-interval-ms",
+        env = "PRESENCE_NOTIFY_MIN_INTERVAL_MS",
+        default_value_t = 0
+    )]
+    pub notify_min_interval_ms: u64,
     /// The most bytes of notify jobs the JetStream stream holds, set when
     /// presenced creates the stream (an existing stream keeps its limits:
     /// `nats stream edit`). A full stream refuses pushes: the jobs wait in
@@ -420,6 +431,7 @@ pub struct Config {
     pub handover_wait: Duration,
     pub owner_cache_entries: usize,
     pub notify_batch: usize,
+    pub notify_min_interval: Duration,
     pub notify_stream_max_bytes: i64,
 }
 
@@ -569,6 +581,11 @@ impl Config {
         // 10 000 ids of ~18 bytes stay well inside NATS's 1 MB payload.
         if !(1..=10_000).contains(&args.notify_batch) {
             errors.push("--notify-batch must be between 1 and 10000".into());
+        }
+        // A held-back change delays its job's acknowledgement: well inside
+        // the notify queue's ack wait (30 s).
+        if args.notify_min_interval_ms > 10_000 {
+            errors.push("--notify-min-interval-ms must be at most 10000".into());
         }
         if args.notify_stream_max_bytes < 1 << 20 {
             errors.push("--notify-stream-max-bytes must be at least 1048576 (1 MiB)".into());
@@ -819,6 +836,7 @@ impl Config {
             handover_wait: Duration::from_millis(args.handover_wait_ms),
             owner_cache_entries: args.owner_cache_entries,
             notify_batch: args.notify_batch,
+            notify_min_interval: Duration::from_millis(args.notify_min_interval_ms),
             notify_stream_max_bytes: args.notify_stream_max_bytes,
         })
     }

@@ -298,6 +298,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             )
             .with_faults(faults)
             .with_batch(cfg.notify_batch)
+            .with_min_interval(cfg.notify_min_interval)
             .with_roster(roster.clone()),
         );
         tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));

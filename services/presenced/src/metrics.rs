@@ -32,6 +32,7 @@ pub struct Metrics {
     pub notifier_latency_seconds: HistogramVec,
     pub notifier_rerouted: IntCounter,
     pub notifier_renumbered: IntCounter,
+    pub notifier_rate_limited: IntCounter,
     pub owner_cache: crate::owner_cache::CacheMetrics,
     pub notifier_batches: IntCounterVec,
     pub notifier_queue_depth: IntGauge,
@@ -97,6 +98,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(renumbered.clone()))
+            .expect("unique metric");
+        let rate_limited = IntCounter::new(
+            "presence_notifier_rate_limited_total",
+            "State-change NOTIFYs held back by --notify-min-interval-ms (changes meanwhile coalesced into the newest)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(rate_limited.clone()))
             .expect("unique metric");
         let cache_reads = IntCounterVec::new(
             prometheus::Opts::new(
@@ -237,6 +245,7 @@ impl Metrics {
             ),
             notifier_rerouted: rerouted,
             notifier_renumbered: renumbered,
+            notifier_rate_limited: rate_limited,
             owner_cache,
             notifier_batches: counter(
                 &r,

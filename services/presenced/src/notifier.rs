@@ -47,10 +47,18 @@ pub struct Notifier {
     /// A change with more watchers than this is split into batches of this
     /// size, all but one queued for other notifiers.
     batch: usize,
+    /// `--notify-min-interval-ms` (zero: off).
+    min_interval: Duration,
     /// Subscription reads and CSeqs the NOTIFY tasks ask for together, made
     /// as one store call each ([`crate::coalesce`]); started on first use.
     subs: std::sync::OnceLock<Coalesced<String, Option<Subscription>>>,
     cseqs: std::sync::OnceLock<Coalesced<(String, u64), Option<u32>>>,
+}
+
+/// Whether `pending` may be held back by rate control: a state change,
+/// not a first or refresh NOTIFY (`force`) nor a final one.
+fn held(pending: &Option<Pending>) -> bool {
+    matches!(pending, Some(Pending::Latest { force: false, .. }))
 }
 
 /// Default of `--notify-batch`.
@@ -69,6 +77,12 @@ struct Slot {
     /// was answered last: a Refresh job for the same record again (pushed
     /// twice by the outbox, redelivered by the queue) sends nothing new.
     refreshed: Option<(u32, u64)>,
+    /// When this process last sent the subscription a NOTIFY (for
+    /// `--notify-min-interval-ms`).
+    last_sent: Option<tokio::time::Instant>,
+    /// Wakes a drain holding back a change when something that must not
+    /// wait (a refresh, the final NOTIFY) joins it.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Counts down the NOTIFYs one notify job asked for; the job is acknowledged
@@ -223,6 +237,7 @@ impl Notifier {
             sent: AtomicU64::new(0),
             sending: Default::default(),
             batch: DEFAULT_BATCH,
+            min_interval: Duration::ZERO,
             subs: Default::default(),
             cseqs: Default::default(),
         }
@@ -237,6 +252,15 @@ impl Notifier {
 
     pub fn with_batch(mut self, n: usize) -> Notifier {
         self.batch = n.max(1);
+        self
+    }
+
+    /// `--notify-min-interval-ms`: a subscription's state-change NOTIFYs go
+    /// out at most this often (RFC 6446's rate control as an operator
+    /// default); changes meanwhile are coalesced into the newest state.
+    /// First, refresh and final NOTIFYs are never held back.
+    pub fn with_min_interval(mut self, interval: Duration) -> Notifier {
+        self.min_interval = interval;
         self
     }
 
@@ -460,6 +484,9 @@ impl Notifier {
         if slot.changed_at_ms.is_none() {
             slot.changed_at_ms = at_ms;
         }
+        if !held(&slot.pending) {
+            slot.wake.notify_one();
+        }
         let start = !slot.busy;
         slot.busy = true;
         start
@@ -468,6 +495,19 @@ impl Notifier {
     /// Send what is pending for one subscription until nothing is.
     async fn drain(self: Arc<Self>, id: String) {
         loop {
+            if let Some((until, wake)) = self.held_until(&id) {
+                // Rate control: changes arriving meanwhile merge into the
+                // pending one, which goes out (the newest) at `until`, or
+                // at once with a refresh or final NOTIFY that joins it.
+                self.metrics.notifier_rate_limited.inc();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = wake.notified() => {}
+                }
+                // Look again: a wake-up may be stale (a permit left by an
+                // earlier refresh), and what is pending may have changed.
+                continue;
+            }
             let (pending, last_version, changed_at, waiters) = {
                 let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(slot) = slots.get_mut(&id) else {
@@ -513,6 +553,19 @@ impl Notifier {
                 return;
             }
         }
+    }
+
+    /// When the subscription's pending state change may go out, if that
+    /// is later than now (`--notify-min-interval-ms`).
+    fn held_until(&self, id: &str) -> Option<(tokio::time::Instant, Arc<tokio::sync::Notify>)> {
+        if self.min_interval.is_zero() {
+            return None;
+        }
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.get(id)?;
+        let until = slot.last_sent? + self.min_interval;
+        (held(&slot.pending) && until > tokio::time::Instant::now())
+            .then(|| (until, slot.wake.clone()))
     }
 
     /// Send one pending item of a subscription.
@@ -579,6 +632,7 @@ impl Notifier {
                         }
                         self.with_slot(id, |slot| {
                             slot.last_version = slot.last_version.max(version);
+                            slot.last_sent = Some(tokio::time::Instant::now());
                             if force {
                                 slot.refreshed = Some(record);
                             }

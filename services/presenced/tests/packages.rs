@@ -16,6 +16,10 @@
 //!   touch it.
 //! - message_summary_expiry: a summary whose publication expires turns
 //!   back into "Messages-Waiting: no" for its watcher.
+//! - rate_control: `--notify-min-interval-ms` (RFC 6446 rate control as an
+//!   operator default) coalesces a burst of changes into at most one
+//!   NOTIFY per interval, the newest state last, in order; the final
+//!   NOTIFY still comes.
 //! - trusted_identity: with Digest on, a user may publish only their own
 //!   AoR, a `--trusted-publisher` identity any local one.
 //! - trusted_network: a PUBLISH from a `--trusted-publisher` network is
@@ -56,6 +60,7 @@ scenarios! {
     blf;
     message_summary;
     message_summary_expiry;
+    rate_control;
     trusted_identity;
     trusted_network;
 }
@@ -507,4 +512,99 @@ async fn blf(tp: Tp, mode: Mode) {
         last = next;
     }
     s.shutdown().await;
+}
+
+async fn rate_control(tp: Tp, mode: Mode) {
+    const INTERVAL: Duration = Duration::from_millis(1000);
+    let s = start(mode, None, None, &["--notify-min-interval-ms", "1000"]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
+    let aor = alice.aor.clone();
+    let body = |note: &str| pidf(&aor, "t1", true, note);
+    let req = alice
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .body("application/pidf+xml", body("n0").into_bytes());
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 200);
+    let mut tag = etag(&r);
+    let (r, dialog, sub) = bob.subscribe(&aor, 600).await;
+    assert_eq!(r.code, 200);
+    assert!(
+        body_str(&bob.notify().await).contains("n0"),
+        "the first NOTIFY at once"
+    );
+
+    // A burst of ten changes.
+    let started = tokio::time::Instant::now();
+    for i in 1..=10 {
+        let req = alice
+            .req("PUBLISH", &aor)
+            .h("Event", "presence")
+            .h("Expires", "600")
+            .h("SIP-If-Match", tag.clone())
+            .body("application/pidf+xml", body(&format!("n{i}")).into_bytes());
+        let r = alice.send(&req).await;
+        assert_eq!(r.code, 200);
+        tag = etag(&r);
+    }
+    let mut seen = Vec::new();
+    loop {
+        let n = bob
+            .recv_request("NOTIFY", s.wait() + INTERVAL)
+            .await
+            .expect("the newest state arrives");
+        assert_eq!(n.call_id(), Some(dialog.call_id.as_str()));
+        let text = body_str(&n);
+        let note: u32 = (1..=10)
+            .rev()
+            .find(|i| text.contains(&format!("<note>n{i}</note>")))
+            .expect("one of the burst's notes");
+        seen.push(note);
+        if note == 10 {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    // At most one NOTIFY per interval: the first change may go at once
+    // (the initial NOTIFY does not count), then one per second.
+    let allowed = 1 + elapsed.as_millis().div_ceil(INTERVAL.as_millis()) as usize;
+    assert!(
+        seen.len() <= allowed,
+        "{} NOTIFYs in {elapsed:?} (at most {allowed}): {seen:?}",
+        seen.len()
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
+
+    // A change, then the end: the final NOTIFY is not held back.
+    let req = alice
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .h("SIP-If-Match", tag.clone())
+        .body("application/pidf+xml", body("last").into_bytes());
+    assert_eq!(alice.send(&req).await.code, 200);
+    let mut unsub = sub.next().in_dialog(&dialog);
+    unsub.headers.retain(|(n, _)| n != "Expires");
+    let unsub = unsub.h("Expires", "0");
+    assert_eq!(bob.send(&unsub).await.code, 200);
+    let deadline = tokio::time::Instant::now() + s.wait();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let n = bob
+            .recv_request("NOTIFY", left)
+            .await
+            .expect("the final NOTIFY");
+        if sub_state(&n).starts_with("terminated") {
+            break;
+        }
+    }
+    s.shutdown().await;
+}
+
+fn sub_state(n: &presence_sip::Request) -> String {
+    n.header("Subscription-State")
+        .unwrap_or_default()
+        .replace(' ', "")
 }
