@@ -486,13 +486,13 @@ impl Compositor {
             if !self.store.is_watched(aor, event).await? {
                 self.metrics
                     .compositor_changes
-                    .with_label_values(&["unwatched"])
+                    .with_label_values(&["unwatched", event])
                     .inc();
                 return self.commit_with_jobs(shard, ops, jobs).await;
             }
             self.metrics
                 .compositor_changes
-                .with_label_values(&["announced"])
+                .with_label_values(&["announced", event])
                 .inc();
             jobs.insert(
                 0,

@@ -223,11 +223,13 @@ impl Metrics {
                 let c = counter(
                     &r,
                     "presence_compositor_changes_total",
-                    "Changes of a composed document: announced = with a notify job for its watchers, unwatched = nobody watches it, so no job",
-                    &["outcome"],
+                    "Changes of a composed document, by event package: announced = with a notify job for its watchers, unwatched = nobody watches it, so no job",
+                    &["outcome", "package"],
                 );
                 for outcome in ["announced", "unwatched"] {
-                    c.with_label_values(&[outcome]);
+                    for package in presence_core::packages::Registry::default().names() {
+                        c.with_label_values(&[outcome, package]);
+                    }
                 }
                 c
             },
