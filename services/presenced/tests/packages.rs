@@ -520,15 +520,7 @@ async fn rate_control(tp: Tp, mode: Mode) {
     let mut alice = s.ua(tp, PRESENTITY, "alice").await;
     let mut bob = s.ua(tp, WATCHER, "bob").await;
     let aor = alice.aor.clone();
-    let body = |note: &str| pidf(&aor, "t1", true, note);
-    let req = alice
-        .req("PUBLISH", &aor)
-        .h("Event", "presence")
-        .h("Expires", "600")
-        .body("application/pidf+xml", body("n0").into_bytes());
-    let r = alice.send(&req).await;
-    assert_eq!(r.code, 200);
-    let mut tag = etag(&r);
+    let mut tag = publish_note(&mut alice, None, "n0").await;
     let (r, dialog, sub) = bob.subscribe(&aor, 600).await;
     assert_eq!(r.code, 200);
     assert!(
@@ -539,15 +531,7 @@ async fn rate_control(tp: Tp, mode: Mode) {
     // A burst of ten changes.
     let started = tokio::time::Instant::now();
     for i in 1..=10 {
-        let req = alice
-            .req("PUBLISH", &aor)
-            .h("Event", "presence")
-            .h("Expires", "600")
-            .h("SIP-If-Match", tag.clone())
-            .body("application/pidf+xml", body(&format!("n{i}")).into_bytes());
-        let r = alice.send(&req).await;
-        assert_eq!(r.code, 200);
-        tag = etag(&r);
+        tag = publish_note(&mut alice, Some(&tag), &format!("n{i}")).await;
     }
     let mut seen = Vec::new();
     loop {
@@ -578,13 +562,7 @@ async fn rate_control(tp: Tp, mode: Mode) {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
 
     // A change, then the end: the final NOTIFY is not held back.
-    let req = alice
-        .req("PUBLISH", &aor)
-        .h("Event", "presence")
-        .h("Expires", "600")
-        .h("SIP-If-Match", tag.clone())
-        .body("application/pidf+xml", body("last").into_bytes());
-    assert_eq!(alice.send(&req).await.code, 200);
+    publish_note(&mut alice, Some(&tag), "last").await;
     let mut unsub = sub.next().in_dialog(&dialog);
     unsub.headers.retain(|(n, _)| n != "Expires");
     let unsub = unsub.h("Expires", "0");
@@ -601,6 +579,26 @@ async fn rate_control(tp: Tp, mode: Mode) {
         }
     }
     s.shutdown().await;
+}
+
+/// PUBLISH the UA's presence (one open tuple with `note`), initial or a
+/// modify of `etag`; its new entity tag.
+async fn publish_note(ua: &mut Ua, etag_of: Option<&str>, note: &str) -> String {
+    let aor = ua.aor.clone();
+    let mut req = ua
+        .req("PUBLISH", &aor)
+        .h("Event", "presence")
+        .h("Expires", "600")
+        .body(
+            "application/pidf+xml",
+            pidf(&aor, "t1", true, note).into_bytes(),
+        );
+    if let Some(e) = etag_of {
+        req = req.h("SIP-If-Match", e);
+    }
+    let r = ua.send(&req).await;
+    assert_eq!(r.code, 200, "PUBLISH {note}: {}", r.reason);
+    etag(&r)
 }
 
 fn sub_state(n: &presence_sip::Request) -> String {

@@ -346,17 +346,13 @@ async fn sipp_blf_phone_watching_20_extensions(tp: Tp) {
     // The PBX publishes once every extension is watched.
     let deadline = Instant::now() + s.wait();
     for i in 0..EXTENSIONS {
-        let ext = format!("sip:{}@{DOMAIN}", 2001 + i);
-        while s
-            .store()
-            .watcher_ids(&ext, "dialog")
-            .await
-            .expect("store")
-            .is_empty()
-        {
-            assert!(Instant::now() < deadline, "{ext} never watched");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_watched(
+            &s,
+            &format!("sip:{}@{DOMAIN}", 2001 + i),
+            "dialog",
+            deadline,
+        )
+        .await;
     }
     let (ok, log) = run("sipp", calls("blf_pbx", "pbx")).await;
     assert!(ok, "SIPp blf_pbx over {tp:?} failed:\n{log}");
@@ -364,6 +360,20 @@ async fn sipp_blf_phone_watching_20_extensions(tp: Tp) {
     assert!(ok, "SIPp blf_phone over {tp:?} failed:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
     s.shutdown().await;
+}
+
+/// Wait until somebody watches (`aor`, `event`); panics past `deadline`.
+async fn until_watched(s: &TestServer, aor: &str, event: &str, deadline: Instant) {
+    while s
+        .store()
+        .watcher_ids(aor, event)
+        .await
+        .expect("store")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "{aor} never watched for {event}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// MWI between two SIPp instances (RFC 3842): a phone subscribes to its own
@@ -386,17 +396,7 @@ async fn sipp_voicemail_lamp(tp: Tp) {
         tokio::spawn(async move { sipp(at, tp, "mwi_phone", "alice", "secret", "alice").await });
     // The publication must come after the phone's subscription.
     let mailbox = format!("sip:alice@{DOMAIN}");
-    let deadline = Instant::now() + s.wait();
-    while s
-        .store()
-        .watcher_ids(&mailbox, "message-summary")
-        .await
-        .expect("store")
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the phone never subscribed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_watched(&s, &mailbox, "message-summary", Instant::now() + s.wait()).await;
     let (ok, log) = sipp(at, tp, "mwi_publish", "voicemail", "vm-pass", "alice").await;
     assert!(ok, "SIPp mwi_publish over {tp:?} failed:\n{log}");
     let (ok, log) = phone.await.expect("phone task");
