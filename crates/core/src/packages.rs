@@ -300,9 +300,18 @@ impl Registry {
             .collect::<Vec<_>>()
             .join(", ")
     }
-    /// Union of what the packages accept in PUBLISH, for `Accept` on 415.
+    /// The served packages, by name, in registry order.
     pub fn names(&self) -> Vec<&'static str> {
         self.packages.iter().map(|p| p.name()).collect()
+    }
+    /// The packages whose state registrations are part of
+    /// ([`EventPackage::from_registrations`]).
+    pub fn from_registrations(&self) -> Vec<&'static str> {
+        self.packages
+            .iter()
+            .filter(|p| p.from_registrations())
+            .map(|p| p.name())
+            .collect()
     }
 }
 

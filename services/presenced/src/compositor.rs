@@ -641,12 +641,7 @@ impl Compositor {
         mut ops: Vec<Op>,
         overlay: &Overlay<'_>,
     ) -> Result<(), StoreError> {
-        let events: Vec<&str> = self
-            .packages
-            .names()
-            .into_iter()
-            .filter(|e| self.packages.get(e).is_some_and(|p| p.from_registrations()))
-            .collect();
+        let events = self.packages.from_registrations();
         if events.is_empty() {
             let shard = shard_of(aor, self.shards);
             return self.commit_with_jobs(shard, ops, Vec::new()).await;

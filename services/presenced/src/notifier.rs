@@ -81,8 +81,8 @@ struct Slot {
     /// `--notify-min-interval-ms`).
     last_sent: Option<tokio::time::Instant>,
     /// Wakes a drain holding back a change when something that must not
-    /// wait (a refresh, the final NOTIFY) joins it.
-    wake: Arc<tokio::sync::Notify>,
+    /// wait (a refresh, the final NOTIFY) joins it; made by the first hold.
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Counts down the NOTIFYs one notify job asked for; the job is acknowledged
@@ -484,8 +484,8 @@ impl Notifier {
         if slot.changed_at_ms.is_none() {
             slot.changed_at_ms = at_ms;
         }
-        if !held(&slot.pending) {
-            slot.wake.notify_one();
+        if let Some(wake) = slot.wake.as_ref().filter(|_| !held(&slot.pending)) {
+            wake.notify_one();
         }
         let start = !slot.busy;
         slot.busy = true;
@@ -561,11 +561,16 @@ impl Notifier {
         if self.min_interval.is_zero() {
             return None;
         }
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots.get(id)?;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.get_mut(id)?;
         let until = slot.last_sent? + self.min_interval;
-        (held(&slot.pending) && until > tokio::time::Instant::now())
-            .then(|| (until, slot.wake.clone()))
+        if !held(&slot.pending) || until <= tokio::time::Instant::now() {
+            return None;
+        }
+        Some((
+            until,
+            slot.wake.get_or_insert_with(Default::default).clone(),
+        ))
     }
 
     /// Send one pending item of a subscription.

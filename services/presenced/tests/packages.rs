@@ -75,17 +75,33 @@ const SUMMARY: &str = "Messages-Waiting: yes\nMessage-Account: sip:alice@vmail.e
 /// How long a "nothing more comes" check listens.
 const SHORT: Duration = Duration::from_millis(1000);
 
-fn subscribe_req(ua: &mut Ua, target: &str, expires: u32) -> Req {
+/// An event package as a request names it: `Event` and its body type.
+struct Package {
+    event: &'static str,
+    content_type: &'static str,
+}
+
+const MWI_PKG: Package = Package {
+    event: "message-summary",
+    content_type: MWI,
+};
+const BLF: Package = Package {
+    event: "dialog",
+    content_type: DIALOG_INFO,
+};
+
+fn subscribe_req(ua: &mut Ua, pkg: &Package, target: &str, expires: u32) -> Req {
     let contact = format!("<{}>", ua.contact_uri());
     ua.req("SUBSCRIBE", target)
-        .h("Event", "message-summary")
-        .h("Accept", MWI)
+        .h("Event", pkg.event)
+        .h("Accept", pkg.content_type)
         .h("Contact", contact)
         .h("Expires", expires.to_string())
 }
 
 fn publish_req(
     ua: &mut Ua,
+    pkg: &Package,
     target: &str,
     etag: Option<&str>,
     expires: u32,
@@ -93,13 +109,13 @@ fn publish_req(
 ) -> Req {
     let mut req = ua
         .req("PUBLISH", target)
-        .h("Event", "message-summary")
+        .h("Event", pkg.event)
         .h("Expires", expires.to_string());
     if let Some(e) = etag {
         req = req.h("SIP-If-Match", e);
     }
     if let Some(b) = body {
-        req = req.body(MWI, b.as_bytes().to_vec());
+        req = req.body(pkg.content_type, b.as_bytes().to_vec());
     }
     req
 }
@@ -125,7 +141,7 @@ async fn message_summary(tp: Tp, mode: Mode) {
     );
 
     // The phone subscribes to its own mailbox: nothing published yet.
-    let req = subscribe_req(&mut alice, &mailbox, 600);
+    let req = subscribe_req(&mut alice, &MWI_PKG, &mailbox, 600);
     let r = alice.send(&req).await;
     assert_eq!(r.code, 200, "{}", r.reason);
     let n = alice.notify().await;
@@ -137,11 +153,11 @@ async fn message_summary(tp: Tp, mode: Mode) {
     assert_eq!(body_str(&n), NO_MESSAGES);
 
     // Someone else's voicemail lamp is private.
-    let req = subscribe_req(&mut bob, &mailbox, 600);
+    let req = subscribe_req(&mut bob, &MWI_PKG, &mailbox, 600);
     assert_eq!(bob.send(&req).await.code, 403);
 
     // The voicemail server publishes for the mailbox: byte for byte.
-    let req = publish_req(&mut vm, &mailbox, None, 600, Some(SUMMARY));
+    let req = publish_req(&mut vm, &MWI_PKG, &mailbox, None, 600, Some(SUMMARY));
     let r = vm.send(&req).await;
     assert_eq!(r.code, 200, "{}", r.reason);
     let tag = etag(&r);
@@ -155,6 +171,7 @@ async fn message_summary(tp: Tp, mode: Mode) {
     // What is not a summary is refused, and changes nothing.
     let req = publish_req(
         &mut vm,
+        &MWI_PKG,
         &mailbox,
         None,
         600,
@@ -186,7 +203,7 @@ async fn message_summary(tp: Tp, mode: Mode) {
     );
 
     // The messages are heard: the server removes its publication.
-    let req = publish_req(&mut vm, &mailbox, Some(&tag), 0, None);
+    let req = publish_req(&mut vm, &MWI_PKG, &mailbox, Some(&tag), 0, None);
     assert_eq!(vm.send(&req).await.code, 200);
     let n = alice
         .notify_containing("Messages-Waiting: no", s.wait())
@@ -217,10 +234,10 @@ async fn message_summary_expiry(tp: Tp, mode: Mode) {
     let mut vm = s.ua(tp, PRESENTITY, "voicemail").await;
     let mut alice = s.ua(tp, WATCHER, "alice").await;
     let mailbox = alice.aor.clone();
-    let req = subscribe_req(&mut alice, &mailbox, 600);
+    let req = subscribe_req(&mut alice, &MWI_PKG, &mailbox, 600);
     assert_eq!(alice.send(&req).await.code, 200);
     assert_eq!(body_str(&alice.notify().await), NO_MESSAGES);
-    let req = publish_req(&mut vm, &mailbox, None, 2, Some(SUMMARY));
+    let req = publish_req(&mut vm, &MWI_PKG, &mailbox, None, 2, Some(SUMMARY));
     let r = vm.send(&req).await;
     assert_eq!(r.code, 200, "{}", r.reason);
     assert_eq!(r.expires(), Some(Ok(2)));
@@ -258,19 +275,19 @@ async fn trusted_identity(tp: Tp, mode: Mode) {
     let mailbox = "sip:alice@example.com".to_string();
 
     // An ordinary user, authenticated, may not publish for another.
-    let req = publish_req(&mut bob, &mailbox, None, 600, Some(SUMMARY));
+    let req = publish_req(&mut bob, &MWI_PKG, &mailbox, None, 600, Some(SUMMARY));
     let (r, _) = bob.send_auth(&req, "MD5").await;
     assert_eq!(r.code, 403, "{}", r.reason);
     // Not without authenticating either: the challenge comes first.
-    let req = publish_req(&mut vm, &mailbox, None, 600, Some(SUMMARY));
+    let req = publish_req(&mut vm, &MWI_PKG, &mailbox, None, 600, Some(SUMMARY));
     assert_eq!(vm.send(&req).await.code, 401);
     // The trusted identity, authenticated, may.
-    let req = publish_req(&mut vm, &mailbox, None, 600, Some(SUMMARY));
+    let req = publish_req(&mut vm, &MWI_PKG, &mailbox, None, 600, Some(SUMMARY));
     let (r, _) = vm.send_auth(&req, "MD5").await;
     assert_eq!(r.code, 200, "{}", r.reason);
     // And its own AoR as anyone may.
     let own = vm.aor.clone();
-    let req = publish_req(&mut vm, &own, None, 600, Some(NO_MESSAGES));
+    let req = publish_req(&mut vm, &MWI_PKG, &own, None, 600, Some(NO_MESSAGES));
     let (r, _) = vm.send_auth(&req, "MD5").await;
     assert_eq!(r.code, 200, "{}", r.reason);
 
@@ -290,14 +307,14 @@ async fn trusted_network(tp: Tp, mode: Mode) {
     let mut pbx = s.ua(tp, PRESENTITY, "pbx").await;
     let mailbox = "sip:alice@example.com".to_string();
     // No credentials at all (pbx is no user): taken unchallenged.
-    let req = publish_req(&mut pbx, &mailbox, None, 600, Some(SUMMARY));
+    let req = publish_req(&mut pbx, &MWI_PKG, &mailbox, None, 600, Some(SUMMARY));
     let r = pbx.send(&req).await;
     assert_eq!(r.code, 200, "{}", r.reason);
     let tag = etag(&r);
-    let req = publish_req(&mut pbx, &mailbox, Some(&tag), 600, None);
+    let req = publish_req(&mut pbx, &MWI_PKG, &mailbox, Some(&tag), 600, None);
     assert_eq!(pbx.send(&req).await.code, 200, "a refresh too");
     // Its other requests are challenged as anyone's.
-    let req = subscribe_req(&mut pbx, &mailbox, 600);
+    let req = subscribe_req(&mut pbx, &MWI_PKG, &mailbox, 600);
     assert_eq!(pbx.send(&req).await.code, 401);
     let contact = format!("<{}>", pbx.contact_uri());
     let req = pbx
@@ -315,7 +332,7 @@ async fn owner_sees_the_summary(s: &TestServer, tp: Tp) {
     let mut alice = s.ua(tp, WATCHER, "alice").await;
     alice.password = "secret".into();
     let mailbox = alice.aor.clone();
-    let req = subscribe_req(&mut alice, &mailbox, 600);
+    let req = subscribe_req(&mut alice, &MWI_PKG, &mailbox, 600);
     let (r, _) = alice.send_auth(&req, "MD5").await;
     assert_eq!(r.code, 200, "{}", r.reason);
     let n = alice.notify_containing("Voice-Message", s.wait()).await;
@@ -337,24 +354,25 @@ fn dialog_info(entity: &str, dialogs: &[(&str, &str)]) -> String {
     body + "</dialog-info>"
 }
 
-fn dialog_publish(
+/// PUBLISH `dialogs` for `ext` (initial, or a modify of `etag`); the new
+/// entity tag.
+async fn publish_dialogs(
     ua: &mut Ua,
-    target: &str,
-    etag: Option<&str>,
-    expires: u32,
-    body: Option<String>,
-) -> Req {
-    let mut req = ua
-        .req("PUBLISH", target)
-        .h("Event", "dialog")
-        .h("Expires", expires.to_string());
-    if let Some(e) = etag {
-        req = req.h("SIP-If-Match", e);
-    }
-    if let Some(b) = body {
-        req = req.body(DIALOG_INFO, b.into_bytes());
-    }
-    req
+    ext: &str,
+    etag_of: Option<&str>,
+    dialogs: &[(&str, &str)],
+) -> String {
+    let req = publish_req(
+        ua,
+        &BLF,
+        ext,
+        etag_of,
+        600,
+        Some(&dialog_info(ext, dialogs)),
+    );
+    let r = ua.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    etag(&r)
 }
 
 /// The document's `version` and its dialogs as (id, state), in order.
@@ -381,13 +399,7 @@ async fn blf(tp: Tp, mode: Mode) {
     let ext = "sip:2001@example.com";
     let pair = |id: &str, st: &str| (id.to_string(), st.to_string());
 
-    let contact = format!("<{}>", phone.contact_uri());
-    let req = phone
-        .req("SUBSCRIBE", ext)
-        .h("Event", "dialog")
-        .h("Accept", DIALOG_INFO)
-        .h("Contact", contact)
-        .h("Expires", "600");
+    let req = subscribe_req(&mut phone, &BLF, ext, 600);
     let r = phone.send(&req).await;
     assert_eq!(r.code, 200, "{}", r.reason);
     // Nothing published: an empty full-state document, version 0.
@@ -401,16 +413,7 @@ async fn blf(tp: Tp, mode: Mode) {
     assert_eq!(blf_state(&n), (0, vec![]));
 
     // The extension rings, then answers: versions count NOTIFYs.
-    let req = dialog_publish(
-        &mut pbx,
-        ext,
-        None,
-        600,
-        Some(dialog_info(ext, &[("a", "early")])),
-    );
-    let r = pbx.send(&req).await;
-    assert_eq!(r.code, 200, "{}", r.reason);
-    let tag = etag(&r);
+    let tag = publish_dialogs(&mut pbx, ext, None, &[("a", "early")]).await;
     let n = phone.notify_containing("call-a@pbx", s.wait()).await;
     assert_eq!(blf_state(&n), (1, vec![pair("a", "early")]));
     // What a phone needs for directed pickup arrives as published.
@@ -423,30 +426,12 @@ async fn blf(tp: Tp, mode: Mode) {
     ] {
         assert!(body_str(&n).contains(part), "{part} in {}", body_str(&n));
     }
-    let req = dialog_publish(
-        &mut pbx,
-        ext,
-        Some(&tag),
-        600,
-        Some(dialog_info(ext, &[("a", "confirmed")])),
-    );
-    let r = pbx.send(&req).await;
-    assert_eq!(r.code, 200);
-    let tag = etag(&r);
+    let tag = publish_dialogs(&mut pbx, ext, Some(&tag), &[("a", "confirmed")]).await;
     let n = phone.notify_containing("confirmed", s.wait()).await;
     assert_eq!(blf_state(&n), (2, vec![pair("a", "confirmed")]));
 
     // A second publisher's dialogs merge in.
-    let req = dialog_publish(
-        &mut pbx2,
-        ext,
-        None,
-        600,
-        Some(dialog_info(ext, &[("b", "trying")])),
-    );
-    let r = pbx2.send(&req).await;
-    assert_eq!(r.code, 200);
-    let tag2 = etag(&r);
+    let tag2 = publish_dialogs(&mut pbx2, ext, None, &[("b", "trying")]).await;
     let n = phone.notify_containing("call-b@pbx", s.wait()).await;
     assert_eq!(
         blf_state(&n),
@@ -454,36 +439,27 @@ async fn blf(tp: Tp, mode: Mode) {
     );
 
     // A terminated dialog is notified once, then dropped.
-    let req = dialog_publish(
-        &mut pbx,
-        ext,
-        Some(&tag),
-        600,
-        Some(dialog_info(ext, &[("a", "terminated")])),
-    );
-    let r = pbx.send(&req).await;
-    assert_eq!(r.code, 200);
-    let tag = etag(&r);
+    let tag = publish_dialogs(&mut pbx, ext, Some(&tag), &[("a", "terminated")]).await;
     let n = phone.notify_containing("terminated", s.wait()).await;
     assert_eq!(
         blf_state(&n),
         (4, vec![pair("b", "trying"), pair("a", "terminated")])
     );
-    let req = dialog_publish(
-        &mut pbx2,
-        ext,
-        Some(&tag2),
-        600,
-        Some(dialog_info(ext, &[("b", "confirmed")])),
-    );
-    let r = pbx2.send(&req).await;
-    assert_eq!(r.code, 200);
-    let tag2 = etag(&r);
+    let tag2 = publish_dialogs(&mut pbx2, ext, Some(&tag2), &[("b", "confirmed")]).await;
     let n = phone.notify_containing("confirmed", s.wait()).await;
     assert_eq!(blf_state(&n), (5, vec![pair("b", "confirmed")]));
 
     // Bad bodies and types are refused and change nothing.
-    let req = dialog_publish(&mut pbx, ext, None, 600, Some(r#"<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="sip:2001@example.com"><dialog id="x"><state>ringing</state></dialog></dialog-info>"#.into()));
+    let req = publish_req(
+        &mut pbx,
+        &BLF,
+        ext,
+        None,
+        600,
+        Some(
+            r#"<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="sip:2001@example.com"><dialog id="x"><state>ringing</state></dialog></dialog-info>"#,
+        ),
+    );
     assert_eq!(pbx.send(&req).await.code, 400);
     let req = pbx.req("PUBLISH", ext).h("Event", "dialog").body(
         "application/pidf+xml",
@@ -496,7 +472,7 @@ async fn blf(tp: Tp, mode: Mode) {
 
     // Both publications removed: the lamp goes out (an empty document).
     for (ua, t) in [(&mut pbx, tag), (&mut pbx2, tag2)] {
-        let req = dialog_publish(ua, ext, Some(&t), 0, None);
+        let req = publish_req(ua, &BLF, ext, Some(&t), 0, None);
         assert_eq!(ua.send(&req).await.code, 200);
     }
     let deadline = tokio::time::Instant::now() + s.wait();
