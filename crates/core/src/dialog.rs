@@ -137,19 +137,7 @@ pub fn compose<'a>(entity: &str, docs: impl IntoIterator<Item = &'a DialogInfo>)
 /// `body` (a document [`compose`] made) with the root's `version` set to
 /// `version`; `None` if it has no such attribute where compose puts it.
 pub fn stamp(body: &[u8], version: u32) -> Option<Vec<u8>> {
-    let root = find(body, b"<dialog-info ")?;
-    let end = root + body[root..].iter().position(|&b| b == b'>')?;
-    let attr = root + find(&body[root..end], b" version=\"")? + b" version=\"".len();
-    let close = attr + body[attr..end].iter().position(|&b| b == b'"')?;
-    let mut out = Vec::with_capacity(body.len() + 10);
-    out.extend_from_slice(&body[..attr]);
-    out.extend_from_slice(version.to_string().as_bytes());
-    out.extend_from_slice(&body[close..]);
-    Some(out)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    pidf::stamp_version(body, b"<dialog-info ", version)
 }
 
 #[cfg(test)]

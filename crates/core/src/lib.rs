@@ -20,6 +20,7 @@ pub mod mwi;
 pub mod packages;
 pub mod pidf;
 pub mod policy;
+pub mod reginfo;
 pub mod seal;
 
 pub use aor::{canonical_aor, shard_in_id, shard_of, subscription_id, Aor};

@@ -6,7 +6,7 @@
 //! `presence.winfo` plug in here without touching the core.
 
 use crate::model::{Binding, Publication};
-use crate::{dialog, mwi, pidf};
+use crate::{dialog, mwi, pidf, reginfo};
 use presence_sip::MediaType;
 use std::sync::Arc;
 
@@ -17,6 +17,33 @@ pub struct Composed {
     pub body: Vec<u8>,
 }
 
+/// What a package composes a resource's document from.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct State<'a> {
+    pub aor: &'a str,
+    /// Live publications, oldest first.
+    pub publications: &'a [Publication],
+    pub hard_state: Option<&'a [u8]>,
+    /// Live bindings (given to packages that show registrations).
+    pub bindings: &'a [Binding],
+    /// When this composition is for a change of the bindings: what they
+    /// were before it (`reg` tells each contact's event from it).
+    pub bindings_before: Option<&'a [Binding]>,
+    /// The body of the document composed last, if one is stored.
+    pub previous: Option<&'a [u8]>,
+    pub now_ms: u64,
+}
+
+impl<'a> State<'a> {
+    /// No state at all: what a watcher of a resource nobody uses sees.
+    pub fn empty(aor: &'a str) -> Self {
+        State {
+            aor,
+            ..State::default()
+        }
+    }
+}
+
 pub trait EventPackage: Send + Sync {
     fn name(&self) -> &'static str;
     /// Content types accepted in PUBLISH; empty if the package takes no PUBLISH.
@@ -25,15 +52,9 @@ pub trait EventPackage: Send + Sync {
     fn notify_types(&self) -> &'static [&'static str];
     /// Check a PUBLISH body of an accepted content type.
     fn check_body(&self, body: &[u8]) -> Result<(), String>;
-    /// Compose the state of `aor`: publications (oldest first), else the hard
-    /// state body, else what the registrations say.
-    fn compose(
-        &self,
-        aor: &str,
-        publications: &[Publication],
-        hard_state: Option<&[u8]>,
-        bindings: &[Binding],
-    ) -> Composed;
+    /// Compose the state of a resource: publications (oldest first), else
+    /// the hard state body, else what the registrations say.
+    fn compose(&self, state: &State<'_>) -> Composed;
     /// What a politely blocked watcher sees.
     fn neutral(&self, aor: &str) -> Composed;
     /// Whether registrations are part of the state (presence shows a
@@ -41,6 +62,14 @@ pub trait EventPackage: Send + Sync {
     /// and bindings keep it alive.
     fn from_registrations(&self) -> bool {
         false
+    }
+    /// Whether the composed document is stored while nobody watches it.
+    /// A package made from registrations that nobody reads unwatched
+    /// (`reg`) says no: every re-REGISTER would write a document for
+    /// nothing. Its document is then composed by the first subscription
+    /// and forgotten with the last.
+    fn kept_unwatched(&self) -> bool {
+        true
     }
     /// Whether only the resource itself may watch it, unless a policy rule
     /// names both the resource and the watcher (`allow`). Presence is
@@ -123,20 +152,16 @@ impl EventPackage for PresencePackage {
     fn check_body(&self, body: &[u8]) -> Result<(), String> {
         pidf::parse(body).map(|_| ()).map_err(|e| e.to_string())
     }
-    fn compose(
-        &self,
-        aor: &str,
-        publications: &[Publication],
-        hard_state: Option<&[u8]>,
-        bindings: &[Binding],
-    ) -> Composed {
-        let docs: Vec<Arc<pidf::Pidf>> = publications
+    fn compose(&self, state: &State<'_>) -> Composed {
+        let (aor, bindings) = (state.aor, state.bindings);
+        let docs: Vec<Arc<pidf::Pidf>> = state
+            .publications
             .iter()
             .filter_map(|p| self.parsed.get(&p.body))
             .collect();
         let body = if !docs.is_empty() {
             pidf::compose(aor, docs.iter().map(|d| d.as_ref()))
-        } else if let Some(hard) = hard_state.and_then(|h| pidf::parse(h).ok()) {
+        } else if let Some(hard) = state.hard_state.and_then(|h| pidf::parse(h).ok()) {
             pidf::compose(aor, [&hard])
         } else {
             let contact = bindings.first().map(|b| b.uri.as_str());
@@ -180,14 +205,8 @@ impl EventPackage for MessageSummaryPackage {
     fn check_body(&self, body: &[u8]) -> Result<(), String> {
         mwi::check(body).map_err(|e| e.to_string())
     }
-    fn compose(
-        &self,
-        _aor: &str,
-        publications: &[Publication],
-        hard_state: Option<&[u8]>,
-        _bindings: &[Binding],
-    ) -> Composed {
-        let body = match (publications.last(), hard_state) {
+    fn compose(&self, state: &State<'_>) -> Composed {
+        let body = match (state.publications.last(), state.hard_state) {
             (Some(newest), _) => newest.body.to_vec(),
             (None, Some(hard)) => hard.to_vec(),
             (None, None) => mwi::NO_MESSAGES.as_bytes().to_vec(),
@@ -243,25 +262,83 @@ impl EventPackage for DialogPackage {
     fn check_body(&self, body: &[u8]) -> Result<(), String> {
         dialog::parse(body).map(|_| ()).map_err(|e| e.to_string())
     }
-    fn compose(
-        &self,
-        aor: &str,
-        publications: &[Publication],
-        hard_state: Option<&[u8]>,
-        _bindings: &[Binding],
-    ) -> Composed {
-        let bodies: Vec<&[u8]> = if publications.is_empty() {
-            hard_state.into_iter().collect()
+    fn compose(&self, state: &State<'_>) -> Composed {
+        let bodies: Vec<&[u8]> = if state.publications.is_empty() {
+            state.hard_state.into_iter().collect()
         } else {
-            publications.iter().map(|p| p.body.as_ref()).collect()
+            state.publications.iter().map(|p| p.body.as_ref()).collect()
         };
-        DialogPackage::compose_docs(aor, &bodies)
+        DialogPackage::compose_docs(state.aor, &bodies)
     }
     fn neutral(&self, aor: &str) -> Composed {
         DialogPackage::compose_docs(aor, &[])
     }
     fn stamp(&self, body: bytes::Bytes, seq: u32) -> bytes::Bytes {
         match dialog::stamp(&body, seq.saturating_sub(1)) {
+            Some(stamped) => stamped.into(),
+            None => body,
+        }
+    }
+}
+
+const REGINFO_TYPES: &[&str] = &["application/reginfo+xml"];
+
+/// RFC 3680 registrations: made from the registrar's bindings (no
+/// PUBLISH), one full-state document per change with each contact's
+/// event; its `version` counts the subscription's NOTIFYs like dialog's.
+/// Private: a user watches their own registrations, others as a policy
+/// rule naming both allows.
+#[derive(Default)]
+pub struct RegPackage;
+
+impl EventPackage for RegPackage {
+    fn name(&self) -> &'static str {
+        "reg"
+    }
+    fn publish_types(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn notify_types(&self) -> &'static [&'static str] {
+        REGINFO_TYPES
+    }
+    fn check_body(&self, _body: &[u8]) -> Result<(), String> {
+        Err("registrations change by REGISTER, not by a published body".into())
+    }
+    fn compose(&self, state: &State<'_>) -> Composed {
+        let previous: Vec<reginfo::Contact> = state
+            .previous
+            .and_then(|p| reginfo::parse(p).ok())
+            .and_then(|regs| regs.into_iter().next())
+            .map(|r| r.contacts)
+            .unwrap_or_default();
+        let contacts = reginfo::contacts(
+            state.bindings_before,
+            state.bindings,
+            &previous,
+            state.now_ms,
+        );
+        Composed {
+            content_type: REGINFO_TYPES[0].into(),
+            body: reginfo::compose(state.aor, &contacts).into_bytes(),
+        }
+    }
+    fn neutral(&self, aor: &str) -> Composed {
+        Composed {
+            content_type: REGINFO_TYPES[0].into(),
+            body: reginfo::compose(aor, &[]).into_bytes(),
+        }
+    }
+    fn from_registrations(&self) -> bool {
+        true
+    }
+    fn kept_unwatched(&self) -> bool {
+        false
+    }
+    fn private(&self) -> bool {
+        true
+    }
+    fn stamp(&self, body: bytes::Bytes, seq: u32) -> bytes::Bytes {
+        match reginfo::stamp(&body, seq.saturating_sub(1)) {
             Some(stamped) => stamped.into(),
             None => body,
         }
@@ -281,6 +358,7 @@ impl Default for Registry {
                 Arc::new(PresencePackage::default()),
                 Arc::new(DialogPackage),
                 Arc::new(MessageSummaryPackage),
+                Arc::new(RegPackage),
             ],
         }
     }
@@ -296,6 +374,15 @@ impl Registry {
     pub fn allow_events(&self) -> String {
         self.packages
             .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    /// The packages that take a PUBLISH (the `Allow-Events` of a 489 to one).
+    pub fn publishable_events(&self) -> String {
+        self.packages
+            .iter()
+            .filter(|p| !p.publish_types().is_empty())
             .map(|p| p.name())
             .collect::<Vec<_>>()
             .join(", ")
@@ -355,14 +442,8 @@ mod tests {
             fn check_body(&self, _: &[u8]) -> Result<(), String> {
                 Err("no bodies".into())
             }
-            fn compose(
-                &self,
-                aor: &str,
-                _: &[Publication],
-                _: Option<&[u8]>,
-                _: &[Binding],
-            ) -> Composed {
-                self.neutral(aor)
+            fn compose(&self, state: &State<'_>) -> Composed {
+                self.neutral(state.aor)
             }
             fn neutral(&self, _: &str) -> Composed {
                 Composed {
@@ -384,7 +465,8 @@ mod tests {
     #[test]
     fn registry_answers() {
         let r = Registry::default();
-        assert_eq!(r.allow_events(), "presence, dialog, message-summary");
+        assert_eq!(r.allow_events(), "presence, dialog, message-summary, reg");
+        assert_eq!(r.publishable_events(), "presence, dialog, message-summary");
         assert!(r.get("Presence").is_some());
         assert!(r.get("message-summary").is_some_and(|p| p.private()));
         assert!(r.get("foo").is_none());
@@ -403,7 +485,7 @@ mod tests {
             modified_ms: 1,
             seq,
         };
-        let none = p.compose("sip:a@example.com", &[], None, &[]);
+        let none = p.compose(&State::empty("sip:a@example.com"));
         assert_eq!(none.body, b"Messages-Waiting: no\r\n");
         assert_eq!(none.content_type, "application/simple-message-summary");
         let odd = "Messages-Waiting: yes\nMessage-Account: sip:a@vm.example.com\nVoice-Message: 3/1 (1/0)\n\nX-Extra: kept as is";
@@ -412,12 +494,20 @@ mod tests {
             publication("e2", odd, 2),
         ];
         assert_eq!(
-            p.compose("sip:a@example.com", &pubs, None, &[]).body,
+            p.compose(&State {
+                publications: &pubs,
+                ..State::empty("sip:a@example.com")
+            })
+            .body,
             odd.as_bytes()
         );
         let hard = b"Messages-Waiting: yes\r\nVoice-Message: 9/9\r\n";
         assert_eq!(
-            p.compose("sip:a@example.com", &[], Some(hard), &[]).body,
+            p.compose(&State {
+                hard_state: Some(hard),
+                ..State::empty("sip:a@example.com")
+            })
+            .body,
             hard
         );
         assert_eq!(p.neutral("sip:a@example.com").body, none.body);
@@ -429,12 +519,15 @@ mod tests {
     #[test]
     fn composition_falls_back_to_hard_state_then_registrations() {
         let p = PresencePackage::default();
-        let none = p.compose("sip:a@example.com", &[], None, &[]);
+        let none = p.compose(&State::empty("sip:a@example.com"));
         assert!(String::from_utf8(none.body)
             .unwrap()
             .contains("<basic>closed</basic>"));
         let hard = br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com"><tuple id="hs"><status><basic>open</basic></status><note>on vacation</note></tuple></presence>"#;
-        let c = p.compose("sip:a@example.com", &[], Some(hard), &[]);
+        let c = p.compose(&State {
+            hard_state: Some(hard),
+            ..State::empty("sip:a@example.com")
+        });
         assert!(String::from_utf8(c.body).unwrap().contains("on vacation"));
     }
 }

@@ -418,6 +418,25 @@ fn id_of(e: &quick_xml::events::BytesStart<'_>) -> Result<Option<String>, PidfEr
     Ok(None)
 }
 
+/// `body` with the `version` attribute of its root element (whose start
+/// tag begins with `root`, e.g. `<dialog-info `) set to `version`: the
+/// documents whose version counts one subscription's NOTIFYs (dialog-info,
+/// reginfo) are composed once with version 0 and stamped per NOTIFY.
+/// `None` if the root has no such attribute.
+pub fn stamp_version(body: &[u8], root: &[u8], version: u32) -> Option<Vec<u8>> {
+    let find =
+        |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
+    let start = find(body, root)?;
+    let end = start + body[start..].iter().position(|&b| b == b'>')?;
+    let attr = start + find(&body[start..end], b" version=\"")? + b" version=\"".len();
+    let close = attr + body[attr..end].iter().position(|&b| b == b'"')?;
+    let mut out = Vec::with_capacity(body.len() + 10);
+    out.extend_from_slice(&body[..attr]);
+    out.extend_from_slice(version.to_string().as_bytes());
+    out.extend_from_slice(&body[close..]);
+    Some(out)
+}
+
 pub fn escape(s: &str) -> String {
     quick_xml::escape::escape(s).to_string()
 }

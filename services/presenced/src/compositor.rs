@@ -17,7 +17,7 @@ use presence_core::commands::{
     RegisterCmd, Reply, SubscribeCmd,
 };
 use presence_core::digest::Users;
-use presence_core::packages::Registry;
+use presence_core::packages::{Registry, State};
 use presence_core::policy::{Decision, Policy};
 use presence_core::{shard_of, Binding, EndReason, Publication, Subscription};
 use presence_store::{ExpiryKey, Incoming, Op, Requests, Store, StoreError};
@@ -560,9 +560,10 @@ impl Compositor {
         };
         bindings.retain(|b| b.expires_at_ms > now);
         let current = self.store.document(aor, event).await?;
-        if pubs.is_empty()
-            && hard.is_none()
-            && bindings.is_empty()
+        let new_watcher = overlay.is_some_and(|o| o.new_watcher);
+        let unbacked = pubs.is_empty() && hard.is_none() && bindings.is_empty();
+        if (unbacked || !package.kept_unwatched())
+            && !new_watcher
             && self.store.watcher_ids(aor, event).await?.is_empty()
         {
             let forget = Op::DeleteDocument {
@@ -571,7 +572,15 @@ impl Compositor {
             };
             return Ok(current.map(|_| (forget, None)));
         }
-        let composed = package.compose(aor, &pubs, hard.as_deref(), &bindings);
+        let composed = package.compose(&State {
+            aor,
+            publications: &pubs,
+            hard_state: hard.as_deref(),
+            bindings: &bindings,
+            bindings_before: overlay.and_then(|o| o.bindings_before),
+            previous: current.as_ref().map(|d| d.body.as_ref()),
+            now_ms: now,
+        });
         if current.as_ref().is_some_and(|d| {
             d.body.as_ref() == composed.body.as_slice() && d.content_type == composed.content_type
         }) {
@@ -608,6 +617,13 @@ impl Compositor {
         {
             return Ok(None);
         }
+        let forget = Op::DeleteDocument {
+            aor: aor.to_string(),
+            event: event.to_string(),
+        };
+        if !self.packages.get(event).is_some_and(|p| p.kept_unwatched()) {
+            return Ok(Some(forget));
+        }
         let now = self.clock.now_ms();
         let backed = self
             .store
@@ -626,10 +642,7 @@ impl Compositor {
                     .await?
                     .iter()
                     .any(|b| b.expires_at_ms > now);
-        Ok((!backed).then(|| Op::DeleteDocument {
-            aor: aor.to_string(),
-            event: event.to_string(),
-        }))
+        Ok((!backed).then_some(forget))
     }
 
     /// Commit a change of `aor`'s bindings (`ops`, `overlay`) with the
@@ -656,7 +669,8 @@ impl Compositor {
 
     async fn register(&self, c: RegisterCmd) -> Result<Reply, StoreError> {
         let now = self.clock.now_ms();
-        let mut bindings: Vec<Binding> = self.store.bindings(&c.aor).await?;
+        let stored: Vec<Binding> = self.store.bindings(&c.aor).await?;
+        let mut bindings = stored.clone();
         bindings.retain(|b| b.expires_at_ms > now);
         let before = bindings.clone();
         let action = c.action.clone();
@@ -708,6 +722,9 @@ impl Compositor {
         ];
         let overlay = Overlay {
             bindings: Some(&bindings),
+            // Also a binding whose time was up and not yet swept: it
+            // leaves (`expired`) with this change.
+            bindings_before: Some(&stored),
             ..Overlay::default()
         };
         self.commit_bindings(&c.aor, ops, &overlay).await?;
@@ -924,6 +941,22 @@ impl Compositor {
         // a never-used AoR must leave nothing behind): the notifier sends
         // the package's "no state" document until something is composed.
         let mut ops = Vec::new();
+        // A package whose document is not kept unwatched has none yet for
+        // its first watcher: compose it with the subscription.
+        if self
+            .packages
+            .get(&c.event)
+            .is_some_and(|p| !p.kept_unwatched())
+            && self.store.document(&c.aor, &c.event).await?.is_none()
+        {
+            let overlay = Overlay {
+                new_watcher: true,
+                ..Overlay::default()
+            };
+            if let Some((op, _)) = self.recompose(&c.aor, &c.event, Some(&overlay)).await? {
+                ops.push(op);
+            }
+        }
         if c.expires == 0 {
             // A fetch: one NOTIFY with the state, then terminated.
             let job = NotifyJob::Terminated {
@@ -1085,22 +1118,23 @@ impl Compositor {
                 }
             },
             ExpiryKey::Bindings { aor } => {
-                let mut bindings = self.store.bindings(aor).await?;
-                let before = bindings.len();
+                let stored = self.store.bindings(aor).await?;
+                let mut bindings = stored.clone();
                 bindings.retain(|b| b.expires_at_ms > now);
-                if bindings.len() == before && before > 0 {
+                if bindings.len() == stored.len() && !stored.is_empty() {
                     return Ok(());
                 }
                 self.metrics
                     .compositor_expired
                     .with_label_values(&["binding"])
-                    .inc_by((before - bindings.len()) as u64);
+                    .inc_by((stored.len() - bindings.len()) as u64);
                 let ops = vec![Op::PutBindings {
                     aor: aor.clone(),
                     bindings: bindings.clone(),
                 }];
                 let overlay = Overlay {
                     bindings: Some(&bindings),
+                    bindings_before: Some(&stored),
                     ..Overlay::default()
                 };
                 self.commit_bindings(aor, ops, &overlay).await?;
@@ -1123,6 +1157,11 @@ fn owned_shards(leases: Option<&ShardLeases>, shards: u32) -> Vec<u32> {
 struct Overlay<'a> {
     publications: Option<&'a [Publication]>,
     bindings: Option<&'a [Binding]>,
+    /// A subscription committed with this change watches the resource
+    /// (its document is kept even if it is not kept unwatched).
+    new_watcher: bool,
+    /// With `bindings`: what they were before this change.
+    bindings_before: Option<&'a [Binding]>,
     hard: Option<Option<Bytes>>,
 }
 

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{Command, NotifyJob, Reply};
-use presence_core::packages::Registry;
+use presence_core::packages::{Registry, State};
 use presence_core::{shard_of, Document, EndReason, Subscription, View};
 use presence_sip::rsip;
 use presence_store::{BusError, Requests, Store, StoreResult, WorkQueue};
@@ -711,7 +711,7 @@ impl Notifier {
                 // package's document for "no state".
                 self.packages
                     .get(&sub.event)
-                    .map(|p| Bytes::from(p.compose(&sub.aor, &[], None, &[]).body))
+                    .map(|p| Bytes::from(p.compose(&State::empty(&sub.aor)).body))
             }),
             View::Neutral => self
                 .packages

@@ -16,6 +16,11 @@
 //!   touch it.
 //! - message_summary_expiry: a summary whose publication expires turns
 //!   back into "Messages-Waiting: no" for its watcher.
+//! - reg: RFC 3680 registrations. A user watches their own AoR; each
+//!   REGISTER, refresh, expiry and removal of a contact is one NOTIFY of a
+//!   full reginfo document naming what happened, `version` counting the
+//!   NOTIFYs; others may not watch; nothing may PUBLISH it; a short
+//!   subscription times out.
 //! - rate_control: `--notify-min-interval-ms` (RFC 6446 rate control as an
 //!   operator default) coalesces a burst of changes into at most one
 //!   NOTIFY per interval, the newest state last, in order; the final
@@ -61,6 +66,7 @@ scenarios! {
     message_summary;
     message_summary_expiry;
     rate_control;
+    reg;
     trusted_identity;
     trusted_network;
 }
@@ -88,6 +94,11 @@ const MWI_PKG: Package = Package {
 const BLF: Package = Package {
     event: "dialog",
     content_type: DIALOG_INFO,
+};
+
+const REG: Package = Package {
+    event: "reg",
+    content_type: "application/reginfo+xml",
 };
 
 fn subscribe_req(ua: &mut Ua, pkg: &Package, target: &str, expires: u32) -> Req {
@@ -581,4 +592,168 @@ fn sub_state(n: &presence_sip::Request) -> String {
     n.header("Subscription-State")
         .unwrap_or_default()
         .replace(' ', "")
+}
+
+/// The version of a reginfo NOTIFY, its registration's state, and each
+/// contact's (uri, state, event).
+fn reg_state(n: &presence_sip::Request) -> (u64, String, Vec<(String, &'static str, String)>) {
+    let body = body_str(n);
+    let root = body.find("<reginfo").expect("a reginfo document");
+    let v = &body[root..];
+    let v = &v[v.find(" version=\"").expect("version") + 10..];
+    let version = v[..v.find('"').expect("quote")].parse().expect("a number");
+    let regs = presence_core::reginfo::parse(body.as_bytes()).expect("valid reginfo");
+    assert_eq!(regs.len(), 1, "{body}");
+    let reg = regs.into_iter().next().unwrap();
+    let contacts = reg
+        .contacts
+        .into_iter()
+        .map(|c| {
+            let state = if c.active { "active" } else { "terminated" };
+            (c.uri, state, c.event.as_str().to_string())
+        })
+        .collect();
+    (version, reg.state, contacts)
+}
+
+async fn register(ua: &mut Ua, aor: &str, expires: u32) {
+    let contact = format!("<{}>", ua.contact_uri());
+    let req = ua
+        .req("REGISTER", "sip:example.com")
+        .to(aor)
+        .h("Contact", contact)
+        .h("Expires", expires.to_string());
+    let r = ua.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+}
+
+async fn reg(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut alice = s.ua(tp, WATCHER, "alice").await;
+    let mut desk = s.ua(tp, PRESENTITY, "alice").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
+    let aor = alice.aor.clone();
+    let c =
+        |ua: &Ua, state: &'static str, event: &str| (ua.contact_uri(), state, event.to_string());
+
+    let req = alice.req("OPTIONS", "sip:example.com");
+    let r = alice.send(&req).await;
+    assert!(
+        r.allow_events().iter().any(|e| e == "reg"),
+        "{:?}",
+        r.allow_events()
+    );
+
+    // Nothing registered yet: an "init" registration, version 0.
+    let req = subscribe_req(&mut alice, &REG, &aor, 600);
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n = alice.notify().await;
+    assert_eq!(n.header("Event").map(str::trim), Some("reg"));
+    assert_eq!(
+        n.content_type().map(|c| c.as_str().to_string()).as_deref(),
+        Some(REG.content_type)
+    );
+    assert!(body_str(&n).contains(r#"state="full""#), "{}", body_str(&n));
+    assert_eq!(reg_state(&n), (0, "init".into(), vec![]));
+
+    // Someone else's registrations are private.
+    let req = subscribe_req(&mut bob, &REG, &aor, 600);
+    let r = bob.send(&req).await;
+    assert_eq!(r.code, 403);
+    // And registrations are not published.
+    let req = bob
+        .req("PUBLISH", &aor)
+        .h("Event", "reg")
+        .body(REG.content_type, b"<reginfo/>".to_vec());
+    let r = bob.send(&req).await;
+    assert_eq!(r.code, 489);
+    assert!(
+        !r.allow_events().iter().any(|e| e == "reg"),
+        "{:?}",
+        r.allow_events()
+    );
+
+    // The desk phone registers, then refreshes.
+    register(&mut desk, &aor, 600).await;
+    let n = alice.notify().await;
+    let (v, state, contacts) = reg_state(&n);
+    assert_eq!((v, state.as_str()), (1, "active"));
+    assert_eq!(contacts, [c(&desk, "active", "registered")]);
+    assert!(body_str(&n).contains(r#"expires=""#));
+    register(&mut desk, &aor, 600).await;
+    let n = alice.notify().await;
+    assert_eq!(reg_state(&n).2, [c(&desk, "active", "refreshed")]);
+    assert_eq!(reg_state(&n).0, 2);
+
+    // A second device with a short registration; it runs out.
+    register(&mut alice, &aor, 2).await;
+    let n = alice.notify().await;
+    assert_eq!(
+        reg_state(&n).2,
+        [
+            c(&desk, "active", "refreshed"),
+            c(&alice, "active", "registered")
+        ]
+    );
+    let n = alice
+        .notify_containing("expired", s.patience(Duration::from_secs(6)))
+        .await;
+    assert_eq!(
+        reg_state(&n),
+        (
+            4,
+            "active".into(),
+            vec![
+                c(&desk, "active", "refreshed"),
+                c(&alice, "terminated", "expired")
+            ]
+        )
+    );
+
+    // The desk phone unregisters: the registration is terminated.
+    register(&mut desk, &aor, 0).await;
+    let n = alice.notify().await;
+    assert_eq!(
+        reg_state(&n),
+        (
+            5,
+            "terminated".into(),
+            vec![c(&desk, "terminated", "unregistered")]
+        )
+    );
+
+    // Nobody watches bob's registrations: no document is kept for them
+    // (a re-REGISTER writes none); his first subscription composes it.
+    let bob_aor = bob.aor.clone();
+    register(&mut bob, &bob_aor, 600).await;
+    register(&mut bob, &bob_aor, 600).await;
+    let kept = s.store().document(&bob_aor, "reg").await.unwrap();
+    assert!(kept.is_none(), "{kept:?}");
+    assert!(s
+        .store()
+        .document(&bob_aor, "presence")
+        .await
+        .unwrap()
+        .is_some());
+    let req = subscribe_req(&mut bob, &REG, &bob_aor, 600);
+    assert_eq!(bob.send(&req).await.code, 200);
+    let n = bob.notify().await;
+    assert_eq!(
+        reg_state(&n),
+        (0, "active".into(), vec![c(&bob, "active", "registered")])
+    );
+
+    // A short subscription times out with a final NOTIFY.
+    let req = subscribe_req(&mut desk, &REG, &aor, 2);
+    let r = desk.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n = desk.notify().await;
+    assert_eq!(reg_state(&n).0, 0, "a new subscription counts from 0");
+    let n = desk
+        .recv_request("NOTIFY", s.patience(Duration::from_secs(6)))
+        .await
+        .expect("the subscription ends");
+    assert!(sub_state(&n).starts_with("terminated"), "{}", sub_state(&n));
+    s.shutdown().await;
 }

@@ -237,9 +237,10 @@ impl Edge {
         if !self.is_local(aor.domain()) {
             return Err(Rejection::ForeignDomain { registrar: false });
         }
+        // 489 to a PUBLISH names the packages that take one.
         let Some(event) = req.event() else {
             return Err(Rejection::BadEvent {
-                allow_events: self.cfg.packages.allow_events(),
+                allow_events: self.cfg.packages.publishable_events(),
             });
         };
         let Some(package) = self
@@ -249,7 +250,7 @@ impl Edge {
             .filter(|p| !p.publish_types().is_empty())
         else {
             return Err(Rejection::BadEvent {
-                allow_events: self.cfg.packages.allow_events(),
+                allow_events: self.cfg.packages.publishable_events(),
             });
         };
         if identity
