@@ -22,6 +22,7 @@ pub mod pidf;
 pub mod policy;
 pub mod reginfo;
 pub mod seal;
+pub mod winfo;
 
 pub use aor::{canonical_aor, shard_in_id, shard_of, subscription_id, Aor};
 pub use model::*;

@@ -99,6 +99,9 @@ pub enum View {
     Full,
     /// Polite blocking: a neutral closed document, whatever the state.
     Neutral,
+    /// Held until the presentity decides (a `confirm` rule): the watcher's
+    /// NOTIFYs say `Subscription-State: pending` and carry no state.
+    Pending,
 }
 
 /// One subscription dialog (RFC 6665), seen from the notifier side.

@@ -5,8 +5,8 @@
 //! composes publications into one document. `dialog`, `reg` and
 //! `presence.winfo` plug in here without touching the core.
 
-use crate::model::{Binding, Publication};
-use crate::{dialog, mwi, pidf, reginfo};
+use crate::model::{Binding, EndReason, Publication, Subscription};
+use crate::{dialog, mwi, pidf, reginfo, winfo};
 use presence_sip::MediaType;
 use std::sync::Arc;
 
@@ -31,6 +31,11 @@ pub struct State<'a> {
     pub bindings_before: Option<&'a [Binding]>,
     /// The body of the document composed last, if one is stored.
     pub previous: Option<&'a [u8]>,
+    /// For a package made from another's subscriptions
+    /// ([`EventPackage::watches`]): those live subscriptions.
+    pub watchers: &'a [Subscription],
+    /// The subscription that has just left, and why.
+    pub ended: Option<(&'a str, EndReason)>,
     pub now_ms: u64,
 }
 
@@ -70,6 +75,12 @@ pub trait EventPackage: Send + Sync {
     /// and forgotten with the last.
     fn kept_unwatched(&self) -> bool {
         true
+    }
+    /// The package whose subscriptions to the resource make this one's
+    /// state (`presence.winfo` shows who watches `presence`): a change of
+    /// those subscriptions recomposes it.
+    fn watches(&self) -> Option<&'static str> {
+        None
     }
     /// Whether only the resource itself may watch it, unless a policy rule
     /// names both the resource and the watcher (`allow`). Presence is
@@ -345,6 +356,63 @@ impl EventPackage for RegPackage {
     }
 }
 
+const WINFO_TYPES: &[&str] = &["application/watcherinfo+xml"];
+
+/// RFC 3857 watcher information for presence: the presentity watches its
+/// watchers (pending ones to approve, active ones, ones that just left).
+/// Private, not kept unwatched, version per subscription.
+#[derive(Default)]
+pub struct PresenceWinfoPackage;
+
+impl EventPackage for PresenceWinfoPackage {
+    fn name(&self) -> &'static str {
+        "presence.winfo"
+    }
+    fn publish_types(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn notify_types(&self) -> &'static [&'static str] {
+        WINFO_TYPES
+    }
+    fn check_body(&self, _body: &[u8]) -> Result<(), String> {
+        Err("watcher information changes by SUBSCRIBE, not by a published body".into())
+    }
+    fn compose(&self, state: &State<'_>) -> Composed {
+        let previous: Vec<winfo::Watcher> = state
+            .previous
+            .and_then(|p| winfo::parse(p).ok())
+            .and_then(|lists| lists.into_iter().next())
+            .map(|l| l.watchers)
+            .unwrap_or_default();
+        let watchers = winfo::watchers(state.watchers, &previous, state.ended);
+        Composed {
+            content_type: WINFO_TYPES[0].into(),
+            body: winfo::compose(state.aor, "presence", &watchers).into_bytes(),
+        }
+    }
+    fn neutral(&self, aor: &str) -> Composed {
+        Composed {
+            content_type: WINFO_TYPES[0].into(),
+            body: winfo::compose(aor, "presence", &[]).into_bytes(),
+        }
+    }
+    fn watches(&self) -> Option<&'static str> {
+        Some("presence")
+    }
+    fn kept_unwatched(&self) -> bool {
+        false
+    }
+    fn private(&self) -> bool {
+        true
+    }
+    fn stamp(&self, body: bytes::Bytes, seq: u32) -> bytes::Bytes {
+        match winfo::stamp(&body, seq.saturating_sub(1)) {
+            Some(stamped) => stamped.into(),
+            None => body,
+        }
+    }
+}
+
 /// The packages this server serves.
 #[derive(Clone)]
 pub struct Registry {
@@ -359,6 +427,7 @@ impl Default for Registry {
                 Arc::new(DialogPackage),
                 Arc::new(MessageSummaryPackage),
                 Arc::new(RegPackage),
+                Arc::new(PresenceWinfoPackage),
             ],
         }
     }
@@ -386,6 +455,14 @@ impl Registry {
             .map(|p| p.name())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+    /// The package made from the subscriptions of `event`, if any
+    /// ([`EventPackage::watches`]).
+    pub fn watching(&self, event: &str) -> Option<&'static str> {
+        self.packages
+            .iter()
+            .find(|p| p.watches() == Some(event))
+            .map(|p| p.name())
     }
     /// The served packages, by name, in registry order.
     pub fn names(&self) -> Vec<&'static str> {
@@ -465,7 +542,12 @@ mod tests {
     #[test]
     fn registry_answers() {
         let r = Registry::default();
-        assert_eq!(r.allow_events(), "presence, dialog, message-summary, reg");
+        assert_eq!(
+            r.allow_events(),
+            "presence, dialog, message-summary, reg, presence.winfo"
+        );
+        assert_eq!(r.watching("presence"), Some("presence.winfo"));
+        assert_eq!(r.watching("dialog"), None);
         assert_eq!(r.publishable_events(), "presence, dialog, message-summary");
         assert!(r.get("Presence").is_some());
         assert!(r.get("message-summary").is_some_and(|p| p.private()));

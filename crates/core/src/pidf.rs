@@ -437,6 +437,30 @@ pub fn stamp_version(body: &[u8], root: &[u8], version: u32) -> Option<Vec<u8>> 
     Some(out)
 }
 
+/// The (unescaped) value of `e`'s attribute `name` (by local name).
+pub(crate) fn attribute(e: &BytesStart<'_>, name: &[u8]) -> Result<Option<String>, String> {
+    for a in e.attributes() {
+        let a = a.map_err(|e| e.to_string())?;
+        if a.key.local_name().as_ref() == name {
+            let v = a.unescape_value().map_err(|e| e.to_string())?;
+            return Ok(Some(v.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// The text of one of XML's five predefined entities (`amp` → `&`).
+pub(crate) fn predefined_entity(name: &[u8]) -> Option<&'static str> {
+    Some(match name {
+        b"amp" => "&",
+        b"lt" => "<",
+        b"gt" => ">",
+        b"quot" => "\"",
+        b"apos" => "'",
+        _ => return None,
+    })
+}
+
 pub fn escape(s: &str) -> String {
     quick_xml::escape::escape(s).to_string()
 }

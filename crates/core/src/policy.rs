@@ -1,7 +1,10 @@
 //! Watcher authorisation (RFC 3856 §6.6 leaves the policy to the presence
 //! agent). Default: watchers from a local presence domain are accepted,
-//! others rejected. Per-presentity rules override: `allow`, `block`, and
-//! `polite-block` (accepted, but shown a neutral closed document).
+//! others rejected. Per-presentity rules override: `allow`, `block`,
+//! `polite-block` (accepted, but shown a neutral closed document) and
+//! `confirm` (RFC 5025's sub-handling: the subscription is held `pending`,
+//! without state, until a rule that decides replaces it: the presentity
+//! approves by an `allow` rule for the watcher, then a reload).
 //!
 //! Rules file, one rule per line, `#` comments:
 //! ```text
@@ -9,6 +12,7 @@
 //! sip:alice@example.com    allow         sip:carol@partner.org
 //! sip:alice@example.com    polite-block  sip:mallory@example.com
 //! *@example.com            block         *@spam.example
+//! *@corp.example.com       confirm       *
 //! *                        allow         *@partner.org
 //! ```
 //! The most specific matching rule wins (exact AoR over `*@domain` over `*`,
@@ -21,6 +25,7 @@ pub enum Action {
     Allow,
     Block,
     PoliteBlock,
+    Confirm,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,9 +119,10 @@ impl Policy {
                 "allow" => Action::Allow,
                 "block" => Action::Block,
                 "polite-block" => Action::PoliteBlock,
+                "confirm" => Action::Confirm,
                 other => {
                     errors.push(err(format!(
-                        "unknown action {other:?} (allow, block, polite-block)"
+                        "unknown action {other:?} (allow, block, polite-block, confirm)"
                     )));
                     continue;
                 }
@@ -161,6 +167,7 @@ impl Policy {
         match exact.map(|r| r.action) {
             Some(Action::Allow) => Decision::Accept(View::Full),
             Some(Action::PoliteBlock) => Decision::Accept(View::Neutral),
+            Some(Action::Confirm) => Decision::Accept(View::Pending),
             Some(Action::Block) | None => Decision::Reject,
         }
     }
@@ -186,6 +193,7 @@ impl Policy {
         match best.map(|r| r.action) {
             Some(Action::Allow) => Decision::Accept(View::Full),
             Some(Action::PoliteBlock) => Decision::Accept(View::Neutral),
+            Some(Action::Confirm) => Decision::Accept(View::Pending),
             Some(Action::Block) => Decision::Reject,
             None => {
                 let domain = watcher.rsplit('@').next().unwrap_or("");
@@ -210,7 +218,9 @@ mod tests {
              sip:alice@example.com polite-block sip:mallory@example.com\n\
              sip:alice@example.com block *@example.com # nobody local but...\n\
              sip:alice@example.com allow sip:bob@example.com\n\
-             * allow *@friends.org\n",
+             * allow *@friends.org\n\
+             *@corp.example.com confirm *\n\
+             sip:ceo@corp.example.com allow sip:cfo@example.com\n",
         )
         .unwrap();
         p
@@ -289,6 +299,22 @@ mod tests {
                 full.clone(),
             ),
             ("sip:zed@example.com", "sip:x@friends.org", full.clone()),
+            // Held for the presentity, unless a rule decides.
+            (
+                "sip:ceo@corp.example.com",
+                "sip:dave@example.com",
+                Decision::Accept(View::Pending),
+            ),
+            (
+                "sip:ceo@corp.example.com",
+                "sip:cfo@example.com",
+                full.clone(),
+            ),
+            (
+                "sip:ceo@corp.example.com",
+                "sip:ceo@corp.example.com",
+                full.clone(),
+            ),
         ] {
             assert_eq!(
                 p.decide(presentity, watcher),

@@ -102,8 +102,9 @@ pub enum RegInfoError {
     Xml(String),
 }
 
-/// A short id that stays the same for the same text (FNV-1a, 64 bits).
-fn stable_id(prefix: &str, text: &str) -> String {
+/// A short id that stays the same for the same text (FNV-1a, 64 bits),
+/// case-insensitively.
+pub(crate) fn stable_id(prefix: &str, text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.to_ascii_lowercase().bytes() {
         h ^= b as u64;
@@ -250,13 +251,7 @@ fn xml_err(e: impl std::fmt::Display) -> RegInfoError {
 }
 
 fn attribute(e: &BytesStart<'_>, name: &[u8]) -> Result<Option<String>, RegInfoError> {
-    for a in e.attributes() {
-        let a = a.map_err(xml_err)?;
-        if a.key.local_name().as_ref() == name {
-            return Ok(Some(a.unescape_value().map_err(xml_err)?.to_string()));
-        }
-    }
-    Ok(None)
+    pidf::attribute(e, name).map_err(RegInfoError::Xml)
 }
 
 /// One `<registration>` element (already checked well-formed).
@@ -287,14 +282,8 @@ fn registration(raw: &str) -> Result<Registration, RegInfoError> {
                 continue;
             }
             Event::GeneralRef(r) if in_uri => {
-                let text = match r.as_ref() {
-                    b"amp" => "&",
-                    b"lt" => "<",
-                    b"gt" => ">",
-                    b"quot" => "\"",
-                    b"apos" => "'",
-                    _ => return Err(RegInfoError::Xml("unknown entity in <uri>".into())),
-                };
+                let text = pidf::predefined_entity(&r)
+                    .ok_or_else(|| RegInfoError::Xml("unknown entity in <uri>".into()))?;
                 if let Some(c) = reg.contacts.last_mut() {
                     c.uri += text;
                 }

@@ -73,6 +73,7 @@ impl From<View> for pb::View {
         match v {
             View::Full => pb::View::Full,
             View::Neutral => pb::View::Neutral,
+            View::Pending => pb::View::Pending,
         }
     }
 }
@@ -81,6 +82,7 @@ fn view(v: i32) -> Result<View, DecodeError> {
     match pb::View::try_from(v) {
         Ok(pb::View::Full) => Ok(View::Full),
         Ok(pb::View::Neutral) => Ok(View::Neutral),
+        Ok(pb::View::Pending) => Ok(View::Pending),
         _ => Err(invalid("view", format!("unknown value {v}"))),
     }
 }

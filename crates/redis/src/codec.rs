@@ -325,6 +325,7 @@ pub fn encode_subscription(s: &Subscription) -> Vec<u8> {
     w.0.push(match s.view {
         View::Full => 0,
         View::Neutral => 1,
+        View::Pending => 2,
     });
     w.0
 }
@@ -350,6 +351,7 @@ pub fn decode_subscription(aor: &str, event: &str, b: &[u8]) -> Option<Subscript
         view: match r.u8()? {
             0 => View::Full,
             1 => View::Neutral,
+            2 => View::Pending,
             _ => return None,
         },
     };

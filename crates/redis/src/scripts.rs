@@ -97,17 +97,19 @@ while ai <= #ARGV do
     end
     if n ~= old then redis.call('HINCRBY', cnt, 'b', n - old) end
   elseif op == 'S' then
-    local s, w, doc = key(), key(), key()
-    local id, m, d, v = arg(), arg(), arg(), arg()
+    local s, w, doc, q = key(), key(), key(), key()
+    local id, m, d, v, pending = arg(), arg(), arg(), arg(), arg()
     if redis.call('EXISTS', s) == 0 then redis.call('HINCRBY', cnt, 's', 1) end
+    if pending == '1' then redis.call('SADD', q, id) else redis.call('SREM', q, id) end
     redis.call('SET', s, v, 'PXAT', at(d))
     redis.call('SADD', w, id)
     extend(w, d)
     extend_doc(doc, d)
     redis.call('ZADD', x, d, m)
   elseif op == 's' then
-    local s = key()
+    local s, q = key(), key()
     local id, m = arg(), arg()
+    redis.call('SREM', q, id)
     local v = redis.call('GET', s)
     if v then
       -- The value starts with `<len>:<event>:<aor>`, naming its watcher set.

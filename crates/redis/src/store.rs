@@ -15,6 +15,7 @@
 //! | `P:{k}:h:<event>:<aor>` | STRING | hard state | none (operator data, removed by the admin API) |
 //! | `P:{k}:k:<aor>` | STRING | a known AoR (registered or published) | `KNOWN_TTL` (30 days) from its last REGISTER / PUBLISH |
 //! | `P:{k}:x` | ZSET deadline → ExpiryKey | expiry index | none |
+//! | `P:{k}:q` | SET of subscription ids | subscriptions held pending (a `confirm` rule) | none (kept by the subscription ops) |
 //! | `P:{k}:n` | HASH p, s, b, d | record counters for `counts()` | none |
 //! | `P:{k}:l` | HASH o, t | shard lease (owner, token) | the lease TTL |
 //! | `P:{k}:f` | counter | last fencing token | none |
@@ -34,7 +35,7 @@ use crate::scripts;
 use async_trait::async_trait;
 use bytes::Bytes;
 use presence_core::commands::NotifyJob;
-use presence_core::{shard_of, Binding, Document, Publication, Subscription};
+use presence_core::{shard_of, Binding, Document, Publication, Subscription, View};
 use presence_store::{Counts, ExpiryKey, Lease, Leases, Op, Store, StoreError, StoreResult};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -412,6 +413,7 @@ impl RedisStore {
                     keys.push(format!("{tag}s:{}", s.id).into_bytes());
                     keys.push(format!("{tag}w:{suffix}").into_bytes());
                     keys.push(format!("{tag}d:{suffix}").into_bytes());
+                    keys.push(format!("{tag}q").into_bytes());
                     let mut value = format!("{}:{suffix}", suffix.len()).into_bytes();
                     value.extend_from_slice(&codec::encode_subscription(&s));
                     args.push(b"S".to_vec());
@@ -421,10 +423,12 @@ impl RedisStore {
                     }));
                     args.push(s.expires_at_ms.to_string().into_bytes());
                     args.push(value);
+                    args.push(if s.view == View::Pending { b"1" } else { b"0" }.to_vec());
                     located.push((s.id, s.expires_at_ms));
                 }
                 Op::DeleteSubscription { id } => {
                     keys.push(format!("{tag}s:{id}").into_bytes());
+                    keys.push(format!("{tag}q").into_bytes());
                     args.push(b"s".to_vec());
                     args.push(id.clone().into_bytes());
                     args.push(codec::encode_expiry_key(&ExpiryKey::Subscription { id }));
@@ -651,6 +655,14 @@ impl Store for RedisStore {
     async fn watcher_ids(&self, aor: &str, event: &str) -> StoreResult<Vec<String>> {
         self.timed("watcher_ids", async {
             self.query(redis::cmd("SMEMBERS").arg(self.aor_key("w", aor, Some(event))))
+                .await
+        })
+        .await
+    }
+
+    async fn pending_subscriptions(&self, shard: u32) -> StoreResult<Vec<String>> {
+        self.timed("pending_subscriptions", async {
+            self.query(redis::cmd("SMEMBERS").arg(self.shard_key(shard, "q")))
                 .await
         })
         .await

@@ -199,6 +199,46 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     assert_eq!(s.watcher_ids(a, "presence").await.expect("read").len(), 1);
     assert!(s.is_watched(a, "presence").await.expect("read"));
     assert!(!s.is_watched(a, "dialog").await.expect("read"));
+    // Pending subscriptions are listed per shard until approved or gone.
+    assert!(s.pending_subscriptions(k).await.expect("read").is_empty());
+    let pending = |id: &str| Subscription {
+        view: View::Pending,
+        ..subscription(id, a, 60_000)
+    };
+    s.commit(
+        k,
+        vec![
+            Op::PutSubscription(pending("p1")),
+            Op::PutSubscription(pending("p2")),
+        ],
+    )
+    .await
+    .expect("commit");
+    let mut p = s.pending_subscriptions(k).await.expect("read");
+    p.sort();
+    assert_eq!(p, vec!["p1", "p2"]);
+    assert!(s
+        .pending_subscriptions((k + 1) % shards)
+        .await
+        .expect("read")
+        .is_empty());
+    s.commit(
+        k,
+        vec![
+            Op::PutSubscription(subscription("p1", a, 60_000)),
+            Op::DeleteSubscription { id: "p2".into() },
+        ],
+    )
+    .await
+    .expect("commit");
+    assert!(s.pending_subscriptions(k).await.expect("read").is_empty());
+    assert_eq!(
+        s.subscription("p1").await.expect("read").map(|x| x.view),
+        Some(View::Full)
+    );
+    s.commit(k, vec![Op::DeleteSubscription { id: "p1".into() }])
+        .await
+        .expect("commit");
     // An id that names its shard (what compositors make) is found, and
     // gone once deleted; an id naming another shard finds nothing.
     let named = presence_core::subscription_id("t1", k);

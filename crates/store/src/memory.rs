@@ -41,6 +41,8 @@ struct Inner {
     bindings: HashMap<String, Vec<Binding>>,
     subscriptions: HashMap<String, Subscription>,
     watchers: HashMap<Pair, HashSet<String>>,
+    /// shard → subscriptions held pending.
+    pending: HashMap<u32, HashSet<String>>,
     documents: HashMap<Pair, Document>,
     hard: HashMap<Pair, Bytes>,
     known: HashSet<String>,
@@ -149,9 +151,18 @@ fn apply(inner: &mut Inner, shard: u32, ops: Vec<Op>) -> Vec<u64> {
                     .entry(pair(&s.aor, &s.event))
                     .or_default()
                     .insert(s.id.clone());
+                let pending = inner.pending.entry(shard).or_default();
+                if s.view == presence_core::View::Pending {
+                    pending.insert(s.id.clone());
+                } else {
+                    pending.remove(&s.id);
+                }
                 inner.subscriptions.insert(s.id.clone(), s);
             }
             Op::DeleteSubscription { id } => {
+                if let Some(p) = inner.pending.get_mut(&shard) {
+                    p.remove(&id);
+                }
                 if let Some(s) = inner.subscriptions.remove(&id) {
                     let k = pair(&s.aor, &s.event);
                     if let Some(w) = inner.watchers.get_mut(&k) {
@@ -254,6 +265,15 @@ impl Store for MemoryStore {
             .lock()
             .watchers
             .get(&pair(aor, event))
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn pending_subscriptions(&self, shard: u32) -> StoreResult<Vec<String>> {
+        Ok(self
+            .lock()
+            .pending
+            .get(&shard)
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default())
     }

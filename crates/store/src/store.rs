@@ -50,7 +50,8 @@ pub enum Op {
         aor: String,
         bindings: Vec<Binding>,
     },
-    /// Insert or replace (by id); indexes its expiry and the watcher list.
+    /// Insert or replace (by id); indexes its expiry and the watcher list,
+    /// and lists it as pending while its view is `Pending`.
     PutSubscription(Subscription),
     DeleteSubscription {
         id: String,
@@ -136,6 +137,11 @@ pub trait Store: Send + Sync + 'static {
     /// Whether any subscription watches (aor, event), without loading the
     /// ids (a hot resource has thousands).
     async fn is_watched(&self, aor: &str, event: &str) -> StoreResult<bool>;
+    /// Ids of `shard`'s subscriptions held pending (`View::Pending`): the
+    /// ones a reload of the watcher policy decides again. Kept by
+    /// [`Op::PutSubscription`] and [`Op::DeleteSubscription`]; an id whose
+    /// record is gone may be listed until it is deleted.
+    async fn pending_subscriptions(&self, shard: u32) -> StoreResult<Vec<String>>;
     async fn document(&self, aor: &str, event: &str) -> StoreResult<Option<Document>>;
     async fn hard_state(&self, aor: &str, event: &str) -> StoreResult<Option<Bytes>>;
     async fn is_known(&self, aor: &str) -> StoreResult<bool>;

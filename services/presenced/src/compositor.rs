@@ -10,6 +10,7 @@ use crate::names::{new_tag, shard_subject, txn_etag};
 use crate::names::{owner_subject, shard_of_subject};
 use crate::outbox::Outbox;
 use crate::recent::RecentReplies;
+use crate::reload::Reloadable;
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{
@@ -19,7 +20,7 @@ use presence_core::commands::{
 use presence_core::digest::Users;
 use presence_core::packages::{Registry, State};
 use presence_core::policy::{Decision, Policy};
-use presence_core::{shard_of, Binding, EndReason, Publication, Subscription};
+use presence_core::{shard_of, Binding, EndReason, Publication, Subscription, View};
 use presence_store::{ExpiryKey, Incoming, Op, Requests, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,8 @@ use tokio::sync::{mpsc, watch};
 pub struct Compositor {
     pub store: Arc<dyn Store>,
     pub packages: Registry,
-    pub policy: Policy,
+    /// Watcher policy; a reload decides pending watchers again.
+    pub policy: Arc<Reloadable<Policy>>,
     pub users: Option<Users>,
     pub clock: Clock,
     pub shards: u32,
@@ -82,6 +84,8 @@ const OUTBOX_SWEEP_AGE_MS: u64 = 5_000;
 enum Work {
     Request(Incoming<Command, Reply>),
     Expire(u32, ExpiryKey),
+    /// The watcher policy changed: decide the shard's pending watchers again.
+    Reauthorize(u32),
 }
 
 impl Compositor {
@@ -151,6 +155,13 @@ impl Compositor {
                             }
                         }
                         Work::Expire(shard, key) => me.expire(shard, key).await,
+                        Work::Reauthorize(shard) => match me.reauthorize(shard).await {
+                            Ok(()) | Err(StoreError::Fenced) => {}
+                            Err(e) => {
+                                me.metrics.compositor_store_errors.inc();
+                                tracing::warn!(shard, error = %e, "pending watchers not decided again");
+                            }
+                        },
                     }
                 }
             }));
@@ -258,6 +269,7 @@ impl Compositor {
             })
         };
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut policy_changes = self.policy.changes();
         // Counting reads every shard: often in one process, seldom in a cluster.
         let mut stats = tokio::time::interval(if leases.is_some() {
             Duration::from_secs(10)
@@ -303,6 +315,12 @@ impl Compositor {
                                 tracing::warn!(shard, error = %e, "expiry scan failed");
                             }
                         }
+                    }
+                }
+                Ok(()) = policy_changes.changed() => {
+                    for shard in owned() {
+                        let (tx, _) = &senders[shard as usize % workers];
+                        let _ = tx.send(Work::Reauthorize(shard)).await;
                     }
                 }
                 _ = stats.tick() => {
@@ -559,6 +577,11 @@ impl Compositor {
             None => self.store.bindings(aor).await?,
         };
         bindings.retain(|b| b.expires_at_ms > now);
+        let watchers = match (package.watches(), overlay.and_then(|o| o.watchers)) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(w)) => w.to_vec(),
+            (Some(watched), None) => self.live_watchers(aor, watched).await?,
+        };
         let current = self.store.document(aor, event).await?;
         let new_watcher = overlay.is_some_and(|o| o.new_watcher);
         let unbacked = pubs.is_empty() && hard.is_none() && bindings.is_empty();
@@ -579,6 +602,8 @@ impl Compositor {
             bindings: &bindings,
             bindings_before: overlay.and_then(|o| o.bindings_before),
             previous: current.as_ref().map(|d| d.body.as_ref()),
+            watchers: &watchers,
+            ended: overlay.and_then(|o| o.ended),
             now_ms: now,
         });
         if current.as_ref().is_some_and(|d| {
@@ -594,6 +619,114 @@ impl Compositor {
             body: Bytes::from(composed.body),
         };
         Ok(Some((op, Some(version))))
+    }
+
+    /// The live subscriptions to (aor, event).
+    async fn live_watchers(&self, aor: &str, event: &str) -> Result<Vec<Subscription>, StoreError> {
+        let now = self.clock.now_ms();
+        let ids = self.store.watcher_ids(aor, event).await?;
+        Ok(self
+            .store
+            .subscriptions(&ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .filter(|s| s.expires_at_ms > now)
+            .collect())
+    }
+
+    /// Commit a change of the subscriptions to (aor, event) (`ops`, `jobs`),
+    /// with the recomposition of the package that shows them (the
+    /// presentity's watcher information) when somebody watches that:
+    /// `put` is the subscription written (new, approved), `ended` the one
+    /// that left and why.
+    async fn commit_watchers(
+        &self,
+        aor: &str,
+        event: &str,
+        ops: Vec<Op>,
+        jobs: Vec<NotifyJob>,
+        put: Option<&Subscription>,
+        ended: Option<(&str, EndReason)>,
+    ) -> Result<(), StoreError> {
+        let shard = shard_of(aor, self.shards);
+        let Some(winfo) = self.packages.watching(event) else {
+            return self.commit_with_jobs(shard, ops, jobs).await;
+        };
+        if !self.store.is_watched(aor, winfo).await? {
+            return self.commit_with_jobs(shard, ops, jobs).await;
+        }
+        let mut watchers = self.live_watchers(aor, event).await?;
+        if let Some(id) = put.map(|s| s.id.as_str()).or(ended.map(|(id, _)| id)) {
+            watchers.retain(|s| s.id != id);
+        }
+        if let Some(s) = put {
+            watchers.push(s.clone());
+        }
+        let overlay = Overlay {
+            watchers: Some(&watchers),
+            ended,
+            ..Overlay::default()
+        };
+        self.commit_and_notify(aor, winfo, ops, jobs, Some(&overlay))
+            .await
+    }
+
+    /// What the watcher policy current now says of `watcher` watching
+    /// (aor, event).
+    fn decide(&self, aor: &str, event: &str, watcher: &str) -> Decision {
+        let policy = self.policy.current();
+        if self.packages.get(event).is_some_and(|p| p.private()) {
+            policy.decide_private(aor, watcher)
+        } else {
+            policy.decide(aor, watcher)
+        }
+    }
+
+    /// Decide `shard`'s pending subscriptions again (the policy was
+    /// reloaded): one a rule now accepts becomes active (a NOTIFY with the
+    /// state); one a rule now blocks ends (`rejected`); the others stay
+    /// pending.
+    async fn reauthorize(&self, shard: u32) -> Result<(), StoreError> {
+        for id in self.store.pending_subscriptions(shard).await? {
+            let Some(mut sub) = self.store.subscription(&id).await? else {
+                // Its record is gone (expired by TTL): drop the listing.
+                let ops = vec![Op::DeleteSubscription { id }];
+                self.store.commit(shard, ops).await?;
+                continue;
+            };
+            let (aor, event) = (sub.aor.clone(), sub.event.clone());
+            match self.decide(&aor, &event, &sub.watcher) {
+                Decision::Accept(View::Pending) => {}
+                Decision::Accept(view) => {
+                    self.metrics
+                        .compositor_authorizations
+                        .with_label_values(&["approved"])
+                        .inc();
+                    sub.view = view;
+                    let ops = vec![Op::PutSubscription(sub.clone())];
+                    let jobs = vec![NotifyJob::Refresh { id }];
+                    self.commit_watchers(&aor, &event, ops, jobs, Some(&sub), None)
+                        .await?;
+                }
+                Decision::Reject => {
+                    self.metrics
+                        .compositor_authorizations
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    let mut ops = vec![Op::DeleteSubscription { id: id.clone() }];
+                    ops.extend(self.forget_unwatched(&aor, &event, &id).await?);
+                    let job = NotifyJob::Terminated {
+                        sub: Box::new(sub),
+                        reason: EndReason::Rejected,
+                    };
+                    let ended = Some((id.as_str(), EndReason::Rejected));
+                    self.commit_watchers(&aor, &event, ops, vec![job], None, ended)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The op that forgets (aor, event)'s document when the subscription
@@ -880,7 +1013,9 @@ impl Compositor {
                     sub: Box::new(sub),
                     reason: EndReason::Unsubscribed,
                 };
-                self.commit_with_jobs(shard, ops, vec![job]).await?;
+                let ended = Some((id.as_str(), EndReason::Unsubscribed));
+                self.commit_watchers(&c.aor, &c.event, ops, vec![job], None, ended)
+                    .await?;
                 return Ok(Reply::Subscribed {
                     id: id.clone(),
                     expires: 0,
@@ -900,13 +1035,7 @@ impl Compositor {
                 view,
             });
         }
-        let private = self.packages.get(&c.event).is_some_and(|p| p.private());
-        let decision = if private {
-            self.policy.decide_private(&c.aor, &c.watcher)
-        } else {
-            self.policy.decide(&c.aor, &c.watcher)
-        };
-        let view = match decision {
+        let view = match self.decide(&c.aor, &c.event, &c.watcher) {
             Decision::Reject => return Ok(Reply::refused(Refusal::PolicyRejected)),
             Decision::Accept(view) => view,
         };
@@ -970,9 +1099,11 @@ impl Compositor {
                 view,
             });
         }
+        let put = sub.clone();
         ops.push(Op::PutSubscription(sub));
         let job = NotifyJob::Refresh { id: id.clone() };
-        self.commit_with_jobs(shard, ops, vec![job]).await?;
+        self.commit_watchers(&c.aor, &c.event, ops, vec![job], Some(&put), None)
+            .await?;
         Ok(Reply::Subscribed {
             id,
             expires: c.expires,
@@ -1008,17 +1139,20 @@ impl Compositor {
 
     async fn end_subscription(&self, id: &str, reason: EndReason) -> Result<Reply, StoreError> {
         if let Some(sub) = self.store.subscription(id).await? {
-            let shard = shard_of(&sub.aor, self.shards);
             let mut ops = vec![Op::DeleteSubscription { id: id.to_string() }];
             ops.extend(self.forget_unwatched(&sub.aor, &sub.event, id).await?);
+            let (aor, event) = (sub.aor.clone(), sub.event.clone());
+            let ended = Some((id, reason));
             if reason != EndReason::Gone {
                 let job = NotifyJob::Terminated {
                     sub: Box::new(sub),
                     reason,
                 };
-                self.commit_with_jobs(shard, ops, vec![job]).await?;
+                self.commit_watchers(&aor, &event, ops, vec![job], None, ended)
+                    .await?;
             } else {
-                self.store.commit(shard, ops).await?;
+                self.commit_watchers(&aor, &event, ops, Vec::new(), None, ended)
+                    .await?;
                 self.store.drop_cseq(id).await?;
             }
         }
@@ -1104,11 +1238,14 @@ impl Compositor {
                         .inc();
                     let mut ops = vec![Op::DeleteSubscription { id: id.clone() }];
                     ops.extend(self.forget_unwatched(&sub.aor, &sub.event, id).await?);
+                    let (aor, event) = (sub.aor.clone(), sub.event.clone());
                     let job = NotifyJob::Terminated {
                         sub: Box::new(sub),
                         reason: EndReason::Timeout,
                     };
-                    self.commit_with_jobs(shard, ops, vec![job]).await?;
+                    let ended = Some((id.as_str(), EndReason::Timeout));
+                    self.commit_watchers(&aor, &event, ops, vec![job], None, ended)
+                        .await?;
                 }
                 Some(_) => {}
                 None => {
@@ -1162,6 +1299,11 @@ struct Overlay<'a> {
     new_watcher: bool,
     /// With `bindings`: what they were before this change.
     bindings_before: Option<&'a [Binding]>,
+    /// The live subscriptions of the package a package watches
+    /// ([`presence_core::packages::EventPackage::watches`]) after this
+    /// change, and the one that has just ended.
+    watchers: Option<&'a [Subscription]>,
+    ended: Option<(&'a str, EndReason)>,
     hard: Option<Option<Bytes>>,
 }
 

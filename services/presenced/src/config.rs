@@ -1,6 +1,7 @@
 //! Configuration: one typed struct, from flags or environment, every error
 //! reported at once, before any port is bound.
 
+use crate::reload::Reloadable;
 use clap::Parser;
 use presence_core::digest::{Algorithm, Users};
 use presence_core::policy::Policy;
@@ -241,7 +242,8 @@ pub struct Args {
     /// Required when --http-listen is not a loopback address.
     #[arg(long = "admin-token-file", env = "PRESENCE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
-    /// Watcher policy rules file (presentity action watcher).
+    /// Watcher policy rules file (presentity allow|block|polite-block|confirm
+    /// watcher); reloaded on SIGHUP and when it changes.
     #[arg(long, env = "PRESENCE_POLICY")]
     pub policy: Option<PathBuf>,
     /// Smallest non-zero Expires accepted (REGISTER, PUBLISH, SUBSCRIBE); smaller gets 423.
@@ -403,7 +405,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Bearer token for /admin/*.
     pub admin_token: Option<String>,
-    pub policy: Policy,
+    /// Watcher policy, reloaded on SIGHUP and when its file changes.
+    pub policy: Arc<Reloadable<Policy>>,
     pub min_expires: u32,
     pub max_expires: u32,
     pub max_message_size: usize,
@@ -664,12 +667,27 @@ impl Config {
             .users
             .as_ref()
             .and_then(|path| load_file("--users", path, &mut errors, Users::parse));
-        let mut policy = Policy::new(&domains);
-        if let Some(path) = &args.policy {
-            load_file("--policy", path, &mut errors, |text| {
-                policy.load_rules(text)
-            });
-        }
+        let policy = match &args.policy {
+            Some(path) => {
+                let (file, local) = (path.clone(), domains.clone());
+                Reloadable::new("watcher policy", vec![path.clone()], move || {
+                    let mut errors = Vec::new();
+                    let mut policy = Policy::new(&local);
+                    load_file("--policy", &file, &mut errors, |text| {
+                        policy.load_rules(text)
+                    });
+                    match errors.is_empty() {
+                        true => Ok(policy),
+                        false => Err(errors.join("; ")),
+                    }
+                })
+                .unwrap_or_else(|e| {
+                    errors.push(e);
+                    Reloadable::fixed("watcher policy", Policy::new(&domains))
+                })
+            }
+            None => Reloadable::fixed("watcher policy", Policy::new(&domains)),
+        };
         let digest_algorithms =
             Algorithm::parse_list(&args.digest_algorithms).unwrap_or_else(|e| {
                 errors.push(format!(

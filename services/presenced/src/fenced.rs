@@ -132,6 +132,9 @@ impl Store for FencedStore {
             _ => Err(kind_mismatch()),
         }
     }
+    async fn pending_subscriptions(&self, shard: u32) -> StoreResult<Vec<String>> {
+        self.inner.pending_subscriptions(shard).await
+    }
     async fn is_watched(&self, aor: &str, event: &str) -> StoreResult<bool> {
         if self.cache.is_none() {
             return self.inner.is_watched(aor, event).await;

@@ -29,6 +29,7 @@ pub mod outbox;
 pub mod owner_cache;
 pub mod owner_routes;
 pub mod recent;
+pub mod reload;
 pub mod roster;
 pub mod trusted;
 
@@ -258,6 +259,17 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             recent: Default::default(),
             limits: cfg.limits,
         });
+        {
+            let m = metrics.clone();
+            tasks.push(tokio::spawn(cfg.policy.clone().watch(
+                shutdown_rx.clone(),
+                move |ok| {
+                    m.file_reloads
+                        .with_label_values(&["policy", if ok { "ok" } else { "failed" }])
+                        .inc();
+                },
+            )));
+        }
         let bus = backends.shards_bus.clone();
         tasks.push(match leased {
             Some((l, events)) => {

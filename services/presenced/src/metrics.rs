@@ -26,6 +26,8 @@ pub struct Metrics {
     pub compositor_store_errors: IntCounter,
     pub compositor_misrouted: IntCounter,
     pub compositor_retried_commands: IntCounterVec,
+    pub compositor_authorizations: IntCounterVec,
+    pub file_reloads: IntCounterVec,
     pub compositor_outbox: IntCounterVec,
     pub compositor_changes: IntCounterVec,
     pub notifier_notifies: IntCounterVec,
@@ -213,6 +215,18 @@ impl Metrics {
                 "Commands an edge sent again: answered with the first answer, or past their deadline and not applied",
                 &["outcome"],
             ),
+            compositor_authorizations: counter(
+                &r,
+                "presence_compositor_authorizations_total",
+                "Pending watchers decided again after a policy reload: approved (now active) or rejected (ended)",
+                &["outcome"],
+            ),
+            file_reloads: counter(
+                &r,
+                "presence_file_reloads_total",
+                "Reloads of a configuration file (SIGHUP or a file change), by file and outcome (failed: the previous content stays)",
+                &["file", "outcome"],
+            ),
             compositor_outbox: counter(
                 &r,
                 "presence_compositor_outbox_jobs_total",
@@ -299,6 +313,10 @@ impl Metrics {
             ],
         );
         one(&self.edge_tls_reloads, &["ok", "failed"]);
+        one(&self.compositor_authorizations, &["approved", "rejected"]);
+        for outcome in ["ok", "failed"] {
+            self.file_reloads.with_label_values(&["policy", outcome]);
+        }
         one(&self.edge_challenges, &["true", "false"]);
         one(&self.edge_authentications, &["MD5", "SHA-256"]);
         for method in ["NOTIFY", "MESSAGE"] {

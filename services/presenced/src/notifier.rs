@@ -73,10 +73,10 @@ struct Slot {
     changed_at_ms: Option<u64>,
     /// Jobs waiting for the pending NOTIFY to be answered (or to become moot).
     waiters: Vec<Arc<JobDone>>,
-    /// The subscription record (remote CSeq, expiry) whose refresh NOTIFY
+    /// The subscription record (remote CSeq, expiry, view) whose NOTIFY
     /// was answered last: a Refresh job for the same record again (pushed
     /// twice by the outbox, redelivered by the queue) sends nothing new.
-    refreshed: Option<(u32, u64)>,
+    refreshed: Option<(u32, u64, View)>,
     /// When this process last sent the subscription a NOTIFY (for
     /// `--notify-min-interval-ms`).
     last_sent: Option<tokio::time::Instant>,
@@ -609,7 +609,14 @@ impl Notifier {
                 if !force && version <= last_version {
                     return Next::Continue;
                 }
-                let record = (sub.remote_cseq, sub.expires_at_ms);
+                // A pending watcher learns nothing of the resource's
+                // changes (not even that there was one): only its own
+                // subscription's NOTIFYs (the first, refreshes, approval).
+                if !force && sub.view == View::Pending {
+                    return Next::Continue;
+                }
+                // An approval (pending to active) changes the view only.
+                let record = (sub.remote_cseq, sub.expires_at_ms, sub.view);
                 if force && version <= last_version {
                     let mut again = false;
                     self.with_slot(id, |slot| again = slot.refreshed == Some(record));
@@ -618,7 +625,10 @@ impl Notifier {
                     }
                 }
                 let remaining = sub.expires_at_ms.saturating_sub(self.clock.now_ms()) / 1000;
-                let state = format!("active;expires={remaining}");
+                let state = match sub.view {
+                    View::Pending => format!("pending;expires={remaining}"),
+                    View::Full | View::Neutral => format!("active;expires={remaining}"),
+                };
                 let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
                 let outcome = match self.send(&sub, &state, body, version).await {
                     Sent::Answered(code) => Some(code),
@@ -717,6 +727,7 @@ impl Notifier {
                 .packages
                 .get(&sub.event)
                 .map(|p| Bytes::from(p.neutral(&sub.aor).body)),
+            View::Pending => None,
         }
     }
 

@@ -35,7 +35,10 @@ async fn rig() -> Rig {
     let c = Arc::new(Compositor {
         store: store.clone(),
         packages: Registry::default(),
-        policy: Policy::new(&["example.com".to_string()]),
+        policy: presenced::reload::Reloadable::fixed(
+            "watcher policy",
+            Policy::new(&["example.com".to_string()]),
+        ),
         users: None,
         clock: Clock::new(),
         shards: SHARDS,

@@ -21,6 +21,12 @@
 //!   full reginfo document naming what happened, `version` counting the
 //!   NOTIFYs; others may not watch; nothing may PUBLISH it; a short
 //!   subscription times out.
+//! - winfo: RFC 3857 watcher information and `confirm` policy. A watcher
+//!   whom a `confirm` rule holds gets `Subscription-State: pending` and no
+//!   state (nor any NOTIFY for changes) until the policy file is rewritten:
+//!   an `allow` rule makes it active with the state, a `block` rule ends it
+//!   with `reason=rejected`. The presentity watches all of it through
+//!   `presence.winfo` (pending, approved, rejected, left); others may not.
 //! - rate_control: `--notify-min-interval-ms` (RFC 6446 rate control as an
 //!   operator default) coalesces a burst of changes into at most one
 //!   NOTIFY per interval, the newest state last, in order; the final
@@ -68,6 +74,7 @@ scenarios! {
     rate_control;
     reg;
     trusted_identity;
+    winfo;
     trusted_network;
 }
 
@@ -755,5 +762,153 @@ async fn reg(tp: Tp, mode: Mode) {
         .await
         .expect("the subscription ends");
     assert!(sub_state(&n).starts_with("terminated"), "{}", sub_state(&n));
+    s.shutdown().await;
+}
+
+const WINFO: Package = Package {
+    event: "presence.winfo",
+    content_type: "application/watcherinfo+xml",
+};
+
+/// The version of a watcherinfo NOTIFY and each watcher's (uri, status, event).
+fn winfo_state(n: &presence_sip::Request) -> (u64, Vec<(String, String, String)>) {
+    let body = body_str(n);
+    let root = body.find("<watcherinfo").expect("a watcherinfo document");
+    let v = &body[root..];
+    let v = &v[v.find(" version=\"").expect("version") + 10..];
+    let version = v[..v.find('"').expect("quote")].parse().expect("a number");
+    let lists = presence_core::winfo::parse(body.as_bytes()).expect("valid watcherinfo");
+    assert_eq!(lists.len(), 1, "{body}");
+    assert_eq!(lists[0].package, "presence");
+    let watchers = lists[0]
+        .watchers
+        .iter()
+        .map(|w| (w.uri.clone(), w.status.clone(), w.event.clone()))
+        .collect();
+    (version, watchers)
+}
+
+/// Replace the policy file's contents at once (the server reloads it when
+/// it changes).
+fn rewrite(path: &std::path::Path, rules: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, rules).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn winfo(tp: Tp, mode: Mode) {
+    const HOLD: &str = "sip:alice@example.com confirm *\n";
+    let policy = TempFile::new(HOLD);
+    let path = policy.0.display().to_string();
+    let s = start(mode, None, None, &["--policy", &path]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
+    let mut carol = s.ua(tp, WATCHER, "carol").await;
+    let aor = alice.aor.clone();
+    let w = |who: &str, status: &str, event: &str| {
+        (
+            format!("sip:{who}@example.com"),
+            status.to_string(),
+            event.to_string(),
+        )
+    };
+    let reload_wait = s.patience(Duration::from_secs(10));
+    let tag = publish_note(&mut alice, None, "in the lab").await;
+
+    // The presentity watches its watchers; nobody else may.
+    let req = subscribe_req(&mut alice, &WINFO, &aor, 600);
+    let r = alice.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n = alice.notify().await;
+    assert_eq!(n.header("Event").map(str::trim), Some("presence.winfo"));
+    assert_eq!(
+        n.content_type().map(|c| c.as_str().to_string()).as_deref(),
+        Some(WINFO.content_type)
+    );
+    assert_eq!(winfo_state(&n), (0, vec![]));
+    let req = subscribe_req(&mut bob, &WINFO, &aor, 600);
+    assert_eq!(bob.send(&req).await.code, 403);
+
+    // Bob is held pending: no state, and nothing when it changes.
+    let (r, bob_dialog, bob_sub) = bob.subscribe(&aor, 600).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n = bob.notify().await;
+    assert!(
+        sub_state(&n).starts_with("pending;expires="),
+        "{}",
+        sub_state(&n)
+    );
+    assert!(
+        n.body.is_empty(),
+        "a pending watcher got state: {}",
+        body_str(&n)
+    );
+    let n = alice.notify().await;
+    assert_eq!(winfo_state(&n), (1, vec![w("bob", "pending", "subscribe")]));
+    let tag = publish_note(&mut alice, Some(&tag), "at lunch").await;
+    assert!(
+        bob.recv_request("NOTIFY", SHORT).await.is_none(),
+        "a pending watcher heard of a change"
+    );
+
+    // Carol too.
+    let (r, _, _) = carol.subscribe(&aor, 600).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    assert!(sub_state(&carol.notify().await).starts_with("pending"));
+    let n = alice.notify().await;
+    assert_eq!(
+        winfo_state(&n),
+        (
+            2,
+            vec![
+                w("bob", "pending", "subscribe"),
+                w("carol", "pending", "subscribe")
+            ]
+        )
+    );
+
+    // Alice refuses Carol (the file is rewritten, and reloaded).
+    let refuse = format!("{HOLD}sip:alice@example.com block sip:carol@example.com\n");
+    rewrite(&policy.0, &refuse);
+    let n = carol
+        .recv_request("NOTIFY", reload_wait)
+        .await
+        .expect("carol's subscription ends");
+    assert_eq!(sub_state(&n), "terminated;reason=rejected");
+    let n = alice.notify_containing("rejected", s.wait()).await;
+    assert_eq!(
+        winfo_state(&n).1,
+        [
+            w("bob", "pending", "subscribe"),
+            w("carol", "terminated", "rejected")
+        ]
+    );
+    assert!(bob.recv_request("NOTIFY", SHORT).await.is_none());
+
+    // Then approves Bob: he gets the state at once.
+    rewrite(
+        &policy.0,
+        &format!("{refuse}sip:alice@example.com allow sip:bob@example.com\n"),
+    );
+    let n = bob.notify_containing("at lunch", reload_wait).await;
+    assert!(
+        sub_state(&n).starts_with("active;expires="),
+        "{}",
+        sub_state(&n)
+    );
+    let n = alice.notify_containing("approved", s.wait()).await;
+    assert_eq!(winfo_state(&n).1, [w("bob", "active", "approved")]);
+
+    // Bob, active now, hears of the next change.
+    publish_note(&mut alice, Some(&tag), "back").await;
+    bob.notify_containing("back", s.wait()).await;
+
+    // Bob leaves: shown once as terminated, then gone.
+    let mut bye = bob_sub.next().in_dialog(&bob_dialog);
+    bye.headers.retain(|(n, _)| n != "Expires");
+    let bye = bye.h("Expires", "0");
+    assert_eq!(bob.send(&bye).await.code, 200);
+    let n = alice.notify_containing("timeout", s.wait()).await;
+    assert_eq!(winfo_state(&n).1, [w("bob", "terminated", "timeout")]);
     s.shutdown().await;
 }

@@ -81,7 +81,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
     let compositor = Arc::new(Compositor {
         store: store.clone(),
         packages: Registry::default(),
-        policy: Policy::new(&domains),
+        policy: presenced::reload::Reloadable::fixed("watcher policy", Policy::new(&domains)),
         users: None,
         clock: Clock::new(),
         shards: 8,
@@ -265,7 +265,10 @@ async fn next_owner(
     let next = Arc::new(Compositor {
         store: store.clone(),
         packages: Registry::default(),
-        policy: Policy::new(&["example.com".to_string()]),
+        policy: presenced::reload::Reloadable::fixed(
+            "watcher policy",
+            Policy::new(&["example.com".to_string()]),
+        ),
         users: None,
         clock: Clock::new(),
         shards: 8,

@@ -6,11 +6,11 @@
 //! (a half-written file, a key that does not match) keeps the previous one
 //! and is logged and counted.
 
+use crate::reload::Reloadable;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
 /// The files a TLS listener is configured from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,110 +24,54 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// How often the files are looked at for changes (SIGHUP reloads at once).
-pub const WATCH_EVERY: Duration = Duration::from_secs(2);
-
-/// The current TLS server configuration, reloadable.
+/// The current TLS server configuration, reloadable (see
+/// [`crate::reload`]).
 pub struct TlsCerts {
     files: TlsFiles,
-    current: RwLock<Arc<rustls::ServerConfig>>,
-    /// Modification times of the files at the last load.
-    stamps: Mutex<Vec<Option<SystemTime>>>,
+    config: Arc<Reloadable<rustls::ServerConfig>>,
 }
 
 impl TlsCerts {
     /// Load the files, or say what is wrong with them.
     pub fn load(files: TlsFiles) -> Result<Arc<TlsCerts>, String> {
-        let config = server_config(&files)?;
-        let stamps = stamps(&files);
-        Ok(Arc::new(TlsCerts {
-            files,
-            current: RwLock::new(Arc::new(config)),
-            stamps: Mutex::new(stamps),
-        }))
+        let paths = [
+            Some(&files.cert),
+            Some(&files.key),
+            files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        let f = files.clone();
+        let config = Reloadable::new("TLS certificate", paths, move || server_config(&f))?;
+        Ok(Arc::new(TlsCerts { files, config }))
     }
 
     /// An acceptor with the configuration current now.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let config = self
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        tokio_rustls::TlsAcceptor::from(config)
+        tokio_rustls::TlsAcceptor::from(self.config.current())
     }
 
     /// Load the files again; on error the previous configuration stays.
     pub fn reload(&self) -> Result<(), String> {
-        let stamps = stamps(&self.files);
-        let config = server_config(&self.files)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps;
-        Ok(())
+        self.config.reload()
     }
 
-    /// Did a file change since the last load?
-    fn changed(&self) -> bool {
-        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) != stamps(&self.files)
+    /// The files it is loaded from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
     }
 
     /// Reload on SIGHUP and when a file changes, until `shutdown`.
     /// `on_reload(ok)` counts each attempt.
     pub async fn watch(
         self: Arc<Self>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
         on_reload: impl Fn(bool) + Send + 'static,
     ) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGHUP handler; TLS files are reloaded when they change");
-                None
-            }
-        };
-        loop {
-            let why = tokio::select! {
-                _ = async {
-                    match hup.as_mut() {
-                        Some(h) => { h.recv().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => "SIGHUP",
-                _ = tokio::time::sleep(WATCH_EVERY) => {
-                    if !self.changed() {
-                        continue;
-                    }
-                    "a file changed"
-                }
-                _ = shutdown.changed() => return,
-            };
-            match self.reload() {
-                Ok(()) => {
-                    tracing::info!(cert = %self.files.cert.display(), why, "TLS certificate reloaded");
-                    on_reload(true);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, why, "TLS certificate not reloaded; the previous one stays");
-                    // Do not retry a broken file every tick: wait for the
-                    // next change.
-                    *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&self.files);
-                    on_reload(false);
-                }
-            }
-        }
+        self.config.clone().watch(shutdown, on_reload).await
     }
-}
-
-fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
-    [
-        Some(&files.cert),
-        Some(&files.key),
-        files.client_ca.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-    .collect()
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
