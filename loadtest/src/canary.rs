@@ -182,6 +182,19 @@ pub fn note(run: &str, seq: u64) -> String {
     format!("<note>lt {run} {seq}</note>")
 }
 
+/// A dialog-info document (RFC 4235) for change `seq` of `entity`: each
+/// change is one step of a call, early (1), confirmed (2), terminated (0)
+/// by `seq` mod 3, one call per three changes, as a PBX PUBLISHes it. The
+/// SEQ travels in the dialog's remote tag (`lt RUN SEQ`), which the server
+/// relays as published.
+pub fn dialog_info(entity: &str, run: &str, seq: u64) -> String {
+    let state = ["terminated", "early", "confirmed"][(seq % 3) as usize];
+    let call = seq.div_ceil(3);
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"{seq}\" state=\"full\" entity=\"{entity}\"><dialog id=\"call{call}\" call-id=\"call{call}.{run}\" local-tag=\"pbx{call}\" remote-tag=\"lt {run} {seq}\" direction=\"recipient\"><state>{state}</state></dialog></dialog-info>"
+    )
+}
+
 /// Read `(entity, SEQ)` of this run back from a PIDF body. The SEQ is `None`
 /// when the document carries no note of this run.
 pub fn read_body<'a>(body: &'a [u8], run: &str) -> (Option<&'a [u8]>, Option<u64>) {
@@ -195,8 +208,15 @@ pub fn read_body<'a>(body: &'a [u8], run: &str) -> (Option<&'a [u8]>, Option<u64
     // an older one behind (its SIP-ETag answer was lost with the edge).
     let mut seq = None;
     let mut at = 0;
-    while let Some(i) = find(&body[at..], b"<note>lt ") {
-        let start = at + i + 9;
+    // A PIDF note, or a dialog's remote tag ([`dialog_info`]).
+    let marker = |rest: &[u8]| {
+        [&b"<note>lt "[..], &b"remote-tag=\"lt "[..]]
+            .iter()
+            .filter_map(|m| find(rest, m).map(|i| i + m.len()))
+            .min()
+    };
+    while let Some(start) = marker(&body[at..]) {
+        let start = at + start;
         at = start;
         let note = body[start..]
             .strip_prefix(run.as_bytes())
@@ -453,6 +473,18 @@ mod tests {
         assert_eq!(read_body(body, "other").1, None);
         assert_eq!(read_body(b"<presence/>", "r9"), (None, None));
         assert_eq!(read_body(b"<note>lt r9 ", "r9").1, None);
+    }
+
+    #[test]
+    fn reads_run_and_seq_from_a_dialog_info_document() {
+        let body = dialog_info("sip:u000002@example.com", "r9", 40);
+        assert!(body.contains("<state>early</state>"), "{body}");
+        let (entity, seq) = read_body(body.as_bytes(), "r9");
+        assert_eq!(entity, Some(&b"sip:u000002@example.com"[..]));
+        assert_eq!(seq, Some(40));
+        assert!(dialog_info("sip:a@b", "r9", 41).contains("<state>confirmed</state>"));
+        assert!(dialog_info("sip:a@b", "r9", 42).contains("<state>terminated</state>"));
+        assert_eq!(read_body(body.as_bytes(), "other").1, None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
     about = "Plays many SIP user agents against a presence server and checks that nothing is lost"
 )]
 pub struct Cli {
-    /// Profile: a name in loadtest/profiles (smoke, enterprise-blf, mobile-buddies, carrier) or a path to a .toml file.
+    /// Profile: a name in loadtest/profiles (smoke, blf, enterprise-blf, mobile-buddies, carrier) or a path to a .toml file.
     #[arg(long)]
     pub profile: Option<String>,
     /// Server address HOST:PORT, or a comma-separated list of edges: the UAs
@@ -60,6 +60,11 @@ pub struct Cli {
     /// The first M users are receptionists: every UA also subscribes to them.
     #[arg(long)]
     pub receptionists: Option<u32>,
+    /// Event package played: presence (PIDF) or dialog (BLF: each change
+    /// is one step of a call, early → confirmed → terminated, as a PBX
+    /// PUBLISHes it; phones SUBSCRIBE to Event: dialog).
+    #[arg(long)]
+    pub event: Option<String>,
     /// PUBLISH changes per second in total during the steady state (open loop).
     #[arg(long = "publish-rate")]
     pub publish_rate: Option<f64>,
@@ -132,6 +137,7 @@ pub struct Profile {
     pub buddies: Option<u32>,
     pub skew: Option<f64>,
     pub receptionists: Option<u32>,
+    pub event: Option<String>,
     pub publish_rate: Option<f64>,
     pub message_rate: Option<f64>,
     pub duration: Option<f64>,
@@ -148,8 +154,9 @@ pub struct Profile {
     pub seed: Option<u64>,
 }
 
-const BUILTIN: [(&str, &str); 4] = [
+const BUILTIN: [(&str, &str); 5] = [
     ("smoke", include_str!("../profiles/smoke.toml")),
+    ("blf", include_str!("../profiles/blf.toml")),
     (
         "enterprise-blf",
         include_str!("../profiles/enterprise-blf.toml"),
@@ -178,13 +185,37 @@ pub fn load_profile(name: &str) -> Result<(String, Profile), String> {
             Some((n, t)) => (format!("built-in {n}"), t.to_string()),
             None => {
                 return Err(format!(
-                "--profile {name}: no such file, and not a built-in profile (smoke, enterprise-blf, mobile-buddies, carrier)"
+                "--profile {name}: no such file, and not a built-in profile (smoke, blf, enterprise-blf, mobile-buddies, carrier)"
             ))
             }
         },
     };
     let p: Profile = toml::from_str(&text).map_err(|e| format!("--profile {origin}: {e}"))?;
     Ok((origin, p))
+}
+
+/// The event package a run plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// RFC 3856 presence, PIDF bodies.
+    Presence,
+    /// RFC 4235 dialog state (BLF), dialog-info bodies.
+    Dialog,
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Presence => "presence",
+            Event::Dialog => "dialog",
+        }
+    }
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Event::Presence => "application/pidf+xml",
+            Event::Dialog => "application/dialog-info+xml",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +283,7 @@ pub struct Settings {
     pub buddies: u32,
     pub skew: f64,
     pub receptionists: u32,
+    pub event: Event,
     pub publish_rate: f64,
     pub message_rate: f64,
     pub duration: f64,
@@ -321,6 +353,17 @@ impl Settings {
                 transport.name()
             ));
         }
+        let event = match pick!(event, "presence".to_string())
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "presence" => Event::Presence,
+            "dialog" => Event::Dialog,
+            other => {
+                errors.push(format!("--event {other:?}: presence or dialog"));
+                Event::Presence
+            }
+        };
         let alg_text = pick!(auth_algorithm, "sha-256".to_string());
         let auth_algorithm = crate::digest::parse_alg(&alg_text).unwrap_or_else(|| {
             errors.push(format!("--auth-algorithm {alg_text:?}: sha-256 or md5"));
@@ -342,6 +385,7 @@ impl Settings {
             buddies: pick!(buddies, 5),
             skew: pick!(skew, 0.0),
             receptionists: pick!(receptionists, 0),
+            event,
             publish_rate: pick!(publish_rate, 10.0),
             message_rate: pick!(message_rate, 0.0),
             duration: pick!(duration, 10.0),

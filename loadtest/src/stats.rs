@@ -272,6 +272,8 @@ pub struct Setup {
     pub profile: Option<String>,
     pub target: String,
     pub transport: &'static str,
+    /// The event package played (presence, dialog).
+    pub event: &'static str,
     pub users: u32,
     pub subscriptions: u64,
     pub buddies: u32,

@@ -174,6 +174,24 @@ async fn smoke_profile_passes_over_udp() {
     );
 }
 
+/// BLF: the same load over Event: dialog. The canary reads each change's
+/// SEQ from the dialog's remote tag, so a server that lost, reordered or
+/// rewrote dialog state fails it; change→NOTIFY latencies are measured
+/// only if the SEQs are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_profile_plays_blf_over_udp() {
+    let (server, target) = start_server(None, Faults::default()).await;
+    let report = Tmp::new("blf.json");
+    let mut args = smoke_args(target, &report);
+    args.extend(["--event".into(), "dialog".into()]);
+    let out = run_tool(args).await;
+    server.shutdown().await;
+    assert!(out.status.success(), "{}", show(&out));
+    let r = read_report(&report);
+    assert_sane(&r, 50);
+    assert_eq!(r["setup"]["event"], Value::String("dialog".into()), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_profile_passes_with_digest_over_tcp() {
     let users = Tmp::new("users.txt");

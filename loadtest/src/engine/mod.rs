@@ -13,7 +13,7 @@
 //! arrives, `report.rs` the live line and the final report.
 
 use crate::canary::{self, Counters, Dialog, Messages, MsgNext};
-use crate::config::{Settings, Transport};
+use crate::config::{Event, Settings, Transport};
 use crate::digest::{self, Session};
 use crate::rng::{Rng, Zipf};
 use crate::scan::{self, Scanned, Start};

@@ -122,6 +122,7 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join(","),
                 transport: self.s.transport.name(),
+                event: self.s.event.name(),
                 users: self.s.users,
                 subscriptions: self.subs.len() as u64,
                 buddies: self.s.buddies,

@@ -35,6 +35,7 @@ impl Engine {
     ) -> (u32, bool) {
         let d = self.s.domain.clone();
         let tp = self.s.transport;
+        let event = self.s.event;
         let tcp_param = match tp {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
@@ -78,19 +79,23 @@ impl Engine {
                 Self::request_head(out, "PUBLISH", &ruri, tp, host, idx, gen);
                 let _ = write!(
                     out,
-                    "From: <{ruri}>;tag=p{ua}\r\nTo: <{ruri}>\r\nCall-ID: p{ua}.{run}\r\nCSeq: {} PUBLISH\r\nEvent: presence\r\nExpires: {expires}\r\n",
+                    "From: <{ruri}>;tag=p{ua}\r\nTo: <{ruri}>\r\nCall-ID: p{ua}.{run}\r\nCSeq: {} PUBLISH\r\nEvent: {}\r\nExpires: {expires}\r\n",
                     u.pub_cseq,
+                    event.name(),
                 );
                 if let Some(etag) = &u.etag {
                     let _ = write!(out, "SIP-If-Match: {etag}\r\n");
                 }
                 let body = (seq > 0 || u.etag.is_none()).then(|| {
                     let seq = seq.max(u.seq_sent);
-                    format!(
-                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"{ruri}\"><tuple id=\"lt\"><status><basic>{}</basic></status></tuple>{}</presence>",
-                        if seq % 2 == 1 { "open" } else { "closed" },
-                        canary::note(run, seq)
-                    )
+                    match event {
+                        Event::Presence => format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"{ruri}\"><tuple id=\"lt\"><status><basic>{}</basic></status></tuple>{}</presence>",
+                            if seq % 2 == 1 { "open" } else { "closed" },
+                            canary::note(run, seq)
+                        ),
+                        Event::Dialog => canary::dialog_info(&ruri, run, seq),
+                    }
                 });
                 if seq > 0 && attempt == 0 {
                     let slot = (seq % 4) as usize;
@@ -102,7 +107,8 @@ impl Engine {
                     Some(b) => {
                         let _ = write!(
                             out,
-                            "Content-Type: application/pidf+xml\r\nContent-Length: {}\r\n\r\n{b}",
+                            "Content-Type: {}\r\nContent-Length: {}\r\n\r\n{b}",
+                            event.content_type(),
                             b.len()
                         );
                     }
@@ -124,9 +130,11 @@ impl Engine {
                 }
                 let _ = write!(
                     out,
-                    "\r\nCall-ID: s{sub}{}.{run}\r\nCSeq: {} SUBSCRIBE\r\nEvent: presence\r\nAccept: application/pidf+xml\r\nContact: <sip:{}@{host}{tcp_param}>\r\nExpires: {expires}\r\n",
+                    "\r\nCall-ID: s{sub}{}.{run}\r\nCSeq: {} SUBSCRIBE\r\nEvent: {}\r\nAccept: {}\r\nContact: <sip:{}@{host}{tcp_param}>\r\nExpires: {expires}\r\n",
                     DialogGen(sb.dgen),
                     sb.cseq,
+                    event.name(),
+                    event.content_type(),
                     w.name
                 );
                 let (ep, watcher) = (w.ep, sb.watcher);
