@@ -6,12 +6,14 @@
 # run, the same load twice: rate control off, then on. Prints one table row
 # per run: delivered NOTIFY/s, change→NOTIFY latency, the server's CPU
 # seconds over the whole run (setup included), and how often a NOTIFY was
-# held back.
+# held back. PROFILE=blf plays the same over Event: dialog (BLF lamps:
+# 600 phones × 20 lines, 2 receptionists; 3 changes per call).
 #
-#   BIN=target/release  PUBLISH_RATE=1500  DURATION=20  INTERVAL_MS=1000
+#   BIN=target/release  PROFILE=enterprise-blf  PUBLISH_RATE=1500  DURATION=20  INTERVAL_MS=1000
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
+PROFILE=${PROFILE:-enterprise-blf}
 PUBLISH_RATE=${PUBLISH_RATE:-1500}
 DURATION=${DURATION:-20}
 INTERVAL_MS=${INTERVAL_MS:-1000}
@@ -21,6 +23,7 @@ OUT=${OUT:-$(mktemp -d /tmp/rate-control-bench.XXXXXX)}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+echo "profile $PROFILE"
 echo "| rate control | PUBLISH/s | NOTIFY/s | change→NOTIFY p50 / p99 / max ms | server CPU s | NOTIFYs held back | canary |"
 echo "|---|---|---|---|---|---|---|"
 for interval in 0 "$INTERVAL_MS"; do
@@ -33,7 +36,7 @@ for interval in 0 "$INTERVAL_MS"; do
   trap 'kill $pid 2>/dev/null || true' EXIT
   sleep 1
   t0=$(ticks "$pid")
-  "$BIN/presence-loadtest" --profile enterprise-blf --target "127.0.0.1:$sip" \
+  "$BIN/presence-loadtest" --profile "$PROFILE" --target "127.0.0.1:$sip" \
     --publish-rate "$PUBLISH_RATE" --message-rate 0 --duration "$DURATION" --no-progress \
     --report "$OUT/report-$interval.json" >"$OUT/loadtest-$interval.txt" 2>&1 || true
   t1=$(ticks "$pid")
