@@ -559,6 +559,7 @@ STAND_INS = {
     "admin-token": "stand-in-admin-token-0123456789",
     "nonce-secret": "stand-in-nonce-secret-0123456789",
     "policy.txt": "",
+    "lists.txt": "sip:checker-list@example.com sip:checker@example.com\n",
     # A throwaway self-signed certificate (CN stand-in.invalid, P-256, made
     # for this check only) for a kubernetes.io/tls Secret the render names.
     "tls.crt": """-----BEGIN CERTIFICATE-----

@@ -101,6 +101,11 @@ pub enum Command {
         event: String,
         body: Option<Bytes>,
     },
+    /// A member of resource list `list` changed (RFC 4662): its shard
+    /// recomposes the list's document if somebody watches the list.
+    RecomposeList {
+        list: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +215,11 @@ pub enum NotifyJob {
         sub: Box<Subscription>,
         reason: EndReason,
     },
+    /// A member of resource list `list` changed: the list's shard (another
+    /// one, in general) is asked to recompose the list
+    /// ([`Command::RecomposeList`]). Committed with the member's change, so
+    /// a crash loses no list update.
+    ListMember { list: String },
 }
 
 /// A request the edge should send (NOTIFY from the notifier, relayed MESSAGE).

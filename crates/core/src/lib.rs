@@ -21,6 +21,7 @@ pub mod packages;
 pub mod pidf;
 pub mod policy;
 pub mod reginfo;
+pub mod rlmi;
 pub mod seal;
 pub mod winfo;
 

@@ -485,6 +485,9 @@ impl From<&Command> for pb::Command {
                 event: event.clone(),
                 body: body.clone(),
             }),
+            Command::RecomposeList { list } => {
+                C::RecomposeList(pb::RecomposeListCmd { list: list.clone() })
+            }
         };
         pb::Command {
             command: Some(command),
@@ -515,6 +518,7 @@ impl TryFrom<pb::Command> for Command {
                 event: h.event,
                 body: h.body,
             },
+            C::RecomposeList(l) => Command::RecomposeList { list: l.list },
         })
     }
 }
@@ -687,6 +691,9 @@ impl From<&NotifyJob> for pb::NotifyJob {
                 sub: Some(sub.as_ref().into()),
                 reason: pb::EndReason::from(*reason) as i32,
             }),
+            NotifyJob::ListMember { list } => {
+                Job::ListMember(pb::ListMember { list: list.clone() })
+            }
         };
         pb::NotifyJob { job: Some(job) }
     }
@@ -718,6 +725,7 @@ impl TryFrom<pb::NotifyJob> for NotifyJob {
                 sub: Box::new(required(t.sub, "terminated.sub")?.try_into()?),
                 reason: end_reason(t.reason)?,
             },
+            Job::ListMember(l) => NotifyJob::ListMember { list: l.list },
         })
     }
 }

@@ -165,7 +165,7 @@ fn origin(r: &mut StdRng) -> Origin {
 }
 
 fn command(r: &mut StdRng) -> Command {
-    match r.random_range(0..6) {
+    match r.random_range(0..7) {
         0 => Command::Register(RegisterCmd {
             aor: text(r),
             call_id: text(r),
@@ -224,11 +224,12 @@ fn command(r: &mut StdRng) -> Command {
             id: text(r),
             reason: reason(r),
         },
-        _ => Command::SetHardState {
+        5 => Command::SetHardState {
             aor: text(r),
             event: text(r),
             body: opt(r, body),
         },
+        _ => Command::RecomposeList { list: text(r) },
     }
 }
 
@@ -275,7 +276,7 @@ fn reply(r: &mut StdRng) -> Reply {
 }
 
 fn job(r: &mut StdRng) -> NotifyJob {
-    match r.random_range(0..4) {
+    match r.random_range(0..5) {
         0 => NotifyJob::Changed {
             aor: text(r),
             event: text(r),
@@ -290,10 +291,11 @@ fn job(r: &mut StdRng) -> NotifyJob {
             at_ms: r.random(),
             ids: (0..r.random_range(0..5)).map(|_| text(r)).collect(),
         },
-        _ => NotifyJob::Terminated {
+        3 => NotifyJob::Terminated {
             sub: Box::new(subscription(r)),
             reason: reason(r),
         },
+        _ => NotifyJob::ListMember { list: text(r) },
     }
 }
 

@@ -457,6 +457,10 @@ pub fn encode_job(j: &NotifyJob) -> Vec<u8> {
             w.str(&sub.event);
             w.bytes(&encode_subscription(sub));
         }
+        NotifyJob::ListMember { list } => {
+            w.0.push(b'l');
+            w.str(list);
+        }
     }
     w.0
 }
@@ -478,6 +482,7 @@ pub fn decode_job(b: &[u8]) -> Option<NotifyJob> {
             ids: r.strs()?,
         },
         b'r' => NotifyJob::Refresh { id: r.str()? },
+        b'l' => NotifyJob::ListMember { list: r.str()? },
         b't' => {
             let reason = *END_REASONS.get(usize::try_from(r.u64()?).ok()?)?;
             let (aor, event) = (r.str()?, r.str()?);
@@ -593,6 +598,9 @@ mod tests {
                 ids: vec!["s1".into(), String::new(), "s3".into()],
             },
             NotifyJob::Refresh { id: "abc".into() },
+            NotifyJob::ListMember {
+                list: "sip:team@example.com".into(),
+            },
         ];
         jobs.extend(END_REASONS.iter().map(|r| NotifyJob::Terminated {
             sub: Box::new(s.clone()),

@@ -190,3 +190,11 @@ Returns the base64 form.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "presence.listsConfigMapName" -}}
+{{- default (printf "%s-lists" (include "presence.fullname" .)) .Values.lists.existingConfigMap -}}
+{{- end -}}
+
+{{- define "presence.listsEnabled" -}}
+{{- if or .Values.lists.entries .Values.lists.existingConfigMap -}}true{{- end -}}
+{{- end -}}

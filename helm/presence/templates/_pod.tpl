@@ -23,13 +23,11 @@ metadata:
     {{- with $c.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- /* A changed users file or policy restarts the pods (the server reads them at start). */}}
+  {{- /* A changed users file restarts the pods (the server reads it at start). The policy
+       and the lists are reloaded in place when the kubelet updates their ConfigMaps. */}}
   {{- $annotations := deepCopy (default dict $c.podAnnotations) }}
   {{- if and $v.auth.enabled (not $v.auth.existingSecret) }}
   {{- $_ := set $annotations "checksum/users" ($v.auth.users | sha256sum) }}
-  {{- end }}
-  {{- if and $v.policy.rules (not $v.policy.existingConfigMap) }}
-  {{- $_ := set $annotations "checksum/policy" ($v.policy.rules | sha256sum) }}
   {{- end }}
   {{- /* The NATS password is read at start too: a regenerated one (rotation) restarts the pods. */}}
   {{- if and $nats (include "presence.natsPasswordsGenerated" $root) }}
@@ -113,6 +111,9 @@ spec:
         {{- end }}
         {{- if include "presence.policyEnabled" $root }}
         - --policy=/etc/presence/policy/policy.txt
+        {{- end }}
+        {{- if include "presence.listsEnabled" $root }}
+        - --lists=/etc/presence/lists/lists.txt
         {{- end }}
         {{- with include "presence.backendArgs" (dict "root" $root "component" .component) | trim }}
         {{- . | nindent 8 }}
@@ -226,6 +227,11 @@ spec:
           mountPath: /etc/presence/policy
           readOnly: true
         {{- end }}
+        {{- if include "presence.listsEnabled" $root }}
+        - name: lists
+          mountPath: /etc/presence/lists
+          readOnly: true
+        {{- end }}
         {{- if and $sip $v.sip.tls.enabled }}
         - name: tls
           mountPath: /etc/presence/tls
@@ -258,6 +264,14 @@ spec:
         items:
           - key: {{ $v.policy.existingConfigMapKey }}
             path: policy.txt
+    {{- end }}
+    {{- if include "presence.listsEnabled" $root }}
+    - name: lists
+      configMap:
+        name: {{ include "presence.listsConfigMapName" $root }}
+        items:
+          - key: {{ $v.lists.existingConfigMapKey }}
+            path: lists.txt
     {{- end }}
     {{- if and $sip $v.sip.tls.enabled }}
     - name: tls

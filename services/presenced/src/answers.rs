@@ -61,6 +61,9 @@ pub enum Rejection {
     NotAcceptable { accept: String },
     /// 420 with Unsupported: a Require we do not support.
     BadExtension { unsupported: String },
+    /// 421 with `Require: eventlist`: a SUBSCRIBE to a resource list
+    /// without `Supported: eventlist` (RFC 4662 §5.2).
+    EventlistRequired,
     /// 501 with Allow: an extension method.
     NotImplemented { allow: &'static str },
     /// 405 with Allow: a method we know and do not serve.
@@ -110,6 +113,9 @@ pub fn for_rejection(r: &Rejection) -> Answer {
         }
         Rejection::BadExtension { unsupported } => {
             Answer::new(420, "Bad Extension").with("Unsupported", unsupported.clone())
+        }
+        Rejection::EventlistRequired => {
+            Answer::new(421, "Extension Required").with("Require", "eventlist")
         }
         Rejection::NotImplemented { allow } => {
             Answer::new(501, "Not Implemented").with("Allow", *allow)
@@ -293,6 +299,12 @@ mod tests {
                 420,
                 "Bad Extension",
                 Some(("Unsupported", "100rel")),
+            ),
+            (
+                Rejection::EventlistRequired,
+                421,
+                "Extension Required",
+                Some(("Require", "eventlist")),
             ),
             (
                 Rejection::NotImplemented { allow: "OPTIONS" },

@@ -20,6 +20,7 @@ use presence_core::commands::{
 use presence_core::digest::Users;
 use presence_core::packages::{Registry, State};
 use presence_core::policy::{Decision, Policy};
+use presence_core::rlmi::{Lists, Stored};
 use presence_core::{shard_of, Binding, EndReason, Publication, Subscription, View};
 use presence_store::{ExpiryKey, Incoming, Op, Requests, Store, StoreError};
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub struct Compositor {
     pub packages: Registry,
     /// Watcher policy; a reload decides pending watchers again.
     pub policy: Arc<Reloadable<Policy>>,
+    /// Resource lists (RFC 4662); a reload recomposes the watched ones
+    /// and ends the subscriptions of lists that are gone.
+    pub lists: Arc<Reloadable<Lists>>,
     pub users: Option<Users>,
     pub clock: Clock,
     pub shards: u32,
@@ -41,6 +45,10 @@ pub struct Compositor {
     pub recent: RecentReplies,
     pub limits: Limits,
 }
+
+/// The content type of a resource list's stored document ([`Stored`]):
+/// never sent as is, the notifier renders each subscriber's NOTIFY from it.
+pub const LIST_DOCUMENT: &str = "application/x-presence-list";
 
 /// The composed document of a resource stays below this many bytes (the
 /// sum of its publications' bodies): a NOTIFY carrying it, with its headers,
@@ -86,6 +94,9 @@ enum Work {
     Expire(u32, ExpiryKey),
     /// The watcher policy changed: decide the shard's pending watchers again.
     Reauthorize(u32),
+    /// The lists changed: recompose the shard's watched lists, end the
+    /// subscriptions of its lists that are gone.
+    Lists(u32, Arc<Lists>),
 }
 
 impl Compositor {
@@ -155,6 +166,13 @@ impl Compositor {
                             }
                         }
                         Work::Expire(shard, key) => me.expire(shard, key).await,
+                        Work::Lists(shard, before) => match me.lists_changed(shard, &before).await {
+                            Ok(()) | Err(StoreError::Fenced) => {}
+                            Err(e) => {
+                                me.metrics.compositor_store_errors.inc();
+                                tracing::warn!(shard, error = %e, "resource lists not recomposed");
+                            }
+                        },
                         Work::Reauthorize(shard) => match me.reauthorize(shard).await {
                             Ok(()) | Err(StoreError::Fenced) => {}
                             Err(e) => {
@@ -270,6 +288,8 @@ impl Compositor {
         };
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut policy_changes = self.policy.changes();
+        let mut list_changes = self.lists.changes();
+        let mut lists_before = self.lists.current();
         // Counting reads every shard: often in one process, seldom in a cluster.
         let mut stats = tokio::time::interval(if leases.is_some() {
             Duration::from_secs(10)
@@ -315,6 +335,13 @@ impl Compositor {
                                 tracing::warn!(shard, error = %e, "expiry scan failed");
                             }
                         }
+                    }
+                }
+                Ok(()) = list_changes.changed() => {
+                    let before = std::mem::replace(&mut lists_before, self.lists.current());
+                    for shard in owned() {
+                        let (tx, _) = &senders[shard as usize % workers];
+                        let _ = tx.send(Work::Lists(shard, before.clone())).await;
                     }
                 }
                 Ok(()) = policy_changes.changed() => {
@@ -476,6 +503,15 @@ impl Compositor {
             Command::SetHardState { aor, event, body } => {
                 self.set_hard_state(&aor, &event, body).await
             }
+            Command::RecomposeList { list } => {
+                if self.lists.current().is_list(&list)
+                    && self.store.is_watched(&list, "presence").await?
+                {
+                    self.commit_and_notify(&list, "presence", Vec::new(), Vec::new(), None)
+                        .await?;
+                }
+                Ok(Reply::Done)
+            }
         }
     }
 
@@ -493,6 +529,17 @@ impl Compositor {
         let shard = shard_of(aor, self.shards);
         if let Some((op, version)) = self.recompose(aor, event, view).await? {
             ops.push(op);
+            // The lists this resource is a member of are recomposed by
+            // their own shards, asked through the outbox.
+            if event == "presence" {
+                let lists = self.lists.current();
+                jobs.extend(
+                    lists
+                        .lists_of(aor)
+                        .iter()
+                        .map(|l| NotifyJob::ListMember { list: l.clone() }),
+                );
+            }
             // A forgotten document (nobody watches it) announces nothing.
             let Some(version) = version else {
                 return self.commit_with_jobs(shard, ops, jobs).await;
@@ -558,6 +605,11 @@ impl Compositor {
         let Some(package) = self.packages.get(event) else {
             return Ok(None);
         };
+        if event == "presence" {
+            if let Some(members) = self.lists.current().members(aor) {
+                return self.recompose_list(aor, members, overlay).await;
+            }
+        }
         let now = self.clock.now_ms();
         let mut pubs = match overlay.and_then(|o| o.publications) {
             Some(p) => p.to_vec(),
@@ -729,6 +781,69 @@ impl Compositor {
         Ok(())
     }
 
+    /// [`Compositor::recompose`] for resource list `list`: its document is
+    /// its members' presence documents as composed now ([`Stored`]), kept
+    /// only while somebody watches the list.
+    async fn recompose_list(
+        &self,
+        list: &str,
+        members: &[String],
+        overlay: Option<&Overlay<'_>>,
+    ) -> Result<Option<(Op, Option<u64>)>, StoreError> {
+        let current = self.store.document(list, "presence").await?;
+        let new_watcher = overlay.is_some_and(|o| o.new_watcher);
+        if !new_watcher && self.store.watcher_ids(list, "presence").await?.is_empty() {
+            let forget = Op::DeleteDocument {
+                aor: list.to_string(),
+                event: "presence".into(),
+            };
+            return Ok(current.map(|_| (forget, None)));
+        }
+        let mut docs = Vec::with_capacity(members.len());
+        for m in members {
+            let doc = self.store.document(m, "presence").await?;
+            docs.push((m.clone(), doc.map(|d| d.body.to_vec())));
+        }
+        let previous = current.as_ref().and_then(|d| Stored::decode(&d.body));
+        let version = current.as_ref().map_or(1, |d| d.version + 1);
+        let stored = Stored::next(previous.as_ref(), version, docs);
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.members == stored.members && p.full_at == stored.full_at)
+        {
+            return Ok(None);
+        }
+        let op = Op::PutDocument {
+            aor: list.to_string(),
+            event: "presence".into(),
+            content_type: LIST_DOCUMENT.into(),
+            body: Bytes::from(stored.encode()),
+        };
+        Ok(Some((op, Some(version))))
+    }
+
+    /// The lists changed (`before` is what they were): recompose each
+    /// watched list of `shard`; end the subscriptions to lists of `shard`
+    /// that are gone (`noresource`).
+    async fn lists_changed(&self, shard: u32, before: &Lists) -> Result<(), StoreError> {
+        let now = self.lists.current();
+        for list in now.uris().filter(|l| shard_of(l, self.shards) == shard) {
+            if self.store.is_watched(list, "presence").await? {
+                self.commit_and_notify(list, "presence", Vec::new(), Vec::new(), None)
+                    .await?;
+            }
+        }
+        let gone = before
+            .uris()
+            .filter(|l| shard_of(l, self.shards) == shard && !now.is_list(l));
+        for list in gone {
+            for id in self.store.watcher_ids(list, "presence").await? {
+                self.end_subscription(&id, EndReason::Noresource).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The op that forgets (aor, event)'s document when the subscription
     /// `leaving` was its last watcher and nothing else backs it (no live
     /// publication, hard state or binding): its version need not go on.
@@ -754,7 +869,8 @@ impl Compositor {
             aor: aor.to_string(),
             event: event.to_string(),
         };
-        if !self.packages.get(event).is_some_and(|p| p.kept_unwatched()) {
+        let is_list = event == "presence" && self.lists.current().is_list(aor);
+        if is_list || !self.packages.get(event).is_some_and(|p| p.kept_unwatched()) {
             return Ok(Some(forget));
         }
         let now = self.clock.now_ms();
@@ -1072,10 +1188,12 @@ impl Compositor {
         let mut ops = Vec::new();
         // A package whose document is not kept unwatched has none yet for
         // its first watcher: compose it with the subscription.
-        if self
-            .packages
-            .get(&c.event)
-            .is_some_and(|p| !p.kept_unwatched())
+        let is_list = c.event == "presence" && self.lists.current().is_list(&c.aor);
+        if (is_list
+            || self
+                .packages
+                .get(&c.event)
+                .is_some_and(|p| !p.kept_unwatched()))
             && self.store.document(&c.aor, &c.event).await?.is_none()
         {
             let overlay = Overlay {

@@ -5,6 +5,7 @@ use crate::reload::Reloadable;
 use clap::Parser;
 use presence_core::digest::{Algorithm, Users};
 use presence_core::policy::Policy;
+use presence_core::rlmi::Lists;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -246,6 +247,12 @@ pub struct Args {
     /// watcher); reloaded on SIGHUP and when it changes.
     #[arg(long, env = "PRESENCE_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Resource lists file (RFC 4662): one list per line, `LIST-URI
+    /// MEMBER-URI [MEMBER-URI …]`, `#` comments. A SUBSCRIBE with
+    /// `Supported: eventlist` to a list URI gets every member's presence in
+    /// one subscription. Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "PRESENCE_LISTS")]
+    pub lists: Option<PathBuf>,
     /// Smallest non-zero Expires accepted (REGISTER, PUBLISH, SUBSCRIBE); smaller gets 423.
     #[arg(
         long = "min-expires",
@@ -407,6 +414,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Watcher policy, reloaded on SIGHUP and when its file changes.
     pub policy: Arc<Reloadable<Policy>>,
+    /// Resource lists, reloaded likewise.
+    pub lists: Arc<Reloadable<Lists>>,
     pub min_expires: u32,
     pub max_expires: u32,
     pub max_message_size: usize,
@@ -667,6 +676,24 @@ impl Config {
             .users
             .as_ref()
             .and_then(|path| load_file("--users", path, &mut errors, Users::parse));
+        let lists = match &args.lists {
+            Some(path) => {
+                let file = path.clone();
+                Reloadable::new("resource lists", vec![path.clone()], move || {
+                    let mut errors = Vec::new();
+                    let lists = load_file("--lists", &file, &mut errors, Lists::parse);
+                    match lists {
+                        Some(l) if errors.is_empty() => Ok(l),
+                        _ => Err(errors.join("; ")),
+                    }
+                })
+                .unwrap_or_else(|e| {
+                    errors.push(e);
+                    Reloadable::fixed("resource lists", Lists::default())
+                })
+            }
+            None => Reloadable::fixed("resource lists", Lists::default()),
+        };
         let policy = match &args.policy {
             Some(path) => {
                 let (file, local) = (path.clone(), domains.clone());
@@ -819,6 +846,7 @@ impl Config {
             http_listen: args.http_listen,
             admin_token,
             policy,
+            lists,
             min_expires: args.min_expires,
             max_expires: args.max_expires,
             max_message_size: args.max_message_size,

@@ -227,6 +227,22 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
     ));
     let packages = Registry::default();
 
+    // The files every role reads (the compositor decides by the policy,
+    // the notifier shows list members by it, the edge knows the lists).
+    for (file, watch) in [
+        ("policy", cfg.policy.clone().watch_boxed()),
+        ("lists", cfg.lists.clone().watch_boxed()),
+    ] {
+        let m = metrics.clone();
+        tasks.push(tokio::spawn(watch(
+            shutdown_rx.clone(),
+            Box::new(move |ok| {
+                m.file_reloads
+                    .with_label_values(&[file, if ok { "ok" } else { "failed" }])
+                    .inc();
+            }),
+        )));
+    }
     if roles.compositor {
         let (compositor_store, leased) = match &backends.leases {
             Some(leases) => {
@@ -251,6 +267,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             store: compositor_store,
             packages: packages.clone(),
             policy: cfg.policy.clone(),
+            lists: cfg.lists.clone(),
             users: cfg.users.clone(),
             clock,
             shards: cfg.shards,
@@ -259,17 +276,6 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             recent: Default::default(),
             limits: cfg.limits,
         });
-        {
-            let m = metrics.clone();
-            tasks.push(tokio::spawn(cfg.policy.clone().watch(
-                shutdown_rx.clone(),
-                move |ok| {
-                    m.file_reloads
-                        .with_label_values(&["policy", if ok { "ok" } else { "failed" }])
-                        .inc();
-                },
-            )));
-        }
         let bus = backends.shards_bus.clone();
         tasks.push(match leased {
             Some((l, events)) => {
@@ -311,7 +317,8 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             .with_faults(faults)
             .with_batch(cfg.notify_batch)
             .with_min_interval(cfg.notify_min_interval)
-            .with_roster(roster.clone()),
+            .with_roster(roster.clone())
+            .with_lists(cfg.lists.clone(), cfg.policy.clone()),
         );
         tasks.push(tokio::spawn(notifier.run(4, shutdown_rx.clone())));
     }
@@ -352,6 +359,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
                 // another one sealed.
                 sealer: presence_core::FlowSealer::new(&cfg.nonce_secret),
                 trusted: cfg.trusted_publishers.clone(),
+                lists: cfg.lists.clone(),
             },
             shards_bus.clone(),
             clock,

@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     };
     if args.check_config {
         println!(
-            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, sip over tls {}, advertised {}, domains {:?}, digest {}, trusted publishers {}, notify min interval {} ms, http {}",
+            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, sip over tls {}, advertised {}, domains {:?}, digest {}, trusted publishers {}, resource lists {}, notify min interval {} ms, http {}",
             cfg.roles.names(),
             cfg.node_id,
             cfg.redis
@@ -58,6 +58,7 @@ fn main() -> std::process::ExitCode {
                 "off".to_string()
             },
             cfg.trusted_publishers,
+            cfg.lists.current().len(),
             cfg.notify_min_interval.as_millis(),
             cfg.http_listen
         );

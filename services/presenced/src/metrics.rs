@@ -315,7 +315,9 @@ impl Metrics {
         one(&self.edge_tls_reloads, &["ok", "failed"]);
         one(&self.compositor_authorizations, &["approved", "rejected"]);
         for outcome in ["ok", "failed"] {
-            self.file_reloads.with_label_values(&["policy", outcome]);
+            for file in ["policy", "lists"] {
+                self.file_reloads.with_label_values(&[file, outcome]);
+            }
         }
         one(&self.edge_challenges, &["true", "false"]);
         one(&self.edge_authentications, &["MD5", "SHA-256"]);

@@ -12,10 +12,13 @@ use crate::coalesce::Coalesced;
 use crate::edge::{OutRequest, Outcome};
 use crate::faults::Faults;
 use crate::metrics::Metrics;
+use crate::reload::Reloadable;
 use crate::Clock;
 use bytes::Bytes;
 use presence_core::commands::{Command, NotifyJob, Reply};
 use presence_core::packages::{Registry, State};
+use presence_core::policy::{Decision, Policy};
+use presence_core::rlmi::{self, Lists, MemberView, Stored};
 use presence_core::{shard_of, Document, EndReason, Subscription, View};
 use presence_sip::rsip;
 use presence_store::{BusError, Requests, Store, StoreResult, WorkQueue};
@@ -49,6 +52,9 @@ pub struct Notifier {
     batch: usize,
     /// `--notify-min-interval-ms` (zero: off).
     min_interval: Duration,
+    /// Resource lists, and the policy their members are shown by.
+    lists: Arc<Reloadable<Lists>>,
+    policy: Arc<Reloadable<Policy>>,
     /// Subscription reads and CSeqs the NOTIFY tasks ask for together, made
     /// as one store call each ([`crate::coalesce`]); started on first use.
     subs: std::sync::OnceLock<Coalesced<String, Option<Subscription>>>,
@@ -238,6 +244,8 @@ impl Notifier {
             sending: Default::default(),
             batch: DEFAULT_BATCH,
             min_interval: Duration::ZERO,
+            lists: Reloadable::fixed("resource lists", Lists::default()),
+            policy: Reloadable::fixed("watcher policy", Policy::default()),
             subs: Default::default(),
             cseqs: Default::default(),
         }
@@ -261,6 +269,19 @@ impl Notifier {
     /// First, refresh and final NOTIFYs are never held back.
     pub fn with_min_interval(mut self, interval: Duration) -> Notifier {
         self.min_interval = interval;
+        self
+    }
+
+    /// Resource lists (RFC 4662): a subscription to a list gets its
+    /// members' states, each as the member's `policy` lets the subscriber
+    /// see it.
+    pub fn with_lists(
+        mut self,
+        lists: Arc<Reloadable<Lists>>,
+        policy: Arc<Reloadable<Policy>>,
+    ) -> Notifier {
+        self.lists = lists;
+        self.policy = policy;
         self
     }
 
@@ -418,6 +439,27 @@ impl Notifier {
                 let done = JobDone::new(1);
                 self.schedule(&id, Pending::Final(sub, reason), None, done.clone());
                 Some(done)
+            }
+            NotifyJob::ListMember { list } => {
+                // The list's shard recomposes it (if it is watched); its
+                // change then comes back as a job of its own.
+                let shard = shard_of(&list, self.shards);
+                let cmd = Command::RecomposeList { list };
+                match self
+                    .shards_bus
+                    .request(
+                        &crate::names::shard_subject(shard),
+                        cmd,
+                        Duration::from_secs(5),
+                    )
+                    .await
+                {
+                    Ok(_) => Some(JobDone::new(0)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot ask for a list's recomposition");
+                        None
+                    }
+                }
             }
         }
     }
@@ -630,7 +672,10 @@ impl Notifier {
                     View::Full | View::Neutral => format!("active;expires={remaining}"),
                 };
                 let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
-                let outcome = match self.send(&sub, &state, body, version).await {
+                // A list's subscriber gets what changed since its last
+                // NOTIFY; a first or refresh NOTIFY carries the full state.
+                let since = (!force && last_version > 0).then_some(last_version);
+                let outcome = match self.send(&sub, &state, body, version, since).await {
                     Sent::Answered(code) => Some(code),
                     Sent::NoAnswer => None,
                     Sent::Superseded => return Next::Continue,
@@ -683,7 +728,9 @@ impl Notifier {
                 };
                 let state = format!("terminated;reason={}", reason.as_str());
                 let body = self.body_for(&sub, doc.map(|d| d.body));
-                if let Sent::StoreFailed = self.send(&sub, &state, body.clone(), u64::MAX).await {
+                if let Sent::StoreFailed =
+                    self.send(&sub, &state, body.clone(), u64::MAX, None).await
+                {
                     return Next::Retry(Pending::Final(sub, reason));
                 }
                 let _ = self.store.drop_cseq(id).await;
@@ -745,11 +792,67 @@ impl Notifier {
 
     /// The body of the NOTIFY with CSeq `cseq` (the subscription's
     /// `cseq`-th): as the package wants it stamped (dialog's `version`).
-    fn stamp(&self, sub: &Subscription, body: Bytes, cseq: u32) -> Bytes {
-        match self.packages.get(&sub.event) {
-            Some(p) if !body.is_empty() => p.stamp(body, cseq),
-            _ => body,
+    /// The members of the resource list `sub` watches, if it watches one.
+    fn list_of(&self, sub: &Subscription) -> Option<Vec<String>> {
+        if sub.event != "presence" {
+            return None;
         }
+        self.lists
+            .current()
+            .members(&sub.aor)
+            .map(<[String]>::to_vec)
+    }
+
+    /// The Content-Type and body of the `cseq`-th NOTIFY of `sub` carrying
+    /// `body`: stamped by its package, or, for a resource list, rendered
+    /// from the list's stored document (what changed since list version
+    /// `since`, each member as its policy shows it to this watcher).
+    fn render(
+        &self,
+        sub: &Subscription,
+        body: Bytes,
+        cseq: u32,
+        since: Option<u64>,
+    ) -> (String, Bytes) {
+        if body.is_empty() {
+            return (sub.content_type.clone(), body);
+        }
+        let Some(members) = self.list_of(sub) else {
+            let body = match self.packages.get(&sub.event) {
+                Some(p) => p.stamp(body, cseq),
+                None => body,
+            };
+            return (sub.content_type.clone(), body);
+        };
+        let stored = Stored::decode(&body).unwrap_or_else(|| Stored {
+            full_at: 0,
+            members: members
+                .into_iter()
+                .map(|uri| rlmi::Member {
+                    uri,
+                    changed_at: 0,
+                    body: None,
+                })
+                .collect(),
+        });
+        let policy = self.policy.current();
+        let presence = self.packages.get("presence");
+        let view = |member: &str| match policy.decide(member, &sub.watcher) {
+            Decision::Accept(View::Full) => MemberView::Full,
+            Decision::Accept(View::Neutral) => {
+                MemberView::Neutral(presence.map(|p| p.neutral(member).body).unwrap_or_default())
+            }
+            Decision::Accept(View::Pending) => MemberView::Pending,
+            Decision::Reject => MemberView::Rejected,
+        };
+        let no_state = |member: &str| {
+            presence
+                .map(|p| p.compose(&State::empty(member)).body)
+                .unwrap_or_default()
+        };
+        let version = cseq.saturating_sub(1);
+        let (ct, body) = rlmi::render(&sub.aor, &stored, since, version, &view, &no_state);
+        (ct, Bytes::from(body))
     }
 
     /// [`Store::next_cseq`], taken with those other NOTIFY tasks take now.
@@ -794,6 +897,7 @@ impl Notifier {
         state: &str,
         body: Option<Bytes>,
         version: u64,
+        since: Option<u64>,
     ) -> Sent {
         self.sending.fetch_add(1, Ordering::Relaxed);
         let mut sending = Sending(Some(&self.sending));
@@ -819,9 +923,13 @@ impl Notifier {
             },
         );
         push("Subscription-State", state.to_string());
-        let body = self.stamp(sub, body.unwrap_or_default(), cseq);
+        let raw = body.unwrap_or_default();
+        let (content_type, body) = self.render(sub, raw.clone(), cseq, since);
+        if self.list_of(sub).is_some() {
+            push("Require", "eventlist".into());
+        }
         if !body.is_empty() {
-            push("Content-Type", sub.content_type.clone());
+            push("Content-Type", content_type);
         }
         let nth = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         let every = u64::from(self.faults.skip_notify_every);
@@ -869,7 +977,7 @@ impl Notifier {
                     Err(not_sent) => return not_sent,
                 };
                 set_cseq(&mut req.headers, cseq);
-                req.body = self.stamp(sub, std::mem::take(&mut req.body), cseq);
+                req.body = self.render(sub, raw.clone(), cseq, since).1;
                 self.metrics.notifier_renumbered.inc();
                 may_have_gone = None;
             }

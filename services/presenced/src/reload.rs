@@ -141,6 +141,23 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
     }
 }
 
+/// What [`Reloadable::watch_boxed`] returns: a watch to spawn.
+pub type Watch = Box<
+    dyn FnOnce(
+            watch::Receiver<bool>,
+            Box<dyn Fn(bool) + Send>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
+impl<T: Send + Sync + 'static> Reloadable<T> {
+    /// [`Reloadable::watch`] as a value, so that reloadables of different
+    /// types are watched by one loop.
+    pub fn watch_boxed(self: Arc<Self>) -> Watch {
+        Box::new(move |shutdown, on_reload| Box::pin(self.watch(shutdown, on_reload)))
+    }
+}
+
 fn stamps(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
     paths
         .iter()

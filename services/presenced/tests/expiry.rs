@@ -39,6 +39,7 @@ async fn rig() -> Rig {
             "watcher policy",
             Policy::new(&["example.com".to_string()]),
         ),
+        lists: presenced::reload::Reloadable::fixed("resource lists", Default::default()),
         users: None,
         clock: Clock::new(),
         shards: SHARDS,

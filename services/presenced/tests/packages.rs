@@ -27,6 +27,14 @@
 //!   an `allow` rule makes it active with the state, a `block` rule ends it
 //!   with `reason=rejected`. The presentity watches all of it through
 //!   `presence.winfo` (pending, approved, rejected, left); others may not.
+//! - lists: RFC 4662 resource lists from `--lists`. A SUBSCRIBE to a list
+//!   URI without `Supported: eventlist` gets 421; with it, one
+//!   subscription: multipart/related NOTIFYs with an RLMI root, full state
+//!   first (each member as its own policy shows it to the subscriber:
+//!   active with its PIDF, pending, or terminated/rejected), then partial
+//!   updates with the member that changed and increasing versions; a
+//!   membership change on reload sends full state, a list removed on
+//!   reload ends the subscription (`noresource`).
 //! - rate_control: `--notify-min-interval-ms` (RFC 6446 rate control as an
 //!   operator default) coalesces a burst of changes into at most one
 //!   NOTIFY per interval, the newest state last, in order; the final
@@ -69,6 +77,7 @@ macro_rules! scenarios {
 
 scenarios! {
     blf;
+    lists;
     message_summary;
     message_summary_expiry;
     rate_control;
@@ -910,5 +919,182 @@ async fn winfo(tp: Tp, mode: Mode) {
     assert_eq!(bob.send(&bye).await.code, 200);
     let n = alice.notify_containing("timeout", s.wait()).await;
     assert_eq!(winfo_state(&n).1, [w("bob", "terminated", "timeout")]);
+    s.shutdown().await;
+}
+
+/// The RLMI root of a list NOTIFY (version, fullState, each resource's uri
+/// and instance state), and the PIDF parts by member.
+struct ListNotify {
+    version: u64,
+    full: bool,
+    resources: Vec<(String, String)>,
+    parts: std::collections::BTreeMap<String, String>,
+}
+
+fn list_notify(n: &presence_sip::Request) -> ListNotify {
+    use presence_core::rlmi;
+    let ct = n
+        .header("Content-Type")
+        .expect("a Content-Type")
+        .to_string();
+    assert!(
+        ct.starts_with("multipart/related;type=\"application/rlmi+xml\""),
+        "{ct}"
+    );
+    assert_eq!(n.header("Require").map(str::trim), Some("eventlist"));
+    let parts = rlmi::parts(&n.body, rlmi::boundary_of(&ct).expect("a boundary")).expect("parts");
+    let root = String::from_utf8(parts[0].body.clone()).unwrap();
+    assert!(
+        ct.contains(&format!("start=\"<{}>\"", parts[0].content_id)),
+        "{ct}"
+    );
+    let attr = |text: &str, name: &str| -> String {
+        let i = text
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("{name} in {text}"));
+        let rest = &text[i + name.len() + 2..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+    let mut resources = Vec::new();
+    let mut by_cid = std::collections::BTreeMap::new();
+    for r in root.split("<resource ").skip(1) {
+        let uri = attr(r, "uri");
+        let state = attr(r, "state");
+        let shown = if state == "terminated" {
+            format!("terminated/{}", attr(r, "reason"))
+        } else {
+            state.clone()
+        };
+        if state == "active" {
+            by_cid.insert(attr(r, "cid"), uri.clone());
+        }
+        resources.push((uri, shown));
+    }
+    let mut bodies = std::collections::BTreeMap::new();
+    for p in &parts[1..] {
+        let member = by_cid
+            .get(&p.content_id)
+            .expect("each part is named by the RLMI");
+        bodies.insert(member.clone(), String::from_utf8(p.body.clone()).unwrap());
+    }
+    assert_eq!(bodies.len(), by_cid.len(), "one part per active instance");
+    ListNotify {
+        version: attr(&root[root.find("<list ").unwrap()..], "version")
+            .parse()
+            .unwrap(),
+        full: attr(&root, "fullState") == "true",
+        resources,
+        parts: bodies,
+    }
+}
+
+fn list_subscribe(ua: &mut Ua, list: &str, eventlist: bool) -> Req {
+    let mut req = subscribe_req(
+        ua,
+        &Package {
+            event: "presence",
+            content_type: "multipart/related, application/rlmi+xml, application/pidf+xml",
+        },
+        list,
+        600,
+    );
+    if eventlist {
+        req = req.h("Supported", "eventlist");
+    }
+    req
+}
+
+async fn lists(tp: Tp, mode: Mode) {
+    const TEAM: &str = "sip:team@example.com";
+    const MEMBERS: &str =
+        "sip:team@example.com sip:alice@example.com sip:bob@example.com sip:carol@example.com\n";
+    let lists_file = TempFile::new(MEMBERS);
+    let lists_path = lists_file.0.display().to_string();
+    let policy = TempFile::new(
+        "sip:bob@example.com confirm *\nsip:carol@example.com block sip:dave@example.com\n",
+    );
+    let policy_path = policy.0.display().to_string();
+    let s = start(
+        mode,
+        None,
+        None,
+        &["--lists", &lists_path, "--policy", &policy_path],
+    )
+    .await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let mut carol = s.ua(tp, PRESENTITY, "carol").await;
+    let mut dave = s.ua(tp, WATCHER, "dave").await;
+    let r = |uri: &str, state: &str| (format!("sip:{uri}@example.com"), state.to_string());
+
+    let req = dave.req("OPTIONS", "sip:example.com");
+    let o = dave.send(&req).await;
+    assert_eq!(o.header("Supported").map(str::trim), Some("eventlist"));
+
+    // Without Supported: eventlist, a list is not subscribed to.
+    let req = list_subscribe(&mut dave, TEAM, false);
+    let resp = dave.send(&req).await;
+    assert_eq!(resp.code, 421, "{}", resp.reason);
+    assert_eq!(resp.header("Require").map(str::trim), Some("eventlist"));
+
+    // With it: full state first, each member as its policy shows it.
+    let req = list_subscribe(&mut dave, TEAM, true);
+    let resp = dave.send(&req).await;
+    assert_eq!(resp.code, 200, "{}", resp.reason);
+    let n = list_notify(&dave.notify().await);
+    assert_eq!((n.version, n.full), (0, true));
+    assert_eq!(
+        n.resources,
+        [
+            r("alice", "active"),
+            r("bob", "pending"),
+            r("carol", "terminated/rejected")
+        ]
+    );
+    assert!(n.parts["sip:alice@example.com"].contains("<basic>closed</basic>"));
+
+    // A member's change: a partial update with that member only.
+    publish_note(&mut alice, None, "in a meeting").await;
+    let n = list_notify(&dave.notify_containing("in a meeting", s.wait()).await);
+    assert_eq!((n.version, n.full), (1, false));
+    assert_eq!(n.resources, [r("alice", "active")]);
+    assert!(n.parts["sip:alice@example.com"].contains("in a meeting"));
+
+    // A member the subscriber may not see changes: nothing is said.
+    publish_note(&mut carol, None, "secret").await;
+    if let Some(n) = dave.recv_request("NOTIFY", SHORT).await {
+        let n = list_notify(&n);
+        assert!(
+            n.resources.is_empty() && n.parts.is_empty(),
+            "{:?}",
+            n.resources
+        );
+    }
+
+    // The list gains a member on reload: full state again.
+    rewrite(
+        &lists_file.0,
+        &MEMBERS.replace('\n', " sip:erin@example.com\n"),
+    );
+    let reload_wait = s.patience(Duration::from_secs(10));
+    let n = list_notify(&dave.notify_containing("erin", reload_wait).await);
+    assert!(n.full);
+    assert_eq!(n.resources.len(), 4);
+    assert_eq!(n.resources[3], r("erin", "active"));
+    assert!(n.parts["sip:alice@example.com"].contains("in a meeting"));
+
+    // The list is gone on reload: its subscription ends.
+    rewrite(
+        &lists_file.0,
+        "sip:other@example.com sip:alice@example.com\n",
+    );
+    let n = dave
+        .recv_request("NOTIFY", reload_wait)
+        .await
+        .expect("the subscription ends");
+    assert!(
+        sub_state(&n).starts_with("terminated;reason=noresource"),
+        "{}",
+        sub_state(&n)
+    );
     s.shutdown().await;
 }

@@ -82,6 +82,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
         store: store.clone(),
         packages: Registry::default(),
         policy: presenced::reload::Reloadable::fixed("watcher policy", Policy::new(&domains)),
+        lists: presenced::reload::Reloadable::fixed("resource lists", Default::default()),
         users: None,
         clock: Clock::new(),
         shards: 8,
@@ -111,6 +112,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
             advertise: Vec::new(),
             sealer: presence_core::FlowSealer::new(b"test secret"),
             trusted: Default::default(),
+            lists: presenced::reload::Reloadable::fixed("resource lists", Default::default()),
         },
         Arc::new(LosesReplies {
             inner: shards.clone(),
@@ -269,6 +271,7 @@ async fn next_owner(
             "watcher policy",
             Policy::new(&["example.com".to_string()]),
         ),
+        lists: presenced::reload::Reloadable::fixed("resource lists", Default::default()),
         users: None,
         clock: Clock::new(),
         shards: 8,

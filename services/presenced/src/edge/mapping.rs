@@ -350,12 +350,36 @@ impl Edge {
             return Err(Rejection::ForeignDomain { registrar: false });
         }
         let accept = req.accept();
-        let content_type = match package.negotiate(accept.as_deref()) {
-            Ok(ct) => ct,
-            Err(()) => {
-                return Err(Rejection::NotAcceptable {
-                    accept: package.notify_types().join(", "),
-                });
+        let is_list = event.package == "presence" && self.cfg.lists.current().is_list(aor.as_str());
+        let content_type = if is_list {
+            // RFC 4662: one subscription for the whole list, for a
+            // subscriber that says it understands one.
+            let eventlist = req
+                .list("Supported")
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case("eventlist"));
+            if in_dialog.is_none() && !eventlist {
+                return Err(Rejection::EventlistRequired);
+            }
+            match accept.as_deref() {
+                Some(list)
+                    if !list.is_empty() && !list.iter().any(|m| m.matches("multipart/related")) =>
+                {
+                    return Err(Rejection::NotAcceptable {
+                        accept: "multipart/related, application/rlmi+xml, application/pidf+xml"
+                            .into(),
+                    });
+                }
+                _ => "multipart/related",
+            }
+        } else {
+            match package.negotiate(accept.as_deref()) {
+                Ok(ct) => ct,
+                Err(()) => {
+                    return Err(Rejection::NotAcceptable {
+                        accept: package.notify_types().join(", "),
+                    });
+                }
             }
         };
         let expires = self.grant_expires(req.expires(), 3600)?;

@@ -96,6 +96,8 @@ pub struct EdgeConfig {
     pub sealer: FlowSealer,
     /// `--trusted-publisher`: who may PUBLISH for any local AoR.
     pub trusted: crate::trusted::TrustedPublishers,
+    /// `--lists`: resource list URIs (RFC 4662).
+    pub lists: Arc<crate::reload::Reloadable<presence_core::rlmi::Lists>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -449,7 +451,7 @@ impl Edge {
     /// The answer to OPTIONS: what we serve, or 503 while draining (SIP
     /// load balancers take the node out).
     fn options(&self, req: &Request, src: Source) -> ResponseBuilder {
-        let required: Vec<String> = req.list("Require");
+        let required = self.unsupported(req);
         if !required.is_empty() {
             return self.reject(
                 req,
@@ -469,7 +471,25 @@ impl Edge {
                 "Accept",
                 "application/pidf+xml, application/cpim-pidf+xml, text/plain, message/cpim",
             )
-            .header("Supported", "")
+            .header("Supported", self.supported())
+    }
+
+    /// Option tags we support: `eventlist` when resource lists are served.
+    fn supported(&self) -> &'static str {
+        if self.cfg.lists.current().is_empty() {
+            ""
+        } else {
+            "eventlist"
+        }
+    }
+
+    /// The option tags of a request's Require that we do not support.
+    fn unsupported(&self, req: &Request) -> Vec<String> {
+        let ours = self.supported();
+        req.list("Require")
+            .into_iter()
+            .filter(|t| ours.is_empty() || !t.eq_ignore_ascii_case(ours))
+            .collect()
     }
 
     /// A UDP OPTIONS answered on the receive path at once, without a task,
@@ -546,8 +566,9 @@ impl Edge {
     }
 
     async fn handle(self: &Arc<Self>, req: &Request, src: Source) -> ResponseBuilder {
-        // Require / Proxy-Require: we support no extensions (RFC 3261 §8.2.2.3).
-        let required: Vec<String> = req.list("Require");
+        // Require / Proxy-Require: we support only `eventlist`, when lists
+        // are served (RFC 3261 §8.2.2.3).
+        let required = self.unsupported(req);
         if !required.is_empty() && !req.method.is(rsip::Method::Cancel) {
             return self.reject(
                 req,

@@ -99,6 +99,7 @@ fn test_config() -> EdgeConfig {
         advertise: Vec::new(),
         sealer: presence_core::FlowSealer::new(b"test secret"),
         trusted: Default::default(),
+        lists: crate::reload::Reloadable::fixed("resource lists", Default::default()),
     }
 }
 
