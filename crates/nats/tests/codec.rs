@@ -554,7 +554,8 @@ fn unknown_and_unspecified_enums_are_refused() {
         reply: Some(pb::reply::Reply::Subscribed(pb::Subscribed {
             id: "s".into(),
             expires: 1,
-            view: 3,
+            // VIEW_PENDING (3) is the last one.
+            view: 4,
         })),
     };
     assert!(Reply::decode(&r.encode_to_vec()).is_err());
