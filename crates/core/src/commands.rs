@@ -75,6 +75,8 @@ pub struct SubscribeCmd {
     pub expires: u32,
     pub content_type: String,
     pub origin: Origin,
+    /// RFC 6446 rate control asked for (not yet adjusted).
+    pub rates: crate::Rates,
 }
 
 #[derive(Debug, Clone)]

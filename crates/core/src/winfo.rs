@@ -256,6 +256,7 @@ mod tests {
             expires_at_ms: 60_000,
             content_type: "application/pidf+xml".into(),
             view,
+            rates: Default::default(),
         }
     }
 

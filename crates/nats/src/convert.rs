@@ -10,7 +10,7 @@ use presence_core::commands::{
     Command, ContactSpec, NotifyJob, Origin, PublishCmd, Quota, Refusal, RegisterAction,
     RegisterCmd, Reply, SubscribeCmd,
 };
-use presence_core::{Binding, EndReason, Flow, Seal, Subscription, Transport, View};
+use presence_core::{Binding, EndReason, Flow, Rates, Seal, Subscription, Transport, View};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Why bytes or a message could not become a core value.
@@ -234,6 +234,25 @@ fn bindings(v: Vec<pb::Binding>) -> Result<Vec<Binding>, DecodeError> {
     v.into_iter().map(Binding::try_from).collect()
 }
 
+impl From<Rates> for pb::Rates {
+    fn from(r: Rates) -> Self {
+        pb::Rates {
+            min: r.min,
+            max: r.max,
+            adaptive_min: r.adaptive_min,
+        }
+    }
+}
+
+fn rates(r: Option<pb::Rates>) -> Rates {
+    r.map(|r| Rates {
+        min: r.min,
+        max: r.max,
+        adaptive_min: r.adaptive_min,
+    })
+    .unwrap_or_default()
+}
+
 impl From<&Subscription> for pb::Subscription {
     fn from(s: &Subscription) -> Self {
         pb::Subscription {
@@ -253,6 +272,7 @@ impl From<&Subscription> for pb::Subscription {
             expires_at_ms: s.expires_at_ms,
             content_type: s.content_type.clone(),
             view: pb::View::from(s.view) as i32,
+            rates: Some(s.rates.into()),
         }
     }
 }
@@ -277,6 +297,7 @@ impl TryFrom<pb::Subscription> for Subscription {
             expires_at_ms: s.expires_at_ms,
             content_type: s.content_type,
             view: view(s.view)?,
+            rates: rates(s.rates),
         })
     }
 }
@@ -430,6 +451,7 @@ impl From<&SubscribeCmd> for pb::SubscribeCmd {
             expires: c.expires,
             content_type: c.content_type.clone(),
             origin: Some((&c.origin).into()),
+            rates: Some(c.rates.into()),
         }
     }
 }
@@ -452,6 +474,7 @@ impl TryFrom<pb::SubscribeCmd> for SubscribeCmd {
             route_set: c.route_set,
             flow: flow(c.flow)?,
             expires: c.expires,
+            rates: rates(c.rates),
             content_type: c.content_type,
             origin: c.origin.map(Into::into).unwrap_or_default(),
         })

@@ -14,7 +14,7 @@ use presence_core::commands::{
     Command, ContactSpec, NotifyJob, Origin, PublishCmd, Quota, Refusal, RegisterAction,
     RegisterCmd, Reply, SubscribeCmd,
 };
-use presence_core::{Binding, EndReason, Flow, Seal, Subscription, Transport, View};
+use presence_core::{Binding, EndReason, Flow, Rates, Seal, Subscription, Transport, View};
 use presence_nats::{pb, DecodeError, Envelope};
 use prost::Message;
 use rand::rngs::StdRng;
@@ -154,6 +154,7 @@ fn subscription(r: &mut StdRng) -> Subscription {
         expires_at_ms: r.random(),
         content_type: text(r),
         view: view(r),
+        rates: rates(r),
     }
 }
 
@@ -213,6 +214,7 @@ fn command(r: &mut StdRng) -> Command {
             expires: r.random(),
             content_type: text(r),
             origin: origin(r),
+            rates: rates(r),
         }),
         3 => Command::Route {
             aor: text(r),
@@ -666,5 +668,13 @@ fn batches_round_trip_and_bad_bytes_never_panic() {
             _ => bad = body(&mut r).to_vec(),
         }
         let _ = presence_nats::batch::decode(&bad);
+    }
+}
+
+fn rates(r: &mut StdRng) -> Rates {
+    Rates {
+        min: r.random(),
+        max: r.random(),
+        adaptive_min: r.random(),
     }
 }

@@ -200,6 +200,7 @@ async fn main() {
             expires_at_ms: deadline,
             content_type: "application/pidf+xml".into(),
             view: View::Full,
+            rates: Default::default(),
         };
         store
             .commit(shard_of(&a, SHARDS), vec![Op::PutSubscription(s)])

@@ -15,7 +15,9 @@
 use bytes::Bytes;
 use presence_core::commands::NotifyJob;
 use presence_core::seal::SEAL_LEN;
-use presence_core::{Binding, EndReason, Flow, Publication, Seal, Subscription, Transport, View};
+use presence_core::{
+    Binding, EndReason, Flow, Publication, Rates, Seal, Subscription, Transport, View,
+};
 use presence_store::ExpiryKey;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -327,6 +329,12 @@ pub fn encode_subscription(s: &Subscription) -> Vec<u8> {
         View::Neutral => 1,
         View::Pending => 2,
     });
+    // Rate control (RFC 6446) last: records written before it have none.
+    if s.rates.any() {
+        w.u64(s.rates.min as u64);
+        w.u64(s.rates.max as u64);
+        w.u64(s.rates.adaptive_min as u64);
+    }
     w.0
 }
 
@@ -354,7 +362,16 @@ pub fn decode_subscription(aor: &str, event: &str, b: &[u8]) -> Option<Subscript
             2 => View::Pending,
             _ => return None,
         },
+        rates: Default::default(),
     };
+    let mut s = s;
+    if !r.b.is_empty() {
+        s.rates = Rates {
+            min: r.u32()?,
+            max: r.u32()?,
+            adaptive_min: r.u32()?,
+        };
+    }
     r.end()?;
     Some(s)
 }
@@ -578,10 +595,28 @@ mod tests {
             expires_at_ms: 77,
             content_type: "application/dialog-info+xml".into(),
             view: View::Neutral,
+            rates: Default::default(),
         };
         assert_eq!(
             decode_subscription("sip:a@x", "dialog", &encode_subscription(&s)),
             Some(s.clone())
+        );
+        // With rate control (RFC 6446) too; a record without it (written
+        // before it existed) reads as none.
+        let limited = Subscription {
+            rates: Rates {
+                min: 50,
+                max: 2_000,
+                adaptive_min: 0,
+            },
+            view: View::Pending,
+            ..s.clone()
+        };
+        let bytes = encode_subscription(&limited);
+        assert!(bytes.len() > encode_subscription(&s).len());
+        assert_eq!(
+            decode_subscription("sip:a@x", "dialog", &bytes),
+            Some(limited)
         );
         let mut jobs = vec![
             NotifyJob::Changed {
@@ -777,6 +812,7 @@ mod tests {
             expires_at_ms: 1,
             content_type: "ct".into(),
             view: View::Full,
+            rates: Default::default(),
         });
         // Every truncation and a trailing byte are refused.
         for n in 0..p.len() {

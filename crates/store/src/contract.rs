@@ -56,6 +56,7 @@ fn subscription(id: &str, aor: &str, expires: u64) -> Subscription {
         expires_at_ms: expires,
         content_type: "application/pidf+xml".into(),
         view: View::Full,
+        rates: Default::default(),
     }
 }
 

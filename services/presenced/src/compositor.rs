@@ -1142,6 +1142,9 @@ impl Compositor {
             sub.expires_at_ms = now + c.expires as u64 * 1000;
             sub.remote_target = c.remote_target;
             sub.flow = c.flow;
+            // A refresh says again which rate controls it wants (RFC 6446
+            // §4.1: one left out is removed).
+            sub.rates = c.rates.grant(c.expires);
             let job = NotifyJob::Refresh { id: id.clone() };
             self.commit_with_jobs(shard, vec![Op::PutSubscription(sub)], vec![job])
                 .await?;
@@ -1181,6 +1184,7 @@ impl Compositor {
             expires_at_ms: now + c.expires as u64 * 1000,
             content_type: c.content_type,
             view,
+            rates: c.rates.grant(c.expires),
         };
         // No document is stored for a resource without state (a fetch of
         // a never-used AoR must leave nothing behind): the notifier sends

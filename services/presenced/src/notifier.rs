@@ -55,6 +55,7 @@ pub struct Notifier {
     /// Resource lists, and the policy their members are shown by.
     lists: Arc<Reloadable<Lists>>,
     policy: Arc<Reloadable<Policy>>,
+    heartbeats: Mutex<Heartbeats>,
     /// Subscription reads and CSeqs the NOTIFY tasks ask for together, made
     /// as one store call each ([`crate::coalesce`]); started on first use.
     subs: std::sync::OnceLock<Coalesced<String, Option<Subscription>>>,
@@ -89,6 +90,96 @@ struct Slot {
     /// Wakes a drain holding back a change when something that must not
     /// wait (a refresh, the final NOTIFY) joins it; made by the first hold.
     wake: Option<Arc<tokio::sync::Notify>>,
+    /// The subscription's own shortest time between state-change NOTIFYs
+    /// (RFC 6446 `max-rate`; zero: none), learnt from its record.
+    interval: Duration,
+}
+
+/// NOTIFYs owed without a change (RFC 6446 `min-rate`,
+/// `adaptive-min-rate`) to the subscriptions this notifier sent to last.
+/// In a cluster another notifier may send a subscription's next NOTIFY;
+/// then it takes over the timing, and this one's entry lapses.
+#[derive(Default)]
+struct Heartbeats {
+    /// Subscription → when its next NOTIFY is owed.
+    due: HashMap<String, tokio::time::Instant>,
+    queue: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, String)>>,
+    /// Subscription → when it was first seen, and its NOTIFYs' times in
+    /// the adaptive period (adaptive-min-rate's `count`).
+    sent: HashMap<
+        String,
+        (
+            tokio::time::Instant,
+            std::collections::VecDeque<tokio::time::Instant>,
+        ),
+    >,
+}
+
+/// NOTIFY times remembered per subscription at most (adaptive-min-rate).
+const HEARTBEAT_HISTORY: usize = 1_000;
+
+impl Heartbeats {
+    /// A NOTIFY of `id` went out at `now`: when is the next one owed?
+    fn sent(&mut self, id: &str, rates: presence_core::Rates, now: tokio::time::Instant) {
+        if !rates.has_heartbeat() {
+            self.forget(id);
+            return;
+        }
+        let period = rates.adaptive_period();
+        let (first, times) = self
+            .sent
+            .entry(id.to_string())
+            .or_insert_with(|| (now, Default::default()));
+        times.push_back(now);
+        while times.len() > HEARTBEAT_HISTORY
+            || times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > period)
+        {
+            times.pop_front();
+        }
+        // A new subscription starts with a history of period × rate
+        // NOTIFYs (RFC 6446 §7.2), which fades out over its first period.
+        let fading = 1.0 - now.duration_since(*first).as_secs_f64() / period.as_secs_f64();
+        let history = period.as_secs_f64() * rates.adaptive_min as f64 / 1000.0 * fading.max(0.0);
+        let Some(after) = rates.heartbeat_after(times.len() as f64 + history) else {
+            return;
+        };
+        let at = now + after;
+        self.due.insert(id.to_string(), at);
+        self.queue.push(std::cmp::Reverse((at, id.to_string())));
+        if self.queue.len() > 4 * self.due.len() + 1024 {
+            // Drop the entries of NOTIFYs owed no more.
+            self.queue = self
+                .due
+                .iter()
+                .map(|(id, at)| std::cmp::Reverse((*at, id.clone())))
+                .collect();
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.due.remove(id);
+        self.sent.remove(id);
+    }
+
+    /// The subscriptions whose NOTIFY is owed by `now`.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(std::cmp::Reverse((at, _))) = self.queue.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(std::cmp::Reverse((at, id))) = self.queue.pop() else {
+                break;
+            };
+            if self.due.get(&id) == Some(&at) {
+                self.due.remove(&id);
+                out.push(id);
+            }
+        }
+        out
+    }
 }
 
 /// Counts down the NOTIFYs one notify job asked for; the job is acknowledged
@@ -246,6 +337,7 @@ impl Notifier {
             min_interval: Duration::ZERO,
             lists: Reloadable::fixed("resource lists", Lists::default()),
             policy: Reloadable::fixed("watcher policy", Policy::default()),
+            heartbeats: Default::default(),
             subs: Default::default(),
             cseqs: Default::default(),
         }
@@ -293,6 +385,34 @@ impl Notifier {
 
     pub async fn run(self: Arc<Self>, pullers: usize, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = Vec::new();
+        // NOTIFYs owed without a change (RFC 6446 min-rate).
+        {
+            let me = self.clone();
+            let mut stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => return,
+                    }
+                    let due = me
+                        .heartbeats
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take_due(tokio::time::Instant::now());
+                    for id in due {
+                        // The same record again: not a refresh repeated.
+                        me.with_slot(&id, |s| s.refreshed = None);
+                        let p = Pending::Latest {
+                            force: true,
+                            doc: None,
+                        };
+                        me.schedule(&id, p, None, JobDone::new(1));
+                    }
+                }
+            }));
+        }
         for _ in 0..pullers.max(1) {
             let me = self.clone();
             let mut stop = shutdown.clone();
@@ -600,12 +720,14 @@ impl Notifier {
     /// When the subscription's pending state change may go out, if that
     /// is later than now (`--notify-min-interval-ms`).
     fn held_until(&self, id: &str) -> Option<(tokio::time::Instant, Arc<tokio::sync::Notify>)> {
-        if self.min_interval.is_zero() {
-            return None;
-        }
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = slots.get_mut(id)?;
-        let until = slot.last_sent? + self.min_interval;
+        // The operator's interval, or the subscription's max-rate.
+        let interval = self.min_interval.max(slot.interval);
+        if interval.is_zero() {
+            return None;
+        }
+        let until = slot.last_sent? + interval;
         if !held(&slot.pending) || until <= tokio::time::Instant::now() {
             return None;
         }
@@ -629,6 +751,10 @@ impl Notifier {
                 let sub = match self.subscription(id).await {
                     Ok(Some(s)) => s,
                     Ok(None) => {
+                        self.heartbeats
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .forget(id);
                         let _ = self.forget_if_idle(id);
                         return Next::Continue;
                     }
@@ -667,10 +793,14 @@ impl Notifier {
                     }
                 }
                 let remaining = sub.expires_at_ms.saturating_sub(self.clock.now_ms()) / 1000;
+                // RFC 6446: the rate controls in force, in every NOTIFY.
+                let rates = sub.rates.params();
                 let state = match sub.view {
-                    View::Pending => format!("pending;expires={remaining}"),
-                    View::Full | View::Neutral => format!("active;expires={remaining}"),
+                    View::Pending => format!("pending;expires={remaining}{rates}"),
+                    View::Full | View::Neutral => format!("active;expires={remaining}{rates}"),
                 };
+                let interval = sub.rates.min_interval().unwrap_or_default();
+                self.with_slot(id, |slot| slot.interval = interval);
                 let body = self.body_for(&sub, doc.as_ref().map(|d| d.body.clone()));
                 // A list's subscriber gets what changed since its last
                 // NOTIFY; a first or refresh NOTIFY carries the full state.
@@ -697,6 +827,10 @@ impl Notifier {
                                 slot.refreshed = Some(record);
                             }
                         });
+                        self.heartbeats
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .sent(id, sub.rates, tokio::time::Instant::now());
                     }
                     Some(481) | Some(408) | None => {
                         self.end(&sub, EndReason::Gone).await;
@@ -726,7 +860,15 @@ impl Notifier {
                         return Next::Retry(Pending::Final(sub, reason));
                     }
                 };
-                let state = format!("terminated;reason={}", reason.as_str());
+                self.heartbeats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget(id);
+                let state = format!(
+                    "terminated;reason={}{}",
+                    reason.as_str(),
+                    sub.rates.params()
+                );
                 let body = self.body_for(&sub, doc.map(|d| d.body));
                 if let Sent::StoreFailed =
                     self.send(&sub, &state, body.clone(), u64::MAX, None).await

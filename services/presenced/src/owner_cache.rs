@@ -445,6 +445,7 @@ mod tests {
             expires_at_ms: 10_000,
             content_type: "application/pidf+xml".into(),
             view: View::Full,
+            rates: Default::default(),
         }
     }
 

@@ -129,6 +129,7 @@ async fn watch(r: &Rig, aor: &str, expires: u32) -> String {
             expires,
             content_type: "application/pidf+xml".into(),
             origin: Default::default(),
+            rates: Default::default(),
         }),
     )
     .await;
@@ -254,6 +255,7 @@ async fn a_subscription_ends_with_a_timeout_notify() {
             expires: 5,
             content_type: "application/pidf+xml".into(),
             origin: Default::default(),
+            rates: Default::default(),
         }),
     )
     .await;

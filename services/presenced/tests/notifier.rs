@@ -231,6 +231,7 @@ fn subscription(n: usize, aor: &str, edge: &str) -> Subscription {
         expires_at_ms: Clock::new().now_ms() + 3_600_000,
         content_type: "application/pidf+xml".into(),
         view: View::Full,
+        rates: Default::default(),
     }
 }
 

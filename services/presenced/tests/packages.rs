@@ -39,6 +39,12 @@
 //!   operator default) coalesces a burst of changes into at most one
 //!   NOTIFY per interval, the newest state last, in order; the final
 //!   NOTIFY still comes.
+//! - rate_params: RFC 6446 Event parameters per subscription. `max-rate`
+//!   bounds a burst's NOTIFYs like the operator default does, newest state
+//!   last and in order; `min-rate` brings NOTIFYs of the unchanged state;
+//!   `adaptive-min-rate` too; the values in force are echoed in every
+//!   NOTIFY's Subscription-State (a min-rate above max-rate is lowered to
+//!   it); a malformed rate gets 400; a refresh without them removes them.
 //! - trusted_identity: with Digest on, a user may publish only their own
 //!   AoR, a `--trusted-publisher` identity any local one.
 //! - trusted_network: a PUBLISH from a `--trusted-publisher` network is
@@ -81,6 +87,7 @@ scenarios! {
     message_summary;
     message_summary_expiry;
     rate_control;
+    rate_params;
     reg;
     trusted_identity;
     winfo;
@@ -1096,5 +1103,129 @@ async fn lists(tp: Tp, mode: Mode) {
         "{}",
         sub_state(&n)
     );
+    s.shutdown().await;
+}
+
+/// A presence SUBSCRIBE whose Event header carries `params`.
+fn subscribe_with(ua: &mut Ua, target: &str, params: &str, expires: u32) -> Req {
+    let contact = format!("<{}>", ua.contact_uri());
+    ua.req("SUBSCRIBE", target)
+        .h("Event", format!("presence{params}"))
+        .h("Accept", "application/pidf+xml")
+        .h("Contact", contact)
+        .h("Expires", expires.to_string())
+}
+
+async fn rate_params(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut alice = s.ua(tp, PRESENTITY, "alice").await;
+    let mut bob = s.ua(tp, WATCHER, "bob").await;
+    let mut carol = s.ua(tp, WATCHER, "carol").await;
+    let aor = alice.aor.clone();
+    let mut tag = publish_note(&mut alice, None, "n0").await;
+
+    // Malformed rates are refused.
+    for bad in [
+        ";max-rate=0",
+        ";min-rate=100",
+        ";adaptive-min-rate=.5",
+        ";max-rate",
+    ] {
+        let req = subscribe_with(&mut carol, &aor, bad, 600);
+        assert_eq!(carol.send(&req).await.code, 400, "{bad}");
+    }
+
+    // max-rate 1/s; a min-rate of 5/s is lowered to it, and echoed so.
+    let req = subscribe_with(&mut bob, &aor, ";max-rate=1;min-rate=5", 600);
+    let r = bob.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let dialog = Dialog {
+        call_id: req.call_id.clone(),
+        local_tag: req.from_tag.clone(),
+        remote_tag: r.to_addr().and_then(|t| t.tag).unwrap_or_default(),
+    };
+    let n = bob.notify().await;
+    assert!(body_str(&n).contains("n0"));
+    let state = sub_state(&n);
+    assert!(state.contains(";max-rate=1;min-rate=1"), "{state}");
+
+    // A burst: at most one NOTIFY a second, in order, the newest last.
+    let started = tokio::time::Instant::now();
+    for i in 1..=8 {
+        tag = publish_note(&mut alice, Some(&tag), &format!("n{i}")).await;
+    }
+    let mut seen = Vec::new();
+    loop {
+        let n = bob
+            .recv_request("NOTIFY", s.wait() + Duration::from_secs(1))
+            .await
+            .expect("the newest state arrives");
+        let text = body_str(&n);
+        assert!(sub_state(&n).contains("max-rate=1"), "{}", sub_state(&n));
+        // min-rate NOTIFYs may repeat a state already sent.
+        let note: u32 = (0..=8)
+            .rev()
+            .find(|i| text.contains(&format!("<note>n{i}</note>")))
+            .expect("one of the notes");
+        seen.push(note);
+        if note == 8 {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    let allowed = 1 + elapsed.as_millis().div_ceil(1000) as usize;
+    assert!(seen.len() <= allowed, "{seen:?} in {elapsed:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "in order: {seen:?}");
+
+    // Nothing changes: min-rate still brings the state, again and again.
+    for _ in 0..2 {
+        let n = bob
+            .recv_request("NOTIFY", s.patience(Duration::from_secs(5)))
+            .await
+            .expect("a NOTIFY without a change");
+        assert!(body_str(&n).contains("<note>n8</note>"));
+        assert!(sub_state(&n).starts_with("active;"), "{}", sub_state(&n));
+    }
+
+    // A refresh without the parameters removes them: no more NOTIFYs
+    // without a change (one for the refresh itself).
+    let refresh = subscribe_with(&mut bob, &aor, "", 600).in_dialog(&dialog);
+    let refresh = Req {
+        cseq: req.cseq + 1,
+        ..refresh
+    };
+    assert_eq!(bob.send(&refresh).await.code, 200);
+    let deadline = tokio::time::Instant::now() + s.wait();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let n = bob
+            .recv_request("NOTIFY", left)
+            .await
+            .expect("the refresh's NOTIFY");
+        if !sub_state(&n).contains("rate") {
+            break;
+        }
+    }
+    assert!(
+        bob.recv_request("NOTIFY", Duration::from_millis(2500))
+            .await
+            .is_none(),
+        "a NOTIFY without a change after min-rate was removed"
+    );
+
+    // adaptive-min-rate brings unchanged state too.
+    let req = subscribe_with(&mut carol, &aor, ";adaptive-min-rate=1", 600);
+    assert_eq!(carol.send(&req).await.code, 200);
+    let n = carol.notify().await;
+    assert!(
+        sub_state(&n).contains(";adaptive-min-rate=1"),
+        "{}",
+        sub_state(&n)
+    );
+    let n = carol
+        .recv_request("NOTIFY", s.patience(Duration::from_secs(5)))
+        .await
+        .expect("an adaptive NOTIFY without a change");
+    assert!(body_str(&n).contains("<note>n8</note>"));
     s.shutdown().await;
 }

@@ -3,6 +3,7 @@
 //! shard owner (`ask`), and the mapping of its refusals.
 
 use super::*;
+use presence_core::Rates;
 
 /// How long one request to a shard owner may take before it is sent again.
 pub(super) const ASK_ATTEMPT: Duration = Duration::from_secs(4);
@@ -424,6 +425,9 @@ impl Edge {
                 None => v.to_string(),
             }
         };
+        // RFC 6446 rate control: Event header parameters.
+        let rates = Rates::parse(event.params.iter().map(|(n, v)| (n.as_str(), v.as_deref())))
+            .map_err(Rejection::Malformed)?;
         let cmd = Command::Subscribe(SubscribeCmd {
             aor: aor.to_string(),
             event: package.name().to_string(),
@@ -441,6 +445,7 @@ impl Edge {
             expires,
             content_type: content_type.to_string(),
             origin: self.origin(req),
+            rates,
         });
         Ok((aor.to_string(), cmd))
     }
