@@ -65,6 +65,12 @@ pub struct Cli {
     /// PUBLISHes it; phones SUBSCRIBE to Event: dialog).
     #[arg(long)]
     pub event: Option<String>,
+    /// With --event dialog: `line` keeps one publication per line, modified
+    /// through its calls; `call` makes one publication per call (initial
+    /// PUBLISH when it rings, modified when answered and ended, then left
+    /// to expire), as Kamailio's pua_dialoginfo publishes.
+    #[arg(long = "dialog-publications")]
+    pub dialog_publications: Option<String>,
     /// PUBLISH changes per second in total during the steady state (open loop).
     #[arg(long = "publish-rate")]
     pub publish_rate: Option<f64>,
@@ -138,6 +144,7 @@ pub struct Profile {
     pub skew: Option<f64>,
     pub receptionists: Option<u32>,
     pub event: Option<String>,
+    pub dialog_publications: Option<String>,
     pub publish_rate: Option<f64>,
     pub message_rate: Option<f64>,
     pub duration: Option<f64>,
@@ -284,6 +291,8 @@ pub struct Settings {
     pub skew: f64,
     pub receptionists: u32,
     pub event: Event,
+    /// `--dialog-publications call`: one publication per call.
+    pub publication_per_call: bool,
     pub publish_rate: f64,
     pub message_rate: f64,
     pub duration: f64,
@@ -364,6 +373,17 @@ impl Settings {
                 Event::Presence
             }
         };
+        let publication_per_call = match pick!(dialog_publications, "line".to_string())
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "line" => false,
+            "call" => true,
+            other => {
+                errors.push(format!("--dialog-publications {other:?}: line or call"));
+                false
+            }
+        };
         let alg_text = pick!(auth_algorithm, "sha-256".to_string());
         let auth_algorithm = crate::digest::parse_alg(&alg_text).unwrap_or_else(|| {
             errors.push(format!("--auth-algorithm {alg_text:?}: sha-256 or md5"));
@@ -386,6 +406,7 @@ impl Settings {
             skew: pick!(skew, 0.0),
             receptionists: pick!(receptionists, 0),
             event,
+            publication_per_call,
             publish_rate: pick!(publish_rate, 10.0),
             message_rate: pick!(message_rate, 0.0),
             duration: pick!(duration, 10.0),

@@ -192,6 +192,32 @@ async fn smoke_profile_plays_blf_over_udp() {
     assert_eq!(r["setup"]["event"], Value::String("dialog".into()), "{r}");
 }
 
+/// BLF with one publication per call (`--dialog-publications call`), as
+/// Kamailio's pua_dialoginfo publishes: every call starts an initial
+/// PUBLISH, the previous call's publication is left to expire, and the
+/// lamps still show every change in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_profile_plays_blf_with_a_publication_per_call() {
+    let (server, target) = start_server(None, Faults::default()).await;
+    let report = Tmp::new("blf-call.json");
+    let mut args = smoke_args(target, &report);
+    args.extend([
+        "--event".into(),
+        "dialog".into(),
+        "--dialog-publications".into(),
+        "call".into(),
+    ]);
+    let out = run_tool(args).await;
+    // The teardown removed each line's current publication; the earlier
+    // calls' ones are still there, waiting to expire.
+    let left = server.store.counts().await.expect("counts").publications;
+    server.shutdown().await;
+    assert!(out.status.success(), "{}", show(&out));
+    let r = read_report(&report);
+    assert_sane(&r, 50);
+    assert!(left > 0, "no earlier call's publication is left");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_profile_passes_with_digest_over_tcp() {
     let users = Tmp::new("users.txt");

@@ -83,7 +83,14 @@ impl Engine {
                     u.pub_cseq,
                     event.name(),
                 );
-                if let Some(etag) = &u.etag {
+                // A call's first state starts a publication of its own
+                // (`--dialog-publications call`); the previous call's is
+                // left to expire.
+                let new_call = event == Event::Dialog
+                    && self.s.publication_per_call
+                    && seq > 0
+                    && seq % 3 == 1;
+                if let Some(etag) = u.etag.as_ref().filter(|_| !new_call) {
                     let _ = write!(out, "SIP-If-Match: {etag}\r\n");
                 }
                 let body = (seq > 0 || u.etag.is_none()).then(|| {

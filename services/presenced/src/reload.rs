@@ -129,11 +129,11 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
             let file = self.paths.first().map(|p| p.display().to_string());
             match self.reload() {
                 Ok(()) => {
-                    tracing::info!(what, file, why, "reloaded");
+                    tracing::info!(file, why, "{what} reloaded");
                     on_reload(true);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, what, file, why, "not reloaded; the previous one stays");
+                    tracing::warn!(error = %e, file, why, "{what} not reloaded; the previous one stays");
                     on_reload(false);
                 }
             }

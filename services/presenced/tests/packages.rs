@@ -9,6 +9,8 @@
 //!   phone watching it gets one full-state document merging them, with a
 //!   `version` counting its NOTIFYs from 0, the dialogs' identifiers as
 //!   published, a terminated dialog once, an empty document without state.
+//! - blf_expiry: a PBX that stops refreshing its publication (it died
+//!   mid-call): the lamp goes out when the publication expires.
 //! - message_summary: RFC 3842 MWI. A voicemail server PUBLISHes a
 //!   mailbox's summary; the phone's subscription gets it byte for byte,
 //!   "Messages-Waiting: no" before and after; bad bodies and types are
@@ -83,6 +85,7 @@ macro_rules! scenarios {
 
 scenarios! {
     blf;
+    blf_expiry;
     lists;
     message_summary;
     message_summary_expiry;
@@ -1047,6 +1050,7 @@ async fn lists(tp: Tp, mode: Mode) {
     let req = list_subscribe(&mut dave, TEAM, true);
     let resp = dave.send(&req).await;
     assert_eq!(resp.code, 200, "{}", resp.reason);
+    assert_eq!(resp.header("Require").map(str::trim), Some("eventlist"));
     let n = list_notify(&dave.notify().await);
     assert_eq!((n.version, n.full), (0, true));
     assert_eq!(
@@ -1227,5 +1231,49 @@ async fn rate_params(tp: Tp, mode: Mode) {
         .await
         .expect("an adaptive NOTIFY without a change");
     assert!(body_str(&n).contains("<note>n8</note>"));
+    s.shutdown().await;
+}
+
+async fn blf_expiry(tp: Tp, mode: Mode) {
+    let s = start(mode, None, None, &[]).await;
+    let mut pbx = s.ua(tp, PRESENTITY, "pbx").await;
+    let mut phone = s.ua(tp, WATCHER, "phone").await;
+    let ext = "sip:2002@example.com";
+    let req = subscribe_req(&mut phone, &BLF, ext, 600);
+    assert_eq!(phone.send(&req).await.code, 200);
+    assert_eq!(blf_state(&phone.notify().await).1, vec![]);
+    let req = publish_req(
+        &mut pbx,
+        &BLF,
+        ext,
+        None,
+        2,
+        Some(&dialog_info(ext, &[("x", "confirmed")])),
+    );
+    let r = pbx.send(&req).await;
+    assert_eq!(r.code, 200, "{}", r.reason);
+    let n = phone.notify_containing("confirmed", s.wait()).await;
+    assert_eq!(
+        blf_state(&n).1,
+        vec![("x".to_string(), "confirmed".to_string())]
+    );
+    // Not refreshed: it expires, and the lamp goes out.
+    let deadline = tokio::time::Instant::now() + s.patience(Duration::from_secs(6));
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let n = phone
+            .recv_request("NOTIFY", left)
+            .await
+            .expect("the lamp goes out when the publication expires");
+        if blf_state(&n).1.is_empty() {
+            break;
+        }
+    }
+    assert!(s
+        .store()
+        .publications(ext, "dialog")
+        .await
+        .unwrap()
+        .is_empty());
     s.shutdown().await;
 }

@@ -461,12 +461,19 @@ impl Edge {
             Ok(c) => c,
             Err(why) => return self.reject(req, src, why),
         };
+        // RFC 4662 §4.1: the answer to a list subscription requires eventlist.
+        let list = matches!(&cmd, Command::Subscribe(c) if c.content_type == "multipart/related");
         match self.ask(&aor, cmd).await {
             Reply::Subscribed { id, expires, .. } => {
-                ResponseBuilder::new(&req.headers, 200, "OK", Some(&id), Some(src.remote))
+                let ok = ResponseBuilder::new(&req.headers, 200, "OK", Some(&id), Some(src.remote))
                     .header("Expires", expires.to_string())
                     .header("Contact", self.contact_header(src))
-                    .header("Allow-Events", self.cfg.packages.allow_events())
+                    .header("Allow-Events", self.cfg.packages.allow_events());
+                if list {
+                    ok.header("Require", "eventlist")
+                } else {
+                    ok
+                }
             }
             other => self.refusal(req, src, other),
         }
