@@ -8,7 +8,10 @@
 # call rate. The PBX publishes one publication per call
 # (`--dialog-publications call`), as Kamailio's pua_dialoginfo does:
 # Kamailio's presence module refuses to modify a publication whose dialog
-# has terminated. Prints one row per server and rate.
+# has terminated. A call's publication is left to expire (publish_expires,
+# 120 s), so a busy line has dozens live: ours runs with
+# --max-publications 1000 (Kamailio has no such bound). Prints one row per
+# server and rate.
 #
 #   BIN=target/release  CALL_RATES="20 100 300"  DURATION=20  PEER=../shared/bench/peer-kamailio
 set -euo pipefail
@@ -45,12 +48,14 @@ trap '[[ -n "$PID" ]] && stop' EXIT
 
 start_ours() { # dir port
   "$BIN/presenced" --sip-listen "127.0.0.1:$2" --http-listen 127.0.0.1:0 --domain example.com \
-    --rate-per-source 1000000 --burst-per-source 1000000 >"$1/server.log" 2>&1 &
+    --rate-per-source 1000000 --burst-per-source 1000000 \
+    --max-publications 1000 >"$1/server.log" 2>&1 &
   PID=$!
 }
 
 start_kamailio() { # dir port
-  command -v kamailio >/dev/null || { echo "kamailio is not installed (apt-get install kamailio kamailio-presence-modules kamailio-redis-modules)" >&2; exit 2; }
+  command -v kamailio >/dev/null && [[ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/db_redis.so ]] || {
+    echo "kamailio is not installed (apt-get install kamailio kamailio-presence-modules kamailio-redis-modules)" >&2; exit 2; }
   local redis_port
   redis_port=$(free_port)
   mkdir -p "$1/redis"
@@ -74,7 +79,9 @@ for calls in $CALL_RATES; do
     dir="$OUT/$server-$calls"; mkdir -p "$dir"
     port=$(free_port)
     "start_$server" "$dir" "$port"
-    sleep 2
+    for _ in $(seq 1 50); do ss -Hlnu "sport = :$port" | grep -q . && break; sleep 0.1; done
+    sleep 1
+    kill -0 "$PID" 2>/dev/null || { echo "$server did not start: $dir/server.log" >&2; tail -5 "$dir/server.log" >&2; exit 1; }
     t0=$(tree_ticks "$PID")
     "$BIN/presence-loadtest" --profile blf --dialog-publications call --target "127.0.0.1:$port" \
       --publish-rate "$((calls * 3))" --duration "$DURATION" --no-teardown --no-progress \
