@@ -449,6 +449,66 @@ pub(crate) fn attribute(e: &BytesStart<'_>, name: &[u8]) -> Result<Option<String
     Ok(None)
 }
 
+/// What [`walk`] shows of an element.
+pub(crate) enum Node<'a, 'b> {
+    /// An element at `depth` (0: the walked element itself).
+    Start {
+        depth: usize,
+        element: &'a BytesStart<'b>,
+        empty: bool,
+    },
+    /// Text of the element whose `Start` asked for it, references resolved.
+    Text(&'a str),
+}
+
+/// Walk one element [`parse_raw`] kept (already checked well-formed):
+/// `visit` sees each element's start, and returns whether it wants that
+/// element's text, which then comes as `Node::Text`. The readers of
+/// reginfo and watcherinfo children are built on it.
+pub(crate) fn walk<E>(
+    raw: &str,
+    xml: impl Fn(String) -> E,
+    mut visit: impl FnMut(Node<'_, '_>) -> Result<bool, E>,
+) -> Result<(), E> {
+    let mut reader = Reader::from_str(raw);
+    let mut depth = 0usize;
+    let mut wanted = false;
+    loop {
+        match reader.read_event().map_err(|e| xml(e.to_string()))? {
+            Event::Start(e) => {
+                wanted = visit(Node::Start {
+                    depth,
+                    element: &e,
+                    empty: false,
+                })?;
+                depth += 1;
+            }
+            Event::Empty(e) => {
+                visit(Node::Start {
+                    depth,
+                    element: &e,
+                    empty: true,
+                })?;
+                wanted = false;
+            }
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                wanted = false;
+            }
+            Event::Text(t) if wanted => {
+                visit(Node::Text(&t.decode().map_err(|e| xml(e.to_string()))?))?;
+            }
+            Event::GeneralRef(r) if wanted => {
+                let text = predefined_entity(&r)
+                    .ok_or_else(|| xml("unknown entity in text".to_string()))?;
+                visit(Node::Text(text))?;
+            }
+            Event::Eof => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
 /// The text of one of XML's five predefined entities (`amp` → `&`).
 pub(crate) fn predefined_entity(name: &[u8]) -> Option<&'static str> {
     Some(match name {

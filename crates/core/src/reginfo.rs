@@ -9,9 +9,8 @@
 //! stamped per NOTIFY ([`stamp`]).
 
 use crate::model::Binding;
-use crate::pidf::{self, parse_raw, PidfError};
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::Reader;
+use crate::pidf::{self, parse_raw, Node, PidfError};
+use quick_xml::events::BytesStart;
 
 pub const REGINFO_NS: &str = "urn:ietf:params:xml:ns:reginfo";
 
@@ -246,67 +245,46 @@ pub fn parse(body: &[u8]) -> Result<Vec<Registration>, RegInfoError> {
         .collect()
 }
 
-fn xml_err(e: impl std::fmt::Display) -> RegInfoError {
-    RegInfoError::Xml(e.to_string())
-}
-
 fn attribute(e: &BytesStart<'_>, name: &[u8]) -> Result<Option<String>, RegInfoError> {
     pidf::attribute(e, name).map_err(RegInfoError::Xml)
 }
 
 /// One `<registration>` element (already checked well-formed).
 fn registration(raw: &str) -> Result<Registration, RegInfoError> {
-    let mut reader = Reader::from_str(raw);
     let mut reg = Registration {
         aor: String::new(),
         id: String::new(),
         state: String::new(),
         contacts: Vec::new(),
     };
-    let mut depth = 0usize;
-    // Inside a contact's <uri>: its text is gathered.
-    let mut in_uri = false;
-    loop {
-        let (e, empty) = match reader.read_event().map_err(xml_err)? {
-            Event::Start(e) => (e, false),
-            Event::Empty(e) => (e, true),
-            Event::End(_) => {
-                depth = depth.saturating_sub(1);
-                in_uri = false;
-                continue;
-            }
-            Event::Text(t) if in_uri => {
+    pidf::walk(raw, RegInfoError::Xml, |node| {
+        let (depth, e, empty) = match node {
+            Node::Text(t) => {
                 if let Some(c) = reg.contacts.last_mut() {
-                    c.uri += &t.decode().map_err(xml_err)?;
+                    c.uri += t;
                 }
-                continue;
+                return Ok(false);
             }
-            Event::GeneralRef(r) if in_uri => {
-                let text = pidf::predefined_entity(&r)
-                    .ok_or_else(|| RegInfoError::Xml("unknown entity in <uri>".into()))?;
-                if let Some(c) = reg.contacts.last_mut() {
-                    c.uri += text;
-                }
-                continue;
-            }
-            Event::Eof => break,
-            _ => continue,
+            Node::Start {
+                depth,
+                element,
+                empty,
+            } => (depth, element, empty),
         };
-        let name = e.local_name();
-        match (depth, name.as_ref()) {
+        match (depth, e.local_name().as_ref()) {
             (0, b"registration") => {
-                reg.aor = attribute(&e, b"aor")?.unwrap_or_default();
-                reg.id = attribute(&e, b"id")?.unwrap_or_default();
-                reg.state = attribute(&e, b"state")?.unwrap_or_default();
+                reg.aor = attribute(e, b"aor")?.unwrap_or_default();
+                reg.id = attribute(e, b"id")?.unwrap_or_default();
+                reg.state = attribute(e, b"state")?.unwrap_or_default();
             }
             (1, b"contact") => {
-                let id = attribute(&e, b"id")?.ok_or(RegInfoError::Contact)?;
-                let active = match attribute(&e, b"state")?.as_deref() {
+                let id = attribute(e, b"id")?.ok_or(RegInfoError::Contact)?;
+                let active = match attribute(e, b"state")?.as_deref() {
                     Some("active") => true,
                     Some("terminated") => false,
                     _ => return Err(RegInfoError::Contact),
                 };
-                let event = attribute(&e, b"event")?
+                let event = attribute(e, b"event")?
                     .as_deref()
                     .and_then(ContactEvent::parse)
                     .ok_or(RegInfoError::Contact)?;
@@ -315,19 +293,18 @@ fn registration(raw: &str) -> Result<Registration, RegInfoError> {
                     uri: String::new(),
                     active,
                     event,
-                    expires: attribute(&e, b"expires")?.and_then(|v| v.parse().ok()),
-                    call_id: attribute(&e, b"callid")?,
-                    cseq: attribute(&e, b"cseq")?.and_then(|v| v.parse().ok()),
-                    q: attribute(&e, b"q")?,
+                    expires: attribute(e, b"expires")?.and_then(|v| v.parse().ok()),
+                    call_id: attribute(e, b"callid")?,
+                    cseq: attribute(e, b"cseq")?.and_then(|v| v.parse().ok()),
+                    q: attribute(e, b"q")?,
                 });
             }
-            (2, b"uri") => in_uri = !empty,
+            // A contact's <uri>: its text is the contact's URI.
+            (2, b"uri") => return Ok(!empty),
             _ => {}
         }
-        if !empty {
-            depth += 1;
-        }
-    }
+        Ok(false)
+    })?;
     Ok(reg)
 }
 

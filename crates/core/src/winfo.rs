@@ -8,10 +8,8 @@
 //! `version` counts one subscription's NOTIFYs ([`stamp`]).
 
 use crate::model::{EndReason, Subscription, View};
-use crate::pidf::{self, parse_raw, PidfError};
+use crate::pidf::{self, parse_raw, Node, PidfError};
 use crate::reginfo::stable_id;
-use quick_xml::events::Event;
-use quick_xml::Reader;
 
 pub const WINFO_NS: &str = "urn:ietf:params:xml:ns:watcherinfo";
 
@@ -158,51 +156,33 @@ fn watcher_list(raw: &str) -> Result<WatcherList, WinfoError> {
     let attribute = |e: &quick_xml::events::BytesStart<'_>, name: &[u8]| {
         pidf::attribute(e, name).map_err(WinfoError::Xml)
     };
-    let mut reader = Reader::from_str(raw);
     let mut list = WatcherList {
         resource: String::new(),
         package: String::new(),
         watchers: Vec::new(),
     };
-    let mut depth = 0usize;
-    let mut in_watcher = false;
-    loop {
-        let (e, empty) = match reader
-            .read_event()
-            .map_err(|e| WinfoError::Xml(e.to_string()))?
-        {
-            Event::Start(e) => (e, false),
-            Event::Empty(e) => (e, true),
-            Event::End(_) => {
-                depth = depth.saturating_sub(1);
-                in_watcher = false;
-                continue;
-            }
-            Event::Text(t) if in_watcher => {
+    pidf::walk(raw, WinfoError::Xml, |node| {
+        let (depth, e, empty) = match node {
+            Node::Text(t) => {
                 if let Some(w) = list.watchers.last_mut() {
-                    w.uri += &t.decode().map_err(|e| WinfoError::Xml(e.to_string()))?;
+                    w.uri += t;
                 }
-                continue;
+                return Ok(false);
             }
-            Event::GeneralRef(r) if in_watcher => {
-                let text = pidf::predefined_entity(&r)
-                    .ok_or_else(|| WinfoError::Xml("unknown entity in <watcher>".into()))?;
-                if let Some(w) = list.watchers.last_mut() {
-                    w.uri += text;
-                }
-                continue;
-            }
-            Event::Eof => break,
-            _ => continue,
+            Node::Start {
+                depth,
+                element,
+                empty,
+            } => (depth, element, empty),
         };
         match (depth, e.local_name().as_ref()) {
             (0, b"watcher-list") => {
-                list.resource = attribute(&e, b"resource")?.unwrap_or_default();
-                list.package = attribute(&e, b"package")?.unwrap_or_default();
+                list.resource = attribute(e, b"resource")?.unwrap_or_default();
+                list.package = attribute(e, b"package")?.unwrap_or_default();
             }
             (1, b"watcher") => {
                 let field = |name: &[u8]| -> Result<String, WinfoError> {
-                    attribute(&e, name)?.ok_or(WinfoError::Watcher)
+                    attribute(e, name)?.ok_or(WinfoError::Watcher)
                 };
                 list.watchers.push(Watcher {
                     id: field(b"id")?,
@@ -210,14 +190,13 @@ fn watcher_list(raw: &str) -> Result<WatcherList, WinfoError> {
                     status: field(b"status")?,
                     event: field(b"event")?,
                 });
-                in_watcher = !empty;
+                // Its text is the watcher's URI.
+                return Ok(!empty);
             }
             _ => {}
         }
-        if !empty {
-            depth += 1;
-        }
-    }
+        Ok(false)
+    })?;
     for w in &mut list.watchers {
         w.uri = w.uri.trim().to_string();
     }
