@@ -12,13 +12,17 @@ use crate::coalesce::Coalesced;
 use crate::edge::{OutRequest, Outcome};
 use crate::faults::Faults;
 use crate::metrics::Metrics;
+mod heartbeats;
+mod render;
+
 use crate::reload::Reloadable;
 use crate::Clock;
 use bytes::Bytes;
+use heartbeats::Heartbeats;
 use presence_core::commands::{Command, NotifyJob, Reply};
 use presence_core::packages::{Registry, State};
-use presence_core::policy::{Decision, Policy};
-use presence_core::rlmi::{self, Lists, MemberView, Stored};
+use presence_core::policy::Policy;
+use presence_core::rlmi::Lists;
 use presence_core::{shard_of, Document, EndReason, Subscription, View};
 use presence_sip::rsip;
 use presence_store::{BusError, Requests, Store, StoreResult, WorkQueue};
@@ -93,93 +97,6 @@ struct Slot {
     /// The subscription's own shortest time between state-change NOTIFYs
     /// (RFC 6446 `max-rate`; zero: none), learnt from its record.
     interval: Duration,
-}
-
-/// NOTIFYs owed without a change (RFC 6446 `min-rate`,
-/// `adaptive-min-rate`) to the subscriptions this notifier sent to last.
-/// In a cluster another notifier may send a subscription's next NOTIFY;
-/// then it takes over the timing, and this one's entry lapses.
-#[derive(Default)]
-struct Heartbeats {
-    /// Subscription → when its next NOTIFY is owed.
-    due: HashMap<String, tokio::time::Instant>,
-    queue: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, String)>>,
-    /// Subscription → when it was first seen, and its NOTIFYs' times in
-    /// the adaptive period (adaptive-min-rate's `count`).
-    sent: HashMap<
-        String,
-        (
-            tokio::time::Instant,
-            std::collections::VecDeque<tokio::time::Instant>,
-        ),
-    >,
-}
-
-/// NOTIFY times remembered per subscription at most (adaptive-min-rate).
-const HEARTBEAT_HISTORY: usize = 1_000;
-
-impl Heartbeats {
-    /// A NOTIFY of `id` went out at `now`: when is the next one owed?
-    fn sent(&mut self, id: &str, rates: presence_core::Rates, now: tokio::time::Instant) {
-        if !rates.has_heartbeat() {
-            self.forget(id);
-            return;
-        }
-        let period = rates.adaptive_period();
-        let (first, times) = self
-            .sent
-            .entry(id.to_string())
-            .or_insert_with(|| (now, Default::default()));
-        times.push_back(now);
-        while times.len() > HEARTBEAT_HISTORY
-            || times
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > period)
-        {
-            times.pop_front();
-        }
-        // A new subscription starts with a history of period × rate
-        // NOTIFYs (RFC 6446 §7.2), which fades out over its first period.
-        let fading = 1.0 - now.duration_since(*first).as_secs_f64() / period.as_secs_f64();
-        let history = period.as_secs_f64() * rates.adaptive_min as f64 / 1000.0 * fading.max(0.0);
-        let Some(after) = rates.heartbeat_after(times.len() as f64 + history) else {
-            return;
-        };
-        let at = now + after;
-        self.due.insert(id.to_string(), at);
-        self.queue.push(std::cmp::Reverse((at, id.to_string())));
-        if self.queue.len() > 4 * self.due.len() + 1024 {
-            // Drop the entries of NOTIFYs owed no more.
-            self.queue = self
-                .due
-                .iter()
-                .map(|(id, at)| std::cmp::Reverse((*at, id.clone())))
-                .collect();
-        }
-    }
-
-    fn forget(&mut self, id: &str) {
-        self.due.remove(id);
-        self.sent.remove(id);
-    }
-
-    /// The subscriptions whose NOTIFY is owed by `now`.
-    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some(std::cmp::Reverse((at, _))) = self.queue.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(std::cmp::Reverse((at, id))) = self.queue.pop() else {
-                break;
-            };
-            if self.due.get(&id) == Some(&at) {
-                self.due.remove(&id);
-                out.push(id);
-            }
-        }
-        out
-    }
 }
 
 /// Counts down the NOTIFYs one notify job asked for; the job is acknowledged
@@ -564,16 +481,7 @@ impl Notifier {
                 // The list's shard recomposes it (if it is watched); its
                 // change then comes back as a job of its own.
                 let shard = shard_of(&list, self.shards);
-                let cmd = Command::RecomposeList { list };
-                match self
-                    .shards_bus
-                    .request(
-                        &crate::names::shard_subject(shard),
-                        cmd,
-                        Duration::from_secs(5),
-                    )
-                    .await
-                {
+                match self.ask_shard(shard, Command::RecomposeList { list }).await {
                     Ok(_) => Some(JobDone::new(0)),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot ask for a list's recomposition");
@@ -934,69 +842,6 @@ impl Notifier {
 
     /// The body of the NOTIFY with CSeq `cseq` (the subscription's
     /// `cseq`-th): as the package wants it stamped (dialog's `version`).
-    /// The members of the resource list `sub` watches, if it watches one.
-    fn list_of(&self, sub: &Subscription) -> Option<Vec<String>> {
-        if sub.event != "presence" {
-            return None;
-        }
-        self.lists
-            .current()
-            .members(&sub.aor)
-            .map(<[String]>::to_vec)
-    }
-
-    /// The Content-Type and body of the `cseq`-th NOTIFY of `sub` carrying
-    /// `body`: stamped by its package, or, for a resource list, rendered
-    /// from the list's stored document (what changed since list version
-    /// `since`, each member as its policy shows it to this watcher).
-    fn render(
-        &self,
-        sub: &Subscription,
-        body: Bytes,
-        cseq: u32,
-        since: Option<u64>,
-    ) -> (String, Bytes) {
-        if body.is_empty() {
-            return (sub.content_type.clone(), body);
-        }
-        let Some(members) = self.list_of(sub) else {
-            let body = match self.packages.get(&sub.event) {
-                Some(p) => p.stamp(body, cseq),
-                None => body,
-            };
-            return (sub.content_type.clone(), body);
-        };
-        let stored = Stored::decode(&body).unwrap_or_else(|| Stored {
-            full_at: 0,
-            members: members
-                .into_iter()
-                .map(|uri| rlmi::Member {
-                    uri,
-                    changed_at: 0,
-                    body: None,
-                })
-                .collect(),
-        });
-        let policy = self.policy.current();
-        let presence = self.packages.get("presence");
-        let view = |member: &str| match policy.decide(member, &sub.watcher) {
-            Decision::Accept(View::Full) => MemberView::Full,
-            Decision::Accept(View::Neutral) => {
-                MemberView::Neutral(presence.map(|p| p.neutral(member).body).unwrap_or_default())
-            }
-            Decision::Accept(View::Pending) => MemberView::Pending,
-            Decision::Reject => MemberView::Rejected,
-        };
-        let no_state = |member: &str| {
-            presence
-                .map(|p| p.compose(&State::empty(member)).body)
-                .unwrap_or_default()
-        };
-        let version = cseq.saturating_sub(1);
-        let (ct, body) = rlmi::render(&sub.aor, &stored, since, version, &view, &no_state);
-        (ct, Bytes::from(body))
-    }
-
     /// [`Store::next_cseq`], taken with those other NOTIFY tasks take now.
     async fn next_cseq(&self, id: &str, version: u64) -> StoreResult<Option<u32>> {
         let cseqs = self.cseqs.get_or_init(|| {
@@ -1233,17 +1078,20 @@ impl Notifier {
             id: sub.id.clone(),
             reason,
         };
-        if let Err(e) = self
-            .shards_bus
+        if let Err(e) = self.ask_shard(shard, cmd).await {
+            tracing::warn!(error = %e, "cannot end a subscription");
+        }
+    }
+
+    /// Ask the owner of `shard` (the compositor) to apply `cmd`.
+    async fn ask_shard(&self, shard: u32, cmd: Command) -> Result<Reply, BusError> {
+        self.shards_bus
             .request(
                 &crate::names::shard_subject(shard),
                 cmd,
                 Duration::from_secs(5),
             )
             .await
-        {
-            tracing::warn!(error = %e, "cannot end a subscription");
-        }
     }
 }
 
