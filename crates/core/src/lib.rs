@@ -12,9 +12,11 @@
 #![forbid(unsafe_code)]
 
 pub mod aor;
+pub mod apiauth;
 pub mod commands;
 pub mod dialog;
 pub mod digest;
+pub mod directory;
 pub mod model;
 pub mod mwi;
 pub mod packages;
@@ -23,6 +25,7 @@ pub mod policy;
 pub mod reginfo;
 pub mod rlmi;
 pub mod seal;
+pub mod summary;
 pub mod winfo;
 
 pub use aor::{canonical_aor, shard_in_id, shard_of, subscription_id, Aor};
