@@ -12,6 +12,8 @@
 //!   `proto/presence.proto` (package `presence.v1`, generated into [`pb`] by
 //!   build.rs with protox + prost, no `protoc`), with checked conversions to
 //!   and from the core types in [`convert`].
+//! - [`NatsTopics`]: fire-and-forget publish/subscribe ([`presence_store::Topics`])
+//!   for hints a reader repairs from the store (change events per shard).
 //! - Metrics, in [`NatsMetrics`]: `presence_nats_request_seconds{bus}`,
 //!   `presence_nats_errors_total{bus,op,kind}`,
 //!   `presence_nats_jetstream_publish_seconds{queue}`,
@@ -38,6 +40,7 @@ pub mod envelope;
 pub mod metrics;
 pub mod queue;
 pub mod requests;
+pub mod topics;
 
 pub use async_nats;
 pub use convert::DecodeError;
@@ -45,6 +48,7 @@ pub use envelope::Envelope;
 pub use metrics::NatsMetrics;
 pub use queue::{JetStreamQueue, JsDelivery, QueueConfig, Storage};
 pub use requests::{request_with_retry, NatsRequests, RequestsConfig};
+pub use topics::NatsTopics;
 
 /// How a process proves itself to NATS and checks the server: TLS (the
 /// CA the server's certificate must chain to, a client certificate) and

@@ -325,3 +325,38 @@ async fn metrics_count_round_trips_and_errors() {
     assert!(names.contains(&"presence_nats_request_seconds".to_string()));
     assert!(names.contains(&"presence_nats_errors_total".to_string()));
 }
+
+#[tokio::test]
+async fn nats_topics_pass_the_contract() {
+    let server = NatsServer::start();
+    let client = connect(&server.url(), "topics", &Default::default())
+        .await
+        .expect("connect");
+    presence_store::contract::topics_contract(&presence_nats::NatsTopics::new(client)).await;
+}
+
+#[tokio::test]
+async fn nats_topics_cross_connections() {
+    // The api role subscribes on its own connection; compositors publish on theirs.
+    let server = NatsServer::start();
+    let publisher = presence_nats::NatsTopics::new(
+        connect(&server.url(), "pub", &Default::default())
+            .await
+            .expect("connect"),
+    );
+    let subscriber = presence_nats::NatsTopics::new(
+        connect(&server.url(), "sub", &Default::default())
+            .await
+            .expect("connect"),
+    );
+    use presence_store::Topics;
+    let mut rx = subscriber.subscribe("changes.7").await.expect("subscribe");
+    publisher
+        .publish("changes.7", bytes::Bytes::from_static(b"presence sip:a@x"))
+        .await;
+    let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(m.as_ref(), b"presence sip:a@x");
+}

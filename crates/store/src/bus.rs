@@ -312,3 +312,61 @@ mod tests {
         crate::contract::queue_contract(&MemoryQueue::<u32>::new()).await;
     }
 }
+
+/// Fire-and-forget publish/subscribe on subjects: each message reaches the
+/// subscribers of its subject at that moment, at most once, in publish order
+/// per publisher; nothing is stored or replayed, and a subscriber that does
+/// not keep up loses messages (its channel is bounded). For hints whose
+/// loss a reader repairs by reading the store (the compositors' change
+/// events, which the `api` role turns into Watch streams).
+#[async_trait]
+pub trait Topics: Send + Sync + 'static {
+    async fn publish(&self, subject: &str, payload: bytes::Bytes);
+    /// Messages on `subject` from now on, until the receiver is dropped.
+    async fn subscribe(&self, subject: &str) -> Result<mpsc::Receiver<bytes::Bytes>, BusError>;
+}
+
+/// How many messages a [`Topics`] subscriber may have waiting.
+pub const TOPIC_BACKLOG: usize = 1024;
+
+/// In-memory [`Topics`] for one process.
+#[derive(Default)]
+pub struct MemoryTopics {
+    subscribers: Mutex<HashMap<String, Vec<mpsc::Sender<bytes::Bytes>>>>,
+}
+
+impl MemoryTopics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Topics for MemoryTopics {
+    async fn publish(&self, subject: &str, payload: bytes::Bytes) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = subs.get_mut(subject) {
+            // A full subscriber loses this one; a gone one is forgotten.
+            list.retain(|tx| {
+                !matches!(
+                    tx.try_send(payload.clone()),
+                    Err(mpsc::error::TrySendError::Closed(_))
+                )
+            });
+            if list.is_empty() {
+                subs.remove(subject);
+            }
+        }
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<mpsc::Receiver<bytes::Bytes>, BusError> {
+        let (tx, rx) = mpsc::channel(TOPIC_BACKLOG);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(subject.to_string())
+            .or_default()
+            .push(tx);
+        Ok(rx)
+    }
+}

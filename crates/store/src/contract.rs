@@ -3,7 +3,7 @@
 //! tests; the Redis and NATS implementations run the same functions against
 //! real servers.
 
-use crate::bus::{BusError, Requests, WorkQueue};
+use crate::bus::{BusError, Requests, Topics, WorkQueue};
 use crate::lease::{Lease, Leases};
 use crate::store::{ExpiryKey, Op, Store, StoreError};
 use bytes::Bytes;
@@ -760,4 +760,80 @@ pub async fn queue_contract(q: &dyn WorkQueue<u32>) {
     };
     let (got, ()) = tokio::join!(waiter, pusher);
     assert_eq!(got, Ok(42));
+}
+
+/// What every [`Topics`] must do: a message reaches every subscriber of its
+/// subject (and no other), in publish order; a dropped subscriber stops
+/// receiving and is forgotten.
+pub async fn topics_contract(topics: &dyn Topics) {
+    let t = Duration::from_secs(5);
+    let mut a1 = topics.subscribe("changes.1").await.expect("subscribe");
+    let mut a2 = topics.subscribe("changes.1").await.expect("subscribe");
+    let mut b = topics.subscribe("changes.2").await.expect("subscribe");
+    // Subscriptions on a remote bus take effect asynchronously: publish
+    // until the first arrives, then check order from a marker on.
+    let mut warmed = false;
+    for _ in 0..50 {
+        topics
+            .publish("changes.1", Bytes::from_static(b"warm"))
+            .await;
+        if tokio::time::timeout(Duration::from_millis(100), a1.recv())
+            .await
+            .is_ok()
+        {
+            warmed = true;
+            break;
+        }
+    }
+    assert!(warmed, "a subscriber never received");
+    topics
+        .publish("changes.1", Bytes::from_static(b"mark"))
+        .await;
+    for i in 0..20u32 {
+        topics
+            .publish("changes.1", Bytes::from(i.to_string()))
+            .await;
+    }
+    topics
+        .publish("changes.2", Bytes::from_static(b"other"))
+        .await;
+    for rx in [&mut a1, &mut a2] {
+        loop {
+            let m = tokio::time::timeout(t, rx.recv())
+                .await
+                .expect("mark")
+                .expect("open");
+            if m.as_ref() == b"mark" {
+                break;
+            }
+            assert_eq!(m.as_ref(), b"warm");
+        }
+        for i in 0..20u32 {
+            let m = tokio::time::timeout(t, rx.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            assert_eq!(m, Bytes::from(i.to_string()), "publish order");
+        }
+    }
+    let m = tokio::time::timeout(t, b.recv())
+        .await
+        .expect("other")
+        .expect("open");
+    assert_eq!(m.as_ref(), b"other", "only its own subject");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), b.recv())
+            .await
+            .is_err(),
+        "changes.1 reached a changes.2 subscriber"
+    );
+    drop(a2);
+    topics
+        .publish("changes.1", Bytes::from_static(b"after"))
+        .await;
+    let m = tokio::time::timeout(t, a1.recv())
+        .await
+        .expect("after")
+        .expect("open");
+    assert_eq!(m.as_ref(), b"after");
 }

@@ -14,7 +14,8 @@ pub mod memory;
 pub mod store;
 
 pub use bus::{
-    BusError, Delivery, Incoming, MemoryBus, MemoryQueue, Replier, Requests, Settle, WorkQueue,
+    BusError, Delivery, Incoming, MemoryBus, MemoryQueue, MemoryTopics, Replier, Requests, Settle,
+    Topics, WorkQueue, TOPIC_BACKLOG,
 };
 pub use lease::{Lease, Leases};
 pub use memory::MemoryStore;

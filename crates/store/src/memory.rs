@@ -436,6 +436,11 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn memory_topics_pass_the_contract() {
+        crate::contract::topics_contract(&crate::MemoryTopics::new()).await;
+    }
+
+    #[tokio::test]
     async fn memory_store_passes_the_lease_contract() {
         let s = crate::MemoryStore::new();
         crate::contract::lease_contract(&s, &s, 256).await;

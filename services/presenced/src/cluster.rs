@@ -23,7 +23,8 @@ use presence_core::commands::{Command, NotifyJob, Reply};
 use presence_nats::{pb, JetStreamQueue, NatsMetrics, NatsRequests, QueueConfig};
 use presence_sip::rsip;
 use presence_store::{
-    BusError, Incoming, Leases, MemoryBus, MemoryQueue, MemoryStore, Requests, Store, WorkQueue,
+    BusError, Incoming, Leases, MemoryBus, MemoryQueue, MemoryStore, MemoryTopics, Requests, Store,
+    Topics, WorkQueue,
 };
 use prometheus::{IntCounterVec, Opts, Registry};
 use std::collections::HashMap;
@@ -45,6 +46,8 @@ pub struct Backends {
     pub edge_bus: Arc<dyn Requests<OutRequest, Outcome>>,
     /// shard owner → notifiers.
     pub jobs: Arc<dyn WorkQueue<NotifyJob>>,
+    /// shard owner → api: document change hints (`changes.<k>`).
+    pub changes: Arc<dyn Topics>,
 }
 
 impl Backends {
@@ -72,6 +75,7 @@ impl Backends {
                 shards_bus: Arc::new(MemoryBus::new()),
                 edge_bus: Arc::new(MemoryBus::new()),
                 jobs: Arc::new(MemoryQueue::new()),
+                changes: Arc::new(MemoryTopics::new()),
             });
         };
         let client = presence_nats::connect(url, &cfg.node_id, &cfg.nats_security)
@@ -99,6 +103,7 @@ impl Backends {
             },
             metrics.clone(),
         );
+        let changes = Arc::new(presence_nats::NatsTopics::new(client.clone()));
         let queue = JetStreamQueue::<NotifyJob>::new(
             client,
             QueueConfig {
@@ -121,6 +126,7 @@ impl Backends {
             shards_bus: Arc::new(shards_bus),
             edge_bus: Arc::new(OutBus::new(edge_bus)),
             jobs: Arc::new(queue),
+            changes,
         })
     }
 }

@@ -9,6 +9,23 @@ pub fn shard_subject(shard: u32) -> String {
     format!("shard.{shard}")
 }
 
+/// The subject on which shard `k`'s owner announces each committed
+/// document change: `changes.<k>` (see [`change_hint`]).
+pub fn changes_subject(shard: u32) -> String {
+    format!("changes.{shard}")
+}
+
+/// A change announcement: `<event> <aor>` (an AoR has no space). Only a
+/// hint: whoever reads it reads the document from the store.
+pub fn change_hint(event: &str, aor: &str) -> String {
+    format!("{event} {aor}")
+}
+
+/// The (event, aor) of a [`change_hint`].
+pub fn parse_change_hint(hint: &[u8]) -> Option<(&str, &str)> {
+    std::str::from_utf8(hint).ok()?.split_once(' ')
+}
+
 /// The subject a compositor serves for every shard it owns, so that an
 /// edge can send the requests for several of them as one message
 /// (`Requests::request_via`): `owner.<id>`, from the owner name of its

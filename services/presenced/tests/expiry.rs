@@ -47,6 +47,7 @@ async fn rig() -> Rig {
         outbox: Outbox::new(jobs.clone(), metrics),
         recent: Default::default(),
         limits: Default::default(),
+        changes: Arc::new(presence_store::MemoryTopics::new()),
     });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(c.run(bus.clone(), 2, rx));

@@ -90,6 +90,7 @@ async fn rig(lose: Vec<usize>) -> Rig {
         outbox: Outbox::new(jobs, metrics.clone()),
         recent: Default::default(),
         limits: Default::default(),
+        changes: Arc::new(presence_store::MemoryTopics::new()),
     });
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(compositor.run(shards.clone(), 2, stop_rx.clone()));
@@ -279,6 +280,7 @@ async fn next_owner(
         outbox: Outbox::new(Arc::new(MemoryQueue::new()), metrics.clone()),
         recent: Default::default(),
         limits: Default::default(),
+        changes: Arc::new(presence_store::MemoryTopics::new()),
     });
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(next.run(bus.clone(), 2, stop_rx));

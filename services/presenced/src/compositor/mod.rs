@@ -23,7 +23,7 @@ use presence_core::packages::{Registry, State};
 use presence_core::policy::{Decision, Policy};
 use presence_core::rlmi::Lists;
 use presence_core::{shard_of, Binding, EndReason, Publication, Subscription};
-use presence_store::{ExpiryKey, Op, Store, StoreError};
+use presence_store::{ExpiryKey, Op, Store, StoreError, Topics};
 use std::sync::Arc;
 
 pub struct Compositor {
@@ -43,6 +43,9 @@ pub struct Compositor {
     /// Answers by SIP transaction, for the edge's re-sends.
     pub recent: RecentReplies,
     pub limits: Limits,
+    /// Where a committed document change is announced (`changes.<k>`, the
+    /// `api` role's Watch streams): a hint, the store has the state.
+    pub changes: Arc<dyn Topics>,
 }
 
 /// The content type of a resource list's stored document ([`Stored`]):
@@ -265,7 +268,22 @@ impl Compositor {
         if ops.is_empty() {
             return Ok(());
         }
+        let changed: Vec<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutDocument { aor, event, .. } | Op::DeleteDocument { aor, event } => {
+                    Some(crate::names::change_hint(event, aor))
+                }
+                _ => None,
+            })
+            .collect();
         self.store.commit(shard, ops).await?;
+        if !changed.is_empty() {
+            let subject = crate::names::changes_subject(shard);
+            for hint in changed {
+                self.changes.publish(&subject, Bytes::from(hint)).await;
+            }
+        }
         self.outbox.push(shard, ids.into_iter().zip(jobs)).await;
         Ok(())
     }
