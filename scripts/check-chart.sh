@@ -84,7 +84,7 @@ quiet_helm3() {
 }
 # A render without what differs from run to run or between helm versions:
 # generated secrets (and the checksum of the NATS passwords), blank lines.
-RANDOM_LINES='^  (nonce-secret|admin-token|password|edge|compositor|notifier|presence):|^ +checksum/nats-auth:'
+RANDOM_LINES='^  (nonce-secret|admin-token|password|edge|compositor|notifier|api|presence):|^ +checksum/nats-auth:'
 comparable() { grep -v -E "$RANDOM_LINES|^[[:space:]]*\$" "$1"; }
 
 scripts/stage-chart.sh "$WORK/repo"
@@ -186,7 +186,7 @@ printf 'stand-in-nonce-secret-0123456789' >"$WORK/kustomize/base/secrets/nonce-s
 printf 'stand-in-admin-token-0123456789' >"$WORK/kustomize/base/secrets/admin-token"
 printf 'alice@example.com:alice-secret\n' >"$WORK/kustomize/base/secrets/users.txt"
 printf 'standinredis0123' >"$WORK/kustomize/overlays/cluster/secrets/redis-password"
-for role in edge compositor notifier presence; do
+for role in edge compositor notifier api presence; do
   printf 'standin%snats0123' "$role" >"$WORK/kustomize/overlays/cluster/secrets/nats-$role-password"
 done
 KUSTOMIZED=()

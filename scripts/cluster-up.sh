@@ -120,7 +120,7 @@ if [ "$SECURE" = 1 ]; then
   rm -f "$TLS/server.csr" "$TLS/ext.cnf" "$TLS/ca.srl"
   chmod 644 "$TLS/ca.pem" "$TLS/server.pem"
   (umask 077; secret >"$SECRETS/redis.password")
-  for r in edge compositor notifier presence; do (umask 077; secret >"$SECRETS/nats-$r.password"); done
+  for r in edge compositor notifier api presence; do (umask 077; secret >"$SECRETS/nats-$r.password"); done
 fi
 
 REDIS_PORT=$(free_port)
@@ -154,6 +154,7 @@ if [ "$SECURE" = 1 ]; then
     PRESENCE_NATS_EDGE_PASSWORD="$(cat "$SECRETS/nats-edge.password")" \
     PRESENCE_NATS_COMPOSITOR_PASSWORD="$(cat "$SECRETS/nats-compositor.password")" \
     PRESENCE_NATS_NOTIFIER_PASSWORD="$(cat "$SECRETS/nats-notifier.password")" \
+    PRESENCE_NATS_API_PASSWORD="$(cat "$SECRETS/nats-api.password")" \
     PRESENCE_NATS_PRESENCE_PASSWORD="$(cat "$SECRETS/nats-presence.password")" \
     nats-server -c "$(realpath "$STATE/nats/nats.conf")" -js -sd "$(realpath "$STATE/nats")" \
     -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR"

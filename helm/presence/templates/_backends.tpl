@@ -82,7 +82,7 @@ pods that read it (the bundled NATS, every presenced) see the same values.
 {{- if not (hasKey .Values "_generatedNatsPasswords") -}}
 {{- $name := include "presence.natsSecretName" . -}}
 {{- $pw := dict -}}
-{{- range $role := list "edge" "compositor" "notifier" "presence" -}}
+{{- range $role := list "edge" "compositor" "notifier" "api" "presence" -}}
 {{- $_ := set $pw $role (include "presence.keptRandom" (dict "root" $ "secret" $name "key" $role "length" 32)) -}}
 {{- end -}}
 {{- $_ := set .Values "_generatedNatsPasswords" $pw -}}

@@ -3,7 +3,9 @@
 
 use crate::reload::Reloadable;
 use clap::Parser;
+use presence_core::apiauth::Tokens;
 use presence_core::digest::{Algorithm, Users};
+use presence_core::directory::Directory;
 use presence_core::policy::Policy;
 use presence_core::rlmi::Lists;
 use std::net::SocketAddr;
@@ -19,8 +21,8 @@ use std::time::Duration;
 )]
 pub struct Args {
     /// Roles to run: all (default), or a comma list of edge, compositor,
-    /// notifier. Separate roles need --redis and --nats; `all` runs on the
-    /// in-memory backends unless they are given.
+    /// notifier, api. Separate roles need --redis and --nats; `all` runs on
+    /// the in-memory backends unless they are given.
     #[arg(long, env = "PRESENCE_TARGET", default_value = "all")]
     pub target: String,
     /// Redis, the system of record: redis://host:port (standalone), or
@@ -243,6 +245,27 @@ pub struct Args {
     /// Required when --http-listen is not a loopback address.
     #[arg(long = "admin-token-file", env = "PRESENCE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Address of the api role: gRPC `presence.v1.PresenceApi` (with health
+    /// and reflection) and the web address book at `/`.
+    #[arg(
+        long = "api-listen",
+        env = "PRESENCE_API_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub api_listen: SocketAddr,
+    /// API bearer tokens file: `NAME TOKEN SCOPE[,SCOPE]` lines (scopes
+    /// read, write, admin); reloaded on SIGHUP and when it changes. Without
+    /// it and without --users the API is open (loopback only).
+    #[arg(long = "api-tokens", env = "PRESENCE_API_TOKENS")]
+    pub api_tokens: Option<PathBuf>,
+    /// Company directory (CSV: aor,display_name,department,title,phone,
+    /// more columns become attributes), searched by the API and the web
+    /// address book; reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "PRESENCE_DIRECTORY")]
+    pub directory: Option<PathBuf>,
+    /// Most AoRs in one GetPresence call, one Watch stream, or one directory page.
+    #[arg(long = "api-batch", env = "PRESENCE_API_BATCH", default_value_t = 1000)]
+    pub api_batch: usize,
     /// Watcher policy rules file (presentity allow|block|polite-block|confirm
     /// watcher); reloaded on SIGHUP and when it changes.
     #[arg(long, env = "PRESENCE_POLICY")]
@@ -416,6 +439,12 @@ pub struct Config {
     pub policy: Arc<Reloadable<Policy>>,
     /// Resource lists, reloaded likewise.
     pub lists: Arc<Reloadable<Lists>>,
+    pub api_listen: SocketAddr,
+    /// API tokens, reloaded likewise (`None`: no token file).
+    pub api_tokens: Option<Arc<Reloadable<presence_core::apiauth::Tokens>>>,
+    /// The company directory, reloaded likewise.
+    pub directory: Arc<Reloadable<presence_core::directory::Directory>>,
+    pub api_batch: usize,
     pub min_expires: u32,
     pub max_expires: u32,
     pub max_message_size: usize,
@@ -453,6 +482,7 @@ pub struct Roles {
     pub edge: bool,
     pub compositor: bool,
     pub notifier: bool,
+    pub api: bool,
 }
 
 impl Roles {
@@ -460,15 +490,17 @@ impl Roles {
         edge: true,
         compositor: true,
         notifier: true,
+        api: true,
     };
 
     /// The role's name, or `presence` for several: the NATS user and inbox
     /// prefix a process of these roles has (helm/presence/files/nats-auth.conf).
     pub fn name(self) -> &'static str {
-        match (self.edge, self.compositor, self.notifier) {
-            (true, false, false) => "edge",
-            (false, true, false) => "compositor",
-            (false, false, true) => "notifier",
+        match (self.edge, self.compositor, self.notifier, self.api) {
+            (true, false, false, false) => "edge",
+            (false, true, false, false) => "compositor",
+            (false, false, true, false) => "notifier",
+            (false, false, false, true) => "api",
             _ => "presence",
         }
     }
@@ -484,6 +516,9 @@ impl Roles {
         }
         if self.notifier {
             v.push("notifier");
+        }
+        if self.api {
+            v.push("api");
         }
         v.join(",")
     }
@@ -506,6 +541,13 @@ impl Config {
             .filter(|s| !s.is_empty());
         if let Some(r) = roles {
             check_backends(
+                &args.target,
+                r,
+                redis.is_some(),
+                nats.is_some(),
+                &mut errors,
+            );
+            check_api_backends(
                 &args.target,
                 r,
                 redis.is_some(),
@@ -715,6 +757,54 @@ impl Config {
             }
             None => Reloadable::fixed("watcher policy", Policy::new(&domains)),
         };
+        let directory = match &args.directory {
+            Some(path) => {
+                let file = path.clone();
+                Reloadable::new("directory", vec![path.clone()], move || {
+                    let mut errors = Vec::new();
+                    match load_file("--directory", &file, &mut errors, Directory::parse) {
+                        Some(d) if errors.is_empty() => Ok(d),
+                        _ => Err(errors.join("; ")),
+                    }
+                })
+                .unwrap_or_else(|e| {
+                    errors.push(e);
+                    Reloadable::fixed("directory", Directory::default())
+                })
+            }
+            None => Reloadable::fixed("directory", Directory::default()),
+        };
+        let api_tokens = args.api_tokens.as_ref().map(|path| {
+            let file = path.clone();
+            Reloadable::new("api tokens", vec![path.clone()], move || {
+                let mut errors = Vec::new();
+                match load_file("--api-tokens", &file, &mut errors, Tokens::parse) {
+                    Some(t) if errors.is_empty() => Ok(t),
+                    _ => Err(errors.join("; ")),
+                }
+            })
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                Reloadable::fixed("api tokens", Tokens::default())
+            })
+        });
+        let api_role = roles.is_some_and(|r| r.api);
+        if api_role
+            && args.api_tokens.is_none()
+            && args.users.is_none()
+            && !args.api_listen.ip().is_loopback()
+        {
+            errors.push(format!(
+                "--api-listen {} is not loopback: --api-tokens or --users is required (without them the API is open: anyone could read and change presence)",
+                args.api_listen
+            ));
+        }
+        if args.api_batch == 0 || args.api_batch > 100_000 {
+            errors.push(format!(
+                "--api-batch {} must be between 1 and 100000",
+                args.api_batch
+            ));
+        }
         let digest_algorithms =
             Algorithm::parse_list(&args.digest_algorithms).unwrap_or_else(|e| {
                 errors.push(format!(
@@ -749,6 +839,11 @@ impl Config {
             .nonce_secret
             .as_deref()
             .is_none_or(|s| s.trim().is_empty());
+        if api_role && nats.is_some() && args.users.is_some() && no_secret {
+            errors.push(
+                "--nonce-secret (PRESENCE_NONCE_SECRET) is required for the api role with --nats and --users: every api process of a cluster must accept the session tokens the others gave".into(),
+            );
+        }
         if roles.is_some_and(|r| r.edge) && nats.is_some() && no_secret {
             errors.push(
                 "--nonce-secret (PRESENCE_NONCE_SECRET) is required for the edge role with --nats: every edge of a cluster must share it, to check each other's Digest nonces and the seals of the flows they send NOTIFYs and MESSAGEs through".into(),
@@ -847,6 +942,10 @@ impl Config {
             admin_token,
             policy,
             lists,
+            api_listen: args.api_listen,
+            api_tokens,
+            directory,
+            api_batch: args.api_batch,
             min_expires: args.min_expires,
             max_expires: args.max_expires,
             max_message_size: args.max_message_size,
@@ -918,6 +1017,7 @@ fn parse_roles(target: &str, errors: &mut Vec<String>) -> Option<Roles> {
         edge: false,
         compositor: false,
         notifier: false,
+        api: false,
     };
     let mut ok = true;
     for role in target.split(',').map(str::trim) {
@@ -926,16 +1026,11 @@ fn parse_roles(target: &str, errors: &mut Vec<String>) -> Option<Roles> {
             "edge" => roles.edge = true,
             "compositor" => roles.compositor = true,
             "notifier" => roles.notifier = true,
-            "api" => {
-                ok = false;
-                errors.push(
-                    "--target api: the gRPC api role is not built yet (every process serves the ops HTTP API)".into(),
-                );
-            }
+            "api" => roles.api = true,
             other => {
                 ok = false;
                 errors.push(format!(
-                    "--target: unknown role {other:?} (all, edge, compositor, notifier)"
+                    "--target: unknown role {other:?} (all, edge, compositor, notifier, api)"
                 ));
             }
         }
@@ -999,6 +1094,25 @@ fn check_backends(target: &str, roles: Roles, redis: bool, nats: bool, errors: &
                 "it pulls notify jobs from JetStream and sends through edge.<id>",
             );
         }
+    }
+}
+
+/// The api role in a cluster.
+fn check_api_backends(
+    target: &str,
+    roles: Roles,
+    redis: bool,
+    nats: bool,
+    errors: &mut Vec<String>,
+) {
+    if !roles.api || roles == Roles::ALL && !redis && !nats {
+        return;
+    }
+    if !redis {
+        errors.push(format!("--target {target}: the api role needs --redis (it reads presence state there); set it or use --target all without backends for the in-memory server"));
+    }
+    if !nats {
+        errors.push(format!("--target {target}: the api role needs --nats (it sends changes to the shard owners and follows their change hints); set it or use --target all without backends for the in-memory server"));
     }
 }
 

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod answers;
+pub mod api;
 pub mod cluster;
 pub mod coalesce;
 pub mod compositor;
@@ -92,6 +93,8 @@ pub struct Server {
     pub sip_ws_addrs: Vec<SocketAddr>,
     pub sip_wss_addrs: Vec<SocketAddr>,
     pub http_addr: SocketAddr,
+    /// The api role's address (gRPC and the web address book).
+    pub api_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     pub node_id: String,
     pub roles: Roles,
@@ -188,6 +191,15 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             }
         }
     }
+    let api_listener = if roles.api {
+        Some(tokio::net::TcpListener::bind(cfg.api_listen).await?)
+    } else {
+        None
+    };
+    let api_addr = match &api_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let http = tokio::net::TcpListener::bind(cfg.http_listen).await?;
     let http_addr = http.local_addr()?;
     let sip_addrs: Vec<SocketAddr> = listeners
@@ -229,10 +241,17 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
 
     // The files every role reads (the compositor decides by the policy,
     // the notifier shows list members by it, the edge knows the lists).
-    for (file, watch) in [
+    let mut files = vec![
         ("policy", cfg.policy.clone().watch_boxed()),
         ("lists", cfg.lists.clone().watch_boxed()),
-    ] {
+    ];
+    if roles.api {
+        files.push(("directory", cfg.directory.clone().watch_boxed()));
+        if let Some(t) = &cfg.api_tokens {
+            files.push(("api-tokens", t.clone().watch_boxed()));
+        }
+    }
+    for (file, watch) in files {
         let m = metrics.clone();
         tasks.push(tokio::spawn(watch(
             shutdown_rx.clone(),
@@ -275,6 +294,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             outbox: Outbox::new(jobs.clone(), metrics.clone()),
             recent: Default::default(),
             limits: cfg.limits,
+            changes: backends.changes.clone(),
         });
         let bus = backends.shards_bus.clone();
         tasks.push(match leased {
@@ -389,6 +409,46 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             shutdown_rx.clone(),
         )));
     }
+    if let Some(listener) = api_listener {
+        let hub = api::hub::Hub::start(
+            store.clone(),
+            backends.changes.clone(),
+            cfg.shards,
+            clock,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        );
+        let api = Arc::new(api::Api {
+            store: store.clone(),
+            shards_bus: shards_bus.clone(),
+            edge_bus: backends.edge_bus.clone(),
+            changes: backends.changes.clone(),
+            packages: Registry::default(),
+            domains: cfg.domains.clone(),
+            users: cfg.users.clone(),
+            tokens: cfg.api_tokens.clone(),
+            sessions: presence_core::apiauth::Sessions::new(&cfg.nonce_secret),
+            directory: cfg.directory.clone(),
+            clock,
+            shards: cfg.shards,
+            batch: cfg.api_batch,
+            min_expires: cfg.min_expires,
+            max_expires: cfg.max_expires,
+            heartbeat: std::time::Duration::from_secs(30),
+            node_id: cfg.node_id.clone(),
+            metrics: metrics.clone(),
+        });
+        let service = api::grpc::Service {
+            api,
+            hub,
+            shutdown: shutdown_rx.clone(),
+        };
+        tasks.push(tokio::spawn(api::grpc::serve(
+            service,
+            listener,
+            shutdown_rx.clone(),
+        )));
+    }
     let ops = ops::Ops {
         metrics,
         ready: ready_rx,
@@ -411,6 +471,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
         sip_ws_addrs,
         sip_wss_addrs,
         http_addr,
+        api_addr,
         store,
         node_id: cfg.node_id.clone(),
         roles,

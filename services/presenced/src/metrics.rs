@@ -38,6 +38,13 @@ pub struct Metrics {
     pub owner_cache: crate::owner_cache::CacheMetrics,
     pub notifier_batches: IntCounterVec,
     pub notifier_queue_depth: IntGauge,
+    pub api_requests: IntCounterVec,
+    pub api_watch_streams: IntGauge,
+    pub api_watched_resources: IntGauge,
+    pub api_watch_events: IntCounterVec,
+    pub api_watch_change_seconds: HistogramVec,
+    pub api_messages: IntCounterVec,
+    pub api_logins: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -270,6 +277,42 @@ impl Metrics {
                 &["outcome"],
             ),
             notifier_queue_depth: gauge(&r, "presence_notifier_queue_depth", "Notify jobs waiting"),
+            api_requests: counter(
+                &r,
+                "presence_api_requests_total",
+                "API calls (gRPC and the web gateway), by method and gRPC status code name",
+                &["method", "code"],
+            ),
+            api_watch_streams: gauge(&r, "presence_api_watch_streams", "Watch streams open (gRPC and web)"),
+            api_watched_resources: gauge(
+                &r,
+                "presence_api_watched_resources",
+                "Distinct (event, AoR) pairs that this api process's streams watch",
+            ),
+            api_watch_events: counter(
+                &r,
+                "presence_api_watch_events_total",
+                "Watch stream events: state (sent), coalesced (a newer state replaced one not yet sent), cut (a stream ended because its client stopped reading)",
+                &["kind"],
+            ),
+            api_watch_change_seconds: histogram(
+                &r,
+                "presence_api_watch_change_seconds",
+                "Change hint received to state read and handed to the streams",
+                &["event"],
+            ),
+            api_messages: counter(
+                &r,
+                "presence_api_messages_total",
+                "MESSAGEs sent by SendMessage, by the class of the best answer (2, 4, 5, 6; 4 includes 408 and 480)",
+                &["class"],
+            ),
+            api_logins: counter(
+                &r,
+                "presence_api_logins_total",
+                "Logins with SIP credentials, by outcome",
+                &["outcome"],
+            ),
             registry: r,
         };
         m.seed();
@@ -315,7 +358,7 @@ impl Metrics {
         one(&self.edge_tls_reloads, &["ok", "failed"]);
         one(&self.compositor_authorizations, &["approved", "rejected"]);
         for outcome in ["ok", "failed"] {
-            for file in ["policy", "lists"] {
+            for file in ["policy", "lists", "directory", "api-tokens"] {
                 self.file_reloads.with_label_values(&[file, outcome]);
             }
         }
@@ -341,6 +384,9 @@ impl Metrics {
             &["2xx", "481", "timeout", "other", "superseded"],
         );
         one(&self.notifier_batches, &["queued", "taken"]);
+        one(&self.api_watch_events, &["state", "coalesced", "cut"]);
+        one(&self.api_messages, &["2", "4", "5", "6"]);
+        one(&self.api_logins, &["ok", "refused"]);
     }
 
     pub fn render(&self) -> Vec<u8> {

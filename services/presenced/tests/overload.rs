@@ -313,6 +313,8 @@ async fn draining_answers_options_503_and_keeps_serving() {
         "127.0.0.1:0",
         "--http-listen",
         "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
         "--drain-seconds",
         "2",
     ]);

@@ -34,6 +34,7 @@ mod websocket;
 pub use advertise::{Advertised, SelfNames};
 use client_txn::*;
 use dialog_out::*;
+pub use relay::{rank, MAX_FORKS};
 use server_txn::*;
 pub use tls::{TlsCerts, TlsFiles};
 use transport::*;

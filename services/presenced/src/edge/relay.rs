@@ -5,11 +5,11 @@ use super::*;
 
 /// At most this many forks of one MESSAGE (after merging contacts that
 /// share a flow: one device, one copy).
-pub(super) const MAX_FORKS: usize = 10;
+pub const MAX_FORKS: usize = 10;
 
 /// Response preference when forking (RFC 3261 §16.7 simplified): 6xx, then
 /// 4xx other than 408/480, then 5xx, then 408/480.
-pub(super) fn rank(code: u16) -> u8 {
+pub fn rank(code: u16) -> u8 {
     match code {
         200..=299 => 0,
         600..=699 => 1,

@@ -187,6 +187,10 @@ pub struct TestServer {
     /// An operations (HTTP) address: the all-in-one server's, or the first
     /// edge process's in a cluster (any role serves `/admin`).
     pub http: SocketAddr,
+    /// The api role's address (gRPC and the web address book): the
+    /// all-in-one server's, or the api process's of a cluster started by
+    /// [`start_api`].
+    pub api: Option<SocketAddr>,
     /// The system of record: the all-in-one server's in-memory store, or the
     /// cluster's Redis.
     store: Arc<dyn presence_store::Store>,
@@ -313,7 +317,20 @@ pub async fn start(
         Mode::AllInOne => {
             start_with_faults(users, policy, extra, presenced::faults::Faults::default()).await
         }
-        Mode::Cluster => start_cluster(users, policy, extra).await,
+        Mode::Cluster => start_cluster(users, policy, extra, false).await,
+    }
+}
+
+/// [`start`] with the api role: in a cluster, one more process (`api0`).
+pub async fn start_api(
+    mode: Mode,
+    users: Option<&str>,
+    policy: Option<&str>,
+    extra: &[&str],
+) -> TestServer {
+    match mode {
+        Mode::AllInOne => start(mode, users, policy, extra).await,
+        Mode::Cluster => start_cluster(users, policy, extra, true).await,
     }
 }
 
@@ -342,6 +359,7 @@ pub async fn start_with_faults(
         tls_sips: server.sip_tls_addrs.clone(),
         ws_sips: server.sip_ws_addrs.clone(),
         http: server.http_addr,
+        api: server.api_addr,
         store: server.store.clone(),
         running: Some(Running::AllInOne(server)),
         _files: files,
@@ -358,6 +376,8 @@ pub fn base_args(sip_listen: &str) -> Vec<String> {
         sip_listen,
         "--http-listen",
         "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
         "--domain",
         "example.com",
         "--shards",
@@ -371,17 +391,26 @@ pub fn base_args(sip_listen: &str) -> Vec<String> {
 /// A cluster (tests/harness) with the same files and flags as [`start`]
 /// gives the all-in-one server; returns once every process is ready and
 /// every shard owned.
-async fn start_cluster(users: Option<&str>, policy: Option<&str>, extra: &[&str]) -> TestServer {
+async fn start_cluster(
+    users: Option<&str>,
+    policy: Option<&str>,
+    extra: &[&str],
+    api: bool,
+) -> TestServer {
     let serial = CLUSTER_SERIAL.lock().await;
     let (args, files) = server_args(users, policy, extra);
     let c = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        crate::harness::Cluster::start(
+        let mut c = crate::harness::Cluster::start(
             "e2e",
             CLUSTER_SHARDS,
             (CLUSTER_EDGES, CLUSTER_COMPOSITORS, 1),
             &args,
-        )
+        );
+        if api {
+            c.start_api("api0");
+        }
+        c
     })
     .await
     .expect("the cluster starts");
@@ -397,6 +426,7 @@ async fn start_cluster(users: Option<&str>, policy: Option<&str>, extra: &[&str]
         tls_sips: (0..CLUSTER_EDGES).map(|i| c.edge_tls(i)).collect(),
         ws_sips: (0..CLUSTER_EDGES).map(|i| c.edge_ws(i)).collect(),
         http: c.proc("edge0").http,
+        api: c.procs.iter().find_map(|p| p.api),
         store: Arc::new(redis),
         running: Some(Running::Cluster(c)),
         _files: files,

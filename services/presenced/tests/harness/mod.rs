@@ -27,6 +27,8 @@ pub struct Proc {
     pub tls: Option<SocketAddr>,
     /// The edge's SIP over WebSocket address.
     pub ws: Option<SocketAddr>,
+    /// The api role's address (gRPC and the web address book).
+    pub api: Option<SocketAddr>,
 }
 
 pub struct Cluster {
@@ -90,7 +92,7 @@ pub fn nats_auth_file() -> PathBuf {
 }
 
 /// The NATS roles of nats-auth.conf.
-pub const NATS_ROLES: [&str; 4] = ["edge", "compositor", "notifier", "presence"];
+pub const NATS_ROLES: [&str; 5] = ["edge", "compositor", "notifier", "api", "presence"];
 
 /// A file with the password of NATS user `role` in `dir` (see
 /// [`start_nats_with_role_users`]).
@@ -168,6 +170,7 @@ impl Cluster {
                     || p.sip.is_some_and(|s| s.port() == port)
                     || p.tls.is_some_and(|s| s.port() == port)
                     || p.ws.is_some_and(|s| s.port() == port)
+                    || p.api.is_some_and(|s| s.port() == port)
             });
             if !taken {
                 return port;
@@ -198,11 +201,18 @@ impl Cluster {
             }
             addr(port)
         });
+        let api = (role == "api").then(|| {
+            let mut port = self.fresh_port();
+            while port == http.port() {
+                port = self.fresh_port();
+            }
+            addr(port)
+        });
         let log = self.dir.join(format!("{node}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = self
-            .command(role, node, http, sip.zip(tls).zip(ws), out, err)
+            .command(role, node, http, sip.zip(tls).zip(ws), api, out, err)
             .spawn()
             .expect("start presenced");
         self.procs.push(Proc {
@@ -214,7 +224,16 @@ impl Cluster {
             log,
             tls,
             ws,
+            api,
         });
+    }
+
+    /// Start an api process (node `node`) and wait until it is ready;
+    /// returns its address.
+    pub fn start_api(&mut self, node: &str) -> SocketAddr {
+        self.spawn("api", node);
+        self.wait_ready();
+        self.proc(node).api.expect("an api process has an address")
     }
 
     pub fn proc(&self, node: &str) -> &Proc {
@@ -392,10 +411,11 @@ impl Cluster {
     pub fn restart(&mut self, node: &str, node_id: &str, extra: &[&str]) {
         let p = self.proc(node);
         assert!(p.child.is_none(), "{node} is still running");
-        let (role, http, sip, log) = (
+        let (role, http, sip, api, log) = (
             p.role.clone(),
             p.http,
             p.sip.zip(p.tls).zip(p.ws),
+            p.api,
             p.log.clone(),
         );
         let out = std::fs::OpenOptions::new()
@@ -405,7 +425,7 @@ impl Cluster {
             .expect("log file");
         let err = out.try_clone().expect("log file");
         let child = self
-            .command(&role, node_id, http, sip, out, err)
+            .command(&role, node_id, http, sip, api, out, err)
             .args(extra)
             .spawn()
             .expect("start presenced");
@@ -414,6 +434,8 @@ impl Cluster {
 
     /// The command line of one process of this cluster (its role, node id,
     /// ports and log), with the cluster's flags.
+    // One argument per address a process may have.
+    #[allow(clippy::too_many_arguments)]
     fn command(
         &self,
         role: &str,
@@ -421,6 +443,7 @@ impl Cluster {
         http: SocketAddr,
         // SIP, SIP over TLS and SIP over WebSocket, for an edge.
         sip: Option<((SocketAddr, SocketAddr), SocketAddr)>,
+        api: Option<SocketAddr>,
         out: std::fs::File,
         err: std::fs::File,
     ) -> Command {
@@ -460,6 +483,9 @@ impl Cluster {
             cmd.args(["--sip-ws-listen", &ws.to_string()]);
             cmd.arg("--tls-cert").arg(&t.cert);
             cmd.arg("--tls-key").arg(&t.key);
+        }
+        if let Some(api) = api {
+            cmd.args(["--api-listen", &api.to_string()]);
         }
         cmd
     }
