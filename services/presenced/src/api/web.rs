@@ -153,6 +153,12 @@ fn same_origin_json(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A change's JSON body, checked by [`same_origin_json`].
+fn json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    same_origin_json(headers)?;
+    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("bad JSON: {e}")))
+}
+
 /// The state without the document's bytes (the page does not show them).
 fn light(mut s: pb::PresenceState) -> pb::PresenceState {
     s.document.clear();
@@ -160,12 +166,9 @@ fn light(mut s: pb::PresenceState) -> pb::PresenceState {
 }
 
 async fn login(State(s): State<Service>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(e) = same_origin_json(&headers) {
-        return error(&s, "Login", e);
-    }
-    let req: pb::LoginRequest = match serde_json::from_slice(&body) {
+    let req: pb::LoginRequest = match json(&headers, &body) {
         Ok(r) => r,
-        Err(e) => return error(&s, "Login", ApiError::Invalid(format!("bad JSON: {e}"))),
+        Err(e) => return error(&s, "Login", e),
     };
     match s.api.login(req).await {
         Ok(r) => {
@@ -252,10 +255,8 @@ async fn presence(
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        same_origin_json(&headers)?;
+        let req: pb::GetPresenceRequest = json(&headers, &body)?;
         let p = who(&s, &headers)?;
-        let req: pb::GetPresenceRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Invalid(format!("bad JSON: {e}")))?;
         s.api.get_presence(&p, req).await
     }
     .await;
@@ -274,10 +275,8 @@ async fn publish(
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        same_origin_json(&headers)?;
+        let mut req: pb::PublishRequest = json(&headers, &body)?;
         let p = who(&s, &headers)?;
-        let mut req: pb::PublishRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Invalid(format!("bad JSON: {e}")))?;
         if let (true, Principal::User { aor }) = (req.aor.is_empty(), &p) {
             req.aor = aor.clone();
         }
@@ -296,10 +295,8 @@ async fn message(
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        same_origin_json(&headers)?;
+        let mut req: pb::SendMessageRequest = json(&headers, &body)?;
         let p = who(&s, &headers)?;
-        let mut req: pb::SendMessageRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Invalid(format!("bad JSON: {e}")))?;
         if let (true, Principal::User { aor }) = (req.from.is_empty(), &p) {
             req.from = aor.clone();
         }
