@@ -420,7 +420,10 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
         );
         let api = Arc::new(api::Api {
             store: store.clone(),
-            shards_bus: shards_bus.clone(),
+            owners: api::Owners {
+                bus: shards_bus.clone(),
+                shards: cfg.shards,
+            },
             edge_bus: backends.edge_bus.clone(),
             changes: backends.changes.clone(),
             packages: Registry::default(),
@@ -430,7 +433,6 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
             sessions: presence_core::apiauth::Sessions::new(&cfg.nonce_secret),
             directory: cfg.directory.clone(),
             clock,
-            shards: cfg.shards,
             batch: cfg.api_batch,
             min_expires: cfg.min_expires,
             max_expires: cfg.max_expires,
@@ -452,9 +454,11 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Server, St
     let ops = ops::Ops {
         metrics,
         ready: ready_rx,
-        shards_bus,
+        owners: api::Owners {
+            bus: shards_bus,
+            shards: cfg.shards,
+        },
         store: store.clone(),
-        shards: cfg.shards,
         admin: ops::AdminAccess {
             token: cfg.admin_token.clone(),
             domains: cfg.domains.clone(),

@@ -1,17 +1,16 @@
 //! Operations HTTP: `/metrics`, `/healthz`, `/readyz` (503 once shutdown
 //! starts), and a small admin API for hard state (RFC 3903 §1):
 //! `PUT /admin/hard-state?aor=sip:alice@example.com[&event=presence]` with a
-//! PIDF body sets it, `DELETE` clears it, `GET /admin/state?aor=…` shows the
+//! document of the package (checked, and sent to the shard owner, by the
+//! same code as the api role's `SetHardState`) sets it, `DELETE` clears it, `GET /admin/state?aor=…` shows the
 //! composed document. A minimal HTTP/1.1 server: one request per connection.
 
+use crate::api::{check_document, ApiError, Owners};
 use crate::metrics::Metrics;
-use crate::names::shard_subject;
-use bytes::Bytes;
-use presence_core::commands::{Command, Reply};
 use presence_core::digest::constant_time_eq;
 use presence_core::packages::Registry;
-use presence_core::{shard_of, Aor};
-use presence_store::{Requests, Store};
+use presence_core::Aor;
+use presence_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,9 +20,10 @@ use tokio::sync::watch;
 pub struct Ops {
     pub metrics: Arc<Metrics>,
     pub ready: watch::Receiver<bool>,
-    pub shards_bus: Arc<dyn Requests<Command, Reply>>,
+    /// Where `/admin/hard-state` sends its change: the same path as the
+    /// api role's `SetHardState`.
+    pub owners: Owners,
     pub store: Arc<dyn Store>,
-    pub shards: u32,
     /// Guards `/admin/*` (see [`Ops::admit`]).
     pub admin: AdminAccess,
 }
@@ -284,35 +284,43 @@ async fn hard_state(ops: &Ops, req: &HttpRequest) -> (&'static str, &'static str
     }
     let event = param(req, "event").unwrap_or("presence").to_string();
     let body = if req.method == "PUT" {
-        if let Err(e) = presence_core::pidf::parse(&req.body) {
-            return (
-                "400 Bad Request",
-                "text/plain",
-                format!("invalid PIDF: {e}\n").into_bytes(),
-            );
+        let ct = header(req, "content-type").unwrap_or("");
+        // The media type without parameters (`;charset=...`).
+        let ct = ct.split(';').next().unwrap_or("").trim();
+        match check_document(&ops.admin.packages, &event, ct, &req.body) {
+            Ok((_, body)) => Some(body),
+            Err(e) => return refusal(&e),
         }
-        Some(Bytes::from(req.body.clone()))
     } else {
         None
     };
-    let cmd = Command::SetHardState {
-        aor: aor.to_string(),
-        event,
-        body,
-    };
-    let subject = shard_subject(shard_of(aor.as_str(), ops.shards));
-    match ops
-        .shards_bus
-        .request(&subject, cmd, Duration::from_secs(5))
-        .await
-    {
-        Ok(Reply::Done) => ("204 No Content", "text/plain", Vec::new()),
-        _ => (
-            "503 Service Unavailable",
-            "text/plain",
-            b"shard unavailable\n".to_vec(),
-        ),
+    match ops.owners.hard_state(&aor, event, body).await {
+        Ok(()) => ("204 No Content", "text/plain", Vec::new()),
+        Err(e) => refusal(&e),
     }
+}
+
+/// An [`ApiError`] as this server's answer: the status the api role's web
+/// gateway gives it too (see `ApiError::http`), and its message.
+fn refusal(e: &ApiError) -> HttpAnswer {
+    let (code, message) = e.http();
+    let status = match code {
+        400 => "400 Bad Request",
+        401 => "401 Unauthorized",
+        403 => "403 Forbidden",
+        404 => "404 Not Found",
+        429 => "429 Too Many Requests",
+        503 => "503 Service Unavailable",
+        _ => "500 Internal Server Error",
+    };
+    (status, "text/plain", format!("{message}\n").into_bytes())
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 type HttpAnswer = (&'static str, &'static str, Vec<u8>);

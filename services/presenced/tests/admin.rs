@@ -140,6 +140,42 @@ async fn the_admin_api_wants_its_token_and_our_domains() {
         .await,
         400
     );
+    // The document is checked as the api role's SetHardState checks it
+    // (one code path): a malformed PIDF, a type the package does not take.
+    assert_eq!(
+        call(
+            s.http,
+            "PUT",
+            &put("sip:alice@example.com"),
+            &[&auth],
+            "<presence"
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        call(
+            s.http,
+            "PUT",
+            &put("sip:alice@example.com"),
+            &[auth.as_str(), "Content-Type: text/plain"],
+            PIDF
+        )
+        .await,
+        400
+    );
+    // Hard state of another package, with its own document type.
+    assert_eq!(
+        call(
+            s.http,
+            "PUT",
+            "/admin/hard-state?aor=sip:alice@example.com&event=dialog",
+            &[auth.as_str(), "Content-Type: application/dialog-info+xml"],
+            r#"<?xml version="1.0"?><dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="sip:alice@example.com"/>"#
+        )
+        .await,
+        204
+    );
     // Probes and metrics stay open.
     assert_eq!(call(s.http, "GET", "/readyz", &[], "").await, 200);
     assert_eq!(call(s.http, "GET", "/metrics", &[], "").await, 200);

@@ -54,7 +54,7 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// The API's shared state and operations.
 pub struct Api {
     pub store: Arc<dyn Store>,
-    pub shards_bus: Arc<dyn Requests<Command, Reply>>,
+    pub owners: Owners,
     pub edge_bus: Arc<dyn Requests<OutRequest, Outcome>>,
     pub changes: Arc<dyn Topics>,
     pub packages: Registry,
@@ -66,7 +66,6 @@ pub struct Api {
     pub sessions: Sessions,
     pub directory: Arc<Reloadable<Directory>>,
     pub clock: Clock,
-    pub shards: u32,
     /// Most AoRs in one GetPresence or Watch.
     pub batch: usize,
     pub min_expires: u32,
@@ -292,15 +291,7 @@ impl Api {
     }
 
     async fn ask(&self, aor: &str, cmd: Command) -> Result<Reply, ApiError> {
-        let subject = shard_subject(shard_of(aor, self.shards));
-        match self.shards_bus.request(&subject, cmd, SHARD_WAIT).await {
-            Ok(Reply::Refused(why)) => Err(ApiError::refused(why)),
-            Ok(r) => Ok(r),
-            Err(BusError::NoResponders(_)) | Err(BusError::Timeout) => Err(ApiError::Unavailable(
-                "the shard owner is unavailable; retry".into(),
-            )),
-            Err(e) => Err(ApiError::Unavailable(e.to_string())),
-        }
+        self.owners.ask(aor, cmd).await
     }
 
     fn origin(&self) -> Origin {
@@ -360,26 +351,11 @@ impl Api {
             content_type,
             document,
         } = given;
-        let package = self
-            .packages
-            .get(event)
-            .ok_or_else(|| ApiError::Invalid(format!("event {event:?} is not served")))?;
+        if self.packages.get(event).is_none() {
+            return Err(ApiError::Invalid(format!("event {event:?} is not served")));
+        }
         if !document.is_empty() {
-            let ct = if content_type.is_empty() {
-                package.publish_types().first().copied().unwrap_or("")
-            } else {
-                content_type
-            };
-            if !package.publish_types().contains(&ct) {
-                return Err(ApiError::Invalid(format!(
-                    "content type {ct:?} is not accepted for {event} (accepted: {})",
-                    package.publish_types().join(", ")
-                )));
-            }
-            package
-                .check_body(document)
-                .map_err(|why| ApiError::Invalid(format!("malformed document: {why}")))?;
-            return Ok(Some((ct.to_string(), Bytes::copy_from_slice(document))));
+            return check_document(&self.packages, event, content_type, document).map(Some);
         }
         let open = match pb::Basic::try_from(basic) {
             Ok(pb::Basic::Open) => true,
@@ -508,19 +484,13 @@ impl Api {
         Ok(pb::ClearHardStateResponse {})
     }
 
-    /// Set (`Some`) or clear hard state: what `/admin/hard-state` does too.
-    pub async fn hard_state(
+    async fn hard_state(
         &self,
         aor: &Aor,
         event: String,
         body: Option<Bytes>,
     ) -> Result<(), ApiError> {
-        let cmd = Command::SetHardState {
-            aor: aor.to_string(),
-            event,
-            body,
-        };
-        self.ask(aor.as_str(), cmd).await.map(|_| ())
+        self.owners.hard_state(aor, event, body).await
     }
 
     pub async fn list_subscriptions(
@@ -839,6 +809,74 @@ struct Given<'a> {
     note: &'a str,
     content_type: &'a str,
     document: &'a [u8],
+}
+
+/// The owners of the shards: where every change goes, from the api role
+/// and from the operations server's `/admin/hard-state` alike.
+#[derive(Clone)]
+pub struct Owners {
+    pub bus: Arc<dyn Requests<Command, Reply>>,
+    pub shards: u32,
+}
+
+impl Owners {
+    /// Ask `aor`'s shard owner to do `cmd`; its refusal as an [`ApiError`].
+    pub async fn ask(&self, aor: &str, cmd: Command) -> Result<Reply, ApiError> {
+        let subject = shard_subject(shard_of(aor, self.shards));
+        match self.bus.request(&subject, cmd, SHARD_WAIT).await {
+            Ok(Reply::Refused(why)) => Err(ApiError::refused(why)),
+            Ok(r) => Ok(r),
+            Err(BusError::NoResponders(_)) | Err(BusError::Timeout) => Err(ApiError::Unavailable(
+                "the shard owner is unavailable; retry".into(),
+            )),
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Set (`Some`, a document [`check_document`] accepted) or clear
+    /// `aor`'s hard state for `event`.
+    pub async fn hard_state(
+        &self,
+        aor: &Aor,
+        event: String,
+        body: Option<Bytes>,
+    ) -> Result<(), ApiError> {
+        let cmd = Command::SetHardState {
+            aor: aor.to_string(),
+            event,
+            body,
+        };
+        self.ask(aor.as_str(), cmd).await.map(|_| ())
+    }
+}
+
+/// A document given for `event` (a publication or hard state): its content
+/// type (`content_type`, or the package's first when empty) must be one the
+/// package takes and the body must parse. The content type and the body.
+pub fn check_document(
+    packages: &Registry,
+    event: &str,
+    content_type: &str,
+    document: &[u8],
+) -> Result<(String, Bytes), ApiError> {
+    let package = packages
+        .get(event)
+        .ok_or_else(|| ApiError::Invalid(format!("event {event:?} is not served")))?;
+    let ct = if content_type.is_empty() {
+        package.publish_types().first().copied().unwrap_or("")
+    } else {
+        content_type
+    };
+    if !package.publish_types().contains(&ct) {
+        return Err(ApiError::Invalid(format!(
+            "content type {ct:?} is not accepted for {event} (accepted: {})",
+            package.publish_types().join(", ")
+        )));
+    }
+    package
+        .check_body(document)
+        .map_err(|why| ApiError::Invalid(format!("malformed document: {why}")))?;
+    Ok((ct.to_string(), Bytes::copy_from_slice(document)))
 }
 
 /// (offset, size) of a page: `token` is the offset the previous page gave
