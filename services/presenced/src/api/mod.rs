@@ -8,33 +8,42 @@
 //! `changes.<k>` (`hub.rs`).
 //!
 //! - `mod.rs`: [`Api`], the operations every front end shares (gRPC in
-//!   `grpc.rs`, the browser's JSON and Server-Sent Events in `web.rs`),
-//!   who may call what ([`Principal`]), and the one mapping of refusals
-//!   to answers ([`ApiError`]).
+//!   `grpc.rs`, the browser's JSON and Server-Sent Events in `web.rs`).
+//! - `access.rs`: who may call what ([`Principal`]).
+//! - `error.rs`: the one mapping of refusals to answers ([`ApiError`]).
+//! - `owners.rs`: changes go to the shard owners ([`Owners`]), documents
+//!   checked first ([`check_document`]); the admin route uses it too.
 //! - `state.rs`: a stored document as a `PresenceState`.
 //! - `hub.rs`: Watch streams.
 //!
 //! What it is not: no SIP parsing, no composition, no state of its own
 //! beyond the streams it serves.
 
+mod access;
+mod error;
 pub mod grpc;
 pub mod hub;
+mod owners;
 pub mod state;
 pub mod web;
 
+pub use access::Principal;
+pub use error::ApiError;
+pub use owners::{check_document, Owners};
+
 use crate::edge::{OutRequest, Outcome};
 use crate::metrics::Metrics;
-use crate::names::{edge_subject, new_tag, shard_subject};
+use crate::names::{edge_subject, new_tag};
 use crate::reload::Reloadable;
 use crate::Clock;
 use bytes::Bytes;
 use presence_api::pb;
-use presence_core::apiauth::{Scope, Sessions, Tokens};
-use presence_core::commands::{Command, Origin, PublishCmd, Quota, Refusal, Reply};
+use presence_core::apiauth::{Sessions, Tokens};
+use presence_core::commands::{Command, Origin, PublishCmd, Reply};
 use presence_core::digest::{constant_time_eq, Users};
 use presence_core::directory::Directory;
 use presence_core::packages::Registry;
-use presence_core::{shard_of, Aor, EndReason};
+use presence_core::{Aor, EndReason};
 use presence_sip::rsip;
 use presence_store::{BusError, Requests, Store, Topics};
 use std::sync::Arc;
@@ -77,162 +86,7 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
 }
 
-/// Why a call is refused: the one place that says which gRPC status (and
-/// HTTP status, for the browser's gateway) each answer is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiError {
-    Invalid(String),
-    NotFound(String),
-    Unauthenticated,
-    Denied(String),
-    Exhausted(String),
-    Unavailable(String),
-    /// The store failed.
-    Internal,
-}
-
-impl ApiError {
-    pub fn status(&self) -> tonic::Status {
-        match self {
-            ApiError::Invalid(m) => tonic::Status::invalid_argument(m),
-            ApiError::NotFound(m) => tonic::Status::not_found(m),
-            ApiError::Unauthenticated => {
-                tonic::Status::unauthenticated("a valid bearer token is required")
-            }
-            ApiError::Denied(m) => tonic::Status::permission_denied(m),
-            ApiError::Exhausted(m) => tonic::Status::resource_exhausted(m),
-            ApiError::Unavailable(m) => tonic::Status::unavailable(m),
-            ApiError::Internal => tonic::Status::internal("the store failed; retry"),
-        }
-    }
-
-    /// The HTTP status of the same answer.
-    pub fn http(&self) -> (u16, String) {
-        let s = self.status();
-        let code = match self {
-            ApiError::Invalid(_) => 400,
-            ApiError::NotFound(_) => 404,
-            ApiError::Unauthenticated => 401,
-            ApiError::Denied(_) => 403,
-            ApiError::Exhausted(_) => 429,
-            ApiError::Unavailable(_) => 503,
-            ApiError::Internal => 500,
-        };
-        (code, s.message().to_string())
-    }
-
-    /// A shard owner's refusal.
-    fn refused(why: Refusal) -> ApiError {
-        match why {
-            Refusal::UnknownEtag => ApiError::NotFound("no live publication has this ETag".into()),
-            Refusal::NoSuchSubscription => ApiError::NotFound("no such subscription".into()),
-            Refusal::UnknownUser => ApiError::NotFound("unknown user".into()),
-            Refusal::NotRegistered => ApiError::NotFound("nobody is registered there".into()),
-            Refusal::PolicyRejected => ApiError::Denied("the presentity's policy refuses".into()),
-            Refusal::MissingBody => ApiError::Invalid("a new publication needs a state".into()),
-            Refusal::TooMany { what, limit } => ApiError::Exhausted(format!(
-                "at most {limit} {}",
-                match what {
-                    Quota::Publications => "live publications per AoR",
-                    Quota::Contacts => "contacts per AoR",
-                    Quota::WatcherSubscriptions => "subscriptions per watcher",
-                    Quota::Watchers => "watchers per resource",
-                }
-            )),
-            Refusal::DocumentTooLarge { limit } => {
-                ApiError::Exhausted(format!("the composed document would exceed {limit} bytes"))
-            }
-            Refusal::StoreFailed => ApiError::Internal,
-            _ => ApiError::Unavailable("the shard owner is unavailable; retry".into()),
-        }
-    }
-}
-
-impl From<ApiError> for tonic::Status {
-    fn from(e: ApiError) -> tonic::Status {
-        e.status()
-    }
-}
-
-/// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// No tokens and no users configured: the loopback-only default.
-    Open,
-    /// A bearer token from `--api-tokens`.
-    Token { name: String, scope: Scope },
-    /// A user's session from `Login`: reads, and acts as this AoR only.
-    User { aor: String },
-}
-
-impl Principal {
-    /// May read presence and the directory.
-    pub fn read(&self) -> Result<(), ApiError> {
-        match self {
-            Principal::Token { scope, .. } if !scope.allows(Scope::Read) => {
-                Err(ApiError::Denied("scope read needed".into()))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// May act as `aor` (publish its status, send messages from it).
-    pub fn act_as(&self, aor: &str) -> Result<(), ApiError> {
-        match self {
-            Principal::Open => Ok(()),
-            Principal::Token { scope, .. } if scope.allows(Scope::Write) => Ok(()),
-            Principal::Token { .. } => Err(ApiError::Denied("scope write needed".into())),
-            Principal::User { aor: me } if me == aor => Ok(()),
-            Principal::User { aor: me } => Err(ApiError::Denied(format!(
-                "a session of {me} may only act as {me}"
-            ))),
-        }
-    }
-
-    /// May administer (hard state, subscriptions, registrations).
-    pub fn admin(&self) -> Result<(), ApiError> {
-        match self {
-            Principal::Open => Ok(()),
-            Principal::Token { scope, .. } if scope.allows(Scope::Admin) => Ok(()),
-            _ => Err(ApiError::Denied("scope admin needed".into())),
-        }
-    }
-}
-
 impl Api {
-    /// Is the API open (no tokens, no users)? Only allowed on loopback.
-    pub fn is_open(&self) -> bool {
-        self.tokens.is_none() && self.users.is_none()
-    }
-
-    /// Who presents `bearer` (an `Authorization: Bearer` value, or the web
-    /// session cookie).
-    pub fn principal(&self, bearer: Option<&str>) -> Result<Principal, ApiError> {
-        let Some(token) = bearer.map(str::trim).filter(|t| !t.is_empty()) else {
-            return if self.is_open() {
-                Ok(Principal::Open)
-            } else {
-                Err(ApiError::Unauthenticated)
-            };
-        };
-        if let Some(aor) = self.sessions.verify(token, self.clock.now_ms()) {
-            return Ok(Principal::User { aor });
-        }
-        if let Some(tokens) = &self.tokens {
-            if let Some((name, scope)) = tokens.current().check(token) {
-                return Ok(Principal::Token {
-                    name: name.to_string(),
-                    scope,
-                });
-            }
-        }
-        if self.is_open() {
-            // A stale session in a browser of an open server.
-            return Ok(Principal::Open);
-        }
-        Err(ApiError::Unauthenticated)
-    }
-
     /// An AoR of a served domain, canonical.
     pub fn aor(&self, s: &str) -> Result<Aor, ApiError> {
         let s = s.trim();
@@ -811,74 +665,6 @@ struct Given<'a> {
     document: &'a [u8],
 }
 
-/// The owners of the shards: where every change goes, from the api role
-/// and from the operations server's `/admin/hard-state` alike.
-#[derive(Clone)]
-pub struct Owners {
-    pub bus: Arc<dyn Requests<Command, Reply>>,
-    pub shards: u32,
-}
-
-impl Owners {
-    /// Ask `aor`'s shard owner to do `cmd`; its refusal as an [`ApiError`].
-    pub async fn ask(&self, aor: &str, cmd: Command) -> Result<Reply, ApiError> {
-        let subject = shard_subject(shard_of(aor, self.shards));
-        match self.bus.request(&subject, cmd, SHARD_WAIT).await {
-            Ok(Reply::Refused(why)) => Err(ApiError::refused(why)),
-            Ok(r) => Ok(r),
-            Err(BusError::NoResponders(_)) | Err(BusError::Timeout) => Err(ApiError::Unavailable(
-                "the shard owner is unavailable; retry".into(),
-            )),
-            Err(e) => Err(ApiError::Unavailable(e.to_string())),
-        }
-    }
-
-    /// Set (`Some`, a document [`check_document`] accepted) or clear
-    /// `aor`'s hard state for `event`.
-    pub async fn hard_state(
-        &self,
-        aor: &Aor,
-        event: String,
-        body: Option<Bytes>,
-    ) -> Result<(), ApiError> {
-        let cmd = Command::SetHardState {
-            aor: aor.to_string(),
-            event,
-            body,
-        };
-        self.ask(aor.as_str(), cmd).await.map(|_| ())
-    }
-}
-
-/// A document given for `event` (a publication or hard state): its content
-/// type (`content_type`, or the package's first when empty) must be one the
-/// package takes and the body must parse. The content type and the body.
-pub fn check_document(
-    packages: &Registry,
-    event: &str,
-    content_type: &str,
-    document: &[u8],
-) -> Result<(String, Bytes), ApiError> {
-    let package = packages
-        .get(event)
-        .ok_or_else(|| ApiError::Invalid(format!("event {event:?} is not served")))?;
-    let ct = if content_type.is_empty() {
-        package.publish_types().first().copied().unwrap_or("")
-    } else {
-        content_type
-    };
-    if !package.publish_types().contains(&ct) {
-        return Err(ApiError::Invalid(format!(
-            "content type {ct:?} is not accepted for {event} (accepted: {})",
-            package.publish_types().join(", ")
-        )));
-    }
-    package
-        .check_body(document)
-        .map_err(|why| ApiError::Invalid(format!("malformed document: {why}")))?;
-    Ok((ct.to_string(), Bytes::copy_from_slice(document)))
-}
-
 /// (offset, size) of a page: `token` is the offset the previous page gave
 /// (empty: 0); `size` 0 means `default`, more than `max` is `max`.
 fn page(token: &str, size: i32, default: usize, max: usize) -> Result<(usize, usize), ApiError> {
@@ -902,6 +688,8 @@ fn page(token: &str, size: i32, default: usize, max: usize) -> Result<(usize, us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use presence_core::apiauth::Scope;
+    use presence_core::commands::{Quota, Refusal};
 
     #[test]
     fn pages() {
