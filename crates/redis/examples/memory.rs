@@ -123,6 +123,7 @@ async fn main() {
                     event: "presence".into(),
                     content_type: "application/pidf+xml".into(),
                     body: pidf(&a[4..14]),
+                    first_version: 1,
                 }],
             )
             .await

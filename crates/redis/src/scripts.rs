@@ -124,9 +124,17 @@ while ai <= #ARGV do
     redis.call('ZREM', x, m)
   elseif op == 'D' then
     local d, p, w, h = key(), key(), key(), key()
-    local ct, body = arg(), arg()
+    local ct, body, first = arg(), arg(), arg()
     local v = redis.call('HINCRBY', d, 'v', 1)
-    if v == 1 then redis.call('HINCRBY', cnt, 'd', 1) end
+    if v == 1 then
+      redis.call('HINCRBY', cnt, 'd', 1)
+      -- A new document starts at the version it was given (kept as the
+      -- decimal string: Lua would print a large number as 1.7e+15).
+      if first ~= '1' then
+        redis.call('HSET', d, 'v', first)
+        v = tonumber(first)
+      end
+    end
     redis.call('HSET', d, 'c', ct, 'b', body)
     versions[#versions + 1] = v
     fit_doc(d, p, w, h)

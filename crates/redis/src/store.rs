@@ -438,6 +438,7 @@ impl RedisStore {
                     event,
                     content_type,
                     body,
+                    first_version,
                 } => {
                     // The document lives as long as what backs it: its
                     // publications, its watchers, for ever with hard state.
@@ -448,6 +449,7 @@ impl RedisStore {
                     args.push(b"D".to_vec());
                     args.push(content_type.into_bytes());
                     args.push(body.to_vec());
+                    args.push(first_version.max(1).to_string().into_bytes());
                 }
                 Op::DeleteDocument { aor, event } => {
                     keys.push(format!("{tag}d:{}", watcher_suffix(&event, &aor)).into_bytes());

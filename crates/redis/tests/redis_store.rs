@@ -117,6 +117,7 @@ fn full_batch(aor: &str, deadline: u64) -> Vec<Op> {
             event: "presence".into(),
             content_type: "application/pidf+xml".into(),
             body: Bytes::from_static(b"<presence/>"),
+            first_version: 1,
         },
         Op::PutHardState {
             aor: aor.into(),
@@ -296,6 +297,7 @@ async fn every_record_key_carries_the_ttl_safety_net() {
                 event: "presence".into(),
                 content_type: "application/pidf+xml".into(),
                 body: Bytes::from_static(b"<presence/>"),
+                first_version: 1,
             },
         ],
     )

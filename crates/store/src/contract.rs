@@ -139,6 +139,7 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
         event: "presence".into(),
         content_type: "application/pidf+xml".into(),
         body: Bytes::from(body.to_string()),
+        first_version: 1,
     };
     assert_eq!(
         s.commit(k, vec![doc("one")]).await.expect("commit"),
@@ -153,7 +154,8 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
     let d = s.document(a, "presence").await.expect("read").expect("doc");
     assert_eq!((d.version, d.body.as_ref()), (3, &b"three"[..]));
     assert!(s.document(a, "dialog").await.expect("read").is_none());
-    // Forgotten, a document starts again at version 1, and is counted once.
+    // Forgotten, a document starts again at its first version, and is
+    // counted once; a stored one ignores it.
     let forget = || Op::DeleteDocument {
         aor: a.into(),
         event: "presence".into(),
@@ -166,6 +168,30 @@ pub async fn store_contract(s: &dyn Store, shards: u32) {
         vec![1]
     );
     assert_eq!(s.counts().await.expect("counts").documents, 1);
+    s.commit(k, vec![forget()]).await.expect("commit");
+    // A compositor's clock in microseconds: more than Lua prints exactly.
+    let at = |body: &str, first: u64| Op::PutDocument {
+        aor: a.into(),
+        event: "presence".into(),
+        content_type: "application/pidf+xml".into(),
+        body: Bytes::from(body.to_string()),
+        first_version: first,
+    };
+    let t = 1_764_921_600_123_456;
+    assert_eq!(
+        s.commit(k, vec![at("new", t), at("newer", 5)])
+            .await
+            .expect("commit"),
+        vec![t, t + 1]
+    );
+    let d = s.document(a, "presence").await.expect("read").expect("doc");
+    assert_eq!((d.version, d.body.as_ref()), (t + 1, &b"newer"[..]));
+    assert_eq!(s.counts().await.expect("counts").documents, 1);
+    s.commit(k, vec![forget()]).await.expect("commit");
+    assert_eq!(
+        s.commit(k, vec![doc("again")]).await.expect("commit"),
+        vec![1]
+    );
 
     // Subscriptions and the watcher list.
     assert!(!s.is_watched(a, "presence").await.expect("read"));
@@ -477,6 +503,7 @@ pub async fn lease_contract(store: &dyn Store, leases: &dyn Leases, shards: u32)
         event: "presence".into(),
         content_type: "application/pidf+xml".into(),
         body: Bytes::from(body.to_string()),
+        first_version: 1,
     };
     let version = || async {
         store

@@ -183,9 +183,13 @@ fn apply(inner: &mut Inner, shard: u32, ops: Vec<Op>) -> Vec<u64> {
                 event,
                 content_type,
                 body,
+                first_version,
             } => {
                 let k = pair(&aor, &event);
-                let version = inner.documents.get(&k).map(|d| d.version).unwrap_or(0) + 1;
+                let version = match inner.documents.get(&k) {
+                    Some(d) => d.version + 1,
+                    None => first_version.max(1),
+                };
                 inner.documents.insert(
                     k,
                     Document {

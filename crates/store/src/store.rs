@@ -56,16 +56,21 @@ pub enum Op {
     DeleteSubscription {
         id: String,
     },
-    /// Store a new composed document; its version becomes previous + 1.
+    /// Store a new composed document; its version becomes previous + 1,
+    /// or `first_version` (at least 1) when there is none.
     PutDocument {
         aor: String,
         event: String,
         content_type: String,
         body: Bytes,
+        /// The version of a document that is not stored (never made, or
+        /// forgotten): the compositor gives its clock in microseconds, so
+        /// an AoR's versions grow across its documents.
+        first_version: u64,
     },
     /// Forget the document (and its version): nothing backs it any more
     /// (no publication, hard state, binding or watcher). A later document
-    /// of the AoR starts again at version 1.
+    /// of the AoR starts at that one's `first_version`.
     DeleteDocument {
         aor: String,
         event: String,

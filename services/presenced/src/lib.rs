@@ -75,6 +75,10 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         self.base_unix_ms + self.start.elapsed().as_millis() as u64
     }
+    /// Microseconds since the Unix epoch, on the same clock.
+    pub fn now_us(&self) -> u64 {
+        self.base_unix_ms * 1000 + self.start.elapsed().as_micros() as u64
+    }
 }
 
 impl Default for Clock {

@@ -147,6 +147,7 @@ impl Shard {
                 event,
                 content_type,
                 body,
+                ..
             } => {
                 let k = key(aor, event);
                 match versions.next() {
@@ -553,6 +554,7 @@ mod tests {
             event: "presence".into(),
             content_type: "application/pidf+xml".into(),
             body: Bytes::from_static(body.as_bytes()),
+            first_version: 1,
         };
         let doc = || match c.get(1, 1, &Read::Document("sip:a@x".into(), "presence".into())) {
             Some(Value::Document(d)) => Some(d.map(|d| (d.version, d.body))),

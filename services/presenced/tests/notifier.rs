@@ -248,6 +248,7 @@ async fn dead_watchers_do_not_stall_a_live_ones_notify() {
             event: "presence".into(),
             content_type: "application/pidf+xml".into(),
             body: Bytes::from_static(b"<presence/>"),
+            first_version: 1,
         });
         let v = store
             .commit(presence_core::shard_of(aor, shards), ops)

@@ -361,12 +361,22 @@ impl Compositor {
         }) {
             return Ok(None);
         }
-        let version = current.map_or(1, |d| d.version + 1);
+        // A new document starts at the clock in microseconds: an AoR's
+        // versions grow across its documents (a document forgotten when
+        // nothing backed it and nobody watched it, then made again), so a
+        // Watch client that resumes with the version it has is never told
+        // "nothing new" about a newer document. That holds while a document
+        // changes less than once a microsecond on average and the clocks
+        // of the compositors that own it in turn agree to better than the
+        // time between its forgetting and its making again.
+        let first_version = self.clock.now_us().max(1);
+        let version = current.map_or(first_version, |d| d.version + 1);
         let op = Op::PutDocument {
             aor: aor.to_string(),
             event: event.to_string(),
             content_type: composed.content_type,
             body: Bytes::from(composed.body),
+            first_version,
         };
         Ok(Some((op, Some(version))))
     }

@@ -161,6 +161,9 @@ impl Compositor {
             event: "presence".into(),
             content_type: LIST_DOCUMENT.into(),
             body: Bytes::from(stored.encode()),
+            // A list's document carries its own RLMI state (its version
+            // counts from 1 as Stored::next was told).
+            first_version: 1,
         };
         Ok(Some((op, Some(version))))
     }
