@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     };
     if args.check_config {
         println!(
-            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, sip over tls {}, advertised {}, domains {:?}, digest {}, trusted publishers {}, resource lists {}, notify min interval {} ms, http {}",
+            "configuration ok: roles {}, node {}, store {}, bus {}, sip {:?}, sip over tls {}, advertised {}, domains {:?}, digest {}, trusted publishers {}, resource lists {}, notify min interval {} ms, http {}, api {}",
             cfg.roles.names(),
             cfg.node_id,
             cfg.redis
@@ -60,7 +60,22 @@ fn main() -> std::process::ExitCode {
             cfg.trusted_publishers,
             cfg.lists.current().len(),
             cfg.notify_min_interval.as_millis(),
-            cfg.http_listen
+            cfg.http_listen,
+            if cfg.roles.api {
+                format!(
+                    "{} ({}, directory of {} entries, batch {})",
+                    cfg.api_listen,
+                    match &cfg.api_tokens {
+                        Some(t) => format!("{} tokens", t.current().len()),
+                        None if cfg.users.is_some() => "SIP logins only".to_string(),
+                        None => "open".to_string(),
+                    },
+                    cfg.directory.current().len(),
+                    cfg.api_batch
+                )
+            } else {
+                "off".to_string()
+            }
         );
         return std::process::ExitCode::SUCCESS;
     }
