@@ -18,6 +18,8 @@
 //!   listed.
 //! - message: SendMessage rings the target's SIP UA with the text (200);
 //!   a target with no device gets 480.
+//! - failover: killing an api process ends its streams; the client resumes
+//!   on another with the versions it has and gets only what changed.
 //! - auth: tokens with scopes, SIP logins, sessions that act only as their
 //!   user; health and reflection answer.
 //! - directory: a search shows entries with their current presence.
@@ -61,7 +63,10 @@ scenarios! {
 }
 
 async fn client(s: &TestServer) -> PresenceApiClient<Channel> {
-    let addr = s.api.expect("the server runs the api role");
+    client_of(s.api.expect("the server runs the api role")).await
+}
+
+async fn client_of(addr: std::net::SocketAddr) -> PresenceApiClient<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
@@ -299,6 +304,81 @@ async fn watch(tp: Tp, mode: Mode) {
     assert_eq!(st.note, "gone home");
     assert_eq!(st.availability, pb::Availability::Offline as i32);
     assert!(st.version > last);
+    s.shutdown().await;
+}
+
+/// Killing an api process ends its streams (an error or the end, not
+/// silence); the client resumes on another api process with the versions
+/// it has: it gets what changed while it was away, not what it has, then
+/// `synced`, then each change.
+#[tokio::test]
+async fn streams_resume_on_another_api_process() {
+    const ALICE: &str = "sip:alice@example.com";
+    const CAROL: &str = "sip:carol@example.com";
+    let mut s = start_api(Mode::Cluster, None, None, &[]).await;
+    let other = s.cluster_mut().start_api("api1");
+    let wait = s.wait();
+    let mut alice = s.ua(Tp::Udp, PRESENTITY, "alice").await;
+    let etag = sip_publish(&mut alice, None, pidf(ALICE, "t1", true, "before")).await;
+    let request = |resume: std::collections::HashMap<String, u64>| pb::WatchRequest {
+        aors: vec![ALICE.into(), CAROL.into()],
+        event: String::new(),
+        resume,
+        heartbeat_seconds: 1,
+    };
+    let mut stream = client(&s)
+        .await
+        .watch(request(Default::default()))
+        .await
+        .expect("Watch")
+        .into_inner();
+    let mut have = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let st = state_of(next_state(&mut stream, wait).await);
+        have.insert(st.aor.clone(), st.version);
+    }
+    assert!(is_synced(&next_state(&mut stream, wait).await));
+
+    let killed = s.api.expect("api0");
+    assert_ne!(killed, other);
+    s.cluster_mut().kill9("api0");
+    loop {
+        match tokio::time::timeout(wait, stream.message())
+            .await
+            .expect("the stream ends, in time")
+        {
+            Ok(Some(m)) if matches!(m.kind, Some(pb::watch_response::Kind::Heartbeat(_))) => {}
+            Ok(Some(m)) => panic!("after the kill: {m:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+
+    // A change while the client is away.
+    let etag = sip_publish(
+        &mut alice,
+        Some(&etag),
+        pidf(ALICE, "t1", false, "while away"),
+    )
+    .await;
+    let mut resumed = client_of(other)
+        .await
+        .watch(request(have.clone()))
+        .await
+        .expect("Watch on the other api process")
+        .into_inner();
+    let st = state_of(next_state(&mut resumed, wait).await);
+    assert_eq!((st.aor.as_str(), st.note.as_str()), (ALICE, "while away"));
+    assert!(
+        st.version > have[ALICE],
+        "{} after {}",
+        st.version,
+        have[ALICE]
+    );
+    let m = next_state(&mut resumed, wait).await;
+    assert!(is_synced(&m), "Carol did not change: {m:?}");
+    sip_publish(&mut alice, Some(&etag), pidf(ALICE, "t1", true, "back")).await;
+    let st = state_of(next_state(&mut resumed, wait).await);
+    assert_eq!(st.note, "back");
     s.shutdown().await;
 }
 

@@ -253,6 +253,15 @@ impl TestServer {
         ua
     }
 
+    /// The cluster's processes, to start, kill or restart one (panics
+    /// all-in-one).
+    pub fn cluster_mut(&mut self) -> &mut crate::harness::Cluster {
+        match &mut self.running {
+            Some(Running::Cluster(c)) => c,
+            _ => panic!("not a cluster"),
+        }
+    }
+
     /// The store the servers write to, to check what a 2xx promised.
     pub fn store(&self) -> &Arc<dyn presence_store::Store> {
         &self.store
