@@ -3,8 +3,9 @@
 //! stream); `--output json` prints the API's messages as JSON (one object
 //! per line for `watch`), `table` (the default) as aligned text.
 //!
-//! Exit codes: 0 done, 1 the server refused (its gRPC status is printed),
-//! 2 bad usage or the server cannot be reached.
+//! Exit codes: 0 done, 1 the server refused (its gRPC status is printed;
+//! also a `watch` stream the server ended), 2 bad usage or the server
+//! cannot be reached.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use presence_api::pb;
@@ -20,7 +21,8 @@ use tonic::transport::Channel;
     about = "Command-line client of the presence API"
 )]
 struct Cli {
-    /// The api role's address.
+    /// The api role's address: http://HOST:PORT, or HOST:PORT (plaintext;
+    /// this client has no TLS).
     #[arg(
         long,
         env = "PRESENCECTL_SERVER",
@@ -153,8 +155,12 @@ enum Cmd {
     Directory {
         #[arg(default_value = "")]
         query: String,
+        /// Entries per page (0: the server's default).
         #[arg(long, default_value_t = 0)]
         page_size: i32,
+        /// The page after the one that named this token.
+        #[arg(long, default_value = "")]
+        page_token: String,
     },
     /// Log in with SIP credentials; prints a session token. The password is
     /// read from the first line of standard input.
@@ -201,16 +207,17 @@ async fn run(cli: Cli) -> ExitCode {
         },
         None => Auth(None),
     };
-    let channel = match Channel::from_shared(cli.server.clone()) {
-        Ok(e) => match e.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("presencectl: cannot reach {}: {e}", cli.server);
-                return ExitCode::from(2);
-            }
-        },
+    let endpoint = match endpoint(&cli.server) {
+        Ok(e) => e,
+        Err(m) => {
+            eprintln!("presencectl: --server {}: {m}", cli.server);
+            return ExitCode::from(2);
+        }
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("presencectl: --server {}: {e}", cli.server);
+            eprintln!("presencectl: cannot reach {}: {}", cli.server, causes(&e));
             return ExitCode::from(2);
         }
     };
@@ -226,6 +233,40 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The endpoint `--server` names: `http://HOST:PORT`, or `HOST:PORT` as
+/// `--api-listen` is written. Any other scheme is refused: this client has
+/// no TLS, and an `https://` server given to it would get the bearer token
+/// in clear text.
+fn endpoint(server: &str) -> Result<tonic::transport::Endpoint, String> {
+    let url = match server.split_once("://") {
+        None => format!("http://{server}"),
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => server.to_string(),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{scheme}:// is not spoken here: presencectl has no TLS and talks plaintext \
+                 HTTP/2 (http://HOST:PORT or HOST:PORT)"
+            ))
+        }
+    };
+    Channel::from_shared(url).map_err(|e| e.to_string())
+}
+
+/// An error and its causes, `a: b: c` (tonic's transport error says only
+/// "transport error"; the cause says what went wrong).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !s.ends_with(&c) {
+            s += ": ";
+            s += &c;
+        }
+        next = cause.source();
+    }
+    s
 }
 
 enum Failure {
@@ -314,6 +355,12 @@ async fn command(client: &mut Client, out: Output, cmd: Cmd) -> Result<(), Failu
                     },
                 }
             }
+            // A watch runs until interrupted: a stream the server ends (it
+            // shut down, or dropped this client) is not a success, or a
+            // script restarting it could not tell.
+            return Err(Failure::Status(tonic::Status::unavailable(
+                "the server ended the stream",
+            )));
         }
         Cmd::Publish {
             aor,
@@ -483,12 +530,16 @@ async fn command(client: &mut Client, out: Output, cmd: Cmd) -> Result<(), Failu
                 ))));
             }
         }
-        Cmd::Directory { query, page_size } => {
+        Cmd::Directory {
+            query,
+            page_size,
+            page_token,
+        } => {
             let r = client
                 .search_directory(pb::SearchDirectoryRequest {
                     query,
                     page_size,
-                    page_token: String::new(),
+                    page_token,
                 })
                 .await?
                 .into_inner();
@@ -520,6 +571,17 @@ async fn command(client: &mut Client, out: Output, cmd: Cmd) -> Result<(), Failu
                         })
                         .collect(),
                 ),
+            }
+            // A table has no room for the next page's token (JSON has it):
+            // say on stderr that there is more, rather than cut the list
+            // short in silence.
+            if out == Output::Table && !r.next_page_token.is_empty() {
+                eprintln!(
+                    "presencectl: this page has {} of {} entries; the next: --page-token {}",
+                    r.entries.len(),
+                    r.total_size,
+                    r.next_page_token
+                );
             }
         }
         Cmd::Login { aor } => {
