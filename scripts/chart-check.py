@@ -480,7 +480,7 @@ def check_references(name, docs):
     return errs
 
 
-NATS_USERS = ("edge", "compositor", "notifier", "presence")
+NATS_USERS = ("edge", "compositor", "notifier", "api", "presence")
 
 
 def secret_refs(spec, c):
@@ -560,6 +560,9 @@ STAND_INS = {
     "nonce-secret": "stand-in-nonce-secret-0123456789",
     "policy.txt": "",
     "lists.txt": "sip:checker-list@example.com sip:checker@example.com\n",
+    "tokens.txt": "checker stand-in-api-token-0123456789 read\n",
+    "api-tokens": "checker stand-in-api-token-0123456789 read\n",
+    "directory.csv": "aor,display_name,department,title,phone\nsip:checker@example.com,Checker,QA,,\n",
     # A throwaway self-signed certificate (CN stand-in.invalid, P-256, made
     # for this check only) for a kubernetes.io/tls Secret the render names.
     "tls.crt": """-----BEGIN CERTIFICATE-----

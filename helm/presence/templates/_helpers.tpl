@@ -52,7 +52,7 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The presenced processes' components (the PodMonitor and the backends' NetworkPolicies select these). */}}
 {{- define "presence.serverComponents" -}}
 {{- if eq .Values.mode "cluster" -}}
-[edge, compositor, notifier]
+[edge, compositor, notifier{{ if .Values.api.enabled }}, api{{ end }}]
 {{- else -}}
 [all]
 {{- end -}}
@@ -81,6 +81,22 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "presence.usersSecretName" -}}
 {{- default (printf "%s-users" (include "presence.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "presence.apiTokensSecretName" -}}
+{{- default (printf "%s-api-tokens" (include "presence.fullname" .)) .Values.api.existingSecret -}}
+{{- end -}}
+
+{{- define "presence.apiTokensEnabled" -}}
+{{- if or .Values.api.tokens .Values.api.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{- define "presence.directoryConfigMapName" -}}
+{{- default (printf "%s-directory" (include "presence.fullname" .)) .Values.api.existingDirectoryConfigMap -}}
+{{- end -}}
+
+{{- define "presence.directoryEnabled" -}}
+{{- if or .Values.api.directory .Values.api.existingDirectoryConfigMap -}}true{{- end -}}
 {{- end -}}
 
 {{- define "presence.policyConfigMapName" -}}
@@ -182,7 +198,16 @@ Returns the base64 form.
 {{- if and $v.notifier.keda.enabled (not $v.nats.bundled) (not $v.notifier.keda.natsMonitoringEndpoint) -}}
 {{- fail "notifier.keda with an existing NATS: set notifier.keda.natsMonitoringEndpoint (host:8222)" -}}
 {{- end -}}
-{{- range $role := list "allInOne" "edge" "compositor" "notifier" -}}
+{{- if and $v.api.enabled (not (or $v.auth.enabled (include "presence.apiTokensEnabled" .))) -}}
+{{- fail "api.enabled: the API is never open off loopback: set api.tokens or api.existingSecret (bearer tokens), or auth.enabled (SIP logins)" -}}
+{{- end -}}
+{{- if and $v.api.enabled (eq (int $v.api.port) (int $v.http.port)) -}}
+{{- fail "api.port must differ from http.port" -}}
+{{- end -}}
+{{- if and $v.api.enabled (eq (int $v.api.port) (int $v.sip.port)) -}}
+{{- fail "api.port must differ from sip.port" -}}
+{{- end -}}
+{{- range $role := list "allInOne" "edge" "compositor" "notifier" "api" -}}
 {{- $c := index $v $role -}}
 {{- $pre := int (default 0 $c.preStopSleepSeconds) -}}
 {{- if and (not (kindIs "invalid" $c.terminationGracePeriodSeconds)) (le (int $c.terminationGracePeriodSeconds) (add $pre (int $c.drainSeconds))) -}}

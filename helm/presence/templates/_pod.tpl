@@ -1,13 +1,15 @@
 {{/*
 The pod template of every presenced workload.
-dict "root" $ "component" (all|edge|compositor|notifier) "c" (its values block)
-     "target" (--target) "sip" (bool: serves SIP) "hostNetwork" (bool)
+dict "root" $ "component" (all|edge|compositor|notifier|api) "c" (its values
+     block) "target" (--target) "sip" (bool: serves SIP) "api" (bool: serves
+     the API on api.port) "hostNetwork" (bool)
 */}}
 {{- define "presence.podTemplate" -}}
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
 {{- $c := .c -}}
 {{- $sip := .sip -}}
+{{- $api := .api -}}
 {{- $hostNetwork := .hostNetwork -}}
 {{- $needHostIP := and $sip $hostNetwork (or $v.edge.bindHostIP (not $v.sip.advertise)) -}}
 {{- $preStop := int (default 0 $c.preStopSleepSeconds) -}}
@@ -115,6 +117,16 @@ spec:
         {{- if include "presence.listsEnabled" $root }}
         - --lists=/etc/presence/lists/lists.txt
         {{- end }}
+        {{- if $api }}
+        - --api-listen=0.0.0.0:{{ int64 $v.api.port }}
+        - --api-batch={{ int64 $v.api.batch }}
+        {{- if include "presence.apiTokensEnabled" $root }}
+        - --api-tokens=/etc/presence/api/tokens.txt
+        {{- end }}
+        {{- if include "presence.directoryEnabled" $root }}
+        - --directory=/etc/presence/directory/directory.csv
+        {{- end }}
+        {{- end }}
         {{- with include "presence.backendArgs" (dict "root" $root "component" .component) | trim }}
         {{- . | nindent 8 }}
         {{- end }}
@@ -173,6 +185,12 @@ spec:
         - name: http
           containerPort: {{ int64 $v.http.port }}
           protocol: TCP
+        {{- if $api }}
+        # gRPC (HTTP/2) and the web address book (HTTP/1.1) on one port.
+        - name: api
+          containerPort: {{ int64 $v.api.port }}
+          protocol: TCP
+        {{- end }}
       startupProbe:
         httpGet:
           path: /healthz
@@ -237,6 +255,16 @@ spec:
           mountPath: /etc/presence/tls
           readOnly: true
         {{- end }}
+        {{- if and $api (include "presence.apiTokensEnabled" $root) }}
+        - name: api-tokens
+          mountPath: /etc/presence/api
+          readOnly: true
+        {{- end }}
+        {{- if and $api (include "presence.directoryEnabled" $root) }}
+        - name: directory
+          mountPath: /etc/presence/directory
+          readOnly: true
+        {{- end }}
         {{- with include "presence.backendMounts" (dict "root" $root) | trim }}
         {{- . | nindent 8 }}
         {{- end }}
@@ -287,6 +315,24 @@ spec:
           - key: {{ . }}
             path: client-ca.pem
           {{- end }}
+    {{- end }}
+    {{- if and $api (include "presence.apiTokensEnabled" $root) }}
+    # Reloaded in place when the kubelet updates the Secret (no restart).
+    - name: api-tokens
+      secret:
+        secretName: {{ include "presence.apiTokensSecretName" $root }}
+        defaultMode: 0440
+        items:
+          - key: {{ $v.api.existingSecretKey }}
+            path: tokens.txt
+    {{- end }}
+    {{- if and $api (include "presence.directoryEnabled" $root) }}
+    - name: directory
+      configMap:
+        name: {{ include "presence.directoryConfigMapName" $root }}
+        items:
+          - key: {{ $v.api.existingDirectoryConfigMapKey }}
+            path: directory.csv
     {{- end }}
     {{- with include "presence.backendVolumes" (dict "root" $root "component" .component) | trim }}
     {{- . | nindent 4 }}

@@ -66,7 +66,10 @@ fn main() -> std::process::ExitCode {
                     "{} ({}, directory of {} entries, batch {})",
                     cfg.api_listen,
                     match &cfg.api_tokens {
-                        Some(t) => format!("{} tokens", t.current().len()),
+                        Some(t) => match t.current().len() {
+                            1 => "1 token".to_string(),
+                            n => format!("{n} tokens"),
+                        },
                         None if cfg.users.is_some() => "SIP logins only".to_string(),
                         None => "open".to_string(),
                     },
