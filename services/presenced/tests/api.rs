@@ -382,6 +382,50 @@ async fn streams_resume_on_another_api_process() {
     s.shutdown().await;
 }
 
+/// Watch streams open, from the server's /metrics.
+async fn open_streams(s: &TestServer) -> f64 {
+    let (code, body) = http(s.http, "GET", "/metrics", b"").await;
+    assert_eq!(code, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("presence_api_watch_streams "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("presence_api_watch_streams")
+}
+
+/// A client that goes away lets go of its stream at once, not at the
+/// stream's next heartbeat (an hour here) or change.
+#[tokio::test]
+async fn a_stream_its_client_left_is_let_go() {
+    let s = start_api(Mode::AllInOne, None, None, &[]).await;
+    let mut api = client(&s).await;
+    let mut stream = api
+        .watch(pb::WatchRequest {
+            aors: vec!["sip:alice@example.com".into()],
+            event: String::new(),
+            resume: Default::default(),
+            heartbeat_seconds: 3600,
+        })
+        .await
+        .expect("Watch")
+        .into_inner();
+    state_of(next_state(&mut stream, s.wait()).await);
+    assert!(is_synced(&next_state(&mut stream, s.wait()).await));
+    assert_eq!(open_streams(&s).await, 1.0);
+    drop(stream);
+    drop(api);
+    let deadline = tokio::time::Instant::now() + s.wait();
+    while open_streams(&s).await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream is still open {:?} after its client left",
+            s.wait()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.shutdown().await;
+}
+
 async fn publish(tp: Tp, mode: Mode) {
     let s = start_api(mode, None, None, &[]).await;
     let mut api = client(&s).await;

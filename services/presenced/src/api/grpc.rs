@@ -101,7 +101,9 @@ impl PresenceApi for Service {
         self.count("GetPresence", r).map(Response::new)
     }
 
-    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+    type WatchStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>,
+    >;
 
     async fn watch(
         &self,
@@ -111,19 +113,18 @@ impl PresenceApi for Service {
         let spec = who.read().and_then(|()| self.spec(req.into_inner()));
         let spec = self.count("Watch", spec)?;
         let (tx, rx) = mpsc::channel(16);
-        let (inner_tx, mut inner_rx) = mpsc::channel(16);
-        let hub = self.hub.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(serve_stream(hub, spec, inner_tx, shutdown));
+        tokio::spawn(serve_stream(
+            self.hub.clone(),
+            spec,
+            tx,
+            self.shutdown.clone(),
+        ));
         // tonic wants Result items: wrap them (the stream ends cleanly).
-        tokio::spawn(async move {
-            while let Some(m) = inner_rx.recv().await {
-                if tx.send(Ok(m)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // When the client goes away tonic drops this stream, and with it
+        // the receiver: serve_stream sees its sender closed at once (not
+        // at its next send) and lets go of the stream's registrations.
+        let stream = futures_util::StreamExt::map(ReceiverStream::new(rx), Ok);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn publish(
@@ -242,7 +243,10 @@ pub async fn serve(
         .add_service(reflection)
         .into_axum_router()
         .merge(web);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small answers and stream events go out at once: without TCP_NODELAY,
+    // Nagle's algorithm waits for the peer's delayed ACK (40 ms) whenever
+    // a write follows an unacknowledged one.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
         health.set_not_serving::<PresenceApiServer<Service>>().await;
