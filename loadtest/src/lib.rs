@@ -12,8 +12,13 @@
 //! What it is not: a SIP stack. It scans only the headers it needs
 //! ([`scan`]) and formats its requests itself; one thread runs everything
 //! ([`engine`]), so it costs little CPU per message.
+//!
+//! [`apibench`] (binary `presence-apibench`) is the other tool here: the
+//! gRPC presence API (Watch, GetPresence) under SIP PUBLISH churn, with SIP
+//! NOTIFY on the same changes as its baseline.
 #![forbid(unsafe_code)]
 
+pub mod apibench;
 pub mod canary;
 pub mod config;
 pub mod digest;

@@ -25,7 +25,7 @@ pub fn run(s: Settings, cpu_base: (f64, f64, f64)) -> Result<Report, String> {
 }
 
 /// The local address the kernel would use to reach `target`.
-fn local_ip_for(target: SocketAddr) -> Result<IpAddr, String> {
+pub fn local_ip_for(target: SocketAddr) -> Result<IpAddr, String> {
     let any: SocketAddr = if target.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -39,7 +39,7 @@ fn local_ip_for(target: SocketAddr) -> Result<IpAddr, String> {
 }
 
 /// A bound UDP socket: the tokio one for reading, a clone for sending.
-fn bind_udp(ip: IpAddr) -> Result<(UdpSocket, std::net::UdpSocket), String> {
+pub fn bind_udp(ip: IpAddr) -> Result<(UdpSocket, std::net::UdpSocket), String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(ip, 0);
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
@@ -57,7 +57,7 @@ fn bind_udp(ip: IpAddr) -> Result<(UdpSocket, std::net::UdpSocket), String> {
     Ok((reader, sender.into()))
 }
 
-fn host_of(a: SocketAddr) -> String {
+pub fn host_of(a: SocketAddr) -> String {
     match a {
         SocketAddr::V4(v) => v.to_string(),
         SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
